@@ -1,0 +1,165 @@
+"""Command line: ``agkd-bml {train,eval,quickstart,presets,methods}``.
+
+Bad input never shows a traceback: every :class:`UserError` is printed as one line and the exit code is
+2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import Any, NoReturn
+
+from agkd_bml import __version__
+from agkd_bml.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line (and exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def number(text: str) -> float:
+    """A float that may be written as a fraction, e.g. ``8/255``."""
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError) as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r} (write e.g. 0.031 or 8/255)") from exc
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    """One option per :class:`TrainConfig` field, with its help text; unset options stay None."""
+    from agkd_bml.config import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        t = str(f.type)
+        kw: dict[str, Any] = {"default": None, "help": f"{f.metadata['help']} (default: {f.default if f.default is not dataclasses.MISSING else '[]'})"}
+        if t.startswith("bool"):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif t.startswith("list"):
+            kw.update(nargs=f.metadata.get("nargs", "*"), type=int, metavar="N")
+        elif t.startswith("int"):
+            kw.update(type=int, metavar="N")
+        elif t.startswith("float"):
+            kw.update(type=number, metavar="X")
+        else:
+            kw["metavar"] = f.name.upper()
+        p.add_argument(flag, **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="agkd-bml", description="AGKD-BML adversarial training, the methods it is compared with, and their evaluation.")
+    parser.add_argument("--version", action="version", version=f"agkd-bml {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser(
+        "train", help="train a model with one method",
+        description="Train a model. Values come from the defaults, then --preset, then --config FILE.yaml, "
+        "then the options given here. The run directory gets config.yaml, metrics.jsonl (one JSON line "
+        "per epoch) and atomic checkpoints last.pt / prev.pt.",
+    )
+    t.add_argument("--preset", help="a shipped preset (see `agkd-bml presets`)")
+    t.add_argument("--config", metavar="FILE", help="a YAML file of options (keys as below, with _ or -)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    _add_config_options(t)
+
+    e = sub.add_parser("eval", help="robust accuracy of checkpoints under attacks",
+                       description="Evaluate checkpoints on the test set of the dataset they were trained on.")
+    e.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files or run directories")
+    e.add_argument("--attacks", default="clean,fgsm,pgd-20", help="comma-separated specs: clean, fgsm, bim-K, pgd-K, cw-K, mim-K")
+    e.add_argument("--n", type=int, default=None, help="evaluate the first N test images (default: all)")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--eps", type=number, default=None, help="L-inf budget (default: the dataset's, e.g. 8/255)")
+    e.add_argument("--step-size", type=number, default=None, help="override the attacks' step size")
+    e.add_argument("--restarts", type=int, default=1, help="random restarts of PGD / CW")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the checkpoint's")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--out", default=None, help="also write the table as eval.md, eval.csv, eval.json here")
+    e.add_argument("--no-progress", action="store_true")
+
+    q = sub.add_parser("quickstart", help="teacher, AGKD-BML and PGD-AT on the embedded digits; prints a table",
+                       description="Trains a standard teacher, an AGKD-BML student and a PGD-AT student on "
+                       "scikit-learn's digits (no download), then evaluates clean and PGD-20 accuracy.")
+    q.add_argument("--out", default="runs/quickstart", help="folder for the three runs (reused when finished)")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--no-progress", action="store_true")
+
+    sub.add_parser("presets", help="list the shipped presets")
+    sub.add_parser("methods", help="list the training methods")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from agkd_bml.config import FIELDS, resolve
+    from agkd_bml.train import train
+
+    overrides = {k: getattr(args, k) for k in FIELDS if getattr(args, k, None) is not None}
+    cfg = resolve(args.preset, args.config, overrides)
+    path = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from agkd_bml.commands import evaluate_checkpoints
+
+    evaluate_checkpoints(args)
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from agkd_bml.commands import quickstart
+
+    quickstart(args.out, device=args.device, progress=not args.no_progress)
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from agkd_bml.config import preset_names, preset_path
+
+    for name in preset_names():
+        first = preset_path(name).read_text().splitlines()[0].lstrip("# ")
+        print(f"{name:24s} {first}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from agkd_bml.methods import METHODS
+
+    for name, cls in METHODS.items():
+        teacher = ", needs --teacher" if cls.needs_teacher else ""
+        print(f"{name:10s} [{cls.default_steps}-step attacks by default{teacher}] {cls.summary}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "quickstart": cmd_quickstart, "presets": cmd_presets, "methods": cmd_methods}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"agkd-bml: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("agkd-bml: interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

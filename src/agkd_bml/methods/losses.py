@@ -1,0 +1,90 @@
+"""Loss terms shared by the training methods, written as the AGKD-BML paper and its released code define them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def smooth_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """Feature-Scattering label smoothing: ``1 - s`` on the true class, ``s / (K - 1)`` on each other.
+
+    (PyTorch's built-in ``label_smoothing`` instead spreads ``s / K`` over *all* classes; the paper's
+    0.5 follows Feature Scattering, so the true class gets exactly 0.5.)
+    """
+    one_hot = F.one_hot(labels, num_classes).float()
+    return one_hot * (1.0 - smoothing) + (1.0 - one_hot) * (smoothing / (num_classes - 1))
+
+
+def smooth_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy against :func:`smooth_targets` (plain cross-entropy when ``smoothing`` is 0)."""
+    if smoothing == 0:
+        return F.cross_entropy(logits.float(), labels)
+    q = smooth_targets(labels, logits.shape[1], smoothing)
+    return -(q * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+def attention_map(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Class-irrelevant attention map: channel sum of (N, C, H, W) features, flattened, min-max per sample.
+
+    Returns (N, H*W) in [0, 1] with min 0 and max 1 per sample (a constant map gives all zeros, which
+    ``eps`` keeps finite). Summing or averaging over channels gives the same map after normalising.
+    """
+    a = features.float().sum(1).flatten(1)
+    a = a - a.amin(1, keepdim=True)
+    return a / (a.amax(1, keepdim=True) + eps)
+
+
+def angular_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``1 - |cos(a, b)|`` per row: 0 for parallel or anti-parallel vectors, 1 for orthogonal ones."""
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+    return 1.0 - cos.abs().clamp(max=1.0)
+
+
+def triplet_loss(
+    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 0.03
+) -> torch.Tensor:
+    """Mean hinge ``[d(a, p) - d(a, n) + margin]_+`` with the angular distance (Mao et al. 2019)."""
+    return F.relu(angular_distance(anchor, positive) - angular_distance(anchor, negative) + margin).mean()
+
+
+def embedding_norm(*embeddings: torch.Tensor) -> torch.Tensor:
+    """Sum over the given embeddings of their mean squared entry (the ``L_norm`` term of the BML loss)."""
+    return sum(e.float().pow(2).mean() for e in embeddings)
+
+
+def metric_loss(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    *,
+    margin: float,
+    weight: float,
+    norm_weight: float,
+) -> torch.Tensor:
+    """``weight * (triplet + norm_weight * L_norm)``: the BML / SML loss (weights 2 and 0.001 in the paper)."""
+    return weight * (triplet_loss(anchor, positive, negative, margin) + norm_weight * embedding_norm(anchor, positive, negative))
+
+
+def most_confusing_class(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``y_mc``: the highest logit other than the true class (Eq. 5: smallest CE among wrong classes)."""
+    masked = logits.detach().masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+    return masked.argmax(1)
+
+
+def mart_loss(
+    clean_logits: torch.Tensor, adv_logits: torch.Tensor, labels: torch.Tensor, beta: float = 6.0
+) -> torch.Tensor:
+    """MART's extra terms (Wang et al. 2020): boosted BCE on the AE's best wrong class + beta * weighted KL.
+
+    ``-log(1 - p_adv[best wrong class])`` + beta * mean_i KL(p_clean_i || p_adv_i) * (1 - p_clean_i[y_i]).
+    The CE on the AE itself is left to the caller (MART uses plain CE, AGKD-BML its smoothed CE).
+    """
+    adv_probs = F.softmax(adv_logits.float(), dim=1)
+    top2 = adv_probs.topk(2, dim=1).indices
+    wrong = torch.where(top2[:, 0] == labels, top2[:, 1], top2[:, 0])
+    bce = F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), wrong)
+    clean_probs = F.softmax(clean_logits.float(), dim=1)
+    kl = (clean_probs * (torch.log(clean_probs + 1e-12) - torch.log(adv_probs + 1e-12))).sum(1)
+    true_prob = clean_probs.gather(1, labels[:, None]).squeeze(1)
+    return bce + beta * (kl * (1.0000001 - true_prob)).mean()

@@ -1,0 +1,42 @@
+"""Single-directional metric learning (SML; Mao et al. 2019, "triplet loss adversarial training").
+
+Anchor: untargeted PGD example; positive: its clean image; negative: the clean image of another class in
+the batch whose embedding is closest (angular distance) to the anchor. Loss: CE on the anchor plus
+``lambda_1 * (triplet + lambda_2 * L_norm)``, the same metric loss as BML: only the direction differs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from agkd_bml.methods.base import LossTerms, Method
+from agkd_bml.methods.losses import metric_loss, smooth_cross_entropy
+
+
+def hardest_negative(anchor: torch.Tensor, pool: torch.Tensor, pool_labels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Index into ``pool`` of the closest (angular distance) embedding of a class other than ``labels[i]``."""
+    a = torch.nn.functional.normalize(anchor.detach().float(), dim=1)
+    p = torch.nn.functional.normalize(pool.detach().float(), dim=1)
+    dist = 1.0 - (a @ p.T).abs()
+    dist = dist.masked_fill(labels[:, None] == pool_labels[None, :], float("inf"))
+    return dist.argmin(1)
+
+
+class Sml(Method):
+    summary = "Single-directional metric learning (Mao et al.): untargeted anchor, hardest negative in the batch."
+    name = "sml"
+    default_steps = 7
+
+    def loss(self, model, x, y, generator) -> LossTerms:
+        x_adv = self.attack(model, x, y, generator)
+        out = model(torch.cat([x_adv, x]))
+        adv_logits, _ = out.logits.chunk(2)
+        anchor, positive = out.embedding.chunk(2)
+        negative = positive[hardest_negative(anchor, positive, y, y)]
+        cfg = self.cfg
+        return {
+            "ce": smooth_cross_entropy(adv_logits, y, self.smoothing),
+            "metric": metric_loss(
+                anchor, positive, negative, margin=cfg.margin, weight=cfg.lambda_triplet, norm_weight=cfg.lambda_norm
+            ),
+        }

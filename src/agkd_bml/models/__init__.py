@@ -1,0 +1,41 @@
+"""Model registry: ``build_model(arch, spec)`` for ``small-cnn``, ``wrn-D-K``, ``preact-resnet18``, ``resnet50``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from torch import nn
+
+from agkd_bml.data import DataSpec
+from agkd_bml.errors import UserError
+from agkd_bml.models.base import Classifier, ModelOutput
+from agkd_bml.models.resnet import preact_resnet18, resnet50_64
+from agkd_bml.models.small_cnn import small_cnn
+from agkd_bml.models.wrn import wide_resnet
+
+#: Backbone builders by name: each takes the number of input channels, returns (backbone, out_channels).
+MODELS: dict[str, Callable[[int], tuple[nn.Module, int]]] = {
+    "small-cnn": small_cnn,
+    "preact-resnet18": preact_resnet18,
+    "resnet50": resnet50_64,
+}
+_WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
+ARCH_CHOICES = (*MODELS, "wrn-D-K (e.g. wrn-16-4, wrn-28-10, wrn-34-10)")
+
+
+def build_model(arch: str, spec: DataSpec) -> Classifier:
+    """Build ``arch`` for a dataset: input channels, classes and normalisation come from ``spec``."""
+    if arch in MODELS:
+        backbone, out_channels = MODELS[arch](spec.channels)
+    elif m := _WRN.match(arch):
+        depth, widen = int(m.group(1)), int(m.group(2))
+        if (depth - 4) % 6 != 0 or widen < 1:
+            raise UserError(f"architecture {arch!r}: WideResNet depth must be 6n+4 (16, 22, 28, 34, ...) and width >= 1")
+        backbone, out_channels = wide_resnet(spec.channels, depth, widen)
+    else:
+        raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCH_CHOICES)}")
+    return Classifier(backbone, out_channels, spec.num_classes, spec.mean, spec.std)
+
+
+__all__ = ["ARCH_CHOICES", "MODELS", "Classifier", "ModelOutput", "build_model"]

@@ -1,0 +1,57 @@
+"""The model contract shared by every architecture.
+
+Every model takes images in [0, 1] (normalisation is a buffer inside it, so attacks work in pixel space)
+and one forward returns all that any method needs: logits, the last conv feature map after the final
+BN-ReLU (for attention maps) and the penultimate embedding, its global average pool (for metric learning).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class ModelOutput(NamedTuple):
+    """What one forward pass returns."""
+
+    logits: torch.Tensor  #: (N, K)
+    features: torch.Tensor  #: (N, C, H, W), last conv feature map after the final BN-ReLU
+    embedding: torch.Tensor  #: (N, C), global average pool of ``features``
+
+
+class Classifier(nn.Module):
+    """Normalisation, a convolutional backbone, global average pooling and a linear head.
+
+    ``backbone`` maps normalised images to the last feature map (already through its final BN-ReLU) and
+    has ``out_channels``; the head is shared so every architecture honours :class:`ModelOutput` alike.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_channels: int,
+        num_classes: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(out_channels, num_classes)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        features = self.backbone((x - self.mean) / self.std)
+        embedding = features.mean(dim=(2, 3))
+        return ModelOutput(self.fc(embedding), features, embedding)
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """3x3 convolution, BatchNorm, ReLU: the building block of the small CNN."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )

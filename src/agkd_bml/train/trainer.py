@@ -1,0 +1,263 @@
+"""The one training loop shared by every method.
+
+Per epoch: batches in a seeded order, ``method.loss`` -> sum of named terms -> SGD step, a progress bar
+with the terms and throughput, the lr schedule, clean and PGD accuracy on a held-out slice of the test
+set, one JSON line of metrics and an atomic checkpoint. Randomness is derived from ``seed + epoch``, so
+a run resumed from the checkpoint of epoch ``e`` replays epoch ``e + 1`` exactly as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from agkd_bml.attacks import ATTACKS, eval_mode
+from agkd_bml.config import TrainConfig
+from agkd_bml.data import Dataset, ImageSampler, iterate_batches, load_dataset
+from agkd_bml.device import resolve_device
+from agkd_bml.errors import UserError
+from agkd_bml.evaluate import evaluate_attacks
+from agkd_bml.fileio import write_text
+from agkd_bml.methods import METHODS, Method, MethodContext
+from agkd_bml.models import Classifier, build_model
+from agkd_bml.train.checkpoint import LAST, PREV, load_checkpoint, load_model, resolve_path, save_checkpoint
+
+RUN_FILES = (LAST, PREV, "metrics.jsonl", "config.yaml")
+#: Config keys that may change when a run is resumed (more epochs, another device).
+RESUMABLE_CHANGES = {"epochs", "device", "threads", "out", "val_n", "val_steps", "data_dir", "download"}
+
+
+class TrainingDiverged(UserError):
+    """A loss term or gradient became non-finite; the last checkpoint is left intact."""
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of everything random in one epoch (data order, augmentation, attack starts, samples)."""
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
+@dataclass
+class Setup:
+    """Everything :func:`train` builds before the first step."""
+
+    cfg: TrainConfig
+    device: torch.device
+    data: Dataset
+    model: Classifier
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    run_dir: Path
+
+
+def _load_teacher(cfg: TrainConfig, student: Classifier, data: Dataset, device: torch.device) -> Classifier:
+    """Load and check the frozen teacher: same dataset shape, classes and last-feature-map size."""
+    teacher, ckpt = load_model(cfg.teacher, device)
+    t_spec = ckpt["data"]
+    s = data.spec
+    if (t_spec["num_classes"], t_spec["channels"], t_spec["size"]) != (s.num_classes, s.channels, s.size):
+        raise UserError(
+            f"teacher {cfg.teacher} was trained on {t_spec['num_classes']} classes of "
+            f"{t_spec['channels']}x{t_spec['size']}x{t_spec['size']} images, but {s.name} has {s.num_classes} "
+            f"classes of {s.channels}x{s.size}x{s.size}"
+        )
+    probe = torch.zeros(1, s.channels, s.size, s.size, device=device)
+    with torch.no_grad(), eval_mode(student):
+        t_hw, s_hw = teacher(probe).features.shape[2:], student(probe).features.shape[2:]
+    if t_hw != s_hw:
+        raise UserError(
+            f"teacher ({ckpt['arch']}) has {tuple(t_hw)} attention maps, student ({cfg.arch}) has {tuple(s_hw)}; "
+            "AGKD needs equal sizes"
+        )
+    if cfg.init_from_teacher:
+        if ckpt["arch"] != cfg.arch:
+            raise UserError(f"--init-from-teacher needs the teacher's architecture ({ckpt['arch']}), not {cfg.arch}")
+        student.load_state_dict(teacher.state_dict())
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    has_run = any((run_dir / f).exists() for f in RUN_FILES)
+    if has_run and not (resume or overwrite):
+        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    if has_run and overwrite and not resume:
+        for f in RUN_FILES:
+            (run_dir / f).unlink(missing_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create run directory {run_dir}: {exc.strerror}") from exc
+    if shutil.disk_usage(run_dir).free < 50 * 2**20:
+        raise UserError(f"less than 50 MiB free under {run_dir}; free some space before training")
+
+
+def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> Setup:
+    """Validate ``cfg`` and build data, model, teacher, method and optimizer (nothing trains yet)."""
+    cfg.validate()
+    method_cls = METHODS[cfg.method]
+    if method_cls.needs_teacher and not cfg.teacher:
+        raise UserError(f"method {cfg.method!r} distils a teacher's attention: pass --teacher RUN_DIR_OR_CHECKPOINT (a `standard` run)")
+    if cfg.init_from_teacher and not cfg.teacher:
+        raise UserError("--init-from-teacher needs --teacher")
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_dir = cfg.run_dir()
+    _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download).limit_train(cfg.train_limit, cfg.seed)
+    torch.manual_seed(cfg.seed)  # weight initialisation
+    model = build_model(cfg.arch, data.spec).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    teacher = _load_teacher(cfg, model, data, device) if cfg.teacher and method_cls.needs_teacher or cfg.init_from_teacher else None
+    sampler = None
+    if method_cls.needs_sampler:
+        try:
+            sampler = ImageSampler(data.x_train, data.y_train, data.spec.num_classes, data.spec.augment, device)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+    eps = cfg.eps if cfg.eps is not None else data.spec.default_eps
+    method = method_cls(cfg, MethodContext(data.spec.num_classes, eps, teacher, sampler))
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+    return Setup(cfg, device, data, model, method, optimizer, scheduler, run_dir)
+
+
+def _restore(s: Setup) -> int:
+    """Load the newest checkpoint of the run directory into ``s``; return the number of finished epochs."""
+    try:
+        path = resolve_path(s.run_dir)
+    except UserError:
+        return 0
+    ckpt = load_checkpoint(path)
+    saved = ckpt["config"]
+    changed = {k for k, v in s.cfg.to_dict().items() if saved.get(k) != v} - RESUMABLE_CHANGES
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(s.cfg, k)!r}" for k in sorted(changed))
+        raise UserError(f"cannot resume {s.run_dir}: the config differs from the saved run ({diffs}); use --overwrite or another --out")
+    if ckpt["arch"] != s.cfg.arch:
+        raise UserError(f"cannot resume: checkpoint is {ckpt['arch']}, config asks for {s.cfg.arch}")
+    s.model.load_state_dict(ckpt["model"])
+    s.optimizer.load_state_dict(ckpt["optimizer"])
+    s.scheduler.load_state_dict(ckpt["scheduler"])
+    return int(ckpt["epoch"])
+
+
+def _validate(s: Setup, epoch: int) -> dict[str, Any]:
+    """Clean and PGD accuracy on the first ``val_n`` test images (same images and starts every epoch)."""
+    n = min(s.cfg.val_n, s.data.x_test.shape[0])
+    if n == 0:
+        return {}
+    pgd_spec = ATTACKS["pgd"](s.cfg.val_steps, s.method.eps)
+    clean, robust = evaluate_attacks(
+        s.model, s.data.x_test[:n], s.data.y_test[:n], [ATTACKS["clean"](0, s.method.eps), pgd_spec],
+        batch_size=max(s.cfg.batch_size, 256), device=s.device, seed=s.cfg.seed,
+    )
+    return {"val_clean": clean.accuracy, "val_pgd": robust.accuracy, "val_n": n, "val_attack": pgd_spec.describe()}
+
+
+def _truncate_metrics(path: Path, epochs: int) -> None:
+    """Drop metric lines of epochs after the checkpoint we resume from (a crash may have left them)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] <= epochs:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by a crash
+    write_text(path, "".join(k + "\n" for k in keep))
+
+
+def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any]:
+    """Train one epoch; return its mean loss terms and throughput. Raises :class:`TrainingDiverged`."""
+    cfg, model = s.cfg, s.model
+    seed = epoch_seed(cfg.seed, epoch)
+    order = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=s.device).manual_seed(seed)
+    x, y = s.data.x_train, s.data.y_train
+    n_batches = max(1, x.shape[0] // cfg.batch_size)
+    batches = iterate_batches(
+        x, y, cfg.batch_size, device=s.device, order=order, augment=s.data.spec.augment,
+        augment_generator=gen, drop_last=x.shape[0] >= cfg.batch_size,
+    )
+    sums: dict[str, float] = {}
+    seen = 0
+    start = time.perf_counter()
+    model.train()
+    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False, unit="batch")
+    for step, (xb, yb) in enumerate(bar):
+        if s.device.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        terms = s.method.loss(model, xb, yb, gen)
+        total = sum(terms.values())
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        bad = [k for k, v in values.items() if not torch.isfinite(torch.tensor(v))]
+        if bad:
+            raise TrainingDiverged(
+                f"loss term(s) {', '.join(bad)} became non-finite at epoch {epoch + 1}, step {step + 1}; "
+                "stopped, the last checkpoint is intact (try a lower --lr)"
+            )
+        s.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        s.optimizer.step()
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v * yb.shape[0]
+        seen += yb.shape[0]
+        rate = seen / (time.perf_counter() - start)
+        bar.set_postfix({**{k: f"{v:.3f}" for k, v in values.items()}, "img/s": f"{rate:.0f}"}, refresh=False)
+    seconds = time.perf_counter() - start
+    return {"loss": {k: v / max(seen, 1) for k, v in sums.items()}, "seconds": seconds, "images_per_s": seen / seconds, "images": seen}
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Train ``cfg`` into its run directory; return the path of the final checkpoint."""
+    s = build(cfg, resume=resume, overwrite=overwrite)
+    start_epoch = _restore(s) if resume else 0
+    if resume:
+        log(f"resuming {s.run_dir} after epoch {start_epoch}" if start_epoch else f"nothing to resume in {s.run_dir}; starting fresh")
+    write_text(s.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _truncate_metrics(s.run_dir / "metrics.jsonl", start_epoch)
+    if start_epoch >= cfg.epochs:
+        log(f"{s.run_dir} already finished {start_epoch} epoch(s)")
+        return s.run_dir / LAST
+    log(f"training {cfg.method} ({cfg.arch}) on {s.data.spec.name}: {s.data.x_train.shape[0]} images, "
+        f"{cfg.epochs} epochs, device {s.device}, {json.dumps(s.method.settings())}")
+    for epoch in range(start_epoch, cfg.epochs):
+        stats = train_epoch(s, epoch, progress=progress)
+        lr = s.optimizer.param_groups[0]["lr"]
+        s.scheduler.step()
+        metrics = {"epoch": epoch + 1, "lr": lr, **stats, **_validate(s, epoch), "method": cfg.method, **s.method.settings()}
+        save_checkpoint(
+            {
+                "arch": cfg.arch, "data": s.data.spec.to_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,
+                "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+                "scheduler": s.scheduler.state_dict(), "metrics": metrics,
+            },
+            s.run_dir,
+        )
+        with open(s.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        val = f", val clean {100 * metrics['val_clean']:.1f}% / PGD-{cfg.val_steps} {100 * metrics['val_pgd']:.1f}%" if "val_clean" in metrics else ""
+        loss = " ".join(f"{k} {v:.3f}" for k, v in stats["loss"].items())
+        log(f"epoch {epoch + 1}/{cfg.epochs}: {loss}, {stats['seconds']:.1f}s ({stats['images_per_s']:.0f} img/s){val}")
+    return s.run_dir / LAST
