@@ -20,9 +20,14 @@ from torch import nn
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits (AMP) to float32 for losses; float32 and float64 stay as they are."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-sample cross-entropy."""
-    return F.cross_entropy(logits.float(), labels, reduction="none")
+    return F.cross_entropy(upcast(logits), labels, reduction="none")
 
 
 def cw_margin(logits: torch.Tensor, labels: torch.Tensor, margin: float = 50.0) -> torch.Tensor:
@@ -32,7 +37,7 @@ def cw_margin(logits: torch.Tensor, labels: torch.Tensor, margin: float = 50.0) 
     (targeted) stops once the label wins by ``margin``. This is the loss of Carlini & Wagner as written
     in the Feature-Scattering / Bilateral / AGKD-BML code (margin 50).
     """
-    logits = logits.float()
+    logits = upcast(logits)
     own = logits.gather(1, labels[:, None]).squeeze(1)
     other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).amax(1)
     return (other - own).clamp(-margin, margin)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from fractions import Fraction
 
 import torch
 from torch import nn
@@ -63,11 +62,11 @@ class AttackSpec:
 
 
 def fmt_eps(v: float) -> str:
-    """Show a budget as k/255 when it is one (8/255), as a decimal otherwise (0.3)."""
-    frac = Fraction(v * 255).limit_denominator(100)
-    if abs(float(frac) / 255 - v) < 1e-9 and frac.denominator <= 4:
-        return f"{frac}/255"
-    return f"{v:g}"
+    """Show a budget as k/255 when it is a small whole number of grey levels (8/255), else as a decimal."""
+    k = v * 255
+    if abs(k - round(k)) < 1e-6 and 0 < round(k) <= 32:
+        return f"{round(k)}/255"
+    return f"{v:.4g}"
 
 
 def _fgsm(steps: int, eps: float) -> AttackSpec:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from agkd_bml.attacks.pgd import upcast
+
 
 def smooth_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
     """Feature-Scattering label smoothing: ``1 - s`` on the true class, ``s / (K - 1)`` on each other.
@@ -19,9 +21,9 @@ def smooth_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> 
 def smooth_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy against :func:`smooth_targets` (plain cross-entropy when ``smoothing`` is 0)."""
     if smoothing == 0:
-        return F.cross_entropy(logits.float(), labels)
+        return F.cross_entropy(upcast(logits), labels)
     q = smooth_targets(labels, logits.shape[1], smoothing)
-    return -(q * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+    return -(q * F.log_softmax(upcast(logits), dim=1)).sum(1).mean()
 
 
 def attention_map(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -30,7 +32,7 @@ def attention_map(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     Returns (N, H*W) in [0, 1] with min 0 and max 1 per sample (a constant map gives all zeros, which
     ``eps`` keeps finite). Summing or averaging over channels gives the same map after normalising.
     """
-    a = features.float().sum(1).flatten(1)
+    a = upcast(features).sum(1).flatten(1)
     a = a - a.amin(1, keepdim=True)
     return a / (a.amax(1, keepdim=True) + eps)
 
@@ -50,7 +52,7 @@ def triplet_loss(
 
 def embedding_norm(*embeddings: torch.Tensor) -> torch.Tensor:
     """Sum over the given embeddings of their mean squared entry (the ``L_norm`` term of the BML loss)."""
-    return sum(e.float().pow(2).mean() for e in embeddings)
+    return sum(upcast(e).pow(2).mean() for e in embeddings)
 
 
 def metric_loss(
@@ -80,11 +82,11 @@ def mart_loss(
     ``-log(1 - p_adv[best wrong class])`` + beta * mean_i KL(p_clean_i || p_adv_i) * (1 - p_clean_i[y_i]).
     The CE on the AE itself is left to the caller (MART uses plain CE, AGKD-BML its smoothed CE).
     """
-    adv_probs = F.softmax(adv_logits.float(), dim=1)
+    adv_probs = F.softmax(upcast(adv_logits), dim=1)
     top2 = adv_probs.topk(2, dim=1).indices
     wrong = torch.where(top2[:, 0] == labels, top2[:, 1], top2[:, 0])
     bce = F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), wrong)
-    clean_probs = F.softmax(clean_logits.float(), dim=1)
+    clean_probs = F.softmax(upcast(clean_logits), dim=1)
     kl = (clean_probs * (torch.log(clean_probs + 1e-12) - torch.log(adv_probs + 1e-12))).sum(1)
     true_prob = clean_probs.gather(1, labels[:, None]).squeeze(1)
     return bce + beta * (kl * (1.0000001 - true_prob)).mean()

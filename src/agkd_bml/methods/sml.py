@@ -15,8 +15,8 @@ from agkd_bml.methods.losses import metric_loss, smooth_cross_entropy
 
 def hardest_negative(anchor: torch.Tensor, pool: torch.Tensor, pool_labels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Index into ``pool`` of the closest (angular distance) embedding of a class other than ``labels[i]``."""
-    a = torch.nn.functional.normalize(anchor.detach().float(), dim=1)
-    p = torch.nn.functional.normalize(pool.detach().float(), dim=1)
+    a = torch.nn.functional.normalize(anchor.detach(), dim=1)
+    p = torch.nn.functional.normalize(pool.detach(), dim=1)
     dist = 1.0 - (a @ p.T).abs()
     dist = dist.masked_fill(labels[:, None] == pool_labels[None, :], float("inf"))
     return dist.argmin(1)

@@ -6,13 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from agkd_bml.attacks import eval_mode, pgd
+from agkd_bml.attacks.pgd import upcast
 from agkd_bml.methods.base import LossTerms, Method
 from agkd_bml.methods.losses import smooth_cross_entropy
 
 
 def _kl(adv_logits: torch.Tensor, clean_log_probs: torch.Tensor) -> torch.Tensor:
     """Per-sample KL(p_clean || p_adv)."""
-    return F.kl_div(F.log_softmax(adv_logits.float(), 1), clean_log_probs, reduction="none", log_target=True).sum(1)
+    return F.kl_div(F.log_softmax(upcast(adv_logits), 1), clean_log_probs, reduction="none", log_target=True).sum(1)
 
 
 class Trades(Method):
@@ -22,7 +23,7 @@ class Trades(Method):
 
     def loss(self, model, x, y, generator) -> LossTerms:
         with torch.no_grad(), eval_mode(model):
-            clean_log_probs = F.log_softmax(model(x).logits.float(), 1)
+            clean_log_probs = F.log_softmax(upcast(model(x).logits), 1)
         # TRADES starts from a small Gaussian perturbation and ascends the KL divergence.
         start = 0.001 * torch.randn(x.shape, device=x.device, generator=generator)
         x_adv = pgd(
@@ -31,5 +32,5 @@ class Trades(Method):
         )
         logits = model(torch.cat([x, x_adv])).logits
         clean, adv = logits.chunk(2)
-        robust = _kl(adv, F.log_softmax(clean.float(), 1)).mean()
+        robust = _kl(adv, F.log_softmax(upcast(clean), 1)).mean()
         return {"ce": smooth_cross_entropy(clean, y, self.smoothing), "kl": self.cfg.beta * robust}

@@ -1,0 +1,54 @@
+"""Shared fixtures: the embedded digits data, small real models, and the shared CIFAR-10 file when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from agkd_bml.config import TrainConfig
+from agkd_bml.data import load_dataset
+from agkd_bml.models import build_model
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CIFAR = SHARED / "cifar10.npz"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def cifar_path() -> str:
+    if not CIFAR.is_file():
+        pytest.skip(f"shared CIFAR-10 not found at {CIFAR}")
+    return str(CIFAR)
+
+
+@pytest.fixture
+def model(digits):
+    torch.manual_seed(0)
+    return build_model("small-cnn", digits.spec).eval()
+
+
+def small_config(tmp_path: Path, **kw) -> TrainConfig:
+    """A digits run that trains in about a second per epoch."""
+    base = dict(dataset="digits", arch="small-cnn", epochs=1, batch_size=64, lr=0.05, train_limit=256,
+                val_n=64, val_steps=2, device="cpu", out=str(tmp_path / kw.get("method", "agkd-bml")))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def teacher_run(tmp_path_factory) -> str:
+    """A real `standard` digits run (the teacher of AGKD tests)."""
+    from agkd_bml.train import train
+
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = small_config(out, method="standard", epochs=3, train_limit=None, out=str(out / "teacher"))
+    train(cfg, progress=False, log=lambda _m: None)
+    return str(out / "teacher")

@@ -1,0 +1,88 @@
+"""The projected-gradient routine: budget, direction, batching and side effects."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from agkd_bml.attacks import parse_attacks, pgd
+from agkd_bml.data import to_float
+from agkd_bml.errors import UserError
+
+
+def _batch(digits, n=64):
+    return to_float(digits.x_test[:n]), digits.y_test[:n]
+
+
+def test_targeted_attack_lowers_target_ce_and_stays_in_ball(digits, model):
+    x, y = _batch(digits)
+    target = (y + 1) % 10
+    eps = 0.1
+    with torch.no_grad():
+        before = F.cross_entropy(model(x).logits, target)
+    adv = pgd(model, x, target, eps=eps, step_size=eps / 4, steps=10, targeted=True,
+              generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        after = F.cross_entropy(model(adv).logits, target)
+    assert after < before
+    assert (adv - x).abs().max() <= eps + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+
+
+def test_untargeted_pgd_raises_loss(digits, model):
+    x, y = _batch(digits)
+    adv = pgd(model, x, y, eps=0.1, step_size=0.025, steps=5, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert F.cross_entropy(model(adv).logits, y) > F.cross_entropy(model(x).logits, y)
+
+
+@pytest.mark.parametrize("loss,momentum", [("ce", 0.0), ("cw", 0.0), ("ce", 1.0)])
+def test_attack_leaves_model_untouched(digits, model, loss, momentum):
+    x, y = _batch(digits, 16)
+    model.train()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    state = copy.deepcopy(model.state_dict())
+    pgd(model, x, y, eps=0.1, step_size=0.05, steps=2, loss=loss, momentum=momentum)
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k  # BatchNorm running stats unchanged: eval mode inside
+    for p in model.parameters():
+        assert torch.all(p.grad == 0.5)
+
+
+def test_batched_forward_backward_attack_equals_two_attacks(digits, model):
+    model = model.double()
+    x = to_float(digits.x_train[:32]).double()
+    y = digits.y_train[:32]
+    x_s, x_b = x[:16], x[16:]
+    y_mc, s = (y[:16] + 3) % 10, y[:16]
+    eps = 0.1
+    init = (torch.rand(32, *x.shape[1:], generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1) * eps
+    kw = dict(eps=eps, step_size=eps / 4, steps=3, targeted=True)
+    both = pgd(model, x, torch.cat([y_mc, s]), init=init, **kw)
+    fwd = pgd(model, x_s, y_mc, init=init[:16], **kw)
+    bwd = pgd(model, x_b, s, init=init[16:], **kw)
+    assert torch.allclose(both, torch.cat([fwd, bwd]), atol=1e-12)
+
+
+def test_fgsm_has_one_full_step_and_bim_no_random_start():
+    specs = {s.name: s for s in parse_attacks("clean,fgsm,bim-7,pgd-20,cw-20,mim-40", eps=8 / 255)}
+    assert specs["fgsm"].steps == 1 and specs["fgsm"].step_size == pytest.approx(8 / 255)
+    assert not specs["bim-7"].random_start and specs["pgd-20"].random_start
+    assert specs["pgd-20"].step_size == pytest.approx(2 / 255)
+    assert specs["cw-20"].loss == "cw" and specs["mim-40"].momentum == 1.0
+
+
+@pytest.mark.parametrize("text", ["pgd", "pgd-0", "foo-3", "fgsm-3", ""])
+def test_bad_attack_specs_are_user_errors(text):
+    with pytest.raises(UserError):
+        parse_attacks(text, eps=8 / 255)
+
+
+def test_eps_in_pixel_units_is_caught():
+    with pytest.raises(UserError, match="8/255"):
+        parse_attacks("pgd-20", eps=8)

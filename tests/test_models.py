@@ -1,0 +1,40 @@
+"""Every architecture honours the one-forward contract: logits, last feature map, embedding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agkd_bml.data.datasets import DataSpec
+from agkd_bml.errors import UserError
+from agkd_bml.models import build_model
+
+
+def _spec(channels=3, size=32, classes=10):
+    return DataSpec("x", classes, channels, size, (0.5,) * channels, (0.25,) * channels, 8 / 255, tuple(map(str, range(classes))))
+
+
+@pytest.mark.parametrize(
+    "arch,size,hw",
+    [("small-cnn", 32, 8), ("small-cnn", 16, 4), ("wrn-10-1", 32, 8), ("wrn-16-2", 16, 4), ("preact-resnet18", 32, 4), ("resnet50", 64, 8)],
+)
+def test_forward_contract(arch, size, hw):
+    torch.manual_seed(0)
+    m = build_model(arch, _spec(size=size)).eval()
+    out = m(torch.rand(2, 3, size, size))
+    assert out.logits.shape == (2, 10)
+    assert out.features.shape[0] == 2 and out.features.shape[2:] == (hw, hw)
+    assert torch.all(out.features >= 0)  # after the final BN-ReLU
+    assert torch.allclose(out.embedding, out.features.mean((2, 3)))
+
+
+def test_normalisation_is_inside_the_model():
+    spec = _spec(channels=1, size=16)
+    m = build_model("small-cnn", spec).eval()
+    assert torch.allclose(m.mean.flatten(), torch.tensor([0.5])) and torch.allclose(m.std.flatten(), torch.tensor([0.25]))
+
+
+@pytest.mark.parametrize("arch", ["wrn-15-2", "vgg16", "wrn-x-2"])
+def test_unknown_arch_is_a_user_error(arch):
+    with pytest.raises(UserError):
+        build_model(arch, _spec())
