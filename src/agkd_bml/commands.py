@@ -32,6 +32,7 @@ def evaluate_checkpoints(args: argparse.Namespace) -> dict[str, list[AttackResul
         v = getattr(args, name)
         if v is not None and v <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive; got {v}")
+    parse_attacks(args.attacks, eps=args.eps if args.eps is not None else 8 / 255)  # fail before any work
     device = resolve_device(args.device)
     datasets: dict[str, Dataset] = {}
     rows: dict[str, list[AttackResult]] = {}

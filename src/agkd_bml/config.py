@@ -60,10 +60,15 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check values that do not depend on the dataset; raise :class:`UserError` on the first problem."""
+        from agkd_bml.data import DATASETS
         from agkd_bml.methods import METHODS
+        from agkd_bml.models import check_arch
 
         if self.method not in METHODS:
             raise unknown_choice("method", self.method, METHODS)
+        check_arch(self.arch)
+        if not (self.dataset in DATASETS or self.dataset.startswith("npz:")):
+            raise unknown_choice("dataset", self.dataset, [*DATASETS, "npz:PATH"])
         for name in ("epochs", "batch_size", "val_steps"):
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive; got {getattr(self, name)}")

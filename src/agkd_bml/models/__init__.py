@@ -24,18 +24,26 @@ _WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
 ARCH_CHOICES = (*MODELS, "wrn-D-K (e.g. wrn-16-4, wrn-28-10, wrn-34-10)")
 
 
+def check_arch(arch: str) -> None:
+    """Raise :class:`UserError` unless ``arch`` names a buildable architecture."""
+    if arch in MODELS:
+        return
+    m = _WRN.match(arch)
+    if not m:
+        raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCH_CHOICES)}")
+    if (int(m.group(1)) - 4) % 6 != 0 or int(m.group(2)) < 1:
+        raise UserError(f"architecture {arch!r}: WideResNet depth must be 6n+4 (16, 22, 28, 34, ...) and width >= 1")
+
+
 def build_model(arch: str, spec: DataSpec) -> Classifier:
     """Build ``arch`` for a dataset: input channels, classes and normalisation come from ``spec``."""
+    check_arch(arch)
     if arch in MODELS:
         backbone, out_channels = MODELS[arch](spec.channels)
-    elif m := _WRN.match(arch):
-        depth, widen = int(m.group(1)), int(m.group(2))
-        if (depth - 4) % 6 != 0 or widen < 1:
-            raise UserError(f"architecture {arch!r}: WideResNet depth must be 6n+4 (16, 22, 28, 34, ...) and width >= 1")
-        backbone, out_channels = wide_resnet(spec.channels, depth, widen)
     else:
-        raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCH_CHOICES)}")
+        depth, widen = (int(v) for v in _WRN.match(arch).groups())
+        backbone, out_channels = wide_resnet(spec.channels, depth, widen)
     return Classifier(backbone, out_channels, spec.num_classes, spec.mean, spec.std)
 
 
-__all__ = ["ARCH_CHOICES", "MODELS", "Classifier", "ModelOutput", "build_model"]
+__all__ = ["ARCH_CHOICES", "MODELS", "Classifier", "ModelOutput", "build_model", "check_arch"]

@@ -1,0 +1,102 @@
+"""The command line: training every method on real CIFAR-10, eval, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from agkd_bml.cli import main
+from agkd_bml.methods import METHODS
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agkd_bml", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def cifar_teacher(tmp_path_factory, cifar_path):
+    out = tmp_path_factory.mktemp("cli") / "teacher"
+    assert main(["train", "--method", "standard", "--dataset", f"npz:{cifar_path}", "--arch", "small-cnn",
+                 "--epochs", "1", "--train-limit", "256", "--val-n", "32", "--out", str(out), "--no-progress"]) == 0
+    return str(out)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_train_every_method_on_cifar10_then_eval(tmp_path, cifar_path, cifar_teacher, method, capsys):
+    out = tmp_path / method
+    args = ["train", "--method", method, "--dataset", f"npz:{cifar_path}", "--arch", "small-cnn", "--epochs", "1",
+            "--train-limit", "256", "--batch-size", "64", "--val-n", "32", "--val-steps", "2", "--out", str(out), "--no-progress"]
+    if METHODS[method].needs_teacher:
+        args += ["--teacher", cifar_teacher]
+    assert main(args) == 0
+    assert (out / "last.pt").is_file() and (out / "config.yaml").is_file()
+    assert main(["eval", str(out), "--attacks", "clean,fgsm,pgd-2", "--n", "32", "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "| model | clean | fgsm | pgd-2 | worst-case |" in table and f"| {method} |" in table
+
+
+def test_eval_writes_markdown_csv_json(tmp_path, cifar_teacher):
+    assert main(["eval", cifar_teacher, "--attacks", "clean,pgd-1", "--n", "16", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert {p.name for p in tmp_path.iterdir()} >= {"eval.md", "eval.csv", "eval.json"}
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--method", "nope"], "unknown method"),
+        (["train", "--arch", "vgg", "--epochs", "1"], "unknown architecture"),
+        (["train", "--dataset", "imagenet"], "unknown dataset"),
+        (["train", "--preset", "nope"], "unknown preset"),
+        (["train", "--eps", "8"], "did you mean 8/255"),
+        (["train", "--eps", "-0.1"], "must be >= 0"),
+        (["train", "--epochs", "0"], "must be positive"),
+        (["train", "--batch-size", "-1"], "must be positive"),
+        (["train", "--method", "agkd-bml"], "--teacher"),
+        (["train", "--config", "/nonexistent.yaml"], "does not exist"),
+        (["train", "--device", "cuda"], "CUDA"),
+        (["train", "--dataset", "npz:/nonexistent.npz"], "does not exist"),
+        (["train", "--dataset", "cifar10", "--data-dir", "/nonexistent"], "does not exist"),
+        (["eval", "/nonexistent.pt"], "does not exist"),
+        (["eval", "runs", "--attacks", "pgd-x"], "attack spec"),
+        (["train", "--epochs", "abc"], "invalid int"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, args, needle):
+    if args[0] == "train":
+        args = [*args, "--out", str(tmp_path / "run")]
+        if "--method" not in args:
+            args += ["--method", "standard"]
+    if args[:2] == ["eval", "runs"]:
+        args[1] = str(tmp_path)
+        (tmp_path / "last.pt").write_bytes(b"")
+        args = ["eval", str(tmp_path), "--attacks", "pgd-x"]
+    r = run_cli(*args)
+    if "cuda" in args and "CUDA" not in r.stderr:
+        pytest.skip("CUDA is available here")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_presets_and_methods_list(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("paper-cifar10", "paper-svhn", "paper-cifar10-7step", "released-code-10step"):
+        assert name in out
+    assert main(["methods"]) == 0
+    listed = capsys.readouterr().out
+    assert all(m in listed for m in METHODS)
+
+
+def test_presets_resolve_to_the_paper_hyper_parameters():
+    from agkd_bml.config import resolve
+
+    p = resolve("paper-cifar10-7step")
+    assert (p.arch, p.steps, p.milestones, p.epochs, p.lr, p.label_smoothing) == ("wrn-28-10", 7, [150], 155, 0.1, 0.5)
+    r = resolve("released-code-10step")
+    assert r.mart and r.init_from_teacher and r.steps == 10
+    s = resolve("paper-svhn", overrides={"epochs": 3})
+    assert (s.dataset, s.lr, s.milestones, s.epochs) == ("svhn", 0.01, [60, 90], 3)

@@ -1,0 +1,91 @@
+"""The training loop: every method trains for real, checkpoints load, resume continues exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from agkd_bml.errors import UserError
+from agkd_bml.methods import METHODS
+from agkd_bml.train import load_checkpoint, load_model, train
+from conftest import small_config
+
+QUIET = {"progress": False, "log": lambda _m: None}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_one_epoch_and_saves_a_loadable_checkpoint(tmp_path, teacher_run, method):
+    cfg = small_config(tmp_path, method=method, teacher=teacher_run if METHODS[method].needs_teacher else None)
+    path = train(cfg, **QUIET)
+    model, ckpt = load_model(path)
+    assert ckpt["epoch"] == 1 and ckpt["config"]["method"] == method
+    fresh = torch.nn.Module()
+    torch.manual_seed(cfg.seed)
+    from agkd_bml.models import build_model
+    from agkd_bml.data.datasets import DataSpec
+
+    fresh = build_model(cfg.arch, DataSpec.from_dict(ckpt["data"]))
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    line = json.loads((tmp_path / method / "metrics.jsonl").read_text().splitlines()[0])
+    assert all(torch.isfinite(torch.tensor(v)) for v in line["loss"].values())
+    assert {"val_clean", "val_pgd", "lr", "seconds"} <= line.keys()
+    expected_terms = {"agkd-bml": {"ce", "agkd", "bml"}, "bml": {"ce", "bml"}, "agkd": {"ce", "agkd"},
+                      "trades": {"ce", "kl"}, "mart": {"ce", "mart"}, "sml": {"ce", "metric"}}
+    assert set(line["loss"]) == expected_terms.get(method, {"ce"})
+
+
+def test_agkd_bml_mart_and_init_from_teacher(tmp_path, teacher_run):
+    cfg = small_config(tmp_path, method="agkd-bml", teacher=teacher_run, mart=True, init_from_teacher=True, epochs=1)
+    train(cfg, **QUIET)
+    line = json.loads((tmp_path / "agkd-bml" / "metrics.jsonl").read_text())
+    assert set(line["loss"]) == {"ce", "agkd", "bml", "mart"} and line["mart"] is True
+    assert load_checkpoint(tmp_path / "agkd-bml")["config"]["init_from_teacher"] is True
+
+
+def test_resume_continues_epoch_schedule_and_optimizer_exactly(tmp_path):
+    kw = dict(method="pgd-at", steps=2, epochs=3, milestones=[2], train_limit=200)
+    train(small_config(tmp_path, out=str(tmp_path / "straight"), **kw), **QUIET)
+    train(small_config(tmp_path, out=str(tmp_path / "stopped"), **{**kw, "epochs": 2}), **QUIET)
+    messages = []
+    train(small_config(tmp_path, out=str(tmp_path / "stopped"), **kw), resume=True, progress=False, log=messages.append)
+    assert any("resuming" in m and "epoch 2" in m for m in messages)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "stopped")
+    assert a["epoch"] == b["epoch"] == 3
+    assert b["scheduler"]["last_epoch"] == 3 and b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.1)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k, st in a["optimizer"]["state"].items():
+        assert torch.equal(st["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
+    lines = [json.loads(x) for x in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+
+
+def test_existing_run_is_not_overwritten_without_a_flag(tmp_path):
+    cfg = small_config(tmp_path, method="standard")
+    train(cfg, **QUIET)
+    before = (tmp_path / "standard" / "last.pt").read_bytes()
+    with pytest.raises(UserError, match="--resume"):
+        train(cfg, **QUIET)
+    assert (tmp_path / "standard" / "last.pt").read_bytes() == before
+    train(cfg, overwrite=True, **QUIET)
+
+
+def test_agkd_without_teacher_and_mismatched_teacher_are_user_errors(tmp_path, teacher_run, cifar_path):
+    with pytest.raises(UserError, match="--teacher"):
+        train(small_config(tmp_path, method="agkd-bml"), **QUIET)
+    with pytest.raises(UserError, match="classes"):
+        train(small_config(tmp_path, method="agkd", dataset=f"npz:{cifar_path}", teacher=teacher_run), **QUIET)
+
+
+def test_quickstart_students_are_robust_where_the_standard_model_is_not(tmp_path):
+    """Acceptance of the core issue: PGD-20 accuracy of AGKD-BML and PGD-AT >= standard + 20 points."""
+    from agkd_bml.commands import quickstart
+
+    rows = quickstart(tmp_path, device="cpu", progress=False)
+    pgd20 = {name: results[1].accuracy for name, results in rows.items()}
+    assert rows["teacher"][1].spec.name == "pgd-20"
+    assert pgd20["agkd-bml"] >= pgd20["teacher"] + 0.20
+    assert pgd20["pgd-at"] >= pgd20["teacher"] + 0.20
+    assert rows["agkd-bml"][0].accuracy > 0.8  # clean accuracy kept
