@@ -25,7 +25,13 @@ import torch.nn.functional as F
 
 from agkd_bml.attacks import eval_mode
 from agkd_bml.methods.base import LossTerms, Method
-from agkd_bml.methods.losses import attention_map, mart_loss, metric_loss, most_confusing_class, smooth_cross_entropy
+from agkd_bml.methods.losses import (
+    attention_map,
+    mart_loss,
+    metric_loss,
+    most_confusing_class,
+    smooth_cross_entropy,
+)
 
 
 class AgkdBml(Method):
