@@ -49,7 +49,7 @@ def test_resume_continues_epoch_schedule_and_optimizer_exactly(tmp_path):
     train(small_config(tmp_path, out=str(tmp_path / "stopped"), **{**kw, "epochs": 2}), **QUIET)
     messages = []
     train(small_config(tmp_path, out=str(tmp_path / "stopped"), **kw), resume=True, progress=False, log=messages.append)
-    assert any("resuming" in m and "epoch 2" in m for m in messages)
+    assert any("resuming from" in m and "(epoch 2)" in m for m in messages)
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "stopped")
     assert a["epoch"] == b["epoch"] == 3
     assert b["scheduler"]["last_epoch"] == 3 and b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.1)

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    t.add_argument("--dry-run", action="store_true", help="check config, data, teacher and run directory, then stop")
     _add_config_options(t)
 
     e = sub.add_parser("eval", help="robust accuracy of checkpoints under attacks",
@@ -106,8 +107,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in FIELDS if getattr(args, k, None) is not None}
     cfg = resolve(args.preset, args.config, overrides)
-    path = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"checkpoint: {path}")
+    path = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, dry_run=args.dry_run)
+    if not args.dry_run:
+        print(f"checkpoint: {path}")
     return 0
 
 

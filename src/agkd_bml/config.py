@@ -54,6 +54,8 @@ class TrainConfig:
     val_n: int = _opt(500, "test images used for the per-epoch clean / PGD accuracy")
     val_steps: int = _opt(10, "PGD steps of the per-epoch robust accuracy")
     seed: int = _opt(0, "random seed (data order, augmentation, attack starts, backward samples)")
+    deterministic: bool = _opt(False, "deterministic kernels: a resumed run ends bit-identical to an uninterrupted one")
+    skip_nonfinite: int = _opt(0, "skip up to N steps whose loss or gradient is NaN/inf instead of stopping")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     threads: int | None = _opt(None, "CPU threads for PyTorch (default: all cores)")
     out: str | None = _opt(None, "run directory (default: runs/<method>)")
@@ -78,6 +80,8 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive; got {v}")
+        if self.skip_nonfinite < 0:
+            raise UserError(f"--skip-nonfinite must be >= 0; got {self.skip_nonfinite}")
         if self.val_n < 0:
             raise UserError(f"--val-n must be >= 0; got {self.val_n}")
         if self.lr <= 0:

@@ -1,11 +1,14 @@
 """Checkpoints: written atomically, read with ``weights_only=True`` so that no pickled code ever runs.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts: the model, optimizer and
-scheduler states, the epoch, the run's config and the dataset spec (enough to rebuild the model).
+scheduler states, the epoch, the run's config, the dataset spec (enough to rebuild the model) and a
+SHA-256 of the model weights, checked on every load. A run directory keeps the last two (``last.pt``,
+``prev.pt``), so a damaged newest checkpoint still leaves one to resume from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -22,12 +25,23 @@ FORMAT = "agkd-bml/1"
 LAST, PREV = "last.pt", "prev.pt"
 
 
+def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a state dict, in order."""
+    h = hashlib.sha256()
+    for name, t in state_dict.items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_checkpoint(state: dict[str, Any], run_dir: Path) -> Path:
     """Save ``state`` as ``run_dir/last.pt``, keeping the previous one as ``prev.pt``."""
     last = run_dir / LAST
     if last.exists():
         os.replace(last, run_dir / PREV)
-    atomic_write(last, lambda f: torch.save({"format": FORMAT, **state}, f))
+    payload = {"format": FORMAT, **state, "checksum": weights_checksum(state["model"])}
+    atomic_write(last, lambda f: torch.save(payload, f))
     return last
 
 
@@ -58,7 +72,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"cannot read checkpoint {p}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{p} is not an agkd-bml checkpoint (no '{FORMAT}' format tag)")
+    if ckpt.get("checksum") != weights_checksum(ckpt["model"]):
+        raise UserError(f"checkpoint {p} is corrupt: its weights do not match their SHA-256 checksum")
     return ckpt
+
+
+def newest_valid(run_dir: Path, log: Any = print) -> dict[str, Any] | None:
+    """The newest checkpoint of ``run_dir`` that loads and passes its checksum (None if there is none)."""
+    for name in (LAST, PREV):
+        if not (run_dir / name).is_file():
+            continue
+        try:
+            ckpt = load_checkpoint(run_dir / name)
+        except UserError as exc:
+            log(f"skipping {run_dir / name}: {exc}")
+            continue
+        log(f"resuming from {run_dir / name} (epoch {ckpt['epoch']})")
+        return ckpt
+    return None
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Classifier, dict[str, Any]]:
@@ -66,5 +97,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Cl
     ckpt = load_checkpoint(path)
     spec = DataSpec.from_dict(ckpt["data"])
     model = build_model(ckpt["arch"], spec)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {path}: its weights do not fit a {ckpt['arch']} for {spec.name}") from exc
     return model.to(device).eval(), ckpt

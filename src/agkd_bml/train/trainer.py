@@ -9,6 +9,8 @@ a run resumed from the checkpoint of epoch ``e`` replays epoch ``e + 1`` exactly
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -29,11 +31,11 @@ from agkd_bml.evaluate import evaluate_attacks
 from agkd_bml.fileio import write_text
 from agkd_bml.methods import METHODS, Method, MethodContext
 from agkd_bml.models import Classifier, build_model
-from agkd_bml.train.checkpoint import LAST, PREV, load_checkpoint, load_model, resolve_path, save_checkpoint
+from agkd_bml.train.checkpoint import LAST, PREV, load_model, newest_valid, save_checkpoint
 
 RUN_FILES = (LAST, PREV, "metrics.jsonl", "config.yaml")
 #: Config keys that may change when a run is resumed (more epochs, another device).
-RESUMABLE_CHANGES = {"epochs", "device", "threads", "out", "val_n", "val_steps", "data_dir", "download"}
+RESUMABLE_CHANGES = {"epochs", "device", "threads", "out", "val_n", "val_steps", "data_dir", "download", "skip_nonfinite"}
 
 
 class TrainingDiverged(UserError):
@@ -57,6 +59,7 @@ class Setup:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     run_dir: Path
+    skipped: int = 0  #: steps skipped so far for a non-finite loss or gradient
 
 
 def _load_teacher(cfg: TrainConfig, student: Classifier, data: Dataset, device: torch.device) -> Classifier:
@@ -87,10 +90,14 @@ def _load_teacher(cfg: TrainConfig, student: Classifier, data: Dataset, device: 
     return teacher
 
 
-def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, create: bool = True) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} is a file; pass another --out")
     has_run = any((run_dir / f).exists() for f in RUN_FILES)
     if has_run and not (resume or overwrite):
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    if not create:
+        return
     if has_run and overwrite and not resume:
         for f in RUN_FILES:
             (run_dir / f).unlink(missing_ok=True)
@@ -102,7 +109,7 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
         raise UserError(f"less than 50 MiB free under {run_dir}; free some space before training")
 
 
-def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> Setup:
+def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, create: bool = True) -> Setup:
     """Validate ``cfg`` and build data, model, teacher, method and optimizer (nothing trains yet)."""
     cfg.validate()
     method_cls = METHODS[cfg.method]
@@ -110,11 +117,15 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
         raise UserError(f"method {cfg.method!r} distils a teacher's attention: pass --teacher RUN_DIR_OR_CHECKPOINT (a `standard` run)")
     if cfg.init_from_teacher and not cfg.teacher:
         raise UserError("--init-from-teacher needs --teacher")
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     device = resolve_device(cfg.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.deterministic
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run_dir = cfg.run_dir()
-    _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, create=create)
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download).limit_train(cfg.train_limit, cfg.seed)
     torch.manual_seed(cfg.seed)  # weight initialisation
     model = build_model(cfg.arch, data.spec).to(device)
@@ -134,13 +145,12 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
     return Setup(cfg, device, data, model, method, optimizer, scheduler, run_dir)
 
 
-def _restore(s: Setup) -> int:
-    """Load the newest checkpoint of the run directory into ``s``; return the number of finished epochs."""
-    try:
-        path = resolve_path(s.run_dir)
-    except UserError:
+def _restore(s: Setup, log: Callable[[str], None]) -> int:
+    """Load the newest valid checkpoint of the run directory into ``s``; return its finished epochs."""
+    ckpt = newest_valid(s.run_dir, log)
+    if ckpt is None:
+        log(f"nothing to resume in {s.run_dir}; starting fresh")
         return 0
-    ckpt = load_checkpoint(path)
     saved = ckpt["config"]
     changed = {k for k, v in s.cfg.to_dict().items() if saved.get(k) != v} - RESUMABLE_CHANGES
     if changed:
@@ -202,16 +212,24 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
         if s.device.type == "cuda":
             xb = xb.contiguous(memory_format=torch.channels_last)
         terms = s.method.loss(model, xb, yb, gen)
-        total = sum(terms.values())
         values = {k: float(v.detach()) for k, v in terms.items()}
-        bad = [k for k, v in values.items() if not torch.isfinite(torch.tensor(v))]
-        if bad:
-            raise TrainingDiverged(
-                f"loss term(s) {', '.join(bad)} became non-finite at epoch {epoch + 1}, step {step + 1}; "
-                "stopped, the last checkpoint is intact (try a lower --lr)"
-            )
+        bad = [f"loss term {k!r}" for k, v in values.items() if not math.isfinite(v)]
         s.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        if not bad:
+            sum(terms.values()).backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if not math.isfinite(float(torch.nn.utils.get_total_norm(grads))):
+                bad = ["the gradient"]
+        if bad:
+            s.skipped += 1
+            where = f"{', '.join(bad)} became non-finite at epoch {epoch + 1}, step {step + 1}"
+            if s.skipped > cfg.skip_nonfinite:
+                raise TrainingDiverged(
+                    f"{where}; stopped, the last checkpoint is intact (try a lower --lr, or --skip-nonfinite N)"
+                )
+            s.optimizer.zero_grad(set_to_none=True)
+            bar.write(f"skipping step: {where} ({s.skipped}/{cfg.skip_nonfinite} skips used)")
+            continue
         s.optimizer.step()
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v * yb.shape[0]
@@ -228,13 +246,20 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    dry_run: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Train ``cfg`` into its run directory; return the path of the final checkpoint."""
-    s = build(cfg, resume=resume, overwrite=overwrite)
-    start_epoch = _restore(s) if resume else 0
-    if resume:
-        log(f"resuming {s.run_dir} after epoch {start_epoch}" if start_epoch else f"nothing to resume in {s.run_dir}; starting fresh")
+    """Train ``cfg`` into its run directory; return the path of the final checkpoint.
+
+    ``dry_run`` checks everything (config, data, teacher, run directory) and stops before training.
+    """
+    if dry_run and not (resume or overwrite):
+        _prepare_run_dir(cfg.run_dir(), resume=False, overwrite=False, create=False)
+    s = build(cfg, resume=resume or dry_run, overwrite=overwrite and not dry_run, create=not dry_run)
+    if dry_run:
+        log(f"dry run: {cfg.method} ({cfg.arch}) on {s.data.spec.name} with {json.dumps(s.method.settings())} is ready to train into {s.run_dir}")
+        return s.run_dir / LAST
+    start_epoch = _restore(s, log) if resume else 0
     write_text(s.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     _truncate_metrics(s.run_dir / "metrics.jsonl", start_epoch)
     if start_epoch >= cfg.epochs:
