@@ -78,7 +78,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def newest_valid(run_dir: Path, log: Any = print) -> dict[str, Any] | None:
-    """The newest checkpoint of ``run_dir`` that loads and passes its checksum (None if there is none)."""
+    """The newest checkpoint of ``run_dir`` that loads and passes its checksum.
+
+    Returns None when the directory has no checkpoint; raises :class:`UserError` when it has some but
+    none is valid (a run is never silently restarted over checkpoints that could not be read).
+    """
+    problems = []
     for name in (LAST, PREV):
         if not (run_dir / name).is_file():
             continue
@@ -86,9 +91,12 @@ def newest_valid(run_dir: Path, log: Any = print) -> dict[str, Any] | None:
             ckpt = load_checkpoint(run_dir / name)
         except UserError as exc:
             log(f"skipping {run_dir / name}: {exc}")
+            problems.append(str(exc))
             continue
         log(f"resuming from {run_dir / name} (epoch {ckpt['epoch']})")
         return ckpt
+    if problems:
+        raise UserError(f"no valid checkpoint to resume in {run_dir} ({'; '.join(problems)}); use --overwrite to start again")
     return None
 
 

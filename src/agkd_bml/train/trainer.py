@@ -98,6 +98,8 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, create: bo
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
     if not create:
         return
+    for stale in run_dir.glob(".*.tmp"):  # left by a process killed while writing
+        stale.unlink(missing_ok=True)
     if has_run and overwrite and not resume:
         for f in RUN_FILES:
             (run_dir / f).unlink(missing_ok=True)

@@ -1,0 +1,217 @@
+"""Crash safety, unsafe checkpoints, divergence and fuzzed input: nothing lost, nothing executed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agkd_bml.cli import main
+from agkd_bml.data import load_dataset
+from agkd_bml.errors import UserError
+from agkd_bml.methods import METHODS
+from agkd_bml.methods.pgd_at import PgdAT
+from agkd_bml.train import TrainingDiverged, load_checkpoint, train
+from conftest import small_config
+
+TRAIN = ["train", "--method", "pgd-at", "--steps", "2", "--dataset", "digits", "--arch", "small-cnn",
+         "--batch-size", "64", "--lr", "0.05", "--val-n", "32", "--val-steps", "1", "--deterministic",
+         "--threads", "1", "--no-progress"]
+
+
+def _train_cmd(out: Path, epochs: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "agkd_bml", *TRAIN, "--epochs", str(epochs), "--out", str(out), *extra]
+
+
+def _lines(path: Path) -> int:
+    try:
+        return len(path.read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def _kill_when(out: Path, epochs: int, ready, timeout: float = 240) -> None:
+    """Start training and SIGKILL it as soon as ``ready(out)`` is true."""
+    proc = subprocess.Popen(_train_cmd(out, epochs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready(out):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("training ended before the kill point was reached")
+            time.sleep(0.0005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+
+
+def _mid_write(out: Path) -> bool:
+    return any(p.name.endswith(".tmp") for p in out.glob(".last.pt.*")) if out.is_dir() else False
+
+
+KILL_POINTS = {
+    "between-epochs": lambda out: _lines(out / "metrics.jsonl") >= 1,
+    "mid-epoch": lambda out: _lines(out / "metrics.jsonl") >= 1 and (time.sleep(0.4) or True),
+    "mid-checkpoint-write": _mid_write,
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("straight") / "run"
+    subprocess.run(_train_cmd(out, 3), check=True, capture_output=True, timeout=600)
+    return load_checkpoint(out)
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted, point):
+    out = tmp_path / "run"
+    _kill_when(out, 3, KILL_POINTS[point])
+    if point == "mid-checkpoint-write":
+        assert _mid_write(out), "the kill did not land inside a checkpoint write"
+    r = subprocess.run(_train_cmd(out, 3, "--resume"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    final = load_checkpoint(out)
+    assert final["epoch"] == 3
+    for k, v in uninterrupted["model"].items():
+        assert torch.equal(v, final["model"][k]), f"{point}: {k} differs"
+    assert not list(out.glob(".*.tmp"))
+    assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+class _Payload:
+    """Unpickling this creates a file: the proof that a checkpoint ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickle_payload_is_refused_by_every_command(tmp_path, teacher_run):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "agkd-bml/1", "model": {}, "payload": _Payload(marker)}, evil)
+    run_dir = tmp_path / "evil-run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(evil.read_bytes())
+    commands = [
+        ["eval", str(evil), "--n", "8"],
+        ["eval", str(run_dir), "--n", "8"],
+        ["train", "--method", "agkd-bml", "--teacher", str(evil), "--epochs", "1", "--out", str(tmp_path / "a")],
+        ["train", "--method", "standard", "--teacher", str(evil), "--init-from-teacher", "--epochs", "1", "--out", str(tmp_path / "b")],
+        ["train", "--method", "standard", "--epochs", "1", "--resume", "--out", str(run_dir)],
+    ]
+    for args in commands:
+        r = subprocess.run([sys.executable, "-m", "agkd_bml", *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "refusing to load" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not marker.exists(), f"{args} executed the payload"
+    assert (run_dir / "last.pt").read_bytes() == evil.read_bytes()  # the run directory was left alone
+
+
+def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(tmp_path):
+    cfg = small_config(tmp_path, method="standard", epochs=2)
+    train(cfg, progress=False, log=lambda _m: None)
+    last = tmp_path / "standard" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["model"]["fc.bias"] += 1.0  # bit rot: weights no longer match their checksum
+    torch.save(ckpt, last)
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(last)
+    messages: list[str] = []
+    train(small_config(tmp_path, method="standard", epochs=3), resume=True, progress=False, log=messages.append)
+    assert any("skipping" in m for m in messages) and any("prev.pt (epoch 1)" in m for m in messages)
+    assert load_checkpoint(tmp_path / "standard")["epoch"] == 3
+
+
+class _NanAt(PgdAT):
+    """pgd-at whose extra term turns NaN at its 6th step (epoch 2, step 2 with 4 steps per epoch)."""
+
+    name = "nan-test"
+    calls = 0
+
+    def loss(self, model, x, y, generator):
+        terms = super().loss(model, x, y, generator)
+        type(self).calls += 1
+        terms["poison"] = terms["ce"] * (float("nan") if type(self).calls == 6 else 0.0)
+        return terms
+
+
+def test_nan_stops_the_run_with_its_step_and_term_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "nan-test", _NanAt)
+    _NanAt.calls = 0
+    cfg = small_config(tmp_path, method="nan-test", epochs=3, steps=1)
+    with pytest.raises(TrainingDiverged, match=r"loss term 'poison' became non-finite at epoch 2, step 2"):
+        train(cfg, progress=False, log=lambda _m: None)
+    ckpt = load_checkpoint(tmp_path / "nan-test")
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    _NanAt.calls = 0
+    train(small_config(tmp_path, method="nan-test", epochs=3, steps=1, skip_nonfinite=1), overwrite=True,
+          progress=False, log=lambda _m: None)
+    assert load_checkpoint(tmp_path / "nan-test")["epoch"] == 3
+
+
+def test_unwritable_output_directory_is_a_user_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = subprocess.run([sys.executable, "-m", "agkd_bml", "train", "--method", "standard", "--out", str(blocker / "run")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "cannot create run directory" in r.stderr and "Traceback" not in r.stderr
+
+
+FLAGS = ["--method", "--arch", "--dataset", "--epochs", "--batch-size", "--eps", "--steps", "--step-size", "--lr",
+         "--teacher", "--preset", "--config", "--label-smoothing", "--milestones", "--train-limit", "--device",
+         "--mart", "--no-mart", "--val-n", "--seed", "--skip-nonfinite", "--resume", "--overwrite"]
+VALUES = ["standard", "agkd-bml", "wrn-16-1", "small-cnn", "digits", "npz:/nope.npz", "0", "-1", "1", "8/255", "8",
+          "1e9", "nan", "cuda", "cpu", "paper-cifar10", "x", "", "1/0", "0.5", "2", "/"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(args=st.lists(st.one_of(st.sampled_from(FLAGS), st.sampled_from(VALUES), st.text(max_size=8)), max_size=8))
+def test_fuzzed_train_arguments_never_give_a_traceback(tmp_path, args):
+    threads = torch.get_num_threads()
+    try:
+        code = main(["train", *args, "--dry-run", "--no-progress", "--out", str(tmp_path / "fuzz")])
+    except SystemExit as exc:  # argparse: usage errors (2) and --help (0)
+        code = exc.code
+    finally:
+        torch.set_num_threads(threads)
+    assert code in (0, 2)
+
+
+_ARRAY = st.builds(
+    lambda dtype, shape, fill: np.full(shape, fill).astype(dtype),
+    st.sampled_from([np.uint8, np.int64, np.float32, np.bool_]),
+    st.lists(st.integers(0, 5), min_size=0, max_size=5).map(tuple),
+    st.integers(-2, 12),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arrays=st.dictionaries(st.sampled_from(["x_train", "y_train", "x_test", "y_test", "other"]), _ARRAY))
+def test_fuzzed_npz_contents_load_or_give_a_user_error(tmp_path, arrays):
+    path = tmp_path / "fuzz.npz"
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    try:
+        ds = load_dataset(f"npz:{path}")
+    except UserError:
+        return
+    assert ds.x_train.dtype == torch.uint8 and ds.y_train.max() < ds.spec.num_classes
+
+
+def test_npz_that_is_not_a_zip_is_a_user_error(tmp_path):
+    path = tmp_path / "junk.npz"
+    path.write_bytes(os.urandom(64))
+    with pytest.raises(UserError, match="readable"):
+        load_dataset(f"npz:{path}")
