@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import small_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +22,6 @@ from agkd_bml.errors import UserError
 from agkd_bml.methods import METHODS
 from agkd_bml.methods.pgd_at import PgdAT
 from agkd_bml.train import TrainingDiverged, load_checkpoint, train
-from conftest import small_config
 
 TRAIN = ["train", "--method", "pgd-at", "--steps", "2", "--dataset", "digits", "--arch", "small-cnn",
          "--batch-size", "64", "--lr", "0.05", "--val-n", "32", "--val-steps", "1", "--deterministic",

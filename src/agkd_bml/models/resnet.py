@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-
-class _PreActBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = None if stride == 1 and cin == cout else nn.Conv2d(cin, cout, 1, stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o = torch.relu(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(o)
-        return self.conv2(torch.relu(self.bn2(self.conv1(o)))) + shortcut
+from agkd_bml.models.wrn import PreActBlock
 
 
 def preact_resnet18(in_channels: int) -> tuple[nn.Module, int]:
@@ -26,7 +12,7 @@ def preact_resnet18(in_channels: int) -> tuple[nn.Module, int]:
     layers: list[nn.Module] = [nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)]
     cin = 64
     for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-        layers += [_PreActBlock(cin, cout, stride), _PreActBlock(cout, cout, 1)]
+        layers += [PreActBlock(cin, cout, stride), PreActBlock(cout, cout, 1)]
         cin = cout
     layers += [nn.BatchNorm2d(512), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers), 512

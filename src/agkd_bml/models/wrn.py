@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 
-class _Block(nn.Module):
-    """Pre-activation basic block; the shortcut takes the activated input when the shape changes."""
+class PreActBlock(nn.Module):
+    """Pre-activation basic block (WRN and PreAct ResNet); the shortcut takes the activated input when the shape changes."""
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
@@ -36,7 +36,7 @@ class WideResNetBackbone(nn.Module):
         for stage, stride in enumerate((1, 2, 2)):
             for i in range(n):
                 cin = widths[stage] if i == 0 else widths[stage + 1]
-                layers.append(_Block(cin, widths[stage + 1], stride if i == 0 else 1))
+                layers.append(PreActBlock(cin, widths[stage + 1], stride if i == 0 else 1))
         layers += [nn.BatchNorm2d(widths[3]), nn.ReLU(inplace=True)]
         self.layers = nn.Sequential(*layers)
         self.out_channels = widths[3]
