@@ -64,8 +64,13 @@ def test_eval_writes_markdown_csv_json(tmp_path, cifar_teacher):
     ],
 )
 def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, args, needle):
+    run = tmp_path / "run"
+    existing = {"config.yaml": "method: standard\n", "metrics.jsonl": '{"epoch": 1}\n'}
     if args[0] == "train":
-        args = [*args, "--out", str(tmp_path / "run")]
+        run.mkdir()
+        for name, text in existing.items():  # an earlier run's files, which a failed command must not touch
+            (run / name).write_text(text)
+        args = [*args, "--out", str(run), "--resume"]
         if "--method" not in args:
             args += ["--method", "standard"]
     if args[:2] == ["eval", "runs"]:
@@ -79,6 +84,8 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, args, needle):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+    if args[0] == "train":
+        assert {p.name: p.read_text() for p in run.iterdir()} == existing
 
 
 def test_presets_and_methods_list(capsys):
