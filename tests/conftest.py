@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 from agkd_bml.config import TrainConfig
 from agkd_bml.data import load_dataset
@@ -15,6 +17,12 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CIFAR = SHARED / "cifar10.npz"
 
 torch.set_num_threads(2)
+
+# The default suite fuzzes with a fixed seed so that a red CI run is always reproducible; `make fuzz` explores
+# fresh random cases with many more examples (and finds the bugs we then pin with @example).
+settings.register_profile("default", max_examples=50, deadline=None, derandomize=True)
+settings.register_profile("fuzz", max_examples=1000, deadline=None, derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,18 @@ def test_fgsm_has_one_full_step_and_bim_no_random_start():
     assert specs["cw-20"].loss == "cw" and specs["mim-40"].momentum == 1.0
 
 
-@pytest.mark.parametrize("text", ["pgd", "pgd-0", "foo-3", "fgsm-3", ""])
+def test_autoattack_uses_the_reference_parameters_not_torchattacks_defaults():
+    aa = parse_attacks("aa", eps=8 / 255, num_classes=10)[0].settings()
+    assert aa["apgd-ce"]["steps"] == 100 and aa["apgd-t"]["steps"] == 100 and aa["fab-t"]["steps"] == 100
+    assert aa["apgd-t"]["target_classes"] == 9 and aa["fab-t"]["target_classes"] == 9
+    assert aa["square"]["queries"] == 5000 and aa["cascade"] == "per-sample"
+    assert parse_attacks("aa", eps=8 / 255, num_classes=100)[0].settings()["apgd-t"]["target_classes"] == 9
+    assert parse_attacks("square", eps=8 / 255)[0].settings()["queries"] == 5000
+
+
+@pytest.mark.parametrize(
+    "text", ["pgd", "pgd-0", "foo-3", "fgsm-3", "", "aa-3", "spsa", "transfer:", "pgd-20,pgd-20", "apgd-x"]
+)
 def test_bad_attack_specs_are_user_errors(text):
     with pytest.raises(UserError):
         parse_attacks(text, eps=8 / 255)

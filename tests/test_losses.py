@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from agkd_bml.attacks import most_confusing_class
 from agkd_bml.methods.losses import (
     angular_distance,
     attention_map,
     mart_loss,
-    most_confusing_class,
     smooth_targets,
     triplet_loss,
 )

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import small_config
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agkd_bml.cli import main
@@ -176,7 +176,7 @@ VALUES = ["standard", "agkd-bml", "wrn-16-1", "small-cnn", "digits", "npz:/nope.
           "1e9", "nan", "cuda", "cpu", "paper-cifar10", "x", "", "1/0", "0.5", "2", "/"]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(args=st.lists(st.one_of(st.sampled_from(FLAGS), st.sampled_from(VALUES), st.text(max_size=8)), max_size=8))
 def test_fuzzed_train_arguments_never_give_a_traceback(tmp_path, args):
     threads = torch.get_num_threads()
@@ -197,8 +197,11 @@ _ARRAY = st.builds(
 )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(arrays=st.dictionaries(st.sampled_from(["x_train", "y_train", "x_test", "y_test", "other"]), _ARRAY))
+@example(arrays={"x_train": np.uint8(0), "y_train": np.zeros(0, np.uint8), "x_test": np.uint8(0), "y_test": np.uint8(0)})
+@example(arrays={"x_train": np.zeros((2, 0, 0), np.uint8), "y_train": np.array([0, 1]),
+                 "x_test": np.zeros((2, 0, 0), np.uint8), "y_test": np.array([0, 1])})
 def test_fuzzed_npz_contents_load_or_give_a_user_error(tmp_path, arrays):
     path = tmp_path / "fuzz.npz"
     with open(path, "wb") as f:

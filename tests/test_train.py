@@ -84,7 +84,7 @@ def test_quickstart_students_are_robust_where_the_standard_model_is_not(tmp_path
 
     rows = quickstart(tmp_path, device="cpu", progress=False)
     pgd20 = {name: results[1].accuracy for name, results in rows.items()}
-    assert rows["teacher"][1].spec.name == "pgd-20"
+    assert rows["teacher"][1].attack.name == "pgd-20"
     assert pgd20["agkd-bml"] >= pgd20["teacher"] + 0.20
     assert pgd20["pgd-at"] >= pgd20["teacher"] + 0.20
     assert rows["agkd-bml"][0].accuracy > 0.8  # clean accuracy kept

@@ -54,6 +54,8 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from agkd_bml.attacks import spec_help
+
     parser = _Parser(prog="agkd-bml", description="AGKD-BML adversarial training, the methods it is compared with, and their evaluation.")
     parser.add_argument("--version", action="version", version=f"agkd-bml {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -76,12 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="robust accuracy of checkpoints under attacks",
                        description="Evaluate checkpoints on the test set of the dataset they were trained on.")
     e.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files or run directories")
-    e.add_argument("--attacks", default="clean,fgsm,pgd-20", help="comma-separated specs: clean, fgsm, bim-K, pgd-K, cw-K, mim-K")
+    e.add_argument("--attacks", default="clean,fgsm,pgd-20", help=f"comma-separated specs. {spec_help()}")
     e.add_argument("--n", type=int, default=None, help="evaluate the first N test images (default: all)")
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--eps", type=number, default=None, help="L-inf budget (default: the dataset's, e.g. 8/255)")
     e.add_argument("--step-size", type=number, default=None, help="override the attacks' step size")
     e.add_argument("--restarts", type=int, default=1, help="random restarts of PGD / CW")
+    e.add_argument("--targeted", action="store_true",
+                   help="gradient attacks target each image's most confusing class instead of being untargeted")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the checkpoint's")
     e.add_argument("--data-dir", default=None)

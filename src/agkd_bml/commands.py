@@ -6,12 +6,13 @@ import argparse
 import time
 from pathlib import Path
 
-from agkd_bml.attacks import parse_attacks
+from agkd_bml.attacks import Transfer, parse_attacks
 from agkd_bml.config import TrainConfig
 from agkd_bml.data import Dataset, DataSpec, load_dataset
 from agkd_bml.device import resolve_device
 from agkd_bml.errors import UserError
 from agkd_bml.evaluate import AttackResult, evaluate_attacks, format_table, write_tables
+from agkd_bml.models import Classifier
 from agkd_bml.train import load_model, train
 
 
@@ -26,14 +27,32 @@ def _label(path: str, taken: set[str]) -> str:
     return name
 
 
+def _check_compatible(path: str, own: DataSpec, spec: DataSpec) -> None:
+    """A checkpoint can be evaluated on (or attack) data of its own input shape and number of classes."""
+    if (own.num_classes, own.channels, own.size) != (spec.num_classes, spec.channels, spec.size):
+        raise UserError(
+            f"{path} was trained on {own.name} ({own.num_classes} classes, {own.channels}x{own.size}x{own.size}); "
+            f"it cannot be used on {spec.name} ({spec.num_classes} classes, {spec.channels}x{spec.size}x{spec.size})"
+        )
+
+
 def evaluate_checkpoints(args: argparse.Namespace) -> dict[str, list[AttackResult]]:
     """``agkd-bml eval``: each checkpoint on the test set of its dataset (or ``--dataset``)."""
     for name in ("n", "batch_size", "restarts"):
         v = getattr(args, name)
         if v is not None and v <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive; got {v}")
-    parse_attacks(args.attacks, eps=args.eps if args.eps is not None else 8 / 255)  # fail before any work
     device = resolve_device(args.device)
+    sources: dict[str, tuple[Classifier, DataSpec]] = {}
+
+    def load_source(path: str) -> Classifier:
+        if path not in sources:
+            source, ckpt = load_model(path, device)
+            sources[path] = (source, DataSpec.from_dict(ckpt["data"]))
+        return sources[path][0]
+
+    # Fail on a bad spec (or source checkpoint) before any work.
+    parse_attacks(args.attacks, eps=args.eps if args.eps is not None else 8 / 255, load_source=load_source)
     datasets: dict[str, Dataset] = {}
     rows: dict[str, list[AttackResult]] = {}
     taken: set[str] = set()
@@ -44,15 +63,19 @@ def evaluate_checkpoints(args: argparse.Namespace) -> dict[str, list[AttackResul
         if name not in datasets:
             datasets[name] = load_dataset(name, data_dir=args.data_dir or saved.get("data_dir", "./data"))
         data = datasets[name]
-        spec = DataSpec.from_dict(ckpt["data"])
-        if (spec.num_classes, spec.channels, spec.size) != (data.spec.num_classes, data.spec.channels, data.spec.size):
-            raise UserError(f"{path} was trained on {spec.name} ({spec.num_classes} classes, {spec.channels}x{spec.size}x{spec.size}); it cannot be evaluated on {name}")
-        specs = parse_attacks(args.attacks, eps=args.eps if args.eps is not None else data.spec.default_eps,
-                              step_size=args.step_size, restarts=args.restarts)
+        spec = data.spec
+        _check_compatible(path, DataSpec.from_dict(ckpt["data"]), spec)
+        attacks = parse_attacks(
+            args.attacks, eps=args.eps if args.eps is not None else data.spec.default_eps, num_classes=spec.num_classes,
+            step_size=args.step_size, restarts=args.restarts, targeted=args.targeted, load_source=load_source,
+        )
+        for attack in attacks:
+            if isinstance(attack, Transfer):
+                _check_compatible(attack.source_path, sources[attack.source_path][1], spec)
         n = data.x_test.shape[0] if args.n is None else min(args.n, data.x_test.shape[0])
         label = _label(path, taken)
         start = time.perf_counter()
-        rows[label] = evaluate_attacks(model, data.x_test[:n], data.y_test[:n], specs, batch_size=args.batch_size,
+        rows[label] = evaluate_attacks(model, data.x_test[:n], data.y_test[:n], attacks, batch_size=args.batch_size,
                                        device=device, seed=args.seed, progress=not args.no_progress, desc=f"{label} ")
         print(f"{label}: evaluated in {time.perf_counter() - start:.1f}s on {device}")
     print(format_table(rows))
@@ -84,7 +107,7 @@ def quickstart(out: str | Path = "runs/quickstart", *, device: str = "auto", pro
         train(cfg, resume=True, progress=progress)
     args = argparse.Namespace(
         checkpoints=[str(c.run_dir()) for c in configs], attacks="clean,pgd-20", n=None, batch_size=256, eps=None,
-        step_size=None, restarts=1, seed=0, dataset=None, data_dir=None, device=device, out=str(out), no_progress=not progress,
+        step_size=None, restarts=1, targeted=False, seed=0, dataset=None, data_dir=None, device=device, out=str(out), no_progress=not progress,
     )
     rows = evaluate_checkpoints(args)
     print(f"quickstart finished in {time.perf_counter() - start:.0f}s")

@@ -1,17 +1,41 @@
-"""L-inf attacks on models that take inputs in [0, 1]; see :func:`pgd` and :mod:`.specs`."""
+"""L-inf attacks on models that take inputs in [0, 1], all behind :class:`Attack`; specs in :mod:`.registry`."""
 
-from agkd_bml.attacks.pgd import LOSSES, ce_loss, cw_margin, eval_mode, pgd, project, uniform_start
-from agkd_bml.attacks.specs import ATTACKS, AttackSpec, parse_attacks
+from agkd_bml.attacks.autoattack import AutoAttack, LibraryAttack
+from agkd_bml.attacks.base import Attack, fmt_eps
+from agkd_bml.attacks.pgd import (
+    LOSSES,
+    Clean,
+    PGDAttack,
+    ce_loss,
+    cw_margin,
+    eval_mode,
+    most_confusing_class,
+    pgd,
+    project,
+    uniform_start,
+)
+from agkd_bml.attacks.registry import ATTACKS, parse_attacks, spec_help
+from agkd_bml.attacks.spsa import SPSA
+from agkd_bml.attacks.transfer import Transfer
 
 __all__ = [
     "ATTACKS",
     "LOSSES",
-    "AttackSpec",
+    "SPSA",
+    "Attack",
+    "AutoAttack",
+    "Clean",
+    "LibraryAttack",
+    "PGDAttack",
+    "Transfer",
     "ce_loss",
     "cw_margin",
     "eval_mode",
+    "fmt_eps",
+    "most_confusing_class",
     "parse_attacks",
     "pgd",
     "project",
+    "spec_help",
     "uniform_start",
 ]

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from agkd_bml.attacks.base import Attack
 
 #: A per-sample loss ``(logits, labels) -> (N,)``. Untargeted attacks ascend it on the true labels,
 #: targeted attacks descend it on the target labels.
@@ -114,3 +118,77 @@ def pgd(
                 grad = velocity
             x_adv = project(x_adv.detach() + direction * step_size * grad.sign(), x, eps)
     return x_adv.detach()
+
+
+def most_confusing_class(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``y_mc``: the highest logit other than the true class (Eq. 5: smallest CE among wrong classes)."""
+    masked = logits.detach().masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+    return masked.argmax(1)
+
+
+@dataclass(frozen=True)
+class PGDAttack(Attack):
+    """FGSM, BIM, PGD, CW or MIM as one :func:`pgd` configuration, with optional random restarts."""
+
+    name: str
+    steps: int
+    eps: float
+    step_size: float
+    random_start: bool
+    loss: str = "ce"
+    momentum: float = 0.0
+    restarts: int = 1
+    targeted: bool = False
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "attack": "pgd", "loss": self.loss, "steps": self.steps, "step_size": self.step_size, "eps": self.eps,
+            "random_start": self.random_start, "restarts": self.restarts, "momentum": self.momentum,
+            "targeted": self.targeted,
+        }
+
+    def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Attack ``x``; with restarts keep, per sample, the first restart that fools the model.
+
+        Targeted, the target of each image is its most confusing class (highest wrong logit on the clean
+        image), the choice BML makes for its forward AEs.
+        """
+        best, fooled = x, torch.zeros_like(y, dtype=torch.bool)
+        if self.targeted:
+            with torch.no_grad(), eval_mode(model):
+                labels = most_confusing_class(model(x).logits, y)
+        else:
+            labels = y
+        for _ in range(self.restarts):
+            adv = pgd(
+                model, x, labels, eps=self.eps, step_size=self.step_size, steps=self.steps, targeted=self.targeted,
+                random_start=self.random_start, loss=self.loss, momentum=self.momentum, generator=generator,
+            )
+            if self.restarts == 1:
+                return adv
+            with torch.no_grad(), eval_mode(model):
+                wrong = model(adv).logits.argmax(1) != y
+            best = torch.where((wrong & ~fooled)[:, None, None, None], adv, best)
+            fooled |= wrong
+        return best
+
+
+@dataclass(frozen=True)
+class Clean(Attack):
+    """No attack: the clean images (the baseline column of every table)."""
+
+    eps: float
+    name: str = "clean"
+
+    def settings(self) -> dict[str, Any]:
+        return {"attack": "none"}
+
+    def describe(self) -> str:
+        return "clean: no perturbation"
+
+    def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return x

@@ -118,17 +118,18 @@ def from_arrays(
             raise UserError(f"{name}: y_{split} must hold integer class labels; got dtype {y.dtype}")
         if y.ndim != 1:
             raise UserError(f"{name}: y_{split} must be one-dimensional; got shape {y.shape}")
+        x = _to_nchw(x, f"{name}: x_{split}")
         if x.shape[0] != y.shape[0]:
             raise UserError(f"{name}: x_{split} has {x.shape[0]} images but y_{split} has {y.shape[0]} labels")
         if x.shape[0] == 0:
             raise UserError(f"{name}: the {split} split is empty")
-        xs[split] = _to_nchw(x, f"{name}: x_{split}")
+        xs[split] = x
         ys[split] = y.astype(np.int64)
     if xs["train"].shape[1:] != xs["test"].shape[1:]:
         raise UserError(f"{name}: train images {xs['train'].shape[1:]} and test images {xs['test'].shape[1:]} differ in shape")
     c, h, w = xs["train"].shape[1:]
-    if h != w:
-        raise UserError(f"{name}: images must be square; got {h}x{w}")
+    if h != w or h == 0:
+        raise UserError(f"{name}: images must be square and non-empty; got {h}x{w}")
     k = num_classes if num_classes is not None else int(max(ys["train"].max(), ys["test"].max())) + 1
     for split in ("train", "test"):
         lo, hi = int(ys[split].min()), int(ys[split].max())

@@ -1,4 +1,9 @@
-"""Accuracy under attack, per sample, so that a worst case over attacks can be taken afterwards."""
+"""Accuracy under attack, per sample, so that a worst case over attacks can be taken afterwards.
+
+Convention (AutoAttack / RobustBench): a test point counts as robust under an attack only if the model
+classifies it correctly both clean and attacked, and attacks are run only on the points it gets right
+clean (the others are already errors; attacking them would only cost time).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from agkd_bml.attacks import AttackSpec, eval_mode
+from agkd_bml.attacks import Attack, eval_mode
 from agkd_bml.data import iterate_batches
 from agkd_bml.models import Classifier
 
@@ -17,7 +22,7 @@ from agkd_bml.models import Classifier
 class AttackResult:
     """Per-sample outcome of one attack on one model."""
 
-    spec: AttackSpec
+    attack: Attack
     correct: torch.Tensor  #: bool (n,), True where the model is still right on the attacked image
     seed: int
 
@@ -43,7 +48,7 @@ def evaluate_attacks(
     model: Classifier,
     x: torch.Tensor,
     y: torch.Tensor,
-    specs: list[AttackSpec],
+    attacks: list[Attack],
     *,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
@@ -53,22 +58,33 @@ def evaluate_attacks(
 ) -> list[AttackResult]:
     """Run each attack on uint8 images ``x`` (N, C, H, W) with labels ``y``; return per-sample results.
 
-    Each attack's random starts come from a generator seeded with ``seed``, so numbers are reproducible.
+    Each attack's randomness comes from a generator seeded with ``seed``, so numbers are reproducible.
     """
     device = torch.device(device)
     results = []
     with eval_mode(model):
-        for spec in specs:
-            gen = torch.Generator(device=device).manual_seed(seed)
-            correct = []
-            batches = iterate_batches(x, y, batch_size, device=device)
-            bar = tqdm(
-                batches, total=math.ceil(x.shape[0] / batch_size), desc=f"{desc}{spec.name}",
-                disable=not progress, leave=False, unit="batch",
-            )
-            for xb, yb in bar:
-                adv = spec.run(model, xb, yb, gen)
-                with torch.no_grad():
-                    correct.append((model(adv).logits.argmax(1) == yb).cpu())
-            results.append(AttackResult(spec, torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool), seed))
+        clean = _correct(model, x, y, None, batch_size, device, seed, progress, f"{desc}clean")
+        for attack in attacks:
+            correct = torch.zeros_like(clean)
+            idx = clean.nonzero().squeeze(1)
+            if idx.numel():
+                correct[idx] = _correct(model, x[idx], y[idx], attack, batch_size, device, seed, progress,
+                                        f"{desc}{attack.name}")
+            results.append(AttackResult(attack, correct, seed))
     return results
+
+
+def _correct(
+    model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, batch_size: int,
+    device: torch.device, seed: int, progress: bool, desc: str,
+) -> torch.Tensor:
+    """Per-sample correctness of ``model`` on ``x`` attacked by ``attack`` (clean when None)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    bar = tqdm(iterate_batches(x, y, batch_size, device=device), total=math.ceil(x.shape[0] / batch_size),
+               desc=desc, disable=not progress or attack is None, leave=False, unit="batch")
+    for xb, yb in bar:
+        adv = attack.run(model, xb, yb, gen) if attack is not None else xb
+        with torch.no_grad():
+            out.append((model(adv).logits.argmax(1) == yb).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)

@@ -23,13 +23,12 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from agkd_bml.attacks import eval_mode
+from agkd_bml.attacks import eval_mode, most_confusing_class
 from agkd_bml.methods.base import LossTerms, Method
 from agkd_bml.methods.losses import (
     attention_map,
     mart_loss,
     metric_loss,
-    most_confusing_class,
     smooth_cross_entropy,
 )
 

@@ -68,12 +68,6 @@ def metric_loss(
     return weight * (triplet_loss(anchor, positive, negative, margin) + norm_weight * embedding_norm(anchor, positive, negative))
 
 
-def most_confusing_class(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``y_mc``: the highest logit other than the true class (Eq. 5: smallest CE among wrong classes)."""
-    masked = logits.detach().masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
-    return masked.argmax(1)
-
-
 def mart_loss(
     clean_logits: torch.Tensor, adv_logits: torch.Tensor, labels: torch.Tensor, beta: float = 6.0
 ) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from agkd_bml.attacks import ATTACKS, eval_mode
+from agkd_bml.attacks import eval_mode, parse_attacks
 from agkd_bml.config import TrainConfig
 from agkd_bml.data import Dataset, ImageSampler, iterate_batches, load_dataset
 from agkd_bml.device import resolve_device
@@ -171,12 +171,12 @@ def _validate(s: Setup, epoch: int) -> dict[str, Any]:
     n = min(s.cfg.val_n, s.data.x_test.shape[0])
     if n == 0:
         return {}
-    pgd_spec = ATTACKS["pgd"](s.cfg.val_steps, s.method.eps)
+    attacks = parse_attacks(f"clean,pgd-{s.cfg.val_steps}", eps=s.method.eps)
     clean, robust = evaluate_attacks(
-        s.model, s.data.x_test[:n], s.data.y_test[:n], [ATTACKS["clean"](0, s.method.eps), pgd_spec],
+        s.model, s.data.x_test[:n], s.data.y_test[:n], attacks,
         batch_size=max(s.cfg.batch_size, 256), device=s.device, seed=s.cfg.seed,
     )
-    return {"val_clean": clean.accuracy, "val_pgd": robust.accuracy, "val_n": n, "val_attack": pgd_spec.describe()}
+    return {"val_clean": clean.accuracy, "val_pgd": robust.accuracy, "val_n": n, "val_attack": attacks[1].describe()}
 
 
 def _truncate_metrics(path: Path, epochs: int) -> None:

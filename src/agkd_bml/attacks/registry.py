@@ -1,0 +1,139 @@
+"""Attack specs from CLI strings such as ``clean,fgsm,bim-7,pgd-20,cw-100,mim-40,aa,square-5000,spsa-100``.
+
+A new attack is one new file plus one :data:`ATTACKS` line: a builder from (steps, context) to an
+:class:`Attack`, and whether it takes a step count.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from torch import nn
+
+from agkd_bml.attacks.autoattack import SQUARE_QUERIES, AutoAttack, LibraryAttack
+from agkd_bml.attacks.base import Attack
+from agkd_bml.attacks.pgd import Clean, PGDAttack
+from agkd_bml.attacks.spsa import SPSA
+from agkd_bml.attacks.transfer import Transfer
+from agkd_bml.errors import UserError
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a spec string does not say: the budget, the number of classes, and the CLI's overrides."""
+
+    eps: float
+    num_classes: int = 10
+    step_size: float | None = None
+    restarts: int = 1
+    targeted: bool = False
+
+
+def _gradient(name: str, steps: int, ctx: Context, *, step_size: float, random_start: bool, **kw) -> PGDAttack:
+    return PGDAttack(
+        name, steps, ctx.eps, ctx.step_size if ctx.step_size is not None else step_size, random_start=random_start,
+        restarts=ctx.restarts if random_start else 1, targeted=ctx.targeted, **kw,
+    )
+
+
+@dataclass(frozen=True)
+class Family:
+    build: Callable[[int, Context], Attack]
+    steps: str  #: "none" (``fgsm``), "required" (``pgd-20``) or "optional" (``square`` = ``square-5000``)
+    default_steps: int = 1
+    help: str = ""
+
+
+#: Step sizes: eps/4 (2/255 at 8/255) for BIM, PGD and CW; eps/steps for MIM (Dong et al.); eps for FGSM.
+ATTACKS: dict[str, Family] = {
+    "clean": Family(lambda k, c: Clean(c.eps), "none", help="no attack"),
+    "fgsm": Family(lambda k, c: _gradient("fgsm", 1, c, step_size=c.eps, random_start=False), "none",
+                   help="one signed-gradient step of size eps"),
+    "bim": Family(lambda k, c: _gradient(f"bim-{k}", k, c, step_size=c.eps / 4, random_start=False), "required",
+                  help="K steps of eps/4, no random start"),
+    "pgd": Family(lambda k, c: _gradient(f"pgd-{k}", k, c, step_size=c.eps / 4, random_start=True), "required",
+                  help="K steps of eps/4 (2/255 at 8/255) from a uniform random start"),
+    "cw": Family(lambda k, c: _gradient(f"cw-{k}", k, c, step_size=c.eps / 4, random_start=True, loss="cw"),
+                 "required", help="PGD-K on the CW margin loss (margin 50)"),
+    "mim": Family(lambda k, c: _gradient(f"mim-{k}", k, c, step_size=c.eps / k, random_start=False, momentum=1.0),
+                  "required", help="K momentum steps of eps/K (momentum 1.0)"),
+    "aa": Family(lambda k, c: AutoAttack(c.eps, c.num_classes), "none",
+                 help="AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square-5000, per-sample cascade"),
+    "apgd-ce": Family(lambda k, c: LibraryAttack("apgd-ce", "apgd-ce", c.eps, c.num_classes), "none",
+                      help="APGD on CE, 100 iterations"),
+    "apgd-t": Family(lambda k, c: LibraryAttack("apgd-t", "apgd-t", c.eps, c.num_classes), "none",
+                     help="targeted APGD on DLR, 100 iterations, 9 targets"),
+    "fab-t": Family(lambda k, c: LibraryAttack("fab-t", "fab-t", c.eps, c.num_classes), "none",
+                    help="targeted FAB, 100 iterations, 9 targets"),
+    "square": Family(lambda k, c: LibraryAttack(f"square-{k}", "square", c.eps, c.num_classes, queries=k), "optional",
+                     default_steps=SQUARE_QUERIES, help="Square attack with K queries (gradient-free)"),
+    "spsa": Family(lambda k, c: SPSA(f"spsa-{k}", k, c.eps), "required",
+                   help="SPSA with K iterations of 128 samples (gradient-free)"),
+}
+_SPEC = re.compile(r"^([a-z]+(?:-[a-z]+)?)(?:-(\d+))?$")
+TRANSFER_PREFIX = "transfer:"
+
+#: Loads a source checkpoint for ``transfer:PATH`` onto the evaluation device.
+SourceLoader = Callable[[str], nn.Module]
+
+
+def spec_help() -> str:
+    """One line per family for ``--help`` and error messages."""
+    lines = [f"{name}{'-K' if f.steps == 'required' else '[-K]' if f.steps == 'optional' else ''}: {f.help}"
+             for name, f in ATTACKS.items()]
+    return "; ".join(lines + ["transfer:CHECKPOINT: PGD-20 crafted on another model (black-box)"])
+
+
+def _one(item: str, ctx: Context, load_source: SourceLoader | None) -> Attack:
+    if item.startswith(TRANSFER_PREFIX):
+        path = item[len(TRANSFER_PREFIX):]
+        if not path:
+            raise UserError("transfer: needs a source checkpoint, e.g. transfer:runs/teacher")
+        if load_source is None:
+            raise UserError("transfer attacks need a source model loader here")
+        inner = ATTACKS["pgd"].build(20, replace(ctx, targeted=False))
+        return Transfer(item, path, inner, load_source(path))  # type: ignore[arg-type]
+    m = _SPEC.match(item.lower())
+    family = ATTACKS.get(m.group(1)) if m else None
+    if m is None or family is None:
+        raise UserError(f"unknown attack spec {item!r}; known: {', '.join(ATTACKS)}, transfer:CHECKPOINT")
+    name, steps = m.group(1), m.group(2)
+    if family.steps == "none" and steps is not None:
+        raise UserError(f"attack {name!r} takes no step count; write {name!r}")
+    if family.steps == "required" and steps is None:
+        raise UserError(f"attack {item!r} needs a positive step count, e.g. {name}-20")
+    k = int(steps) if steps is not None else family.default_steps
+    if k <= 0:
+        raise UserError(f"attack {item!r} needs a positive step count, e.g. {name}-20")
+    return family.build(k, ctx)
+
+
+def parse_attacks(
+    text: str,
+    *,
+    eps: float,
+    num_classes: int = 10,
+    step_size: float | None = None,
+    restarts: int = 1,
+    targeted: bool = False,
+    load_source: SourceLoader | None = None,
+) -> list[Attack]:
+    """Parse ``clean,fgsm,pgd-20,...`` into attacks; ``step_size``, ``restarts``, ``targeted`` override defaults."""
+    if not eps >= 0:
+        raise UserError(f"eps must be >= 0; got {eps}")
+    if eps > 1:
+        raise UserError(f"eps {eps} is larger than the whole [0, 1] pixel range; did you mean {eps:g}/255?")
+    if step_size is not None and not step_size > 0:
+        raise UserError(f"step size must be > 0; got {step_size}")
+    if restarts < 1:
+        raise UserError(f"restarts must be >= 1; got {restarts}")
+    ctx = Context(eps, num_classes, step_size, restarts, targeted)
+    attacks = [_one(item.strip(), ctx, load_source) for item in text.split(",") if item.strip()]
+    if not attacks:
+        raise UserError("no attack given; e.g. --attacks clean,fgsm,pgd-20")
+    names = [a.name for a in attacks]
+    if len(set(names)) != len(names):
+        raise UserError(f"an attack is listed twice in {text!r}")
+    return attacks
