@@ -1,4 +1,4 @@
-"""Command line: ``agkd-bml {train,eval,quickstart,presets,methods}``.
+"""Command line: ``agkd-bml {train,eval,curves,audit,quickstart,presets,methods}``.
 
 Bad input never shows a traceback: every :class:`UserError` is printed as one line and the exit code is
 2 (``--debug`` shows the traceback).
@@ -53,6 +53,19 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, **kw)
 
 
+def _add_eval_options(p: argparse.ArgumentParser, n: int | None = None) -> None:
+    """Options shared by eval, curves and audit."""
+    p.add_argument("--n", type=int, default=n,
+                   help=f"use the first N test images (default: {n if n else 'all'})")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--eps", type=number, default=None, help="L-inf budget (default: the dataset's, e.g. 8/255)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random starts and library attacks")
+    p.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the checkpoint's")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from agkd_bml.attacks import spec_help
 
@@ -75,23 +88,42 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dry-run", action="store_true", help="check config, data, teacher and run directory, then stop")
     _add_config_options(t)
 
-    e = sub.add_parser("eval", help="robust accuracy of checkpoints under attacks",
-                       description="Evaluate checkpoints on the test set of the dataset they were trained on.")
+    e = sub.add_parser("eval", help="robust accuracy of checkpoints under attacks (Table 1)",
+                       description="Evaluate checkpoints on the test set of the dataset they were trained on. "
+                       "A point counts as robust only if it is right clean and under the attack; the table "
+                       "gives each accuracy with its 95%% Wilson interval and every attack's settings.")
     e.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files or run directories")
     e.add_argument("--attacks", default="clean,fgsm,pgd-20", help=f"comma-separated specs. {spec_help()}")
-    e.add_argument("--n", type=int, default=None, help="evaluate the first N test images (default: all)")
-    e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--eps", type=number, default=None, help="L-inf budget (default: the dataset's, e.g. 8/255)")
-    e.add_argument("--step-size", type=number, default=None, help="override the attacks' step size")
+    e.add_argument("--step-size", type=number, default=None, help="override the gradient attacks' step size")
     e.add_argument("--restarts", type=int, default=1, help="random restarts of PGD / CW")
     e.add_argument("--targeted", action="store_true",
                    help="gradient attacks target each image's most confusing class instead of being untargeted")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the checkpoint's")
-    e.add_argument("--data-dir", default=None)
-    e.add_argument("--device", default="auto")
     e.add_argument("--out", default=None, help="also write the table as eval.md, eval.csv, eval.json here")
-    e.add_argument("--no-progress", action="store_true")
+    _add_eval_options(e)
+
+    c = sub.add_parser("curves", help="accuracy vs PGD steps and vs eps (Figure 5), plotted",
+                       description="PGD-k accuracy for k in 1..100 at the dataset's eps, and PGD-20 accuracy for "
+                       "eps from 0 to 2.5x the dataset's (0..20/255 on CIFAR-10); writes curves.csv, "
+                       "curves.png and curves.pdf.")
+    c.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files or run directories")
+    c.add_argument("--out", default="curves", help="folder for curves.csv / .png / .pdf (default: ./curves)")
+    _add_eval_options(c)
+
+    a = sub.add_parser("audit", help="gradient-masking checks with pass/fail lines; exit code 1 on a failure",
+                       description="Checks that robustness is not an artefact of masked gradients: non-zero "
+                       "input gradients; PGD beats FGSM; accuracy non-increasing in steps and in eps; an "
+                       "unbounded attack reaches ~0; PGD has converged (more steps / restarts change little); "
+                       "gradient-free attacks (Square, SPSA) and transfer from --source are no stronger than "
+                       "PGD. Exit code 0 when all pass, 1 when one fails, 2 on bad input.")
+    a.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or run directory")
+    a.add_argument("--source", default=None, metavar="CHECKPOINT",
+                   help="a different model (e.g. the clean teacher) to craft transfer AEs on")
+    a.add_argument("--square-queries", type=int, default=1000, help="queries of the Square attack (default: 1000)")
+    a.add_argument("--spsa-steps", type=int, default=0, help="also run SPSA with this many iterations (slow)")
+    a.add_argument("--tolerance", type=number, default=0.01,
+                   help="accuracy difference (fraction) a check tolerates (default: 0.01 = 1 point)")
+    a.add_argument("--out", default=None, help="also write audit.md and audit.json here")
+    _add_eval_options(a, n=500)
 
     q = sub.add_parser("quickstart", help="teacher, AGKD-BML and PGD-AT on the embedded digits; prints a table",
                        description="Trains a standard teacher, an AGKD-BML student and a PGD-AT student on "
@@ -124,6 +156,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curves(args: argparse.Namespace) -> int:
+    from agkd_bml.commands import curves
+
+    curves(args)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from agkd_bml.commands import audit_checkpoint
+
+    return audit_checkpoint(args)
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from agkd_bml.commands import quickstart
 
@@ -149,7 +194,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "quickstart": cmd_quickstart, "presets": cmd_presets, "methods": cmd_methods}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "curves": cmd_curves, "audit": cmd_audit, "quickstart": cmd_quickstart, "presets": cmd_presets, "methods": cmd_methods}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

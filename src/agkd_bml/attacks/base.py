@@ -10,9 +10,11 @@ from torch import nn
 
 
 def fmt_eps(v: float) -> str:
-    """Show a budget as k/255 when it is a small whole number of grey levels (8/255), else as a decimal."""
+    """Show a budget as a short decimal when it is one (0.1, 0.025), else as k/255 grey levels (8/255)."""
+    if abs(round(v, 3) - v) < 1e-9:
+        return f"{v:g}"
     k = v * 255
-    if abs(k - round(k)) < 1e-6 and 0 < round(k) <= 64:
+    if abs(k - round(k)) < 1e-6:
         return f"{round(k)}/255"
     return f"{v:.4g}"
 

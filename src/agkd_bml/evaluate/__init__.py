@@ -1,6 +1,20 @@
-"""Robust accuracy of models under attack specs, and the tables that report it."""
+"""Robust accuracy under attack specs, the tables that report it, accuracy curves and the masking audit."""
 
+from agkd_bml.evaluate.audit import Check, audit, verdict, write_audit
+from agkd_bml.evaluate.curves import Curves, accuracy_curves, write_curves
 from agkd_bml.evaluate.robust import AttackResult, evaluate_attacks
 from agkd_bml.evaluate.table import format_table, write_tables
 
-__all__ = ["AttackResult", "evaluate_attacks", "format_table", "write_tables"]
+__all__ = [
+    "AttackResult",
+    "Check",
+    "Curves",
+    "accuracy_curves",
+    "audit",
+    "evaluate_attacks",
+    "format_table",
+    "verdict",
+    "write_audit",
+    "write_curves",
+    "write_tables",
+]
