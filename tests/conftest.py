@@ -60,3 +60,29 @@ def teacher_run(tmp_path_factory) -> str:
     cfg = small_config(out, method="standard", epochs=3, train_limit=None, out=str(out / "teacher"))
     train(cfg, progress=False, log=lambda _m: None)
     return str(out / "teacher")
+
+
+@pytest.fixture(scope="session")
+def cifar_pgd_at(tmp_path_factory, cifar_path):
+    """(model, checkpoint) of a 1-epoch PGD-AT small CNN on 2,000 CIFAR-10 images."""
+    from agkd_bml.config import TrainConfig
+    from agkd_bml.train import load_model, train
+
+    out = tmp_path_factory.mktemp("ta") / "pgd-at"
+    cfg = TrainConfig(method="pgd-at", dataset=f"npz:{cifar_path}", arch="small-cnn", epochs=1, train_limit=2000,
+                      steps=3, val_n=0, device="cpu", out=str(out))
+    train(cfg, progress=False, log=lambda _m: None)
+    return load_model(out)
+
+
+
+@pytest.fixture(scope="session")
+def cifar_standard(tmp_path_factory, cifar_path):
+    """(model, checkpoint) of a 1-epoch standard small CNN on 4,000 CIFAR-10 images."""
+    from agkd_bml.train import load_model, train
+
+    out = tmp_path_factory.mktemp("std") / "standard"
+    cfg = TrainConfig(method="standard", dataset=f"npz:{cifar_path}", arch="small-cnn", epochs=1, train_limit=4000,
+                      val_n=0, device="cpu", out=str(out))
+    train(cfg, progress=False, log=lambda _m: None)
+    return load_model(out)

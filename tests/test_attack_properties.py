@@ -64,18 +64,6 @@ def test_every_library_attack_stays_in_budget_and_leaves_the_model_as_it_was(
         assert not torch.equal(adv, to_float(digits.x_test[:8]).to(dtype))  # it did perturb something
 
 
-@pytest.fixture(scope="module")
-def cifar_pgd_at(tmp_path_factory, cifar_path):
-    from agkd_bml.config import TrainConfig
-    from agkd_bml.train import load_model, train
-
-    out = tmp_path_factory.mktemp("ta") / "pgd-at"
-    cfg = TrainConfig(method="pgd-at", dataset=f"npz:{cifar_path}", arch="small-cnn", epochs=1, train_limit=2000,
-                      steps=3, val_n=0, device="cpu", out=str(out))
-    train(cfg, progress=False, log=lambda _m: None)
-    return load_model(out)
-
-
 def test_our_pgd20_agrees_with_torchattacks_on_500_images(cifar_pgd_at, cifar_path):
     torchattacks = pytest.importorskip("torchattacks")
     from agkd_bml.data import load_dataset

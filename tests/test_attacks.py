@@ -97,3 +97,30 @@ def test_bad_attack_specs_are_user_errors(text):
 def test_eps_in_pixel_units_is_caught():
     with pytest.raises(UserError, match="8/255"):
         parse_attacks("pgd-20", eps=8)
+
+
+def test_attacks_break_a_standard_cifar_model(cifar_standard, cifar_path):
+    """Acceptance: on an undefended model PGD-20 and CW-20 leave < 5%, and FGSM is well below clean."""
+    from agkd_bml.data import load_dataset
+    from agkd_bml.evaluate import evaluate_attacks
+
+    model, _ = cifar_standard
+    data = load_dataset(f"npz:{cifar_path}")
+    clean, fgsm, pgd20, cw20 = evaluate_attacks(model, data.x_test[:300], data.y_test[:300],
+                                                parse_attacks("clean,fgsm,pgd-20,cw-20", eps=8 / 255), seed=0)
+    assert clean.accuracy > 0.3  # the model learned something, so the attacks have something to break
+    assert pgd20.accuracy < 0.05 and cw20.accuracy < 0.05
+    assert fgsm.accuracy < clean.accuracy / 2
+
+
+def test_autoattack_is_at_least_as_strong_as_pgd20_on_pgd_at(cifar_pgd_at, cifar_path):
+    """Acceptance: per sample, AutoAttack accuracy <= PGD-20 accuracy on a PGD-AT model."""
+    from agkd_bml.data import load_dataset
+    from agkd_bml.evaluate import evaluate_attacks
+
+    model, _ = cifar_pgd_at
+    data = load_dataset(f"npz:{cifar_path}")
+    clean, pgd20, aa = evaluate_attacks(model, data.x_test[:100], data.y_test[:100],
+                                        parse_attacks("clean,pgd-20,aa", eps=8 / 255), seed=0)
+    assert pgd20.accuracy > 0.05  # adversarial training left something for AutoAttack to attack
+    assert aa.accuracy <= pgd20.accuracy

@@ -1,4 +1,4 @@
-"""Command line: ``agkd-bml {train,eval,curves,audit,quickstart,presets,methods}``.
+"""Command line: ``agkd-bml {train,eval,curves,audit,knn,tsne,attention,report,quickstart,presets,methods}``.
 
 Bad input never shows a traceback: every :class:`UserError` is printed as one line and the exit code is
 2 (``--debug`` shows the traceback).
@@ -125,6 +125,53 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", default=None, help="also write audit.md and audit.json here")
     _add_eval_options(a, n=500)
 
+    k = sub.add_parser("knn", help="k-NN on penultimate embeddings vs the softmax head (Table 9)",
+                       description="Classify clean and attacked test images by a k-NN vote among the embeddings "
+                       "of training images, next to the softmax accuracy.")
+    k.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
+    k.add_argument("--k", type=int, default=50, help="neighbours (default: 50)")
+    k.add_argument("--metric", default="cosine", help="cosine or l2 (default: cosine)")
+    k.add_argument("--index-limit", type=int, default=None, help="index only the first N training images")
+    k.add_argument("--attack", default="pgd-20", help="attack spec for the attacked column (default: pgd-20)")
+    k.add_argument("--out", default=None, help="also write knn.md / .csv / .json here")
+    _add_eval_options(k)
+
+    ts = sub.add_parser("tsne", help="t-SNE of embeddings: clean points by class, one class's AEs in red",
+                        description="Figures 3, 6-9: one column per model, one row per chosen class.")
+    ts.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
+    ts.add_argument("--classes", default=None, help="comma-separated class names or indices (default: the first two)")
+    ts.add_argument("--per-class", type=int, default=100, help="clean test images per class (default: 100)")
+    ts.add_argument("--attack", default="pgd-20")
+    ts.add_argument("--out", default="tsne", help="folder for tsne.png / tsne.pdf (default: ./tsne)")
+    _add_eval_options(ts)
+
+    at = sub.add_parser("attention", help="attention maps of AEs vs the teacher's, and Grad-CAM (Figures 1, 4)")
+    at.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
+    at.add_argument("--images", type=int, default=8, help="test images shown (default: 8)")
+    at.add_argument("--teacher", default=None, help="clean teacher checkpoint (default: the first run's --teacher)")
+    at.add_argument("--attack", default="pgd-20")
+    at.add_argument("--out", default="attention", help="folder for attention.png and gradcam.png (default: ./attention)")
+    _add_eval_options(at)
+
+    r = sub.add_parser("report", help="one Markdown + HTML page: table, curves, k-NN, t-SNE, attention, timing",
+                       description="Evaluate the given runs and write report.md / report.html with every figure.")
+    r.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or checkpoints)")
+    r.add_argument("--out", default="report", help="folder of the report (default: ./report)")
+    r.add_argument("--attacks", default="clean,fgsm,pgd-20,cw-20", help="attack specs of the table (add aa for AutoAttack)")
+    r.add_argument("--n", type=int, default=1000, help="test images for the table and k-NN (default: 1000)")
+    r.add_argument("--curve-n", type=int, default=500, help="test images for the curves (default: 500)")
+    r.add_argument("--k", type=int, default=50)
+    r.add_argument("--index-limit", type=int, default=10000, help="training images in the k-NN index (default: 10000)")
+    r.add_argument("--classes", default=None, help="t-SNE classes (default: the first two)")
+    r.add_argument("--per-class", type=int, default=100)
+    r.add_argument("--images", type=int, default=6, help="images in the attention figures")
+    r.add_argument("--teacher", default=None)
+    r.add_argument("--batch-size", type=int, default=256)
+    r.add_argument("--eps", type=number, default=None)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default="auto")
+    r.add_argument("--no-progress", action="store_true")
+
     q = sub.add_parser("quickstart", help="teacher, AGKD-BML and PGD-AT on the embedded digits; prints a table",
                        description="Trains a standard teacher, an AGKD-BML student and a PGD-AT student on "
                        "scikit-learn's digits (no download), then evaluates clean and PGD-20 accuracy.")
@@ -169,6 +216,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return audit_checkpoint(args)
 
 
+def cmd_analysis(args: argparse.Namespace) -> int:
+    from agkd_bml.analysis import commands
+
+    getattr(commands, args.command)(args)
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from agkd_bml.commands import quickstart
 
@@ -194,7 +248,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "curves": cmd_curves, "audit": cmd_audit, "quickstart": cmd_quickstart, "presets": cmd_presets, "methods": cmd_methods}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "curves": cmd_curves, "audit": cmd_audit, "knn": cmd_analysis,
+            "tsne": cmd_analysis, "attention": cmd_analysis, "report": cmd_analysis, "quickstart": cmd_quickstart, "presets": cmd_presets, "methods": cmd_methods}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

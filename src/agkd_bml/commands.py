@@ -65,11 +65,12 @@ class _Loader:
         self.datasets: dict[str, Dataset] = {}
         self.sources: dict[str, tuple[Classifier, DataSpec]] = {}
         self.taken: set[str] = set()
+        self.configs: dict[str, dict] = {}  #: training config of each loaded checkpoint, by path
 
     def model(self, path: str) -> tuple[str, Classifier, Dataset, torch.Tensor, torch.Tensor]:
         """(row label, model, dataset, first ``--n`` test images, their labels) of a checkpoint."""
         model, ckpt = load_model(path, self.device)
-        saved = ckpt["config"]
+        saved = self.configs[path] = ckpt["config"]
         name = self.args.dataset or saved["dataset"]
         if name not in self.datasets:
             self.datasets[name] = load_dataset(name, data_dir=self.args.data_dir or saved.get("data_dir", "./data"))

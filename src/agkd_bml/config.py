@@ -50,6 +50,8 @@ class TrainConfig:
     margin: float = _opt(0.03, "triplet margin of SML / BML")
     lambda_triplet: float = _opt(2.0, "weight of the metric-learning loss (lambda_1)")
     lambda_norm: float = _opt(0.001, "weight of the embedding-norm term inside it (lambda_2)")
+    attention: str = _opt("agkd", "map AGKD distils (Table 6): agkd (class-irrelevant, the paper's), gc-orig / "
+                          "gc-false (Grad-CAM of the original / false class), cam-avg (CAM averaged over classes)")
     mart: bool = _opt(False, "add MART's BCE + beta * weighted KL to AGKD-BML (the released 10-step code)")
     val_n: int = _opt(500, "test images used for the per-epoch clean / PGD accuracy")
     val_steps: int = _opt(10, "PGD steps of the per-epoch robust accuracy")
@@ -92,6 +94,12 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0; got {v}")
             if v is not None and v > 1:
                 raise UserError(f"--{name.replace('_', '-')} {v} is in pixel units, but images are in [0, 1]; did you mean {v:g}/255 = {v / 255:.6f}?")
+        from agkd_bml.methods.losses import ATTENTION_KINDS
+
+        if self.attention not in ATTENTION_KINDS:
+            raise unknown_choice("attention map", self.attention, ATTENTION_KINDS)
+        if self.attention != "agkd" and not getattr(METHODS[self.method], "use_agkd", False):
+            raise UserError(f"--attention {self.attention} only applies to methods that distil attention (agkd, agkd-bml)")
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise UserError(f"--label-smoothing must be in [0, 1); got {self.label_smoothing}")
 

@@ -17,3 +17,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError as exc:
         raise UserError(f"invalid --device {name!r}; use auto, cpu, cuda or cuda:N") from exc
+
+
+def device_name(device: torch.device) -> str:
+    """What the device is, for timing tables: the GPU's name, or the CPU with its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"

@@ -16,7 +16,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from agkd_bml.attacks.base import Attack
+from agkd_bml.attacks.base import Attack, fmt_eps
 from agkd_bml.attacks.library import run_library_attack
 from agkd_bml.attacks.pgd import eval_mode
 
@@ -104,7 +104,7 @@ class AutoAttack(Attack):
                 "cascade": "per-sample", "library": "torchattacks"}
 
     def describe(self) -> str:
-        return (f"{self.name}: AutoAttack standard, eps {self.eps:.4g}: APGD-CE ({APGD_STEPS} it.), APGD-T ({APGD_STEPS} it., "
+        return (f"{self.name}: AutoAttack standard, eps {fmt_eps(self.eps)}: APGD-CE ({APGD_STEPS} it.), APGD-T ({APGD_STEPS} it., "
                 f"{min(TARGET_CLASSES, self.num_classes - 1)} targets), FAB-T ({FAB_STEPS} it.), Square "
                 f"({SQUARE_QUERIES} queries), 1 restart each, per-sample cascade (torchattacks)")
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agkd_bml.attacks.base import Attack
+from agkd_bml.attacks.base import Attack, fmt_eps
 
 #: A per-sample loss ``(logits, labels) -> (N,)``. Untargeted attacks ascend it on the true labels,
 #: targeted attacks descend it on the target labels.
@@ -146,6 +146,13 @@ class PGDAttack(Attack):
             "random_start": self.random_start, "restarts": self.restarts, "momentum": self.momentum,
             "targeted": self.targeted,
         }
+
+    def describe(self) -> str:
+        start = "random start" if self.random_start else "no random start"
+        extra = (f", momentum {self.momentum:g}" if self.momentum else "") + (
+            ", targeted at the most confusing class" if self.targeted else "")
+        return (f"{self.name}: {self.loss.upper()} loss, {self.steps} step(s) of {fmt_eps(self.step_size)}, eps "
+                f"{fmt_eps(self.eps)}, {start}, {self.restarts} restart(s){extra}")
 
     def run(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from agkd_bml.attacks import eval_mode, most_confusing_class
 from agkd_bml.methods.base import LossTerms, Method
 from agkd_bml.methods.losses import (
-    attention_map,
+    distilled_map,
     mart_loss,
     metric_loss,
     smooth_cross_entropy,
@@ -44,7 +44,8 @@ class AgkdBml(Method):
     needs_sampler = True
 
     def settings(self) -> dict[str, float | int | bool]:
-        return {**super().settings(), "agkd": self.use_agkd, "bml": self.use_bml, "mart": self.cfg.mart}
+        return {**super().settings(), "agkd": self.use_agkd, "bml": self.use_bml, "mart": self.cfg.mart,
+                "attention": self.cfg.attention if self.use_agkd else "none"}
 
     def loss(self, model, x, y, generator) -> LossTerms:
         with torch.no_grad(), eval_mode(model):
@@ -63,13 +64,16 @@ class AgkdBml(Method):
         fwd_logits, clean_logits = out.logits[:n], out.logits[n : 2 * n]
         terms: LossTerms = {"ce": smooth_cross_entropy(fwd_logits, y, self.smoothing)}
         if self.use_agkd:
-            with torch.inference_mode():
-                teacher_maps = attention_map(self.ctx.teacher(clean).features)
             # Distil into the adversarial views only: forward AE <- x^s, backward AE <- x^{y_mc}.
             # The loss is a sum of one mean L1 per pair, i.e. pairs * the mean over both.
+            orig, false = (torch.cat([y, y_mc]), torch.cat([y_mc, y])) if self.use_bml else (y, y_mc)
+            kind, teacher = self.cfg.attention, self.ctx.teacher
+            with torch.inference_mode():
+                teacher_maps = distilled_map(kind, teacher(clean).features, teacher.fc.weight, orig, false)
             adv_features = torch.cat([out.features[:n], out.features[2 * n :]]) if self.use_bml else out.features[:n]
+            student_maps = distilled_map(kind, adv_features, model.fc.weight, orig, false)
             pairs = 2 if self.use_bml else 1
-            terms["agkd"] = pairs * F.l1_loss(attention_map(adv_features), teacher_maps.clone())
+            terms["agkd"] = pairs * F.l1_loss(student_maps, teacher_maps.clone())
         if self.use_bml:
             anchor, positive, negative = out.embedding.chunk(3)
             cfg = self.cfg

@@ -26,15 +26,54 @@ def smooth_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: 
     return -(q * F.log_softmax(upcast(logits), dim=1)).sum(1).mean()
 
 
+def _minmax(a: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(N, H, W) maps -> (N, H*W) scaled to [0, 1] per sample (a constant map gives zeros; ``eps`` keeps it finite)."""
+    a = a.flatten(1)
+    a = a - a.amin(1, keepdim=True)
+    return a / (a.amax(1, keepdim=True) + eps)
+
+
 def attention_map(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Class-irrelevant attention map: channel sum of (N, C, H, W) features, flattened, min-max per sample.
 
-    Returns (N, H*W) in [0, 1] with min 0 and max 1 per sample (a constant map gives all zeros, which
-    ``eps`` keeps finite). Summing or averaging over channels gives the same map after normalising.
+    Returns (N, H*W) in [0, 1] with min 0 and max 1 per sample. Summing or averaging over channels gives
+    the same map after normalising.
     """
-    a = upcast(features).sum(1).flatten(1)
-    a = a - a.amin(1, keepdim=True)
-    return a / (a.amax(1, keepdim=True) + eps)
+    return _minmax(upcast(features).sum(1), eps)
+
+
+def grad_cam(features: torch.Tensor, fc_weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM of class ``classes[i]`` for each sample, (N, H*W) in [0, 1].
+
+    With a global-average-pool + linear head, d logit_c / d A_k(i, j) = w[c, k] / (H W) everywhere, so
+    Grad-CAM's channel weights are exactly the head's weights: ReLU(sum_k w[c, k] A_k) up to scale. The
+    closed form is exact, differentiable, and needs no second backward pass during training.
+    """
+    cam = torch.einsum("nchw,nc->nhw", upcast(features), upcast(fc_weight)[classes])
+    return _minmax(cam.relu())
+
+
+def cam_average(features: torch.Tensor, fc_weight: torch.Tensor) -> torch.Tensor:
+    """CAM (Zhou et al. 2016) averaged over all classes, (N, H*W) in [0, 1]."""
+    return _minmax(torch.einsum("nchw,c->nhw", upcast(features), upcast(fc_weight).mean(0)))
+
+
+#: The maps AGKD can distil (Table 6): class-irrelevant (the paper's choice), Grad-CAM of the original or
+#: of the false class, or the class-averaged CAM.
+ATTENTION_KINDS = ("agkd", "gc-orig", "gc-false", "cam-avg")
+
+
+def distilled_map(
+    kind: str, features: torch.Tensor, fc_weight: torch.Tensor, orig: torch.Tensor, false: torch.Tensor
+) -> torch.Tensor:
+    """The attention map of ``kind`` for features whose true class is ``orig`` and attacked class ``false``."""
+    if kind == "agkd":
+        return attention_map(features)
+    if kind == "cam-avg":
+        return cam_average(features, fc_weight)
+    if kind in ("gc-orig", "gc-false"):
+        return grad_cam(features, fc_weight, orig if kind == "gc-orig" else false)
+    raise ValueError(f"unknown attention map {kind!r}; choose one of {', '.join(ATTENTION_KINDS)}")
 
 
 def angular_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from agkd_bml.attacks import eval_mode, parse_attacks
 from agkd_bml.config import TrainConfig
 from agkd_bml.data import Dataset, ImageSampler, iterate_batches, load_dataset
-from agkd_bml.device import resolve_device
+from agkd_bml.device import device_name, resolve_device
 from agkd_bml.errors import UserError
 from agkd_bml.evaluate import evaluate_attacks
 from agkd_bml.fileio import write_text
@@ -153,7 +153,8 @@ def _restore(s: Setup, log: Callable[[str], None]) -> int:
     if ckpt is None:
         log(f"nothing to resume in {s.run_dir}; starting fresh")
         return 0
-    saved = ckpt["config"]
+    # a key the saved run predates (an option added since) had its default value then
+    saved = {**TrainConfig().to_dict(), **ckpt["config"]}
     changed = {k for k, v in s.cfg.to_dict().items() if saved.get(k) != v} - RESUMABLE_CHANGES
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(s.cfg, k)!r}" for k in sorted(changed))
@@ -273,7 +274,8 @@ def train(
         stats = train_epoch(s, epoch, progress=progress)
         lr = s.optimizer.param_groups[0]["lr"]
         s.scheduler.step()
-        metrics = {"epoch": epoch + 1, "lr": lr, **stats, **_validate(s, epoch), "method": cfg.method, **s.method.settings()}
+        metrics = {"epoch": epoch + 1, "lr": lr, **stats, **_validate(s, epoch), "method": cfg.method,
+                   "device": device_name(s.device), **s.method.settings()}
         save_checkpoint(
             {
                 "arch": cfg.arch, "data": s.data.spec.to_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,

@@ -1,0 +1,47 @@
+"""Training time per method (the paper's Table 7), read from a run's metrics.jsonl and config.yaml."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agkd_bml.errors import UserError
+
+
+def run_timing(run: str | Path) -> dict[str, Any]:
+    """Method, attack steps, epochs done, mean seconds/epoch, total hours, images/s and device of a run."""
+    run = Path(run)
+    if run.is_file():
+        run = run.parent
+    metrics, config = run / "metrics.jsonl", run / "config.yaml"
+    if not metrics.is_file():
+        raise UserError(f"{run} has no metrics.jsonl; give a run directory made by `agkd-bml train`")
+    epochs = []
+    for line in metrics.read_text().splitlines():
+        try:
+            epochs.append(json.loads(line))
+        except ValueError:
+            continue  # a line torn by a crash
+    if not epochs:
+        raise UserError(f"{metrics} holds no finished epoch")
+    cfg = yaml.safe_load(config.read_text()) if config.is_file() else {}
+    seconds = [float(e["seconds"]) for e in epochs]
+    last = epochs[-1]
+    return {
+        "run": run.name, "method": last.get("method", cfg.get("method", "?")), "steps": last.get("steps"),
+        "arch": cfg.get("arch", "?"), "dataset": cfg.get("dataset", "?"), "device": last.get("device", cfg.get("device", "?")),
+        "epochs": len(epochs), "seconds_per_epoch": sum(seconds) / len(seconds), "hours": sum(seconds) / 3600,
+        "images_per_s": sum(float(e.get("images_per_s", 0)) for e in epochs) / len(epochs),
+    }
+
+
+def timing_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of :func:`run_timing` rows."""
+    lines = ["| run | method | attack steps | arch | epochs | s/epoch | total h | images/s | device |", "|---" * 9 + "|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['method']} | {r['steps']} | {r['arch']} | {r['epochs']} | "
+                     f"{r['seconds_per_epoch']:.1f} | {r['hours']:.3f} | {r['images_per_s']:.0f} | {r['device']} |")
+    return "\n".join(lines)
