@@ -73,16 +73,3 @@ def cifar_pgd_at(tmp_path_factory, cifar_path):
                       steps=3, val_n=0, device="cpu", out=str(out))
     train(cfg, progress=False, log=lambda _m: None)
     return load_model(out)
-
-
-
-@pytest.fixture(scope="session")
-def cifar_standard(tmp_path_factory, cifar_path):
-    """(model, checkpoint) of a 1-epoch standard small CNN on 4,000 CIFAR-10 images."""
-    from agkd_bml.train import load_model, train
-
-    out = tmp_path_factory.mktemp("std") / "standard"
-    cfg = TrainConfig(method="standard", dataset=f"npz:{cifar_path}", arch="small-cnn", epochs=1, train_limit=4000,
-                      val_n=0, device="cpu", out=str(out))
-    train(cfg, progress=False, log=lambda _m: None)
-    return load_model(out)

@@ -99,18 +99,38 @@ def test_eps_in_pixel_units_is_caught():
         parse_attacks("pgd-20", eps=8)
 
 
-def test_attacks_break_a_standard_cifar_model(cifar_standard, cifar_path):
-    """Acceptance: on an undefended model PGD-20 and CW-20 leave < 5%, and FGSM is well below clean."""
-    from agkd_bml.data import load_dataset
+def _break_standard_model(model, data, n: int) -> None:
     from agkd_bml.evaluate import evaluate_attacks
 
-    model, _ = cifar_standard
-    data = load_dataset(f"npz:{cifar_path}")
-    clean, fgsm, pgd20, cw20 = evaluate_attacks(model, data.x_test[:300], data.y_test[:300],
-                                                parse_attacks("clean,fgsm,pgd-20,cw-20", eps=8 / 255), seed=0)
-    assert clean.accuracy > 0.3  # the model learned something, so the attacks have something to break
-    assert pgd20.accuracy < 0.05 and cw20.accuracy < 0.05
+    clean, fgsm, pgd20, cw20 = evaluate_attacks(model, data.x_test[:n], data.y_test[:n],
+                                                parse_attacks("clean,fgsm,pgd-20,cw-20", eps=data.spec.default_eps), seed=0)
+    assert clean.accuracy > 0.6  # the model learned something, so the attacks have something to break
+    assert pgd20.accuracy < 0.05 and cw20.accuracy < 0.05, (clean.accuracy, pgd20.accuracy, cw20.accuracy)
     assert fgsm.accuracy < clean.accuracy / 2
+
+
+def test_attacks_break_a_standard_digits_model(digits, teacher_run):
+    """On an undefended model PGD-20 and CW-20 leave < 5%, and FGSM is well below clean."""
+    from agkd_bml.train import load_model
+
+    _break_standard_model(load_model(teacher_run)[0], digits, 450)
+
+
+@pytest.mark.slow
+def test_attacks_break_a_standard_cifar_model(tmp_path, cifar_path):
+    """Acceptance on CIFAR-10 (about 4 min): a standard small CNN trained 6 epochs on all 50,000 images.
+
+    (Briefly trained CIFAR models are smooth enough to keep 5-7% under PGD-20 at 8/255, so the short
+    fixtures of the default suite cannot stand in for "a standard model" here.)
+    """
+    from agkd_bml.config import TrainConfig
+    from agkd_bml.data import load_dataset
+    from agkd_bml.train import load_model, train
+
+    cfg = TrainConfig(method="standard", dataset=f"npz:{cifar_path}", arch="small-cnn", epochs=6, milestones=[4],
+                      lr=0.05, val_n=0, device="cpu", out=str(tmp_path / "standard"))
+    train(cfg, progress=False, log=lambda _m: None)
+    _break_standard_model(load_model(tmp_path / "standard")[0], load_dataset(f"npz:{cifar_path}"), 1000)
 
 
 def test_autoattack_is_at_least_as_strong_as_pgd20_on_pgd_at(cifar_pgd_at, cifar_path):

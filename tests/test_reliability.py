@@ -218,3 +218,14 @@ def test_npz_that_is_not_a_zip_is_a_user_error(tmp_path):
     path.write_bytes(os.urandom(64))
     with pytest.raises(UserError, match="readable"):
         load_dataset(f"npz:{path}")
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    from agkd_bml.fileio import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "t.md", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "t.md").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600

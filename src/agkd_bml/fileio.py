@@ -24,6 +24,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     except OSError as exc:
         raise UserError(f"cannot write to {path.parent}: {exc.strerror}") from exc
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions instead
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -35,6 +36,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:
