@@ -155,7 +155,8 @@ def verdict(checks: list[Check], n: int, eps: float) -> str:
     skipped = sum(c.passed is None for c in checks)
     head = f"on n={n} test images, eps {fmt_eps(eps)}: {passed} passed, {len(failed)} failed, {skipped} skipped"
     if failed:
-        return f"verdict: FAIL {head}. Signs of gradient masking ({'; '.join(failed)}): do not trust gradient-based robustness numbers of this model."
+        return (f"verdict: FAIL {head}. Signs of gradient masking; failed: {'; '.join(failed)}. Do not trust "
+                "gradient-based robustness numbers of this model.")
     return f"verdict: PASS {head}. No sign of gradient masking."
 
 
