@@ -59,6 +59,8 @@ class TrainConfig:
     deterministic: bool = _opt(False, "deterministic kernels: a resumed run ends bit-identical to an uninterrupted one")
     skip_nonfinite: int = _opt(0, "skip up to N steps whose loss or gradient is NaN/inf instead of stopping")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA if supported, else fp16; off on CPU), bf16, fp16, off")
+    compile: bool = _opt(False, "torch.compile the student (CUDA; the first epoch pays the compile time)")
     threads: int | None = _opt(None, "CPU threads for PyTorch (default: all cores)")
     out: str | None = _opt(None, "run directory (default: runs/<method>)")
 
@@ -95,6 +97,10 @@ class TrainConfig:
             if v is not None and v > 1:
                 raise UserError(f"--{name.replace('_', '-')} {v} is in pixel units, but images are in [0, 1]; did you mean {v:g}/255 = {v / 255:.6f}?")
         from agkd_bml.methods.losses import ATTENTION_KINDS
+        from agkd_bml.train.amp import AMP_CHOICES
+
+        if self.amp not in AMP_CHOICES:
+            raise unknown_choice("--amp mode", self.amp, AMP_CHOICES)
 
         if self.attention not in ATTENTION_KINDS:
             raise unknown_choice("attention map", self.attention, ATTENTION_KINDS)

@@ -31,11 +31,13 @@ from agkd_bml.evaluate import evaluate_attacks
 from agkd_bml.fileio import write_text
 from agkd_bml.methods import METHODS, Method, MethodContext
 from agkd_bml.models import Classifier, build_model
+from agkd_bml.train.amp import amp_dtype, autocast, grad_scaler
 from agkd_bml.train.checkpoint import LAST, PREV, load_model, newest_valid, save_checkpoint
 
 RUN_FILES = (LAST, PREV, "metrics.jsonl", "config.yaml")
 #: Config keys that may change when a run is resumed (more epochs, another device).
-RESUMABLE_CHANGES = {"epochs", "device", "threads", "out", "val_n", "val_steps", "data_dir", "download", "skip_nonfinite"}
+RESUMABLE_CHANGES = {"epochs", "device", "threads", "out", "val_n", "val_steps", "data_dir", "download", "skip_nonfinite",
+                     "amp", "compile"}
 
 
 class TrainingDiverged(UserError):
@@ -59,6 +61,8 @@ class Setup:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     run_dir: Path
+    amp: torch.dtype | None = None  #: autocast dtype, None for full precision
+    scaler: torch.amp.GradScaler | None = None
     skipped: int = 0  #: steps skipped so far for a non-finite loss or gradient
 
 
@@ -133,6 +137,8 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
     model = build_model(cfg.arch, data.spec).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile()  # in place: state_dict keys, checkpoints and attributes stay those of the plain model
     teacher = _load_teacher(cfg, model, data, device) if cfg.teacher and method_cls.needs_teacher or cfg.init_from_teacher else None
     sampler = None
     if method_cls.needs_sampler:
@@ -144,7 +150,8 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
     method = method_cls(cfg, MethodContext(data.spec.num_classes, eps, teacher, sampler))
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
-    return Setup(cfg, device, data, model, method, optimizer, scheduler, run_dir)
+    dtype = amp_dtype(cfg.amp, device)
+    return Setup(cfg, device, data, model, method, optimizer, scheduler, run_dir, dtype, grad_scaler(device, dtype))
 
 
 def _restore(s: Setup, log: Callable[[str], None]) -> int:
@@ -164,6 +171,8 @@ def _restore(s: Setup, log: Callable[[str], None]) -> int:
     s.model.load_state_dict(ckpt["model"])
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        s.scaler.load_state_dict(ckpt["scaler"])
     return int(ckpt["epoch"])
 
 
@@ -214,14 +223,16 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
     for step, (xb, yb) in enumerate(bar):
         if s.device.type == "cuda":
             xb = xb.contiguous(memory_format=torch.channels_last)
-        terms = s.method.loss(model, xb, yb, gen)
+        with autocast(s.device, s.amp):
+            terms = s.method.loss(model, xb, yb, gen)
         values = {k: float(v.detach()) for k, v in terms.items()}
         bad = [f"loss term {k!r}" for k, v in values.items() if not math.isfinite(v)]
         s.optimizer.zero_grad(set_to_none=True)
         if not bad:
-            sum(terms.values()).backward()
+            s.scaler.scale(sum(terms.values())).backward()
             grads = [p.grad for p in model.parameters() if p.grad is not None]
-            if not math.isfinite(float(torch.nn.utils.get_total_norm(grads))):
+            # with fp16 loss scaling, an overflowing step is the scaler's business (it skips it and backs off)
+            if not s.scaler.is_enabled() and not math.isfinite(float(torch.nn.utils.get_total_norm(grads))):
                 bad = ["the gradient"]
         if bad:
             s.skipped += 1
@@ -233,7 +244,8 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
             s.optimizer.zero_grad(set_to_none=True)
             bar.write(f"skipping step: {where} ({s.skipped}/{cfg.skip_nonfinite} skips used)")
             continue
-        s.optimizer.step()
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v * yb.shape[0]
         seen += yb.shape[0]
@@ -280,7 +292,7 @@ def train(
             {
                 "arch": cfg.arch, "data": s.data.spec.to_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,
                 "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-                "scheduler": s.scheduler.state_dict(), "metrics": metrics,
+                "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(), "metrics": metrics,
             },
             s.run_dir,
         )
