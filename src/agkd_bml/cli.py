@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from fractions import Fraction
@@ -191,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in FIELDS if getattr(args, k, None) is not None}
     cfg = resolve(args.preset, args.config, overrides)
     path = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, dry_run=args.dry_run)
-    if not args.dry_run:
+    if not args.dry_run and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"checkpoint: {path}")
     return 0
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agkd_bml.attacks.base import Attack, fmt_eps
+from agkd_bml.models.base import unwrap
 
 #: A per-sample loss ``(logits, labels) -> (N,)``. Untargeted attacks ascend it on the true labels,
 #: targeted attacks descend it on the target labels.
@@ -97,6 +98,7 @@ def pgd(
     if eps < 0 or steps < 0:
         raise ValueError(f"eps and steps must be non-negative; got eps={eps}, steps={steps}")
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
+    model = unwrap(model)
     x = x.detach()
     if init is not None:
         x_adv = project(x + init.to(x), x, eps)

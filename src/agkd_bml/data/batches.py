@@ -24,15 +24,26 @@ def iterate_batches(
     augment: Augment | None = None,
     augment_generator: torch.Generator | None = None,
     drop_last: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(images in [0,1], labels)`` batches on ``device`` from uint8 tensors held in memory.
 
     With ``order`` (a CPU generator) the data are shuffled by a permutation drawn from it, so a run
     seeded per epoch sees the same batches after a restart; without it they come in order. Images
     travel to the device as uint8 (4x less traffic) and are converted and augmented there.
+
+    ``shard=(rank, world)`` gives rank ``rank`` every ``world``-th index of the (shuffled) order, cut to
+    an equal share: with a per-rank ``batch_size`` of B / world, step k of all ranks together covers
+    exactly the k-th global batch of B a single process would see.
     """
-    n = x.shape[0]
-    perm = torch.randperm(n, generator=order) if order is not None else None
+    rank, world = shard
+    if world > 1:
+        full = torch.randperm(x.shape[0], generator=order) if order is not None else torch.arange(x.shape[0])
+        share = x.shape[0] // world
+        perm = full[rank::world][:share]
+    else:
+        perm = torch.randperm(x.shape[0], generator=order) if order is not None else None
+    n = perm.shape[0] if perm is not None else x.shape[0]
     stop = n - n % batch_size if drop_last else n
     pin = device.type == "cuda"
     for start in range(0, stop, batch_size):

@@ -31,6 +31,7 @@ from agkd_bml.methods.losses import (
     metric_loss,
     smooth_cross_entropy,
 )
+from agkd_bml.models import unwrap
 
 
 class AgkdBml(Method):
@@ -71,7 +72,7 @@ class AgkdBml(Method):
             with torch.inference_mode():
                 teacher_maps = distilled_map(kind, teacher(clean).features, teacher.fc.weight, orig, false)
             adv_features = torch.cat([out.features[:n], out.features[2 * n :]]) if self.use_bml else out.features[:n]
-            student_maps = distilled_map(kind, adv_features, model.fc.weight, orig, false)
+            student_maps = distilled_map(kind, adv_features, unwrap(model).fc.weight, orig, false)
             pairs = 2 if self.use_bml else 1
             terms["agkd"] = pairs * F.l1_loss(student_maps, teacher_maps.clone())
         if self.use_bml:

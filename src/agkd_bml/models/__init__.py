@@ -9,7 +9,7 @@ from torch import nn
 
 from agkd_bml.data import DataSpec
 from agkd_bml.errors import UserError
-from agkd_bml.models.base import Classifier, ModelOutput
+from agkd_bml.models.base import Classifier, ModelOutput, unwrap
 from agkd_bml.models.resnet import preact_resnet18, resnet50_64
 from agkd_bml.models.small_cnn import small_cnn
 from agkd_bml.models.wrn import wide_resnet
@@ -46,4 +46,4 @@ def build_model(arch: str, spec: DataSpec) -> Classifier:
     return Classifier(backbone, out_channels, spec.num_classes, spec.mean, spec.std)
 
 
-__all__ = ["ARCH_CHOICES", "MODELS", "Classifier", "ModelOutput", "build_model", "check_arch"]
+__all__ = ["ARCH_CHOICES", "MODELS", "Classifier", "ModelOutput", "build_model", "check_arch", "unwrap"]

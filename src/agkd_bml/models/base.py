@@ -48,6 +48,15 @@ class Classifier(nn.Module):
         return ModelOutput(self.fc(embedding), features, embedding)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper (the model itself otherwise).
+
+    Attacks run on the bare network: DDP would otherwise expect every forward with grad enabled to be
+    followed by a backward that reaches all parameters, which an input-gradient attack never is.
+    """
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     """3x3 convolution, BatchNorm, ReLU: the building block of the small CNN."""
     return nn.Sequential(

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from agkd_bml.attacks import eval_mode, parse_attacks
@@ -31,13 +32,15 @@ from agkd_bml.evaluate import evaluate_attacks
 from agkd_bml.fileio import write_text
 from agkd_bml.methods import METHODS, Method, MethodContext
 from agkd_bml.models import Classifier, build_model
+from agkd_bml.train import distributed
 from agkd_bml.train.amp import amp_dtype, autocast, grad_scaler
 from agkd_bml.train.checkpoint import LAST, PREV, load_model, newest_valid, save_checkpoint
+from agkd_bml.train.distributed import Dist, any_rank, check_in_sync, sum_over_ranks
 
 RUN_FILES = (LAST, PREV, "metrics.jsonl", "config.yaml")
 #: Config keys that may change when a run is resumed (more epochs, another device).
 RESUMABLE_CHANGES = {"epochs", "device", "threads", "out", "val_n", "val_steps", "data_dir", "download", "skip_nonfinite",
-                     "amp", "compile"}
+                     "amp", "compile", "check_sync"}
 
 
 class TrainingDiverged(UserError):
@@ -61,6 +64,8 @@ class Setup:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     run_dir: Path
+    net: Classifier | None = None  #: the bare network (``model`` may be its DDP wrapper)
+    dist: Dist = Dist()
     amp: torch.dtype | None = None  #: autocast dtype, None for full precision
     scaler: torch.amp.GradScaler | None = None
     skipped: int = 0  #: steps skipped so far for a non-finite loss or gradient
@@ -126,12 +131,17 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-    device = resolve_device(cfg.device)
+    d, device_name = distributed.setup(cfg.device)
+    device = resolve_device(device_name)
+    if d.enabled and cfg.batch_size % d.world:
+        raise UserError(f"--batch-size {cfg.batch_size} is the global batch; it must divide by the {d.world} processes")
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.deterministic
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run_dir = cfg.run_dir()
-    _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, create=create)
+    if d.main:
+        _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, create=create)
+    distributed.barrier(d)
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download).limit_train(cfg.train_limit, cfg.seed)
     torch.manual_seed(cfg.seed)  # weight initialisation
     model = build_model(cfg.arch, data.spec).to(device)
@@ -151,7 +161,11 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
     dtype = amp_dtype(cfg.amp, device)
-    return Setup(cfg, device, data, model, method, optimizer, scheduler, run_dir, dtype, grad_scaler(device, dtype))
+    net = model
+    if d.enabled:
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return Setup(cfg, device, data, model, method, optimizer, scheduler, run_dir, net, d, dtype,
+                 grad_scaler(device, dtype))
 
 
 def _restore(s: Setup, log: Callable[[str], None]) -> int:
@@ -168,7 +182,7 @@ def _restore(s: Setup, log: Callable[[str], None]) -> int:
         raise UserError(f"cannot resume {s.run_dir}: the config differs from the saved run ({diffs}); use --overwrite or another --out")
     if ckpt["arch"] != s.cfg.arch:
         raise UserError(f"cannot resume: checkpoint is {ckpt['arch']}, config asks for {s.cfg.arch}")
-    s.model.load_state_dict(ckpt["model"])
+    s.net.load_state_dict(ckpt["model"])
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt.get("scaler"):
@@ -183,7 +197,7 @@ def _validate(s: Setup, epoch: int) -> dict[str, Any]:
         return {}
     attacks = parse_attacks(f"clean,pgd-{s.cfg.val_steps}", eps=s.method.eps)
     clean, robust = evaluate_attacks(
-        s.model, s.data.x_test[:n], s.data.y_test[:n], attacks,
+        s.net, s.data.x_test[:n], s.data.y_test[:n], attacks,
         batch_size=max(s.cfg.batch_size, 256), device=s.device, seed=s.cfg.seed,
     )
     return {"val_clean": clean.accuracy, "val_pgd": robust.accuracy, "val_n": n, "val_attack": attacks[1].describe()}
@@ -205,21 +219,23 @@ def _truncate_metrics(path: Path, epochs: int) -> None:
 
 def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any]:
     """Train one epoch; return its mean loss terms and throughput. Raises :class:`TrainingDiverged`."""
-    cfg, model = s.cfg, s.model
+    cfg, model, d = s.cfg, s.model, s.dist
     seed = epoch_seed(cfg.seed, epoch)
-    order = torch.Generator().manual_seed(seed)
-    gen = torch.Generator(device=s.device).manual_seed(seed)
+    order = torch.Generator().manual_seed(seed)  # the same data order on every rank...
+    gen = torch.Generator(device=s.device).manual_seed((seed + d.rank * 2**32) % 2**63)  # ...other draws per rank
     x, y = s.data.x_train, s.data.y_train
+    batch = cfg.batch_size // d.world
     n_batches = max(1, x.shape[0] // cfg.batch_size)
     batches = iterate_batches(
-        x, y, cfg.batch_size, device=s.device, order=order, augment=s.data.spec.augment,
-        augment_generator=gen, drop_last=x.shape[0] >= cfg.batch_size,
+        x, y, batch, device=s.device, order=order, augment=s.data.spec.augment,
+        augment_generator=gen, drop_last=x.shape[0] >= cfg.batch_size, shard=(d.rank, d.world),
     )
     sums: dict[str, float] = {}
     seen = 0
     start = time.perf_counter()
     model.train()
-    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False, unit="batch")
+    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and d.main),
+               leave=False, unit="batch")
     for step, (xb, yb) in enumerate(bar):
         if s.device.type == "cuda":
             xb = xb.contiguous(memory_format=torch.channels_last)
@@ -227,13 +243,15 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
             terms = s.method.loss(model, xb, yb, gen)
         values = {k: float(v.detach()) for k, v in terms.items()}
         bad = [f"loss term {k!r}" for k, v in values.items() if not math.isfinite(v)]
+        if any_rank(bool(bad), d, s.device) and not bad:
+            bad = ["a loss term on another rank"]  # every rank must skip the backward (its all-reduce) together
         s.optimizer.zero_grad(set_to_none=True)
         if not bad:
             s.scaler.scale(sum(terms.values())).backward()
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             # with fp16 loss scaling, an overflowing step is the scaler's business (it skips it and backs off)
             if not s.scaler.is_enabled() and not math.isfinite(float(torch.nn.utils.get_total_norm(grads))):
-                bad = ["the gradient"]
+                bad = ["the gradient"]  # all-reduced by DDP, so the same on every rank
         if bad:
             s.skipped += 1
             where = f"{', '.join(bad)} became non-finite at epoch {epoch + 1}, step {step + 1}"
@@ -246,13 +264,19 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
             continue
         s.scaler.step(s.optimizer)
         s.scaler.update()
+        if cfg.check_sync:
+            check_in_sync(s.net, d, s.device, f"after epoch {epoch + 1}, step {step + 1}")
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v * yb.shape[0]
         seen += yb.shape[0]
         rate = seen / (time.perf_counter() - start)
         bar.set_postfix({**{k: f"{v:.3f}" for k, v in values.items()}, "img/s": f"{rate:.0f}"}, refresh=False)
     seconds = time.perf_counter() - start
-    return {"loss": {k: v / max(seen, 1) for k, v in sums.items()}, "seconds": seconds, "images_per_s": seen / seconds, "images": seen}
+    keys = sorted(sums)
+    *totals, seen = sum_over_ranks([sums[k] for k in keys] + [float(seen)], d, s.device)
+    check_in_sync(s.net, d, s.device, f"at the end of epoch {epoch + 1}")
+    return {"loss": {k: v / max(seen, 1) for k, v in zip(keys, totals, strict=True)}, "seconds": seconds,
+            "images_per_s": seen / seconds, "images": int(seen), "processes": d.world}
 
 
 def train(
@@ -274,31 +298,45 @@ def train(
     if dry_run:
         log(f"dry run: {cfg.method} ({cfg.arch}) on {s.data.spec.name} with {json.dumps(s.method.settings())} is ready to train into {s.run_dir}")
         return s.run_dir / LAST
+    try:
+        return _run(s, resume=resume, log=log if s.dist.main else (lambda _m: None), progress=progress)
+    finally:
+        distributed.teardown(s.dist)
+
+
+def _run(s: Setup, *, resume: bool, log: Callable[[str], None], progress: bool) -> Path:
+    """The epochs of :func:`train`; under torchrun only rank 0 writes files (``log`` is silent elsewhere)."""
+    cfg, main = s.cfg, s.dist.main
     start_epoch = _restore(s, log) if resume else 0
-    write_text(s.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    _truncate_metrics(s.run_dir / "metrics.jsonl", start_epoch)
+    if main:
+        write_text(s.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        _truncate_metrics(s.run_dir / "metrics.jsonl", start_epoch)
     if start_epoch >= cfg.epochs:
         log(f"{s.run_dir} already finished {start_epoch} epoch(s)")
         return s.run_dir / LAST
+    procs = f" x {s.dist.world} processes" if s.dist.enabled else ""
     log(f"training {cfg.method} ({cfg.arch}) on {s.data.spec.name}: {s.data.x_train.shape[0]} images, "
-        f"{cfg.epochs} epochs, device {s.device}, {json.dumps(s.method.settings())}")
+        f"{cfg.epochs} epochs, device {s.device}{procs}, {json.dumps(s.method.settings())}")
     for epoch in range(start_epoch, cfg.epochs):
         stats = train_epoch(s, epoch, progress=progress)
         lr = s.optimizer.param_groups[0]["lr"]
         s.scheduler.step()
-        metrics = {"epoch": epoch + 1, "lr": lr, **stats, **_validate(s, epoch), "method": cfg.method,
-                   "device": device_name(s.device), **s.method.settings()}
-        save_checkpoint(
-            {
-                "arch": cfg.arch, "data": s.data.spec.to_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,
-                "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-                "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(), "metrics": metrics,
-            },
-            s.run_dir,
-        )
-        with open(s.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        val = f", val clean {100 * metrics['val_clean']:.1f}% / PGD-{cfg.val_steps} {100 * metrics['val_pgd']:.1f}%" if "val_clean" in metrics else ""
-        loss = " ".join(f"{k} {v:.3f}" for k, v in stats["loss"].items())
-        log(f"epoch {epoch + 1}/{cfg.epochs}: {loss}, {stats['seconds']:.1f}s ({stats['images_per_s']:.0f} img/s){val}")
+        if main:
+            metrics = {"epoch": epoch + 1, "lr": lr, **stats, **_validate(s, epoch), "method": cfg.method,
+                       "device": device_name(s.device), **s.method.settings()}
+            save_checkpoint(
+                {
+                    "arch": cfg.arch, "data": s.data.spec.to_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,
+                    "model": s.net.state_dict(), "optimizer": s.optimizer.state_dict(),
+                    "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(), "metrics": metrics,
+                },
+                s.run_dir,
+            )
+            with open(s.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            val = (f", val clean {100 * metrics['val_clean']:.1f}% / PGD-{cfg.val_steps} {100 * metrics['val_pgd']:.1f}%"
+                   if "val_clean" in metrics else "")
+            loss = " ".join(f"{k} {v:.3f}" for k, v in stats["loss"].items())
+            log(f"epoch {epoch + 1}/{cfg.epochs}: {loss}, {stats['seconds']:.1f}s ({stats['images_per_s']:.0f} img/s){val}")
+        distributed.barrier(s.dist)  # no rank races ahead of a checkpoint it might have to resume from
     return s.run_dir / LAST
