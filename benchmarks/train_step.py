@@ -1,0 +1,194 @@
+"""Training-step and evaluation throughput, measured side by side in one process (issue: speed and scale).
+
+    python -m benchmarks.train_step [--arch small-cnn] [--batch 128] [--repeats 5] [--device auto]
+
+For every method: images/s of one real training step (``Method.loss`` + backward + SGD step), and its
+*overhead*: the step time over the time of the bare network passes the method must make (the same number
+of forward / forward+backward passes of the same model on the same batch sizes, timed alone). Also the
+achieved FLOP/s of each step over a matmul peak measured in the same run, AGKD-BML-2 over PGD-AT-7, our
+PGD-20 against torchattacks' PGD, and peak memory. (Our AutoAttack *is* the torchattacks components in a
+per-sample cascade, so its speed ratio to them is 1 by construction; a faster AA is still to be written.) Writes ``benchmarks/results.json`` and prints a Markdown table; nothing here is a unit test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from agkd_bml.attacks import parse_attacks
+from agkd_bml.attacks.library import LogitsOnly
+from agkd_bml.config import TrainConfig
+from agkd_bml.data import DataSpec, ImageSampler
+from agkd_bml.data.augment import Augment
+from agkd_bml.device import device_name, resolve_device
+from agkd_bml.methods import METHODS, MethodContext
+from agkd_bml.models import build_model
+
+#: (label, method, attack steps) of the step benchmark.
+METHODS_UNDER_TEST = [("standard", "standard", 0), ("pgd-at-7", "pgd-at", 7), ("pgd-at-10", "pgd-at", 10),
+                      ("trades-10", "trades", 10), ("agkd-bml-2", "agkd-bml", 2), ("agkd-bml-7", "agkd-bml", 7),
+                      ("agkd-bml-10", "agkd-bml", 10)]
+
+
+def bare_passes(method: str, steps: int) -> list[tuple[str, int]]:
+    """The network passes a method's step needs, as (kind, batch multiple): the lower bound of its cost.
+
+    ``infer``: no-grad forward; ``attack``: eval forward + backward to the input only; ``train``: train-mode
+    forward + backward to the weights.
+    """
+    if method == "standard":
+        return [("train", 1)]
+    if method == "pgd-at":
+        return [("attack", 1)] * steps + [("train", 1)]
+    if method == "trades":
+        return [("infer", 1)] + [("attack", 1)] * steps + [("train", 2)]
+    if method == "agkd-bml":  # y_mc, attacks on forward+backward images, teacher on both, student on 3B
+        return [("infer", 1)] + [("attack", 2)] * steps + [("infer", 2), ("train", 3)]
+    raise ValueError(method)
+
+
+def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median seconds of ``fn`` over ``repeats`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(device: torch.device) -> float:
+    """FLOP/s of a large fp32 (CPU) or bf16 (CUDA) matmul, the machine's practical peak."""
+    n = 4096 if device.type == "cpu" else 8192
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / timed(lambda: a @ b, 3, device)
+
+
+def model_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Forward FLOPs of one batch, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="small-cnn")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--eval-n", type=int, default=256, help="images for the PGD-20 / AutoAttack comparison")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    spec = DataSpec("bench", 10, 3, 32, (0.5,) * 3, (0.25,) * 3, 8 / 255, tuple("0123456789"), Augment())
+    model = build_model(args.arch, spec).to(device)
+    teacher = build_model(args.arch, spec).to(device).eval()
+    for q in teacher.parameters():
+        q.requires_grad_(False)
+    B = args.batch
+    pool_x = torch.randint(0, 256, (max(1000, 4 * B), 3, 32, 32), dtype=torch.uint8)
+    pool_y = torch.arange(pool_x.shape[0]) % 10
+    sampler = ImageSampler(pool_x, pool_y, 10, Augment(), device)
+    x = (pool_x[:B].float() / 255).to(device)
+    y = pool_y[:B].to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def bare(kind: str, mult: int) -> float:
+        xb = x.repeat(mult, 1, 1, 1)
+        if kind == "infer":
+            def fn():
+                with torch.no_grad():
+                    model.eval()(xb)
+        elif kind == "attack":
+            def fn():
+                xa = xb.clone().requires_grad_(True)
+                loss = model.eval()(xa).logits.sum()
+                torch.autograd.grad(loss, xa)
+        else:
+            def fn():
+                model.train()(xb).logits.sum().backward()
+                opt.zero_grad(set_to_none=True)
+        return timed(fn, args.repeats, device)
+
+    bare_cache = {(k, m): bare(k, m) for k in ("infer", "attack", "train") for m in (1, 2, 3)}
+    peak = matmul_peak(device)
+    fwd_flops = model_flops(model.eval(), x)  # one forward of B images; a backward costs about 2 forwards
+    # in forward-pass units: an input-gradient backward costs about one forward, a weight+input backward two
+    pass_flops = {"infer": 1.0, "attack": 2.0, "train": 3.0}
+    rows = []
+    for label, method, steps in METHODS_UNDER_TEST:
+        cfg = TrainConfig(method=method, steps=steps or None, dataset="digits")
+        ctx = MethodContext(10, 8 / 255, teacher if METHODS[method].needs_teacher else None, sampler)
+        m = METHODS[method](cfg, ctx)
+
+        def step(m=m):
+            model.train()
+            loss = sum(m.loss(model, x, y, gen).values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        t = timed(step, args.repeats, device)
+        passes = bare_passes(method, steps)
+        t_bare = sum(bare_cache[p] for p in passes)
+        flops = sum(pass_flops[k] * mult for k, mult in passes) * fwd_flops
+        rows.append({"method": label, "images_per_s": B / t, "step_s": t, "bare_s": t_bare, "overhead": t / t_bare,
+                     "flops_per_s": flops / t, "peak_fraction": flops / t / peak})
+    by = {r["method"]: r for r in rows}
+    ratio = by["agkd-bml-2"]["step_s"] / by["pgd-at-7"]["step_s"]
+    bare_ratio = by["agkd-bml-2"]["bare_s"] / by["pgd-at-7"]["bare_s"]
+
+    # evaluation: our PGD-20 against torchattacks' PGD on the same images
+    import torchattacks
+
+    ex = (pool_x[: args.eval_n].float() / 255).to(device)
+    ey = pool_y[: args.eval_n].to(device)
+    model.eval()
+    ours = parse_attacks("pgd-20", eps=8 / 255)[0]
+    t_ours = timed(lambda: ours.run(model, ex, ey, torch.Generator(device=device).manual_seed(0)), 2, device)
+    ref = torchattacks.PGD(LogitsOnly(model).eval(), eps=8 / 255, alpha=2 / 255, steps=20, random_start=True)
+    t_ref = timed(lambda: ref(ex, ey), 2, device)
+    evals = {"pgd20_ours_images_per_s": args.eval_n / t_ours, "pgd20_torchattacks_images_per_s": args.eval_n / t_ref,
+             "pgd20_speedup": t_ref / t_ours}
+    peak_mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    result = {"machine": f"{platform.machine()} {device_name(device)}", "torch": torch.__version__, "arch": args.arch,
+              "batch": B, "matmul_peak_flops": peak, "forward_flops": fwd_flops, "rows": rows,
+              "agkd_bml2_over_pgd_at7": ratio, "bare_ratio": bare_ratio, **evals, "peak_memory_bytes": peak_mem}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"{result['machine']}, torch {torch.__version__}, {args.arch}, batch {B}, median of {args.repeats}; "
+          f"matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print("| method | images/s | step ms | bare passes ms | overhead | GFLOP/s | of peak |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['images_per_s']:.0f} | {1e3 * r['step_s']:.1f} | {1e3 * r['bare_s']:.1f} | "
+              f"{r['overhead']:.2f}x | {r['flops_per_s'] / 1e9:.1f} | {100 * r['peak_fraction']:.0f}% |")
+    print(f"\nAGKD-BML-2 / PGD-AT-7 step time: {ratio:.2f} (their bare passes: {bare_ratio:.2f}; paper: 528/502 = 1.05)")
+    print(f"PGD-20 on {args.eval_n} images: ours {evals['pgd20_ours_images_per_s']:.0f} img/s, torchattacks "
+          f"{evals['pgd20_torchattacks_images_per_s']:.0f} img/s -> {evals['pgd20_speedup']:.2f}x")
+    print(f"peak memory: {peak_mem / 2**20:.0f} MiB ({'max allocated' if device.type == 'cuda' else 'RSS'})")
+
+
+if __name__ == "__main__":
+    main()
