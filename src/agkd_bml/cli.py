@@ -173,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto")
     r.add_argument("--no-progress", action="store_true")
 
+    rp = sub.add_parser("reproduce", help="train, evaluate and compare with the paper, one table per command",
+                        description="Train what a paper table needs (reusing finished runs in OUT/runs, resuming "
+                        "unfinished ones), evaluate, and write OUT/TARGET.md with the paper's numbers beside ours. "
+                        "Targets: table2 (ablation). Scales: small (2 CPU cores, about an hour of training for "
+                        "table2, on npz:../shared/data/cifar10.npz), paper (WRN-28-10, 200 epochs; GPUs), tiny "
+                        "(a one-minute smoke test of the recipe on digits).")
+    rp.add_argument("target", help="table2")
+    rp.add_argument("--scale", default="small", help="small, paper or tiny (default: small)")
+    rp.add_argument("--out", default="reproduce", help="folder for the runs and the tables (default: ./reproduce)")
+    rp.add_argument("--yes", action="store_true", help="confirm a --scale paper run")
+    rp.add_argument("--no-progress", action="store_true")
+
     q = sub.add_parser("quickstart", help="teacher, AGKD-BML and PGD-AT on the embedded digits; prints a table",
                        description="Trains a standard teacher, an AGKD-BML student and a PGD-AT student on "
                        "scikit-learn's digits (no download), then evaluates clean and PGD-20 accuracy.")
@@ -224,6 +236,12 @@ def cmd_analysis(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from agkd_bml.reproduce import reproduce
+
+    return reproduce(args)
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from agkd_bml.commands import quickstart
 
@@ -250,7 +268,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "curves": cmd_curves, "audit": cmd_audit, "knn": cmd_analysis,
-            "tsne": cmd_analysis, "attention": cmd_analysis, "report": cmd_analysis, "quickstart": cmd_quickstart, "presets": cmd_presets, "methods": cmd_methods}
+            "tsne": cmd_analysis, "attention": cmd_analysis, "report": cmd_analysis, "reproduce": cmd_reproduce,
+            "quickstart": cmd_quickstart, "presets": cmd_presets, "methods": cmd_methods}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

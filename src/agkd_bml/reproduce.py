@@ -1,0 +1,243 @@
+"""``agkd-bml reproduce TARGET --scale small|paper``: train what a paper table needs, evaluate, compare.
+
+Each target is a recipe: the runs it needs (trained into ``OUT/runs/<label>-s<seed>``, reused when finished
+and resumed when not), the evaluation, and a Markdown section with the paper's numbers beside ours.
+``small`` is a fixed configuration that runs on 2 CPU cores on the shared CIFAR-10 file; ``paper`` is the
+paper's (WRN-28-10, 200 epochs, torchvision CIFAR-10; a GPU job); ``tiny`` is a smoke test of the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agkd_bml.attacks import fmt_eps
+from agkd_bml.config import TrainConfig, resolve
+from agkd_bml.errors import UserError, unknown_choice
+from agkd_bml.fileio import write_text
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Everything that differs between the small, the paper and the smoke-test scale."""
+
+    dataset: str
+    arch: str
+    train_limit: int | None
+    epochs: int
+    milestones: tuple[int, ...]
+    lr: float
+    batch_size: int
+    seeds: tuple[int, ...]
+    eval_n: int  #: test images for the fast attacks
+    aa_n: int  #: test images for AutoAttack
+    preset: str | None = None  #: a shipped preset the runs start from (paper scale)
+
+
+SCALES = {
+    # about an hour of training on 2 CPU cores for table2 (12 runs), see docs/reproduction.md
+    "small": Scale("npz:../shared/data/cifar10.npz", "small-cnn", 10000, 8, (6,), 0.05, 128, (0, 1), 1000, 500),
+    "paper": Scale("cifar10", "wrn-28-10", None, 200, (100, 150), 0.1, 128, (0,), 10000, 10000, "paper-cifar10"),
+    "tiny": Scale("digits", "small-cnn", 128, 1, (), 0.05, 64, (0, 1), 32, 8),
+}
+
+#: Table 2 of the paper (CIFAR-10): the ablation, each model with its paper training steps.
+TABLE2 = [("UM", "standard"), ("AT", "pgd-at"), ("SML", "sml"), ("BML", "bml"), ("AGKD", "agkd"),
+          ("AGKD-BML", "agkd-bml")]
+PAPER_TABLE2 = {"UM": (31.39, 0.0, 0.0), "AT": (62.42, 45.57, 46.26), "SML": (58.88, 51.59, 48.05),
+                "BML": (71.08, 60.51, 56.53), "AGKD": (75.57, 65.93, 60.71), "AGKD-BML": (76.69, 71.02, 63.67)}
+#: Table 3 (black-box: PGD-20 AEs of a natural model) and Table 9 (k-NN / softmax, CIFAR-10), paper values.
+PAPER_TABLE3 = {"AT": 85.4, "SML": 86.4, "AGKD-BML": 90.75}
+PAPER_TABLE9 = {"AT": ("87.1 / 86.2", "47.5 / 45.6"), "SML": ("86.3 / 86.2", "51.7 / 51.6"),
+                "AGKD-BML": ("91.9 / 92.0", "71.1 / 71.0")}
+
+
+def run_config(scale: Scale, method: str, seed: int, out: Path, teacher: Path | None) -> TrainConfig:
+    """The training config of one run of a recipe."""
+    base = dataclasses.asdict(resolve(scale.preset)) if scale.preset else {}
+    if scale.preset:  # the paper preset is AGKD-BML's: other methods keep their own steps and smoothing
+        base.update(steps=None, label_smoothing=None)
+    base.update(method=method, seed=seed, out=str(out), teacher=str(teacher) if teacher else None)
+    if not scale.preset:
+        base.update(dataset=scale.dataset, arch=scale.arch, train_limit=scale.train_limit, epochs=scale.epochs,
+                    milestones=list(scale.milestones), lr=scale.lr, batch_size=scale.batch_size)
+    cfg = TrainConfig(**base)
+    cfg.validate()
+    return cfg
+
+
+def _train_all(scale: Scale, out: Path, progress: bool) -> dict[tuple[str, int], Path]:
+    from agkd_bml.train import train
+
+    runs: dict[tuple[str, int], Path] = {}
+    for seed in scale.seeds:
+        um = out / "runs" / f"UM-s{seed}"  # the clean model is also the AGKD teacher of its seed
+        for label, method in TABLE2:
+            run = out / "runs" / f"{label}-s{seed}"
+            cfg = run_config(scale, method, seed, run, um if label in ("AGKD", "AGKD-BML") else None)
+            print(f"== {label} seed {seed} -> {run}")
+            train(cfg, resume=True, progress=progress)
+            runs[(label, seed)] = run
+    return runs
+
+
+def _evaluate(runs: dict[tuple[str, int], Path], scale: Scale, progress: bool) -> tuple[dict[str, dict[str, list[float]]], float]:
+    """Per model label and attack, the robust accuracy (%) of each seed; and the eps used."""
+    from agkd_bml.attacks import parse_attacks
+    from agkd_bml.data import load_dataset
+    from agkd_bml.evaluate import evaluate_attacks
+    from agkd_bml.train import load_model
+
+    data = load_dataset(scale.dataset)
+    fast = parse_attacks("clean,fgsm,pgd-20,cw-20", eps=data.spec.default_eps)
+    aa = parse_attacks("aa", eps=data.spec.default_eps, num_classes=data.spec.num_classes)
+    acc: dict[str, dict[str, list[float]]] = {}
+    for (label, seed), run in runs.items():
+        model, _ = load_model(run)
+        n, m = min(scale.eval_n, data.x_test.shape[0]), min(scale.aa_n, data.x_test.shape[0])
+        res = evaluate_attacks(model, data.x_test[:n], data.y_test[:n], fast, seed=seed, progress=progress,
+                               desc=f"{label}-s{seed} ")
+        res += evaluate_attacks(model, data.x_test[:m], data.y_test[:m], aa, seed=seed, progress=progress,
+                                desc=f"{label}-s{seed} ")
+        for r in res:
+            acc.setdefault(label, {}).setdefault(r.attack.name, []).append(100 * r.accuracy)
+    return acc, data.spec.default_eps
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table2(scale_name: str, out: Path, *, progress: bool = True) -> str:
+    """Train the six ablation models for every seed, evaluate them, and write ``OUT/table2.md``."""
+    scale = SCALES[scale_name]
+    start = time.perf_counter()
+    runs = _train_all(scale, out, progress)
+    trained = time.perf_counter() - start
+    acc, eps = _evaluate(runs, scale, progress)
+    lines = ["| model | clean | FGSM | PGD-20 | CW-20 | AA | paper FGSM | paper PGD-20 | paper CW-20 |",
+             "|---" * 9 + "|"]
+    for label, _ in TABLE2:
+        a = acc[label]
+        paper = " | ".join(f"{v:.2f}" for v in PAPER_TABLE2[label])
+        lines.append(f"| {label} | {_cell(a['clean'])} | {_cell(a['fgsm'])} | {_cell(a['pgd-20'])} | "
+                     f"{_cell(a['cw-20'])} | {_cell(a['aa'])} | {paper} |")
+    lines += ["", f"Scale `{scale_name}`: {scale.arch} on {scale.dataset} ({scale.train_limit or 'all'} training "
+              f"images), {scale.epochs} epochs, seeds {list(scale.seeds)} (mean ± standard deviation). Robust "
+              f"accuracy (%) on the first {scale.eval_n} test images (AutoAttack: first {scale.aa_n}); L-inf eps "
+              f"{fmt_eps(eps)}. FGSM: one step of eps; PGD-20 / CW-20: 20 steps of eps/4 from a random start, "
+              "1 restart; AA: standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square-5000). Each method trains with its "
+              "paper attack steps (AT and SML 7, BML, AGKD and AGKD-BML 2). The AGKD teacher is the UM run of the "
+              f"same seed. Training took {trained / 60:.1f} min here (0 when all runs were already finished)."]
+    return _write(out, "table2", "\n".join(lines))
+
+
+def table3(scale_name: str, out: Path, *, progress: bool = True) -> str:
+    """Black-box: PGD-20 AEs crafted on the UM run of each seed, scored on every other model (``table3.md``)."""
+    from agkd_bml.attacks import PGDAttack, Transfer
+    from agkd_bml.data import load_dataset
+    from agkd_bml.evaluate import evaluate_attacks
+    from agkd_bml.train import load_model
+
+    scale = SCALES[scale_name]
+    runs = _train_all(scale, out, progress)
+    data = load_dataset(scale.dataset)
+    eps = data.spec.default_eps
+    pgd20 = PGDAttack("pgd-20", 20, eps, eps / 4, random_start=True)
+    n = min(scale.eval_n, data.x_test.shape[0])
+    acc: dict[str, dict[str, list[float]]] = {}
+    for (label, seed), run in runs.items():
+        if label == "UM":
+            continue
+        model, _ = load_model(run)
+        source, _ = load_model(runs[("UM", seed)])
+        black = Transfer("transfer", str(runs[("UM", seed)]), pgd20, source)
+        for r in evaluate_attacks(model, data.x_test[:n], data.y_test[:n], [black, pgd20], seed=seed,
+                                  progress=progress, desc=f"{label}-s{seed} "):
+            acc.setdefault(label, {}).setdefault(r.attack.name, []).append(100 * r.accuracy)
+    lines = ["| model | black-box (PGD-20 from UM) | white-box PGD-20 | paper black-box |", "|---|---|---|---|"]
+    for label, a in acc.items():
+        paper = f"{PAPER_TABLE3[label]:.2f}" if label in PAPER_TABLE3 else "-"
+        lines.append(f"| {label} | {_cell(a['transfer'])} | {_cell(a['pgd-20'])} | {paper} |")
+    lines += ["", f"Scale `{scale_name}`, seeds {list(scale.seeds)}; first {n} test images; AEs: {pgd20.describe()}, "
+              "crafted on the UM (natural) model of the same seed, as the paper's Table 3 does with natural models."]
+    return _write(out, "table3", "\n".join(lines))
+
+
+def table9(scale_name: str, out: Path, *, progress: bool = True) -> str:
+    """k-NN (k=50, cosine, training embeddings as index) next to softmax, clean and PGD-20 (``table9.md``)."""
+    from agkd_bml.analysis import embed, knn_predict
+    from agkd_bml.attacks import parse_attacks
+    from agkd_bml.data import load_dataset
+    from agkd_bml.train import load_model
+
+    scale = SCALES[scale_name]
+    runs = _train_all(scale, out, progress)
+    data = load_dataset(scale.dataset).limit_train(scale.train_limit, 0)
+    attack = parse_attacks("pgd-20", eps=data.spec.default_eps)[0]
+    n = min(scale.eval_n, data.x_test.shape[0])
+    x, y = data.x_test[:n], data.y_test[:n]
+    acc: dict[str, dict[str, list[float]]] = {}
+    for (label, seed), run in runs.items():
+        model, _ = load_model(run)
+        index = embed(model, data.x_train, data.y_train)
+        for split, emb in (("clean", embed(model, x, y)), ("pgd-20", embed(model, x, y, attack=attack, seed=seed))):
+            knn = knn_predict(index.embedding, index.labels, emb.embedding, k=50, num_classes=data.spec.num_classes)
+            cell = acc.setdefault(label, {})
+            cell.setdefault(f"knn {split}", []).append(100 * float((knn == y).float().mean()))
+            cell.setdefault(f"softmax {split}", []).append(100 * float((emb.pred == y).float().mean()))
+    lines = ["| model | clean k-NN / softmax | PGD-20 k-NN / softmax | paper clean | paper PGD-20 |", "|---" * 5 + "|"]
+    for label, a in acc.items():
+        paper = PAPER_TABLE9.get(label, ("-", "-"))
+        lines.append(f"| {label} | {_cell(a['knn clean'])} / {_cell(a['softmax clean'])} | "
+                     f"{_cell(a['knn pgd-20'])} / {_cell(a['softmax pgd-20'])} | {paper[0]} | {paper[1]} |")
+    lines += ["", f"Scale `{scale_name}`, seeds {list(scale.seeds)}; accuracy (%) on the first {n} test images, "
+              f"attacked or not; k=50, cosine, index = the {data.x_train.shape[0]} training images' embeddings; "
+              f"AEs: {attack.describe()}."]
+    return _write(out, "table9", "\n".join(lines))
+
+
+def figure5(scale_name: str, out: Path, *, progress: bool = True) -> str:
+    """Accuracy vs PGD steps and vs eps for UM, AT and AGKD-BML of the first seed (``figure5.png``)."""
+    from agkd_bml.data import load_dataset
+    from agkd_bml.evaluate import accuracy_curves, write_curves
+    from agkd_bml.train import load_model
+
+    scale = SCALES[scale_name]
+    runs = _train_all(scale, out, progress)
+    data = load_dataset(scale.dataset)
+    seed = scale.seeds[0]
+    n = min(scale.aa_n, data.x_test.shape[0])
+    curves = {label: accuracy_curves(load_model(runs[(label, seed)])[0], data.x_test[:n], data.y_test[:n],
+                                     eps=data.spec.default_eps, seed=seed, progress=progress, desc=f"{label} ")
+              for label in ("UM", "AT", "AGKD-BML")}
+    files = write_curves(curves, out, stem="figure5")
+    return _write(out, "figure5", f"![Figure 5]({files[1].name})\n\nSeed {seed}, first {n} test images; data in "
+                  f"`{files[0].name}`. The paper's Figure 5 compares AGKD-BML, FS and AT on WRN-28-10.")
+
+
+def _write(out: Path, target: str, text: str) -> str:
+    write_text(out / f"{target}.md", text + "\n")
+    return text
+
+
+RECIPES = {"table2": table2, "table3": table3, "table9": table9, "figure5": figure5}
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    """``agkd-bml reproduce``."""
+    if args.target not in RECIPES:
+        raise unknown_choice("reproduction target", args.target, RECIPES)
+    if args.scale not in SCALES:
+        raise unknown_choice("scale", args.scale, SCALES)
+    if args.scale == "paper" and not args.yes:
+        raise UserError("--scale paper trains WRN-28-10 for 200 epochs per run (days on one GPU); add --yes to start")
+    print(RECIPES[args.target](args.scale, Path(args.out), progress=not args.no_progress))
+    print(f"wrote {Path(args.out) / (args.target + '.md')}")
+    return 0
