@@ -50,3 +50,10 @@ def test_ddp_resume_and_batch_that_does_not_divide(tmp_path, teacher_run):
                           "--out", str(tmp_path / "odd"), "--no-progress"], capture_output=True, text=True, env=env,
                          timeout=300)
     assert run.returncode != 0 and "must divide" in run.stderr
+
+
+def test_sync_bn_without_torchrun_on_cuda_is_a_user_error(tmp_path, capsys):
+    from agkd_bml.cli import main
+
+    code = main(["train", "--method", "standard", "--sync-bn", "--device", "cpu", "--dry-run", "--out", str(tmp_path / "x")])
+    assert code == 2 and "GPU-only" in capsys.readouterr().err

@@ -61,6 +61,7 @@ class TrainConfig:
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA if supported, else fp16; off on CPU), bf16, fp16, off")
     compile: bool = _opt(False, "torch.compile the student (CUDA; the first epoch pays the compile time)")
+    sync_bn: bool = _opt(False, "under torchrun on CUDA: SyncBatchNorm, so BatchNorm sees the global batch")
     check_sync: bool = _opt(False, "under torchrun: verify after every step that all ranks hold identical weights")
     threads: int | None = _opt(None, "CPU threads for PyTorch (default: all cores)")
     out: str | None = _opt(None, "run directory (default: runs/<method>)")

@@ -158,6 +158,10 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
             raise UserError(str(exc)) from exc
     eps = cfg.eps if cfg.eps is not None else data.spec.default_eps
     method = method_cls(cfg, MethodContext(data.spec.num_classes, eps, teacher, sampler))
+    if cfg.sync_bn:
+        if not (d.enabled and device.type == "cuda"):
+            raise UserError("--sync-bn needs torchrun with several processes on CUDA (PyTorch's SyncBatchNorm is GPU-only)")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, same state_dict keys
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
     dtype = amp_dtype(cfg.amp, device)
