@@ -6,7 +6,7 @@ For every method: images/s of one real training step (``Method.loss`` + backward
 *overhead*: the step time over the time of the bare network passes the method must make (the same number
 of forward / forward+backward passes of the same model on the same batch sizes, timed alone). Also the
 achieved FLOP/s of each step over a matmul peak measured in the same run, AGKD-BML-2 over PGD-AT-7, our
-PGD-20 against torchattacks' PGD, and peak memory. (Our AutoAttack *is* the torchattacks components in a
+PGD-20 evaluation against torchattacks' PGD on a trained checkpoint (``--eval-checkpoint``), and peak memory. (Our AutoAttack *is* the torchattacks components in a
 per-sample cascade, so its speed ratio to them is 1 by construction; a faster AA is still to be written.) Writes ``benchmarks/results.json`` and prints a Markdown table; nothing here is a unit test.
 """
 
@@ -88,12 +88,42 @@ def model_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
+def compare_pgd20(checkpoint: str, n: int, device: torch.device) -> dict[str, float]:
+    """Seconds and robust accuracy of our PGD-20 evaluation and of torchattacks' PGD, same model and images."""
+    import torchattacks
+
+    from agkd_bml.data import load_dataset, to_float
+    from agkd_bml.evaluate import evaluate_attacks
+    from agkd_bml.train import load_model
+
+    model, ckpt = load_model(checkpoint, device)
+    data = load_dataset(ckpt["config"]["dataset"])
+    x, y = data.x_test[:n], data.y_test[:n]
+    eps = data.spec.default_eps
+    start = time.perf_counter()
+    ours = evaluate_attacks(model, x, y, parse_attacks("pgd-20", eps=eps), batch_size=250, device=device)[0]
+    t_ours = time.perf_counter() - start
+    ref = torchattacks.PGD(LogitsOnly(model).eval(), eps=eps, alpha=eps / 4, steps=20, random_start=True)
+    start = time.perf_counter()
+    right = []
+    for i in range(0, n, 250):
+        xb, yb = to_float(x[i : i + 250]).to(device), y[i : i + 250].to(device)
+        adv = ref(xb, yb)
+        with torch.no_grad():
+            right.append((model(adv).logits.argmax(1) == yb).cpu())
+    t_ref = time.perf_counter() - start
+    return {"pgd20_ours_s": t_ours, "pgd20_torchattacks_s": t_ref, "pgd20_speedup": t_ref / t_ours,
+            "pgd20_ours_accuracy": ours.accuracy, "pgd20_torchattacks_accuracy": float(torch.cat(right).float().mean())}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="small-cnn")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--eval-n", type=int, default=256, help="images for the PGD-20 / AutoAttack comparison")
+    p.add_argument("--eval-checkpoint", default=None,
+                   help="a trained checkpoint: time our PGD-20 evaluation against torchattacks' PGD on its test set")
+    p.add_argument("--eval-n", type=int, default=1000, help="test images for that comparison")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = p.parse_args()
@@ -158,18 +188,11 @@ def main() -> None:
     ratio = by["agkd-bml-2"]["step_s"] / by["pgd-at-7"]["step_s"]
     bare_ratio = by["agkd-bml-2"]["bare_s"] / by["pgd-at-7"]["bare_s"]
 
-    # evaluation: our PGD-20 against torchattacks' PGD on the same images
-    import torchattacks
-
-    ex = (pool_x[: args.eval_n].float() / 255).to(device)
-    ey = pool_y[: args.eval_n].to(device)
-    model.eval()
-    ours = parse_attacks("pgd-20", eps=8 / 255)[0]
-    t_ours = timed(lambda: ours.run(model, ex, ey, torch.Generator(device=device).manual_seed(0)), 2, device)
-    ref = torchattacks.PGD(LogitsOnly(model).eval(), eps=8 / 255, alpha=2 / 255, steps=20, random_start=True)
-    t_ref = timed(lambda: ref(ex, ey), 2, device)
-    evals = {"pgd20_ours_images_per_s": args.eval_n / t_ours, "pgd20_torchattacks_images_per_s": args.eval_n / t_ref,
-             "pgd20_speedup": t_ref / t_ours}
+    # evaluation: our PGD-20 (the eval path: clean-correct points only, per-image early stop) against
+    # torchattacks' PGD on the same trained model and real test images
+    evals = {}
+    if args.eval_checkpoint:
+        evals = compare_pgd20(args.eval_checkpoint, args.eval_n, device)
     peak_mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     result = {"machine": f"{platform.machine()} {device_name(device)}", "torch": torch.__version__, "arch": args.arch,
@@ -185,8 +208,10 @@ def main() -> None:
         print(f"| {r['method']} | {r['images_per_s']:.0f} | {1e3 * r['step_s']:.1f} | {1e3 * r['bare_s']:.1f} | "
               f"{r['overhead']:.2f}x | {r['flops_per_s'] / 1e9:.1f} | {100 * r['peak_fraction']:.0f}% |")
     print(f"\nAGKD-BML-2 / PGD-AT-7 step time: {ratio:.2f} (their bare passes: {bare_ratio:.2f}; paper: 528/502 = 1.05)")
-    print(f"PGD-20 on {args.eval_n} images: ours {evals['pgd20_ours_images_per_s']:.0f} img/s, torchattacks "
-          f"{evals['pgd20_torchattacks_images_per_s']:.0f} img/s -> {evals['pgd20_speedup']:.2f}x")
+    if evals:
+        print(f"PGD-20 evaluation on {args.eval_n} test images of {args.eval_checkpoint}: ours {evals['pgd20_ours_s']:.1f}s "
+              f"(robust accuracy {100 * evals['pgd20_ours_accuracy']:.2f}%), torchattacks {evals['pgd20_torchattacks_s']:.1f}s "
+              f"({100 * evals['pgd20_torchattacks_accuracy']:.2f}%) -> {evals['pgd20_speedup']:.2f}x")
     print(f"peak memory: {peak_mem / 2**20:.0f} MiB ({'max allocated' if device.type == 'cuda' else 'RSS'})")
 
 

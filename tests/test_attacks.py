@@ -144,3 +144,21 @@ def test_autoattack_is_at_least_as_strong_as_pgd20_on_pgd_at(cifar_pgd_at, cifar
                                         parse_attacks("clean,pgd-20,aa", eps=8 / 255), seed=0)
     assert pgd20.accuracy > 0.05  # adversarial training left something for AutoAttack to attack
     assert aa.accuracy <= pgd20.accuracy
+
+
+def test_early_stop_counts_the_worst_iterate_and_is_never_weaker(digits, teacher_run):
+    from agkd_bml.train import load_model
+
+    model, _ = load_model(teacher_run)
+    x, y = to_float(digits.x_test[:200]), digits.y_test[:200]
+    kw = dict(eps=0.05, step_size=0.0125, steps=10)
+    plain = pgd(model, x, y, generator=torch.Generator().manual_seed(0), **kw)
+    early = pgd(model, x, y, generator=torch.Generator().manual_seed(0), stop_when_fooled=True, **kw)
+    with torch.no_grad():
+        right_plain = model(plain).logits.argmax(1) == y
+        right_early = model(early).logits.argmax(1) == y
+    assert (early - x).abs().max() <= 0.05 + 1e-6 and early.min() >= 0 and early.max() <= 1
+    assert right_early.sum() <= right_plain.sum()
+    assert right_early.sum() < right_early.numel()  # something was fooled (so the early path ran)
+    with pytest.raises(ValueError):
+        pgd(model, x, y, targeted=True, stop_when_fooled=True, **kw)

@@ -86,6 +86,7 @@ def pgd(
     momentum: float = 0.0,
     init: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    stop_when_fooled: bool = False,
 ) -> torch.Tensor:
     """Return adversarial examples of ``x`` (in [0, 1]) inside the L-inf ball of radius ``eps``.
 
@@ -94,7 +95,13 @@ def pgd(
     that batched and separate attacks agree). ``momentum`` > 0 gives MIM: the gradient is L1-normalised
     per sample and accumulated. The model runs in eval mode (BatchNorm statistics frozen, restored
     afterwards) and only input gradients are asked of autograd, so parameter ``.grad`` stay untouched.
+
+    ``stop_when_fooled`` (untargeted evaluation) drops an image from the batch at the first iterate the
+    model misclassifies and returns that iterate: the attack is at least as strong (a point counts as
+    broken at its worst iterate, not only at the last) and later steps run on fewer images.
     """
+    if stop_when_fooled and targeted:
+        raise ValueError("stop_when_fooled needs the true labels (an untargeted attack)")
     if eps < 0 or steps < 0:
         raise ValueError(f"eps and steps must be non-negative; got eps={eps}, steps={steps}")
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
@@ -108,17 +115,29 @@ def pgd(
         x_adv = x.clone()
     direction = -1.0 if targeted else 1.0
     velocity = torch.zeros_like(x) if momentum else None
+    # stop_when_fooled: indices still attacked; a fooled image keeps the iterate that fooled it
+    idx = torch.arange(x.shape[0], device=x.device) if stop_when_fooled else None
     with eval_mode(model):
         for _ in range(steps):
-            x_adv.requires_grad_(True)
+            cur = (x_adv if idx is None else x_adv[idx]).detach().requires_grad_(True)
+            lab = labels if idx is None else labels[idx]
             with torch.enable_grad():
-                objective = loss_fn(model(x_adv).logits, labels).sum()
-            (grad,) = torch.autograd.grad(objective, x_adv)
+                logits = model(cur).logits
+                objective = loss_fn(logits, lab).sum()
+            (grad,) = torch.autograd.grad(objective, cur)
+            cur = cur.detach()
+            if idx is not None:
+                keep = logits.detach().argmax(1) == lab
+                idx, cur, grad = idx[keep], cur[keep], grad[keep]
+                if idx.numel() == 0:
+                    break
             if velocity is not None:
                 l1 = grad.abs().mean(dim=tuple(range(1, grad.ndim)), keepdim=True).clamp_min(1e-12)
-                velocity = momentum * velocity + grad / l1
-                grad = velocity
-            x_adv = project(x_adv.detach() + direction * step_size * grad.sign(), x, eps)
+                v = momentum * (velocity if idx is None else velocity[idx]) + grad / l1
+                velocity = v if idx is None else velocity.index_copy(0, idx, v)
+                grad = v
+            new = project(cur + direction * step_size * grad.sign(), x if idx is None else x[idx], eps)
+            x_adv = new if idx is None else x_adv.index_copy(0, idx, new)
     return x_adv.detach()
 
 
@@ -141,18 +160,20 @@ class PGDAttack(Attack):
     momentum: float = 0.0
     restarts: int = 1
     targeted: bool = False
+    early_stop: bool = False  #: stop per image once fooled (see :func:`pgd`); untargeted only
 
     def settings(self) -> dict[str, Any]:
         return {
             "attack": "pgd", "loss": self.loss, "steps": self.steps, "step_size": self.step_size, "eps": self.eps,
             "random_start": self.random_start, "restarts": self.restarts, "momentum": self.momentum,
-            "targeted": self.targeted,
+            "targeted": self.targeted, "early_stop": self.early_stop and not self.targeted,
         }
 
     def describe(self) -> str:
         start = "random start" if self.random_start else "no random start"
         extra = (f", momentum {self.momentum:g}" if self.momentum else "") + (
-            ", targeted at the most confusing class" if self.targeted else "")
+            ", targeted at the most confusing class" if self.targeted else
+            ", each image kept at its first fooling iterate" if self.early_stop else "")
         return (f"{self.name}: {self.loss.upper()} loss, {self.steps} step(s) of {fmt_eps(self.step_size)}, eps "
                 f"{fmt_eps(self.eps)}, {start}, {self.restarts} restart(s){extra}")
 
@@ -174,6 +195,7 @@ class PGDAttack(Attack):
             adv = pgd(
                 model, x, labels, eps=self.eps, step_size=self.step_size, steps=self.steps, targeted=self.targeted,
                 random_start=self.random_start, loss=self.loss, momentum=self.momentum, generator=generator,
+                stop_when_fooled=self.early_stop and not self.targeted,
             )
             if self.restarts == 1:
                 return adv

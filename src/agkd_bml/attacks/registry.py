@@ -34,7 +34,7 @@ class Context:
 def _gradient(name: str, steps: int, ctx: Context, *, step_size: float, random_start: bool, **kw) -> PGDAttack:
     return PGDAttack(
         name, steps, ctx.eps, ctx.step_size if ctx.step_size is not None else step_size, random_start=random_start,
-        restarts=ctx.restarts if random_start else 1, targeted=ctx.targeted, **kw,
+        restarts=ctx.restarts if random_start else 1, targeted=ctx.targeted, early_stop=True, **kw,
     )
 
 
