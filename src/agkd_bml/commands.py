@@ -49,14 +49,14 @@ def _check_compatible(path: str, own: DataSpec, spec: DataSpec) -> None:
         )
 
 
-def _positive(args: argparse.Namespace, *names: str) -> None:
+def require_positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         v = getattr(args, name, None)
         if v is not None and v <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive; got {v}")
 
 
-class _Loader:
+class CheckpointLoader:
     """Checkpoints and their test data for the evaluation commands (each dataset loaded once)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
@@ -92,8 +92,8 @@ class _Loader:
 
 def evaluate_checkpoints(args: argparse.Namespace) -> dict[str, list[AttackResult]]:
     """``agkd-bml eval``: each checkpoint on the test set of its dataset (or ``--dataset``)."""
-    _positive(args, "n", "batch_size", "restarts")
-    loader = _Loader(args)
+    require_positive(args, "n", "batch_size", "restarts")
+    loader = CheckpointLoader(args)
     # Fail on a bad spec (or source checkpoint) before any work.
     parse_attacks(args.attacks, eps=args.eps if args.eps is not None else 8 / 255, load_source=loader.source)
     rows: dict[str, list[AttackResult]] = {}
@@ -119,8 +119,8 @@ def evaluate_checkpoints(args: argparse.Namespace) -> dict[str, list[AttackResul
 
 def curves(args: argparse.Namespace) -> dict[str, Curves]:
     """``agkd-bml curves``: accuracy vs PGD steps and vs eps for each checkpoint, plotted and as CSV."""
-    _positive(args, "n", "batch_size")
-    loader = _Loader(args)
+    require_positive(args, "n", "batch_size")
+    loader = CheckpointLoader(args)
     out: dict[str, Curves] = {}
     for path in args.checkpoints:
         label, model, data, x, y = loader.model(path)
@@ -139,10 +139,10 @@ def curves(args: argparse.Namespace) -> dict[str, Curves]:
 
 def audit_checkpoint(args: argparse.Namespace) -> int:
     """``agkd-bml audit``: gradient-masking checks; exit code 1 when one fails."""
-    _positive(args, "n", "batch_size", "square_queries")
+    require_positive(args, "n", "batch_size", "square_queries")
     if args.spsa_steps < 0 or not 0 <= args.tolerance < 1:
         raise UserError("--spsa-steps must be >= 0 and --tolerance in [0, 1)")
-    loader = _Loader(args)
+    loader = CheckpointLoader(args)
     source = loader.source(args.source) if args.source else None
     label, model, data, x, y = loader.model(args.checkpoint)
     if args.source:

@@ -20,12 +20,12 @@ from agkd_bml.analysis.knn import METRICS, knn_predict
 from agkd_bml.analysis.timing import run_timing, timing_table
 from agkd_bml.analysis.tsne import tsne_figure
 from agkd_bml.attacks import parse_attacks
-from agkd_bml.commands import _Loader, _positive
+from agkd_bml.commands import CheckpointLoader, require_positive
 from agkd_bml.errors import UserError
 from agkd_bml.fileio import write_text
 
 
-def _attack(args: argparse.Namespace, loader: _Loader, data) -> object:
+def _attack(args: argparse.Namespace, loader: CheckpointLoader, data) -> object:
     attacks = parse_attacks(args.attack, eps=loader.eps(data), num_classes=data.spec.num_classes)
     if len(attacks) != 1:
         raise UserError(f"--attack takes one attack spec; got {args.attack!r}")
@@ -34,10 +34,10 @@ def _attack(args: argparse.Namespace, loader: _Loader, data) -> object:
 
 def knn(args: argparse.Namespace) -> str:
     """``agkd-bml knn``: k-NN on penultimate embeddings vs the softmax head, clean and attacked (Table 9)."""
-    _positive(args, "n", "batch_size", "k", "index_limit")
+    require_positive(args, "n", "batch_size", "k", "index_limit")
     if args.metric not in METRICS:
         raise UserError(f"--metric must be one of {', '.join(METRICS)}; got {args.metric!r}")
-    loader = _Loader(args)
+    loader = CheckpointLoader(args)
     rows = []
     for path in args.checkpoints:
         label, model, data, x, y = loader.model(path)
@@ -93,8 +93,8 @@ def _classes(text: str | None, names: tuple[str, ...]) -> list[int]:
 
 def tsne(args: argparse.Namespace) -> str:
     """``agkd-bml tsne``: t-SNE of clean embeddings and of one class's AEs, one column per model."""
-    _positive(args, "per_class", "batch_size")
-    loader = _Loader(args)
+    require_positive(args, "per_class", "batch_size")
+    loader = CheckpointLoader(args)
     panels = {}
     names: tuple[str, ...] = ()
     attack = None
@@ -118,8 +118,8 @@ def tsne(args: argparse.Namespace) -> str:
 
 def attention(args: argparse.Namespace) -> str:
     """``agkd-bml attention``: the teacher's and each model's attention maps, and Grad-CAM (Figures 1, 4)."""
-    _positive(args, "images")
-    loader = _Loader(args)
+    require_positive(args, "images")
+    loader = CheckpointLoader(args)
     models = {}
     data = None
     teacher_path = args.teacher
