@@ -6,8 +6,9 @@ For every method: images/s of one real training step (``Method.loss`` + backward
 *overhead*: the step time over the time of the bare network passes the method must make (the same number
 of forward / forward+backward passes of the same model on the same batch sizes, timed alone). Also the
 achieved FLOP/s of each step over a matmul peak measured in the same run, AGKD-BML-2 over PGD-AT-7, our
-PGD-20 evaluation against torchattacks' PGD on a trained checkpoint (``--eval-checkpoint``), and peak memory. (Our AutoAttack *is* the torchattacks components in a
-per-sample cascade, so its speed ratio to them is 1 by construction; a faster AA is still to be written.) Writes ``benchmarks/results.json`` and prints a Markdown table; nothing here is a unit test.
+PGD-20 evaluation against torchattacks' PGD on a trained checkpoint (``--eval-checkpoint``), our AutoAttack
+against the same cascade composed from torchattacks (``--aa-n``), and peak memory. Writes
+``benchmarks/results.json`` and prints a Markdown table; nothing here is a unit test.
 """
 
 from __future__ import annotations
@@ -116,6 +117,29 @@ def compare_pgd20(checkpoint: str, n: int, device: torch.device) -> dict[str, fl
             "pgd20_ours_accuracy": ours.accuracy, "pgd20_torchattacks_accuracy": float(torch.cat(right).float().mean())}
 
 
+def compare_autoattack(checkpoint: str, n: int, device: torch.device) -> dict[str, float]:
+    """Seconds and robust accuracy of our AutoAttack (``aa``) and of the torchattacks cascade (``aa-torchattacks``).
+
+    Same model, images, eps and per-sample cascade; both report a point robust only if it is right clean
+    and every part fails on it.
+    """
+    from agkd_bml.data import load_dataset
+    from agkd_bml.evaluate import evaluate_attacks
+    from agkd_bml.train import load_model
+
+    model, ckpt = load_model(checkpoint, device)
+    data = load_dataset(ckpt["config"]["dataset"])
+    x, y = data.x_test[:n], data.y_test[:n]
+    out: dict[str, float] = {}
+    for spec, key in (("aa", "ours"), ("aa-torchattacks", "torchattacks")):
+        attack = parse_attacks(spec, eps=data.spec.default_eps, num_classes=data.spec.num_classes)
+        start = time.perf_counter()
+        res = evaluate_attacks(model, x, y, attack, device=device, seed=0)[0]
+        out[f"aa_{key}_s"], out[f"aa_{key}_accuracy"] = time.perf_counter() - start, res.accuracy
+    out["aa_speedup"] = out["aa_torchattacks_s"] / out["aa_ours_s"]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="small-cnn")
@@ -124,6 +148,9 @@ def main() -> None:
     p.add_argument("--eval-checkpoint", default=None,
                    help="a trained checkpoint: time our PGD-20 evaluation against torchattacks' PGD on its test set")
     p.add_argument("--eval-n", type=int, default=1000, help="test images for that comparison")
+    p.add_argument("--aa-n", type=int, default=0,
+                   help="also time our AutoAttack against the torchattacks cascade on this many test images of "
+                        "--eval-checkpoint (slow: about 7 minutes per 200 images of a small CNN on 2 cores; 0 = skip)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = p.parse_args()
@@ -193,6 +220,8 @@ def main() -> None:
     evals = {}
     if args.eval_checkpoint:
         evals = compare_pgd20(args.eval_checkpoint, args.eval_n, device)
+        if args.aa_n:
+            evals |= compare_autoattack(args.eval_checkpoint, args.aa_n, device)
     peak_mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     result = {"machine": f"{platform.machine()} {device_name(device)}", "torch": torch.__version__, "arch": args.arch,
@@ -212,6 +241,10 @@ def main() -> None:
         print(f"PGD-20 evaluation on {args.eval_n} test images of {args.eval_checkpoint}: ours {evals['pgd20_ours_s']:.1f}s "
               f"(robust accuracy {100 * evals['pgd20_ours_accuracy']:.2f}%), torchattacks {evals['pgd20_torchattacks_s']:.1f}s "
               f"({100 * evals['pgd20_torchattacks_accuracy']:.2f}%) -> {evals['pgd20_speedup']:.2f}x")
+    if "aa_speedup" in evals:
+        print(f"AutoAttack (standard) on {args.aa_n} test images: ours {evals['aa_ours_s']:.1f}s (robust accuracy "
+              f"{100 * evals['aa_ours_accuracy']:.2f}%), torchattacks cascade {evals['aa_torchattacks_s']:.1f}s "
+              f"({100 * evals['aa_torchattacks_accuracy']:.2f}%) -> {evals['aa_speedup']:.2f}x")
     print(f"peak memory: {peak_mem / 2**20:.0f} MiB ({'max allocated' if device.type == 'cuda' else 'RSS'})")
 
 

@@ -1,7 +1,9 @@
 """L-inf attacks on models that take inputs in [0, 1], all behind :class:`Attack`; specs in :mod:`.registry`."""
 
-from agkd_bml.attacks.autoattack import AutoAttack, LibraryAttack
+from agkd_bml.attacks.apgd import APGDAttack
+from agkd_bml.attacks.autoattack import AutoAttack, TorchattacksAutoAttack
 from agkd_bml.attacks.base import Attack, fmt_eps
+from agkd_bml.attacks.fab import FABAttack
 from agkd_bml.attacks.pgd import (
     LOSSES,
     Clean,
@@ -16,6 +18,7 @@ from agkd_bml.attacks.pgd import (
 )
 from agkd_bml.attacks.registry import ATTACKS, parse_attacks, spec_help
 from agkd_bml.attacks.spsa import SPSA
+from agkd_bml.attacks.square import SquareAttack
 from agkd_bml.attacks.transfer import Transfer
 
 __all__ = [
@@ -23,10 +26,13 @@ __all__ = [
     "LOSSES",
     "SPSA",
     "Attack",
+    "APGDAttack",
     "AutoAttack",
+    "FABAttack",
     "Clean",
-    "LibraryAttack",
     "PGDAttack",
+    "SquareAttack",
+    "TorchattacksAutoAttack",
     "Transfer",
     "ce_loss",
     "cw_margin",

@@ -1,9 +1,17 @@
-"""AutoAttack (Croce & Hein 2020), standard version, composed from torchattacks' components.
+"""AutoAttack (Croce & Hein 2020), standard L-inf version: APGD-CE, APGD-T, FAB-T, Square-5000.
 
-torchattacks' own ``AutoAttack`` class runs its APGD components with 10 iterations; the reference uses
-100. Here every component gets the reference parameters, and the ensemble is a per-sample cascade:
-each attack only sees the points that are still robust, and a point counts as robust only if all four
-fail on it.
+The ensemble is a per-sample cascade: each part only sees the images that are still robust, and an image
+counts as robust only if all four fail on it. Every part has the reference parameters (100 iterations,
+9 target classes, 5,000 queries, 1 restart).
+
+Two implementations with the same interface:
+
+- ``aa`` (:class:`AutoAttack`): our batched parts (:mod:`.apgd`, :mod:`.fab`, :mod:`.square`) on a model
+  prepared once per batch (:func:`~agkd_bml.models.inference.inference_copy`); images leave each part at
+  their first success and the target classes run in one batch.
+- ``aa-torchattacks`` (:class:`TorchattacksAutoAttack`): the same cascade composed from torchattacks'
+  classes, kept as the independent reference that tests and the benchmark compare against.
+  (torchattacks' own ``AutoAttack`` class runs APGD with 10 iterations, not the reference's 100.)
 """
 
 from __future__ import annotations
@@ -16,27 +24,26 @@ import torch
 import torchattacks
 from torch import nn
 
+from agkd_bml.attacks.apgd import APGD_STEPS, APGDAttack, num_targets
 from agkd_bml.attacks.base import Attack, fmt_eps
+from agkd_bml.attacks.fab import FAB_STEPS, FABAttack
 from agkd_bml.attacks.library import run_library_attack
-from agkd_bml.attacks.pgd import eval_mode
+from agkd_bml.attacks.pgd import eval_mode, project
+from agkd_bml.attacks.square import SQUARE_QUERIES, SquareAttack
+from agkd_bml.models.inference import channels_last, inference_copy
 
-#: AutoAttack's reference setting (standard version): iterations, restarts, target classes, queries.
-APGD_STEPS = 100
-FAB_STEPS = 100
-TARGET_CLASSES = 9
-SQUARE_QUERIES = 5000
+COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 Factory = Callable[[nn.Module, int], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 
 
 def _targets(attack: Any, num_classes: int) -> Any:
-    """The reference attacks at most 9 target classes, also when there are 100 classes."""
-    attack.n_target_classes = min(TARGET_CLASSES, num_classes - 1)
+    attack.n_target_classes = num_targets(num_classes)
     return attack
 
 
-def component(name: str, eps: float, num_classes: int, queries: int = SQUARE_QUERIES) -> Factory:
-    """``make(logits_model, seed)`` for one of ``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``."""
+def torchattacks_component(name: str, eps: float, num_classes: int) -> Factory:
+    """``make(logits_model, seed)`` for one part, built from torchattacks with the reference parameters."""
     if name == "apgd-ce":
         return lambda m, seed: torchattacks.APGD(
             m, norm="Linf", eps=eps, steps=APGD_STEPS, n_restarts=1, seed=seed, loss="ce", rho=0.75
@@ -52,61 +59,65 @@ def component(name: str, eps: float, num_classes: int, queries: int = SQUARE_QUE
         ), num_classes)
     if name == "square":
         return lambda m, seed: torchattacks.Square(
-            m, norm="Linf", eps=eps, n_queries=queries, n_restarts=1, p_init=0.8, loss="margin",
+            m, norm="Linf", eps=eps, n_queries=SQUARE_QUERIES, n_restarts=1, p_init=0.8, loss="margin",
             resc_schedule=True, seed=seed,
         )
     raise ValueError(f"unknown AutoAttack component {name!r}")
 
 
-def _component_settings(name: str, num_classes: int, queries: int) -> dict[str, Any]:
-    targets = min(TARGET_CLASSES, num_classes - 1)
-    return {
-        "apgd-ce": {"steps": APGD_STEPS, "restarts": 1, "loss": "ce"},
-        "apgd-t": {"steps": APGD_STEPS, "restarts": 1, "loss": "dlr-targeted", "target_classes": targets},
-        "fab-t": {"steps": FAB_STEPS, "restarts": 1, "target_classes": targets},
-        "square": {"queries": queries, "restarts": 1, "p_init": 0.8, "loss": "margin"},
-    }[name]
-
-
-@dataclass(frozen=True)
-class LibraryAttack(Attack):
-    """One AutoAttack component on its own (``apgd-ce``, ``apgd-t``, ``fab-t``, ``square-Q``)."""
-
-    name: str
-    component: str
-    eps: float
-    num_classes: int
-    queries: int = SQUARE_QUERIES
-
-    def settings(self) -> dict[str, Any]:
-        return {"attack": self.component, "eps": self.eps,
-                **_component_settings(self.component, self.num_classes, self.queries), "library": "torchattacks"}
-
-    def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        make = component(self.component, self.eps, self.num_classes, self.queries)
-        return run_library_attack(make, model, x, y, eps=self.eps, generator=generator)
+def native_components(eps: float, num_classes: int) -> dict[str, APGDAttack | FABAttack | SquareAttack]:
+    """Our four parts, by name."""
+    return {"apgd-ce": APGDAttack("apgd-ce", eps, num_classes), "apgd-t": APGDAttack("apgd-t", eps, num_classes, True),
+            "fab-t": FABAttack("fab-t", eps, num_classes), "square": SquareAttack("square", eps)}
 
 
 @dataclass(frozen=True)
 class AutoAttack(Attack):
-    """APGD-CE, APGD-T, FAB-T, Square (5,000 queries) as a per-sample cascade."""
+    """``aa``: APGD-CE, APGD-T, FAB-T, Square (5,000 queries) as a per-sample cascade, batched parts."""
 
     eps: float
     num_classes: int
     name: str = "aa"
-    components: tuple[str, ...] = ("apgd-ce", "apgd-t", "fab-t", "square")
+    components: tuple[str, ...] = COMPONENTS
+    library: str = "agkd-bml"
 
     def settings(self) -> dict[str, Any]:
+        parts = native_components(self.eps, self.num_classes)
         return {"attack": "autoattack", "version": "standard", "eps": self.eps,
-                **{c: _component_settings(c, self.num_classes, SQUARE_QUERIES) for c in self.components},
-                "cascade": "per-sample", "library": "torchattacks"}
+                **{c: {k: v for k, v in parts[c].settings().items() if k not in ("attack", "eps")}
+                   for c in self.components},
+                "cascade": "per-sample", "library": self.library}
 
     def describe(self) -> str:
-        return (f"{self.name}: AutoAttack standard, eps {fmt_eps(self.eps)}: APGD-CE ({APGD_STEPS} it.), APGD-T ({APGD_STEPS} it., "
-                f"{min(TARGET_CLASSES, self.num_classes - 1)} targets), FAB-T ({FAB_STEPS} it.), Square "
-                f"({SQUARE_QUERIES} queries), 1 restart each, per-sample cascade (torchattacks)")
+        return (f"{self.name}: AutoAttack standard, eps {fmt_eps(self.eps)}: APGD-CE ({APGD_STEPS} it.), APGD-T "
+                f"({APGD_STEPS} it., {num_targets(self.num_classes)} targets), FAB-T ({FAB_STEPS} it.), Square "
+                f"({SQUARE_QUERIES} queries), 1 restart each, per-sample cascade ({self.library})")
+
+    def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        fast = inference_copy(model)
+        parts = native_components(self.eps, self.num_classes)
+        xs = channels_last(x.detach())
+        adv = xs.clone()
+        with torch.no_grad():
+            robust = fast(xs).logits.argmax(1) == y
+        for name in self.components:
+            idx = robust.nonzero().squeeze(1)
+            if not idx.numel():
+                break
+            found, fooled = parts[name].run_prepared(fast, xs[idx], y[idx], generator)
+            adv[idx[fooled]] = found[fooled]
+            robust[idx[fooled]] = False
+        return project(adv, x, self.eps).contiguous()
+
+
+@dataclass(frozen=True)
+class TorchattacksAutoAttack(AutoAttack):
+    """``aa-torchattacks``: the same cascade built from torchattacks' classes (the reference for checks)."""
+
+    name: str = "aa-torchattacks"
+    library: str = "torchattacks"
 
     def run(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
@@ -118,7 +129,7 @@ class AutoAttack(Attack):
             idx = robust.nonzero().squeeze(1)
             if not idx.numel():
                 break
-            make = component(name, self.eps, self.num_classes)
+            make = torchattacks_component(name, self.eps, self.num_classes)
             found = run_library_attack(make, model, x[idx], y[idx], eps=self.eps, generator=generator)
             with torch.no_grad(), eval_mode(model):
                 fooled = model(found).logits.argmax(1) != y[idx]

@@ -12,10 +12,13 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from agkd_bml.attacks.autoattack import SQUARE_QUERIES, AutoAttack, LibraryAttack
+from agkd_bml.attacks.apgd import APGDAttack
+from agkd_bml.attacks.autoattack import AutoAttack, TorchattacksAutoAttack
 from agkd_bml.attacks.base import Attack
+from agkd_bml.attacks.fab import FABAttack
 from agkd_bml.attacks.pgd import Clean, PGDAttack
 from agkd_bml.attacks.spsa import SPSA
+from agkd_bml.attacks.square import SQUARE_QUERIES, SquareAttack
 from agkd_bml.attacks.transfer import Transfer
 from agkd_bml.errors import UserError
 
@@ -60,14 +63,16 @@ ATTACKS: dict[str, Family] = {
     "mim": Family(lambda k, c: _gradient(f"mim-{k}", k, c, step_size=c.eps / k, random_start=False, momentum=1.0),
                   "required", help="K momentum steps of eps/K (momentum 1.0)"),
     "aa": Family(lambda k, c: AutoAttack(c.eps, c.num_classes), "none",
-                 help="AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square-5000, per-sample cascade"),
-    "apgd-ce": Family(lambda k, c: LibraryAttack("apgd-ce", "apgd-ce", c.eps, c.num_classes), "none",
+                 help="AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square-5000, per-sample cascade (batched)"),
+    "aa-torchattacks": Family(lambda k, c: TorchattacksAutoAttack(c.eps, c.num_classes), "none",
+                              help="the same AutoAttack cascade composed from torchattacks (reference, slower)"),
+    "apgd-ce": Family(lambda k, c: APGDAttack("apgd-ce", c.eps, c.num_classes), "none",
                       help="APGD on CE, 100 iterations"),
-    "apgd-t": Family(lambda k, c: LibraryAttack("apgd-t", "apgd-t", c.eps, c.num_classes), "none",
+    "apgd-t": Family(lambda k, c: APGDAttack("apgd-t", c.eps, c.num_classes, targeted=True), "none",
                      help="targeted APGD on DLR, 100 iterations, 9 targets"),
-    "fab-t": Family(lambda k, c: LibraryAttack("fab-t", "fab-t", c.eps, c.num_classes), "none",
+    "fab-t": Family(lambda k, c: FABAttack("fab-t", c.eps, c.num_classes), "none",
                     help="targeted FAB, 100 iterations, 9 targets"),
-    "square": Family(lambda k, c: LibraryAttack(f"square-{k}", "square", c.eps, c.num_classes, queries=k), "optional",
+    "square": Family(lambda k, c: SquareAttack(f"square-{k}", c.eps, queries=k), "optional",
                      default_steps=SQUARE_QUERIES, help="Square attack with K queries (gradient-free)"),
     "spsa": Family(lambda k, c: SPSA(f"spsa-{k}", k, c.eps), "required",
                    help="SPSA with K iterations of 128 samples (gradient-free)"),

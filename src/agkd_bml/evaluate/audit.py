@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from agkd_bml.attacks import SPSA, Attack, LibraryAttack, PGDAttack, Transfer, cw_margin, eval_mode, fmt_eps
+from agkd_bml.attacks import SPSA, Attack, PGDAttack, SquareAttack, Transfer, cw_margin, eval_mode, fmt_eps
 from agkd_bml.data import iterate_batches
 from agkd_bml.evaluate.curves import pgd_attack
 from agkd_bml.evaluate.robust import AttackResult, evaluate_attacks
@@ -94,8 +94,7 @@ def audit(
     longer, restarted = pgd_attack(100, eps), pgd_attack(20, eps, restarts=3)
     unbounded = pgd_attack(20, LARGE_EPS)
     attacks: list[Attack] = [fgsm, *ladder.values(), *(a for f, a in budgets.items() if f != 1.0), longer, restarted,
-                             unbounded, LibraryAttack(f"square-{square_queries}", "square", eps, num_classes,
-                                                      queries=square_queries)]
+                             unbounded, SquareAttack(f"square-{square_queries}", eps, queries=square_queries)]
     if spsa_steps:
         attacks.append(SPSA(f"spsa-{spsa_steps}", spsa_steps, eps))
     if source is not None:
@@ -133,7 +132,7 @@ def audit(
                         f"PGD-20 {_pct(pgd20)}, PGD-100 {_pct(r[longer.name])}, PGD-20 x3 restarts "
                         f"{_pct(r[restarted.name])} (limit {200 * tolerance:g} points below PGD-20)"))
 
-    free = [a for a in attacks if isinstance(a, LibraryAttack | SPSA)]
+    free = [a for a in attacks if isinstance(a, SquareAttack | SPSA)]
     for a in free:
         checks.append(Check(f"gradient-free {a.name} is no stronger than PGD-20",
                             r[a.name].accuracy >= pgd20.accuracy - tolerance,

@@ -1,0 +1,260 @@
+"""APGD (Croce & Hein 2020): APGD-CE and the multi-targeted APGD-T of AutoAttack, L-inf, batched.
+
+The iteration is the reference one (``autopgd_base.py`` of AutoAttack, also in torchattacks): a random
+start scaled to the eps-ball's surface, step size 2 eps halved at checkpoints (first after 22% of the
+iterations, then at shrinking intervals) where the loss oscillated or stopped improving, momentum 0.75,
+and the best iterate kept. Three things make it cheaper without changing what it finds:
+
+- an image leaves the batch at the first iterate that the model misclassifies (that iterate is the
+  result, as the reference's ``x_best_adv``); every image's trajectory depends on itself only, so the
+  others continue exactly as before;
+- APGD-T's later targets skip the images an earlier one broke, as in the reference; on a GPU the
+  targets are stacked in one batch (:func:`over_targets`), and once one target breaks an image all its
+  copies leave the batch;
+- the caller may pass a model prepared by :func:`agkd_bml.models.inference.inference_copy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agkd_bml.attacks.base import Attack, fmt_eps
+from agkd_bml.attacks.pgd import project
+from agkd_bml.models.inference import channels_last, inference_copy
+
+#: The reference setting of AutoAttack's standard version.
+APGD_STEPS = 100
+TARGET_CLASSES = 9
+RHO = 0.75  #: a checkpoint halves the step where the loss rose in at most RHO of the last interval's steps
+MOMENTUM = 0.75
+
+
+def dlr_targeted(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Targeted difference-of-logits ratio: ``-(z_y - z_t) / (z_1 - (z_3 + z_4) / 2)`` (sorted logits)."""
+    z = logits.float()
+    top = z.sort(dim=1).values
+    own, target = z.gather(1, labels[:, None]).squeeze(1), z.gather(1, targets[:, None]).squeeze(1)
+    return -(own - target) / (top[:, -1] - 0.5 * (top[:, -3] + top[:, -4]) + 1e-12)
+
+
+def target_classes(logits: torch.Tensor, count: int) -> torch.Tensor:
+    """(N, count): the classes with the 2nd, 3rd, ... highest logit of each image, AutoAttack's targets."""
+    return logits.argsort(dim=1, descending=True)[:, 1 : count + 1]
+
+
+def random_surface_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
+    """APGD's random start: uniform noise rescaled so that its largest entry is exactly eps, clipped to [0, 1]."""
+    t = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) * 2 - 1
+    scale = t.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *[1] * (x.ndim - 1))
+    return (x + eps * t / scale).clamp(0.0, 1.0)
+
+
+def _oscillated(loss_steps: torch.Tensor, i: int, k: int) -> torch.Tensor:
+    """Per image: did the loss rise in at most RHO * k of the last k steps? (Python's wrap-around at -1 kept.)"""
+    rises = sum((loss_steps[i - c] > loss_steps[i - c - 1]).float() for c in range(k))
+    return rises <= k * RHO
+
+
+def apgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int = APGD_STEPS,
+    targets: torch.Tensor | None = None,
+    owner: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One APGD run per row of ``x``: CE loss, or targeted DLR towards ``targets``; returns (adv, fooled).
+
+    ``owner`` groups rows that attack the same image (APGD-T's copies, one per target): once one row of
+    a group fools the model, the whole group stops. ``model`` must return :class:`ModelOutput` and is
+    used as given (eval mode and frozen parameters are the caller's job). ``start`` replaces the random
+    start (tests use it to rerun an image from the same start in another batch).
+    """
+    m = x.shape[0]
+    owner = torch.arange(m, device=x.device) if owner is None else owner
+    out = x.clone()
+    fooled = torch.zeros(m, dtype=torch.bool, device=x.device)
+    if m == 0 or steps == 0:
+        return out, fooled
+
+    def loss_and_grad(xa: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        xa = xa.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(xa).logits
+            if targets is None:
+                loss = F.cross_entropy(logits.float(), y[rows], reduction="none")
+            else:
+                loss = dlr_targeted(logits, y[rows], targets[rows])
+        (grad,) = torch.autograd.grad(loss.sum(), xa)
+        return loss.detach(), grad.detach(), logits.detach().argmax(1) != y[rows]
+
+    rows = torch.arange(m, device=x.device)
+    x0 = x
+    x_adv = channels_last(random_surface_start(x, eps, generator) if start is None else start)
+    loss, grad, wrong = loss_and_grad(x_adv, rows)
+    state = {
+        "x0": x0, "x_adv": x_adv, "x_old": x_adv, "grad": grad, "x_best": x_adv, "grad_best": grad, "loss_best": loss,
+        "step": torch.full((m, *[1] * (x.ndim - 1)), 2 * eps, device=x.device, dtype=x.dtype),
+        "best_last_check": loss, "reduced_last": torch.ones(m, dtype=torch.bool, device=x.device),
+    }
+    loss_steps = torch.zeros(steps, m, device=x.device)
+    k, k_min, decrease = max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+    since_check = 0
+
+    def drop_fooled(wrong: torch.Tensor) -> torch.Tensor:
+        """Record rows that fool the model and remove their whole group; the kept mask over ``rows``."""
+        nonlocal rows, loss_steps
+        out[rows[wrong]] = state["x_adv"][wrong].to(out.dtype)
+        fooled[rows[wrong]] = True
+        done = torch.zeros(m, dtype=torch.bool, device=x.device)
+        done[owner[rows[wrong]]] = True
+        keep = ~done[owner[rows]]
+        rows, loss_steps = rows[keep], loss_steps[:, keep]
+        for key, value in state.items():
+            state[key] = value[keep]
+        return keep
+
+    if wrong.any():
+        keep = drop_fooled(wrong)
+        loss = loss[keep]
+    for i in range(steps):
+        if rows.numel() == 0:
+            break
+        s = state
+        a = MOMENTUM if i > 0 else 1.0
+        with torch.no_grad():
+            z = project(s["x_adv"] + s["step"] * s["grad"].sign(), s["x0"], eps)
+            new = project(s["x_adv"] + (z - s["x_adv"]) * a + (s["x_adv"] - s["x_old"]) * (1 - a), s["x0"], eps)
+        s["x_old"], s["x_adv"] = s["x_adv"], new
+        loss, s["grad"], wrong = loss_and_grad(new, rows)
+        loss_steps[i] = loss
+        if wrong.any():
+            keep = drop_fooled(wrong)
+            loss = loss[keep]
+            if rows.numel() == 0:
+                break
+        s = state
+        better = loss > s["loss_best"]
+        b4 = better.view(-1, *[1] * (x.ndim - 1))
+        s["x_best"] = torch.where(b4, s["x_adv"], s["x_best"])
+        s["grad_best"] = torch.where(b4, s["grad"], s["grad_best"])
+        s["loss_best"] = torch.where(better, loss, s["loss_best"])
+        since_check += 1
+        if since_check == k:
+            halve = _oscillated(loss_steps, i, k) | (~s["reduced_last"] & (s["best_last_check"] >= s["loss_best"]))
+            s["reduced_last"], s["best_last_check"] = halve, s["loss_best"]
+            h4 = halve.view(-1, *[1] * (x.ndim - 1))
+            s["step"] = torch.where(h4, s["step"] / 2, s["step"])
+            s["x_adv"] = torch.where(h4, s["x_best"], s["x_adv"])
+            s["grad"] = torch.where(h4, s["grad_best"], s["grad"])
+            since_check, k = 0, max(k - decrease, k_min)
+    return out, fooled
+
+
+#: (x, y, targets, owner) -> (adv, fooled): one targeted attack over rows grouped by ``owner``.
+TargetedRun = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def target_rows(device: torch.device) -> int:
+    """How many (image, target) rows one batch of a multi-target attack should hold.
+
+    On a GPU, stacking the targets fills the device; on a CPU, wider batches only add memory traffic (the
+    9 targets of a 100-image batch ran slower stacked than one after another on 2 cores), so the targets
+    run one after another there, each on the images no earlier target broke, as in the reference.
+    """
+    return 4096 if device.type == "cuda" else 1
+
+
+def over_targets(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, count: int, run: TargetedRun, *, max_rows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attack each image towards its ``count`` most likely wrong classes; returns (adv, fooled).
+
+    Targets go in groups whose rows fit ``max_rows`` (default :func:`target_rows`); only the images no
+    earlier group broke join the next one, and within a group an image stops once any target broke it.
+    """
+    with torch.no_grad():
+        targets = target_classes(model(x).logits, count)
+    max_rows = target_rows(x.device) if max_rows is None else max_rows
+    out, fooled = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    k = 0
+    while k < count:
+        idx = (~fooled).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        group = max(1, min(count - k, max_rows // idx.numel()))
+        owner = torch.arange(idx.numel(), device=x.device).repeat(group)
+        adv, hit = run(x[idx].repeat(group, *[1] * (x.ndim - 1)), y[idx].repeat(group),
+                       targets[idx, k : k + group].T.reshape(-1), owner)
+        first = torch.full((idx.numel(),), -1, dtype=torch.long, device=x.device)
+        rows = hit.nonzero().squeeze(1)
+        first[owner[rows]] = rows  # any breaking row of each image will do
+        won = first >= 0
+        out[idx[won]] = adv[first[won]]
+        fooled[idx[won]] = True
+        k += group
+    return out, fooled
+
+
+def apgd_multitarget(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int, count: int,
+    generator: torch.Generator | None, max_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """APGD-T: targeted DLR towards each of the ``count`` most likely wrong classes."""
+    def run(xs: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return apgd(model, xs, ys, eps=eps, steps=steps, targets=ts, owner=owner, generator=generator)
+
+    return over_targets(model, x, y, count, run, max_rows=max_rows)
+
+
+def num_targets(num_classes: int) -> int:
+    """The reference attacks at most 9 target classes, also when there are 100 classes."""
+    return min(TARGET_CLASSES, num_classes - 1)
+
+
+@dataclass(frozen=True)
+class APGDAttack(Attack):
+    """``apgd-ce`` (untargeted, cross-entropy) or ``apgd-t`` (targeted DLR, 9 targets), 100 iterations, 1 restart."""
+
+    name: str
+    eps: float
+    num_classes: int
+    targeted: bool = False
+    steps: int = APGD_STEPS
+
+    def settings(self) -> dict[str, Any]:
+        if self.targeted:
+            return {"attack": "apgd-t", "eps": self.eps, "steps": self.steps, "restarts": 1, "loss": "dlr-targeted",
+                    "target_classes": num_targets(self.num_classes), "early_stop": True}
+        return {"attack": "apgd-ce", "eps": self.eps, "steps": self.steps, "restarts": 1, "loss": "ce",
+                "early_stop": True}
+
+    def describe(self) -> str:
+        what = f"targeted DLR, {num_targets(self.num_classes)} targets" if self.targeted else "CE"
+        return f"{self.name}: APGD ({what}), {self.steps} iterations, eps {fmt_eps(self.eps)}, 1 restart"
+
+    def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return self.run_prepared(inference_copy(model), x, y, generator)[0]
+
+    def run_prepared(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(adv, fooled) on a model from :func:`inference_copy` (AutoAttack prepares it once for all parts)."""
+        if self.targeted:
+            if self.num_classes < 4:
+                raise ValueError("APGD-T's DLR loss needs at least 4 classes")
+            return apgd_multitarget(model, x, y, eps=self.eps, steps=self.steps,
+                                    count=num_targets(self.num_classes), generator=generator)
+        return apgd(model, x, y, eps=self.eps, steps=self.steps, generator=generator)

@@ -1,0 +1,111 @@
+"""Our batched AutoAttack parts against torchattacks' reference implementations, on real trained models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from agkd_bml.attacks import parse_attacks
+from agkd_bml.attacks.apgd import apgd, apgd_multitarget, dlr_targeted, random_surface_start, target_classes
+from agkd_bml.attacks.autoattack import torchattacks_component
+from agkd_bml.attacks.fab import FABAttack
+from agkd_bml.attacks.library import run_library_attack
+from agkd_bml.attacks.square import square_fraction
+from agkd_bml.data import to_float
+from agkd_bml.evaluate import evaluate_attacks
+from agkd_bml.models.inference import inference_copy
+
+
+@pytest.fixture(scope="module")
+def trained(teacher_run):
+    from agkd_bml.train import load_model
+
+    return load_model(teacher_run)[0]
+
+
+def _wrong(model, adv, y):
+    with torch.no_grad():
+        return model(adv).logits.argmax(1) != y
+
+
+def test_inference_copy_computes_the_same_function_and_leaves_the_model_alone(digits, trained):
+    model = copy.deepcopy(trained).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = inference_copy(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())  # folded into the convs
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    x = to_float(digits.x_test[:64])
+    with torch.no_grad():
+        ref = model.eval()(x)
+        out = fast(x.contiguous(memory_format=torch.channels_last))
+    for a, b in zip(ref, out, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_fab_t_finds_exactly_what_torchattacks_fab_t_finds(digits, trained):
+    """FAB-T's first restart is deterministic: ours (batched targets, no extra forward) must flip the same images."""
+    eps = 0.06
+    x, y = to_float(digits.x_test[:120]), digits.y_test[:120]
+    ours = FABAttack("fab-t", eps, 10).run(trained, x, y)
+    theirs = run_library_attack(torchattacks_component("fab-t", eps, 10), trained, x, y, eps=eps, generator=None)
+    ours_wrong, theirs_wrong = _wrong(trained, ours, y), _wrong(trained, theirs, y)
+    assert 0 < int(theirs_wrong.sum()) < 110  # the budget leaves both outcomes possible
+    assert int((ours_wrong != theirs_wrong).sum()) <= 2, (int(ours_wrong.sum()), int(theirs_wrong.sum()))
+
+
+@pytest.mark.parametrize("spec", ["apgd-ce", "apgd-t", "square-300"])
+def test_randomised_parts_match_torchattacks_in_success_rate(digits, trained, spec):
+    eps, n = 0.04, 300
+    x, y = to_float(digits.x_test[:n]), digits.y_test[:n]
+    ours = parse_attacks(spec, eps=eps)[0].run(trained, x, y, torch.Generator().manual_seed(0))
+    name = spec.split("-3")[0]
+    make = torchattacks_component(name, eps, 10)
+    if name == "square":
+        def make(m, seed, _base=make):
+            attack = _base(m, seed)
+            attack.n_queries = 300
+            return attack
+    theirs = run_library_attack(make, trained, x, y, eps=eps, generator=torch.Generator().manual_seed(0))
+    a, b = float(_wrong(trained, ours, y).float().mean()), float(_wrong(trained, theirs, y).float().mean())
+    assert 0.05 < b < 0.95, b
+    assert abs(a - b) <= 0.04, (a, b)
+
+
+def test_apgd_early_stop_and_target_batching_change_nothing_but_cost(digits, trained):
+    """An image's trajectory depends on itself only: attacking a subset from the same starts gives those
+    images the same result, whatever the other images did (left early or not)."""
+    model = inference_copy(trained)
+    x, y = to_float(digits.x_test[:60]), digits.y_test[:60]
+    start = random_surface_start(x, 0.03, torch.Generator().manual_seed(1))
+    full, fooled = apgd(model, x, y, eps=0.03, steps=20, start=start)
+    assert 5 < int(fooled.sum()) < 55
+    half, fooled_half = apgd(model, x[30:], y[30:], eps=0.03, steps=20, start=start[30:])
+    assert int((fooled_half != fooled[30:]).sum()) <= 1
+    same = fooled_half == fooled[30:]
+    torch.testing.assert_close(half[same], full[30:][same], atol=1e-5, rtol=0)
+    adv, hit = apgd_multitarget(model, x, y, eps=0.03, steps=20, count=3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(hit, _wrong(model, adv, y)) and int(hit.sum()) > 0
+
+
+def test_dlr_targeted_and_targets_follow_the_reference_definitions():
+    logits = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0, 6.0]])
+    y, t = torch.tensor([0, 4]), torch.tensor([1, 3])
+    # -(z_y - z_t) / (z_max - (z_3rd + z_4th) / 2)
+    torch.testing.assert_close(dlr_targeted(logits, y, t), torch.tensor([-(5 - 4) / (5 - 2.5), -(6 - 4) / (6 - 2.5)]))
+    assert target_classes(logits, 2).tolist() == [[1, 2], [3, 2]]
+    assert square_fraction(0, 5000) == 0.8 and square_fraction(20, 5000) == 0.4 and square_fraction(4999, 5000) == 0.8 / 512
+
+
+def test_native_autoattack_matches_the_torchattacks_composition(cifar_pgd_at, cifar_path):
+    """Same model and images: our AutoAttack and the torchattacks cascade agree to within 2 images in 100."""
+    from agkd_bml.data import load_dataset
+
+    model, _ = cifar_pgd_at
+    data = load_dataset(f"npz:{cifar_path}")
+    ours, theirs = evaluate_attacks(model, data.x_test[:100], data.y_test[:100],
+                                    parse_attacks("aa,aa-torchattacks", eps=8 / 255), seed=0)
+    assert abs(ours.accuracy - theirs.accuracy) <= 0.02, (ours.accuracy, theirs.accuracy)
+    assert int((ours.correct != theirs.correct).sum()) <= 4
