@@ -222,12 +222,107 @@ def figure5(scale_name: str, out: Path, *, progress: bool = True) -> str:
                   f"`{files[0].name}`. The paper's Figure 5 compares AGKD-BML, FS and AT on WRN-28-10.")
 
 
+#: Table 1 (CIFAR-10) of the paper: clean, FGSM, BIM-7, PGD-20, PGD-100, CW-20, CW-100, AA (%).
+TABLE1_ATTACKS = "clean,fgsm,bim-7,pgd-20,pgd-100,cw-20,cw-100"
+PAPER_TABLE1 = {"UM": (95.99, 31.39, 0.38, 0, 0, 0, 0, 0), "AT": (86.19, 62.42, 54.99, 45.57, 45.22, 46.26, 46.05, 44.04),
+                "SML": (86.21, 58.88, 52.60, 51.59, 46.62, 48.05, 47.39, 47.41),
+                "AGKD-BML": (91.99, 76.69, 73.81, 71.02, 70.72, 63.67, 62.55, 37.07)}
+#: Table 7 of the paper: attack steps, seconds per epoch on one V100, epochs.
+PAPER_TABLE7 = {"AT": (7, 502, 200), "SML": (7, 2234, 55), "AGKD-BML": (2, 528, 200)}
+
+
+def table1(scale_name: str, out: Path, *, progress: bool = True) -> str:
+    """White-box attacks of the paper's Table 1 on UM, AT, SML and AGKD-BML (``table1.md``); AA is in table2."""
+    from agkd_bml.attacks import parse_attacks
+    from agkd_bml.data import load_dataset
+    from agkd_bml.evaluate import evaluate_attacks
+    from agkd_bml.train import load_model
+
+    scale = SCALES[scale_name]
+    runs = _train_all(scale, out, progress)
+    data = load_dataset(scale.dataset)
+    attacks = parse_attacks(TABLE1_ATTACKS, eps=data.spec.default_eps)
+    n = min(scale.eval_n, data.x_test.shape[0])
+    acc: dict[str, dict[str, list[float]]] = {}
+    for (label, seed), run in runs.items():
+        if label not in PAPER_TABLE1:
+            continue
+        for r in evaluate_attacks(load_model(run)[0], data.x_test[:n], data.y_test[:n], attacks, seed=seed,
+                                  progress=progress, desc=f"{label}-s{seed} "):
+            acc.setdefault(label, {}).setdefault(r.attack.name, []).append(100 * r.accuracy)
+    names = [a.name for a in attacks]
+    lines = ["| model | " + " | ".join(names) + " | paper: " + " / ".join([*names, "aa"]) + " |",
+             "|---" * (len(names) + 2) + "|"]
+    for label, a in acc.items():
+        paper = " / ".join(f"{v:g}" for v in PAPER_TABLE1[label])
+        lines.append(f"| {label} | " + " | ".join(_cell(a[k]) for k in names) + f" | {paper} |")
+    lines += ["", f"Scale `{scale_name}`, seeds {list(scale.seeds)} (mean ± standard deviation); robust accuracy (%) on "
+              f"the first {n} test images. AutoAttack is in `table2.md`.", "",
+              *(f"- {a.describe()}" for a in attacks)]
+    return _write(out, "table1", "\n".join(lines))
+
+
+def table7(scale_name: str, out: Path, *, progress: bool = True) -> str:
+    """Training time per method (``table7.md``), read from the runs' metrics, beside the paper's V100 times."""
+    from agkd_bml.analysis.timing import run_timing
+
+    scale = SCALES[scale_name]
+    runs = _train_all(scale, out, progress)
+    lines = ["| model | attack steps | median s/epoch (seeds) | epochs | images/s | paper s/epoch (V100) | paper epochs |",
+             "|---" * 7 + "|"]
+    for label, _ in TABLE2:
+        rows = [run_timing(runs[(label, seed)]) for seed in scale.seeds]
+        paper = PAPER_TABLE7.get(label)
+        lines.append(f"| {label} | {rows[0]['steps']} | " + " / ".join(f"{r['median_seconds_per_epoch']:.1f}" for r in rows)
+                     + f" | {rows[0]['epochs']} | {statistics.mean(r['images_per_s'] for r in rows):.0f} | "
+                     + (f"{paper[1]} | {paper[2]} |" if paper else "- | - |"))
+    lines += ["", f"Scale `{scale_name}` ({scale.arch}, {scale.train_limit or 'all'} training images, batch "
+              f"{scale.batch_size}) on {rows[0]['device']}. The median over epochs ignores an epoch slowed by "
+              "other work on the machine. The paper trains WRN-28-10 on 50,000 images on one V100: compare the "
+              "ratios between methods, not the seconds."]
+    return _write(out, "table7", "\n".join(lines))
+
+
+def _analysis(argv: list[str]) -> str:
+    """Run an analysis command exactly as ``agkd-bml ARGV`` would; return its Markdown section."""
+    from agkd_bml.analysis import commands
+    from agkd_bml.cli import build_parser
+
+    return getattr(commands, argv[0])(build_parser().parse_args(argv))
+
+
+def _quiet(progress: bool) -> list[str]:
+    return [] if progress else ["--no-progress"]
+
+
+def figure3(scale_name: str, out: Path, *, progress: bool = True) -> str:
+    """t-SNE of clean embeddings and of cat / ship AEs for UM, AT and AGKD-BML (``figure3/tsne.png``)."""
+    scale = SCALES[scale_name]
+    runs = _train_all(scale, out, progress)
+    seed = scale.seeds[0]
+    section = _analysis(["tsne", *(str(runs[(m, seed)]) for m in ("UM", "AT", "AGKD-BML")), "--classes", "3,8",
+                         "--out", str(out / "figure3"), "--seed", str(seed), *_quiet(progress)])
+    return _write(out, "figure3", section.replace("](", "](figure3/", 1))
+
+
+def figure4(scale_name: str, out: Path, *, progress: bool = True) -> str:
+    """Attention maps of AEs against the teacher's (``figure4/attention.png``) and Grad-CAM (Figure 1)."""
+    scale = SCALES[scale_name]
+    runs = _train_all(scale, out, progress)
+    seed = scale.seeds[0]
+    section = _analysis(["attention", *(str(runs[(m, seed)]) for m in ("UM", "AT", "AGKD-BML")), "--teacher",
+                         str(runs[("UM", seed)]), "--images", "6", "--out", str(out / "figure4"), "--seed", str(seed),
+                         *_quiet(progress)])
+    return _write(out, "figure4", section.replace("](", "](figure4/"))
+
+
 def _write(out: Path, target: str, text: str) -> str:
     write_text(out / f"{target}.md", text + "\n")
     return text
 
 
-RECIPES = {"table2": table2, "table3": table3, "table9": table9, "figure5": figure5}
+RECIPES = {"table1": table1, "table2": table2, "table3": table3, "table7": table7, "table9": table9,
+           "figure3": figure3, "figure4": figure4, "figure5": figure5}
 
 
 def reproduce(args: argparse.Namespace) -> int:

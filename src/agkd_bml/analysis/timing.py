@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ def run_timing(run: str | Path) -> dict[str, Any]:
         "run": run.name, "method": last.get("method", cfg.get("method", "?")), "steps": last.get("steps"),
         "arch": cfg.get("arch", "?"), "dataset": cfg.get("dataset", "?"), "device": last.get("device", cfg.get("device", "?")),
         "epochs": len(epochs), "seconds_per_epoch": sum(seconds) / len(seconds), "hours": sum(seconds) / 3600,
+        "median_seconds_per_epoch": statistics.median(seconds),
         "images_per_s": sum(float(e.get("images_per_s", 0)) for e in epochs) / len(epochs),
     }
 
