@@ -177,11 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train what a paper table needs (reusing finished runs in OUT/runs, resuming "
                         "unfinished ones), evaluate, and write OUT/TARGET.md with the paper's numbers beside ours. "
                         "Targets: table1 (white-box attacks), table2 (ablation with AutoAttack), table3 (black-box), "
-                        "table7 (training time), table9 (k-NN), figure3 (t-SNE), figure4 (attention maps, Grad-CAM), "
-                        "figure5 (accuracy curves); all share table2's runs. Scales: small (2 CPU cores, about an hour of training for "
+                        "table6 (attention variants; trains 3 more AGKD runs per seed), table7 (training time), table9 "
+                        "(k-NN), figure3 (t-SNE), figure4 (attention maps, Grad-CAM), figure5 (accuracy curves); all "
+                        "share table2's runs. Scales: small (2 CPU cores, about an hour of training for "
                         "table2, on npz:../shared/data/cifar10.npz), paper (WRN-28-10, 200 epochs; GPUs), tiny "
                         "(a one-minute smoke test of the recipe on digits).")
-    rp.add_argument("target", help="table1, table2, table3, table7, table9, figure3, figure4 or figure5")
+    rp.add_argument("target", help="table1, table2, table3, table6, table7, table9, figure3, figure4 or figure5")
     rp.add_argument("--scale", default="small", help="small, paper or tiny (default: small)")
     rp.add_argument("--out", default="reproduce", help="folder for the runs and the tables (default: ./reproduce)")
     rp.add_argument("--yes", action="store_true", help="confirm a --scale paper run")
