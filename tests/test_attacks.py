@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agkd_bml.attacks import parse_attacks, pgd
+from agkd_bml.attacks import full_length, parse_attacks, pgd
 from agkd_bml.data import to_float
 from agkd_bml.errors import UserError
 
@@ -162,3 +162,11 @@ def test_early_stop_counts_the_worst_iterate_and_is_never_weaker(digits, teacher
     assert right_early.sum() < right_early.numel()  # something was fooled (so the early path ran)
     with pytest.raises(ValueError):
         pgd(model, x, y, targeted=True, stop_when_fooled=True, **kw)
+
+
+def test_transfer_runs_all_its_steps_on_the_source(model):
+    """Stopping once the source is fooled would leave minimal, poorly transferring perturbations."""
+    attack = parse_attacks("transfer:src", eps=8 / 255, load_source=lambda _p: model)[0]
+    assert attack.inner.steps == 20 and not attack.inner.early_stop
+    assert not full_length(parse_attacks("pgd-20", eps=8 / 255)[0]).early_stop
+    assert parse_attacks("pgd-20", eps=8 / 255)[0].early_stop  # white-box evaluation does stop per image

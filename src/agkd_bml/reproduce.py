@@ -140,7 +140,7 @@ def table2(scale_name: str, out: Path, *, progress: bool = True) -> str:
 
 def table3(scale_name: str, out: Path, *, progress: bool = True) -> str:
     """Black-box: PGD-20 AEs crafted on the UM run of each seed, scored on every other model (``table3.md``)."""
-    from agkd_bml.attacks import PGDAttack, Transfer
+    from agkd_bml.attacks import Transfer, full_length, parse_attacks
     from agkd_bml.data import load_dataset
     from agkd_bml.evaluate import evaluate_attacks
     from agkd_bml.train import load_model
@@ -149,7 +149,8 @@ def table3(scale_name: str, out: Path, *, progress: bool = True) -> str:
     runs = _train_all(scale, out, progress)
     data = load_dataset(scale.dataset)
     eps = data.spec.default_eps
-    pgd20 = PGDAttack("pgd-20", 20, eps, eps / 4, random_start=True)
+    pgd20 = parse_attacks("pgd-20", eps=eps)[0]  # white-box, as in table2 (each image at its first fooling iterate)
+    crafted = full_length(pgd20)  # all 20 steps on the source model
     n = min(scale.eval_n, data.x_test.shape[0])
     acc: dict[str, dict[str, list[float]]] = {}
     for (label, seed), run in runs.items():
@@ -157,7 +158,7 @@ def table3(scale_name: str, out: Path, *, progress: bool = True) -> str:
             continue
         model, _ = load_model(run)
         source, _ = load_model(runs[("UM", seed)])
-        black = Transfer("transfer", str(runs[("UM", seed)]), pgd20, source)
+        black = Transfer("transfer", str(runs[("UM", seed)]), crafted, source)
         for r in evaluate_attacks(model, data.x_test[:n], data.y_test[:n], [black, pgd20], seed=seed,
                                   progress=progress, desc=f"{label}-s{seed} "):
             acc.setdefault(label, {}).setdefault(r.attack.name, []).append(100 * r.accuracy)
@@ -165,22 +166,23 @@ def table3(scale_name: str, out: Path, *, progress: bool = True) -> str:
     for label, a in acc.items():
         paper = f"{PAPER_TABLE3[label]:.2f}" if label in PAPER_TABLE3 else "-"
         lines.append(f"| {label} | {_cell(a['transfer'])} | {_cell(a['pgd-20'])} | {paper} |")
-    lines += ["", f"Scale `{scale_name}`, seeds {list(scale.seeds)}; first {n} test images; AEs: {pgd20.describe()}, "
-              "crafted on the UM (natural) model of the same seed, as the paper's Table 3 does with natural models."]
+    lines += ["", f"Scale `{scale_name}`, seeds {list(scale.seeds)}; first {n} test images. Black-box AEs: "
+              f"{crafted.describe()}, crafted on the UM (natural) model of the same seed, as the paper's Table 3 does "
+              f"with natural models. White-box: {pgd20.describe()}."]
     return _write(out, "table3", "\n".join(lines))
 
 
 def table9(scale_name: str, out: Path, *, progress: bool = True) -> str:
     """k-NN (k=50, cosine, training embeddings as index) next to softmax, clean and PGD-20 (``table9.md``)."""
     from agkd_bml.analysis import embed, knn_predict
-    from agkd_bml.attacks import parse_attacks
+    from agkd_bml.attacks import full_length, parse_attacks
     from agkd_bml.data import load_dataset
     from agkd_bml.train import load_model
 
     scale = SCALES[scale_name]
     runs = _train_all(scale, out, progress)
     data = load_dataset(scale.dataset).limit_train(scale.train_limit, 0)
-    attack = parse_attacks("pgd-20", eps=data.spec.default_eps)[0]
+    attack = full_length(parse_attacks("pgd-20", eps=data.spec.default_eps)[0])  # the AEs' embeddings are studied
     n = min(scale.eval_n, data.x_test.shape[0])
     x, y = data.x_test[:n], data.y_test[:n]
     acc: dict[str, dict[str, list[float]]] = {}

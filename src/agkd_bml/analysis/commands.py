@@ -19,7 +19,7 @@ from agkd_bml.analysis.embeddings import embed
 from agkd_bml.analysis.knn import METRICS, knn_predict
 from agkd_bml.analysis.timing import run_timing, timing_table
 from agkd_bml.analysis.tsne import tsne_figure
-from agkd_bml.attacks import parse_attacks
+from agkd_bml.attacks import full_length, parse_attacks
 from agkd_bml.commands import CheckpointLoader, require_positive
 from agkd_bml.errors import UserError
 from agkd_bml.fileio import write_text
@@ -29,7 +29,7 @@ def _attack(args: argparse.Namespace, loader: CheckpointLoader, data) -> object:
     attacks = parse_attacks(args.attack, eps=loader.eps(data), num_classes=data.spec.num_classes)
     if len(attacks) != 1:
         raise UserError(f"--attack takes one attack spec; got {args.attack!r}")
-    return attacks[0]
+    return full_length(attacks[0])  # AEs that are looked at, not only counted
 
 
 def knn(args: argparse.Namespace) -> str:

@@ -16,7 +16,7 @@ from agkd_bml.attacks.pgd import (
     project,
     uniform_start,
 )
-from agkd_bml.attacks.registry import ATTACKS, parse_attacks, spec_help
+from agkd_bml.attacks.registry import ATTACKS, full_length, parse_attacks, spec_help
 from agkd_bml.attacks.spsa import SPSA
 from agkd_bml.attacks.square import SquareAttack
 from agkd_bml.attacks.transfer import Transfer
@@ -38,6 +38,7 @@ __all__ = [
     "cw_margin",
     "eval_mode",
     "fmt_eps",
+    "full_length",
     "most_confusing_class",
     "parse_attacks",
     "pgd",

@@ -84,6 +84,16 @@ TRANSFER_PREFIX = "transfer:"
 SourceLoader = Callable[[str], nn.Module]
 
 
+def full_length(attack: Attack) -> Attack:
+    """``attack`` with all its steps run on every image.
+
+    Evaluation stops each image at its first fooling iterate, which is right for counting broken points
+    but leaves AEs just across the decision boundary. AEs that are studied (embeddings, k-NN, t-SNE,
+    attention) or transferred to another model must be the full attack's, as in the paper.
+    """
+    return replace(attack, early_stop=False) if isinstance(attack, PGDAttack) and attack.early_stop else attack
+
+
 def spec_help() -> str:
     """One line per family for ``--help`` and error messages."""
     lines = [f"{name}{'-K' if f.steps == 'required' else '[-K]' if f.steps == 'optional' else ''}: {f.help}"
@@ -98,7 +108,8 @@ def _one(item: str, ctx: Context, load_source: SourceLoader | None) -> Attack:
             raise UserError("transfer: needs a source checkpoint, e.g. transfer:runs/teacher")
         if load_source is None:
             raise UserError("transfer attacks need a source model loader here")
-        inner = ATTACKS["pgd"].build(20, replace(ctx, targeted=False))
+        # all 20 steps on the source: stopping once the *source* is fooled would weaken the transfer
+        inner = full_length(ATTACKS["pgd"].build(20, replace(ctx, targeted=False)))
         return Transfer(item, path, inner, load_source(path))  # type: ignore[arg-type]
     m = _SPEC.match(item.lower())
     family = ATTACKS.get(m.group(1)) if m else None
