@@ -15,8 +15,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agkd_bml.attacks import fmt_eps
+import torch
+
+from agkd_bml.attacks import Attack, fmt_eps
 from agkd_bml.config import TrainConfig, resolve
+from agkd_bml.data import Dataset
 from agkd_bml.errors import UserError, unknown_choice
 from agkd_bml.fileio import write_text
 
@@ -85,26 +88,34 @@ def _train_all(scale: Scale, out: Path, progress: bool) -> dict[tuple[str, int],
     return runs
 
 
-def _evaluate(runs: dict[tuple[str, int], Path], scale: Scale, progress: bool) -> tuple[dict[str, dict[str, list[float]]], float]:
+Accuracies = dict[str, dict[str, list[float]]]  #: model label -> attack name -> accuracy (%) per seed
+
+
+def _score(acc: Accuracies, label: str, seed: int, model: torch.nn.Module, data: Dataset, n: int,
+           attacks: list[Attack], progress: bool) -> None:
+    """Add each attack's robust accuracy (%) of one model on the first ``n`` test images to ``acc``."""
+    from agkd_bml.evaluate import evaluate_attacks
+
+    n = min(n, data.x_test.shape[0])
+    for r in evaluate_attacks(model, data.x_test[:n], data.y_test[:n], attacks, seed=seed, progress=progress,
+                              desc=f"{label}-s{seed} "):
+        acc.setdefault(label, {}).setdefault(r.attack.name, []).append(100 * r.accuracy)
+
+
+def _evaluate(runs: dict[tuple[str, int], Path], scale: Scale, progress: bool) -> tuple[Accuracies, float]:
     """Per model label and attack, the robust accuracy (%) of each seed; and the eps used."""
     from agkd_bml.attacks import parse_attacks
     from agkd_bml.data import load_dataset
-    from agkd_bml.evaluate import evaluate_attacks
     from agkd_bml.train import load_model
 
     data = load_dataset(scale.dataset)
     fast = parse_attacks("clean,fgsm,pgd-20,cw-20", eps=data.spec.default_eps)
     aa = parse_attacks("aa", eps=data.spec.default_eps, num_classes=data.spec.num_classes)
-    acc: dict[str, dict[str, list[float]]] = {}
+    acc: Accuracies = {}
     for (label, seed), run in runs.items():
         model, _ = load_model(run)
-        n, m = min(scale.eval_n, data.x_test.shape[0]), min(scale.aa_n, data.x_test.shape[0])
-        res = evaluate_attacks(model, data.x_test[:n], data.y_test[:n], fast, seed=seed, progress=progress,
-                               desc=f"{label}-s{seed} ")
-        res += evaluate_attacks(model, data.x_test[:m], data.y_test[:m], aa, seed=seed, progress=progress,
-                                desc=f"{label}-s{seed} ")
-        for r in res:
-            acc.setdefault(label, {}).setdefault(r.attack.name, []).append(100 * r.accuracy)
+        _score(acc, label, seed, model, data, scale.eval_n, fast, progress)
+        _score(acc, label, seed, model, data, scale.aa_n, aa, progress)
     return acc, data.spec.default_eps
 
 
@@ -142,7 +153,6 @@ def table3(scale_name: str, out: Path, *, progress: bool = True) -> str:
     """Black-box: PGD-20 AEs crafted on the UM run of each seed, scored on every other model (``table3.md``)."""
     from agkd_bml.attacks import Transfer, full_length, parse_attacks
     from agkd_bml.data import load_dataset
-    from agkd_bml.evaluate import evaluate_attacks
     from agkd_bml.train import load_model
 
     scale = SCALES[scale_name]
@@ -152,16 +162,12 @@ def table3(scale_name: str, out: Path, *, progress: bool = True) -> str:
     pgd20 = parse_attacks("pgd-20", eps=eps)[0]  # white-box, as in table2 (each image at its first fooling iterate)
     crafted = full_length(pgd20)  # all 20 steps on the source model
     n = min(scale.eval_n, data.x_test.shape[0])
-    acc: dict[str, dict[str, list[float]]] = {}
+    acc: Accuracies = {}
     for (label, seed), run in runs.items():
         if label == "UM":
             continue
-        model, _ = load_model(run)
-        source, _ = load_model(runs[("UM", seed)])
-        black = Transfer("transfer", str(runs[("UM", seed)]), crafted, source)
-        for r in evaluate_attacks(model, data.x_test[:n], data.y_test[:n], [black, pgd20], seed=seed,
-                                  progress=progress, desc=f"{label}-s{seed} "):
-            acc.setdefault(label, {}).setdefault(r.attack.name, []).append(100 * r.accuracy)
+        black = Transfer("transfer", str(runs[("UM", seed)]), crafted, load_model(runs[("UM", seed)])[0])
+        _score(acc, label, seed, load_model(run)[0], data, n, [black, pgd20], progress)
     lines = ["| model | black-box (PGD-20 from UM) | white-box PGD-20 | paper black-box |", "|---|---|---|---|"]
     for label, a in acc.items():
         paper = f"{PAPER_TABLE3[label]:.2f}" if label in PAPER_TABLE3 else "-"
@@ -185,7 +191,7 @@ def table9(scale_name: str, out: Path, *, progress: bool = True) -> str:
     attack = full_length(parse_attacks("pgd-20", eps=data.spec.default_eps)[0])  # the AEs' embeddings are studied
     n = min(scale.eval_n, data.x_test.shape[0])
     x, y = data.x_test[:n], data.y_test[:n]
-    acc: dict[str, dict[str, list[float]]] = {}
+    acc: Accuracies = {}
     for (label, seed), run in runs.items():
         model, _ = load_model(run)
         index = embed(model, data.x_train, data.y_train)
@@ -237,7 +243,6 @@ def table1(scale_name: str, out: Path, *, progress: bool = True) -> str:
     """White-box attacks of the paper's Table 1 on UM, AT, SML and AGKD-BML (``table1.md``); AA is in table2."""
     from agkd_bml.attacks import parse_attacks
     from agkd_bml.data import load_dataset
-    from agkd_bml.evaluate import evaluate_attacks
     from agkd_bml.train import load_model
 
     scale = SCALES[scale_name]
@@ -245,13 +250,10 @@ def table1(scale_name: str, out: Path, *, progress: bool = True) -> str:
     data = load_dataset(scale.dataset)
     attacks = parse_attacks(TABLE1_ATTACKS, eps=data.spec.default_eps)
     n = min(scale.eval_n, data.x_test.shape[0])
-    acc: dict[str, dict[str, list[float]]] = {}
+    acc: Accuracies = {}
     for (label, seed), run in runs.items():
-        if label not in PAPER_TABLE1:
-            continue
-        for r in evaluate_attacks(load_model(run)[0], data.x_test[:n], data.y_test[:n], attacks, seed=seed,
-                                  progress=progress, desc=f"{label}-s{seed} "):
-            acc.setdefault(label, {}).setdefault(r.attack.name, []).append(100 * r.accuracy)
+        if label in PAPER_TABLE1:
+            _score(acc, label, seed, load_model(run)[0], data, n, attacks, progress)
     names = [a.name for a in attacks]
     lines = ["| model | " + " | ".join(names) + " | paper: " + " / ".join([*names, "aa"]) + " |",
              "|---" * (len(names) + 2) + "|"]
@@ -294,7 +296,6 @@ def table6(scale_name: str, out: Path, *, progress: bool = True) -> str:
     """Attention variants of the AGKD ablation (``table6.md``): 3 more runs per seed beside table2's AGKD."""
     from agkd_bml.attacks import parse_attacks
     from agkd_bml.data import load_dataset
-    from agkd_bml.evaluate import evaluate_attacks
     from agkd_bml.train import load_model, train
 
     scale = SCALES[scale_name]
@@ -309,12 +310,10 @@ def table6(scale_name: str, out: Path, *, progress: bool = True) -> str:
     data = load_dataset(scale.dataset)
     attacks = parse_attacks("clean,pgd-20", eps=data.spec.default_eps)
     n = min(scale.eval_n, data.x_test.shape[0])
-    acc: dict[str, dict[str, list[float]]] = {}
+    acc: Accuracies = {}
     for label, _ in TABLE6:
         for seed in scale.seeds:
-            for r in evaluate_attacks(load_model(runs[(label, seed)])[0], data.x_test[:n], data.y_test[:n], attacks,
-                                      seed=seed, progress=progress, desc=f"{label}-s{seed} "):
-                acc.setdefault(label, {}).setdefault(r.attack.name, []).append(100 * r.accuracy)
+            _score(acc, label, seed, load_model(runs[(label, seed)])[0], data, n, attacks, progress)
     lines = ["| distilled map | kind | clean | PGD-20 | paper PGD-20 |", "|---" * 5 + "|"]
     for label, kind in TABLE6:
         relevance = "class-relevant" if kind.startswith("gc") else "class-irrelevant"

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agkd_bml.attacks.base import Attack, fmt_eps
+from agkd_bml.attacks.base import fmt_eps
 from agkd_bml.attacks.pgd import project
-from agkd_bml.models.inference import channels_last, inference_copy
+from agkd_bml.attacks.prepared import PreparedAttack
+from agkd_bml.models.inference import channels_last
 
 #: The reference setting of AutoAttack's standard version.
 APGD_STEPS = 100
@@ -225,7 +226,7 @@ def num_targets(num_classes: int) -> int:
 
 
 @dataclass(frozen=True)
-class APGDAttack(Attack):
+class APGDAttack(PreparedAttack):
     """``apgd-ce`` (untargeted, cross-entropy) or ``apgd-t`` (targeted DLR, 9 targets), 100 iterations, 1 restart."""
 
     name: str
@@ -244,11 +245,6 @@ class APGDAttack(Attack):
     def describe(self) -> str:
         what = f"targeted DLR, {num_targets(self.num_classes)} targets" if self.targeted else "CE"
         return f"{self.name}: APGD ({what}), {self.steps} iterations, eps {fmt_eps(self.eps)}, 1 restart"
-
-    def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        return self.run_prepared(inference_copy(model), x, y, generator)[0]
 
     def run_prepared(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None

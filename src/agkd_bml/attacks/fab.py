@@ -27,9 +27,9 @@ from torch import nn
 from torchattacks.attacks.fab import projection_linf
 
 from agkd_bml.attacks.apgd import num_targets, over_targets
-from agkd_bml.attacks.base import Attack, fmt_eps
-from agkd_bml.attacks.pgd import project, upcast
-from agkd_bml.models.inference import inference_copy
+from agkd_bml.attacks.base import fmt_eps
+from agkd_bml.attacks.pgd import upcast
+from agkd_bml.attacks.prepared import PreparedAttack
 
 FAB_STEPS = 100
 ALPHA_MAX = 0.1
@@ -110,7 +110,7 @@ def fab_targeted(
 
 
 @dataclass(frozen=True)
-class FABAttack(Attack):
+class FABAttack(PreparedAttack):
     """``fab-t``: targeted FAB towards the 9 most likely wrong classes, 100 iterations, 1 restart."""
 
     name: str
@@ -125,12 +125,6 @@ class FABAttack(Attack):
     def describe(self) -> str:
         return (f"{self.name}: targeted FAB, {num_targets(self.num_classes)} targets, {self.steps} iterations, "
                 f"eps {fmt_eps(self.eps)}, 1 restart")
-
-    def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        adv, _ = self.run_prepared(inference_copy(model), x, y, generator)
-        return project(adv, x, self.eps)
 
     def run_prepared(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None

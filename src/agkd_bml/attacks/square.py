@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from agkd_bml.attacks.base import Attack, fmt_eps
+from agkd_bml.attacks.base import fmt_eps
 from agkd_bml.attacks.pgd import cw_margin, project
-from agkd_bml.models.inference import inference_copy
+from agkd_bml.attacks.prepared import PreparedAttack
 
 SQUARE_QUERIES = 5000
 P_INIT = 0.8
@@ -76,7 +76,7 @@ def square(
 
 
 @dataclass(frozen=True)
-class SquareAttack(Attack):
+class SquareAttack(PreparedAttack):
     """``square-K``: Square attack with K queries (AutoAttack uses 5,000)."""
 
     name: str
@@ -89,12 +89,6 @@ class SquareAttack(Attack):
 
     def describe(self) -> str:
         return f"{self.name}: Square, {self.queries} queries, eps {fmt_eps(self.eps)}, p_init {P_INIT}, margin loss"
-
-    def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        adv, _ = self.run_prepared(inference_copy(model), x, y, generator)
-        return project(adv, x, self.eps)
 
     def run_prepared(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
