@@ -64,6 +64,9 @@ ATTACKS: dict[str, Family] = {
                   "required", help="K momentum steps of eps/K (momentum 1.0)"),
     "aa": Family(lambda k, c: AutoAttack(c.eps, c.num_classes), "none",
                  help="AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square-5000, per-sample cascade (batched)"),
+    "aa-bf16": Family(lambda k, c: AutoAttack(c.eps, c.num_classes, name="aa-bf16", precision="bf16"), "none",
+                      help="aa with bf16 search passes, each success confirmed (or the part redone) in float32; "
+                           "faster where bf16 is native (AVX512-BF16/AMX CPUs, recent GPUs)"),
     "aa-torchattacks": Family(lambda k, c: TorchattacksAutoAttack(c.eps, c.num_classes), "none",
                               help="the same AutoAttack cascade composed from torchattacks (reference, slower)"),
     "apgd-ce": Family(lambda k, c: APGDAttack("apgd-ce", c.eps, c.num_classes), "none",
@@ -77,7 +80,7 @@ ATTACKS: dict[str, Family] = {
     "spsa": Family(lambda k, c: SPSA(f"spsa-{k}", k, c.eps), "required",
                    help="SPSA with K iterations of 128 samples (gradient-free)"),
 }
-_SPEC = re.compile(r"^([a-z]+(?:-[a-z]+)?)(?:-(\d+))?$")
+_SPEC = re.compile(r"^([a-z]+(?:-[a-z][a-z0-9]*)?)(?:-(\d+))?$")
 TRANSFER_PREFIX = "transfer:"
 
 #: Loads a source checkpoint for ``transfer:PATH`` onto the evaluation device.
