@@ -10,7 +10,7 @@ import torch
 from agkd_bml.attacks import parse_attacks
 from agkd_bml.attacks.apgd import apgd, apgd_multitarget, dlr_targeted, random_surface_start, target_classes
 from agkd_bml.attacks.autoattack import confirm_in_fp32, native_components, torchattacks_component
-from agkd_bml.attacks.fab import FABAttack
+from agkd_bml.attacks.fab import FABAttack, project_linf
 from agkd_bml.attacks.library import run_library_attack
 from agkd_bml.attacks.square import square_fraction
 from agkd_bml.data import to_float
@@ -54,6 +54,27 @@ def test_fab_t_finds_exactly_what_torchattacks_fab_t_finds(digits, trained):
     ours_wrong, theirs_wrong = _wrong(trained, ours, y), _wrong(trained, theirs, y)
     assert 0 < int(theirs_wrong.sum()) < 110  # the budget leaves both outcomes possible
     assert int((ours_wrong != theirs_wrong).sum()) <= 2, (int(ours_wrong.sum()), int(theirs_wrong.sum()))
+
+
+@pytest.mark.parametrize("quantised", [False, True])
+def test_fab_projection_equals_the_reference_routine(quantised):
+    """Bisection + Newton gives the reference's sorted solution: on the plane, in the box, same step."""
+    from torchattacks.attacks.fab import projection_linf
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.rand(64, 768, generator=g)
+    if quantised:  # pixel values: many equal rooms, the sort's ties
+        t = (t * 255).round() / 255
+    w = torch.randn(64, 768, generator=g) * (torch.rand(64, 768, generator=g) > 0.1)
+    # gaps from tiny to beyond what the box allows, both orientations
+    b = (w * t).sum(1) + torch.randn(64, generator=g) * torch.logspace(-3, 3.5, 64)
+    ours, ref = project_linf(t, w, b), projection_linf(t, w, b)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    feasible = (w.abs() * torch.where(w * torch.sign((w * t).sum(1) - b)[:, None] > 0, t, 1 - t)).sum(1) > \
+        ((w * t).sum(1) - b).abs()
+    assert 8 < int(feasible.sum()) < 64  # both branches are exercised
+    assert ((w * (t + ours)).sum(1) - b)[feasible].abs().max() < 1e-3
+    assert (t + ours).min() >= -1e-6 and (t + ours).max() <= 1 + 1e-6
 
 
 @pytest.mark.parametrize("spec", ["apgd-ce", "apgd-t", "square-300"])

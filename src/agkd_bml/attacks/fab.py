@@ -1,9 +1,8 @@
 """FAB-T (Croce & Hein 2020), the multi-targeted L-inf FAB of AutoAttack's standard version, batched.
 
 Each iteration linearises ``z_t - z_y`` at the current point, projects both the current point and the
-clean image onto the linearised decision hyperplane (torchattacks' ``projection_linf``, the reference
-routine), steps to a convex combination of the two extrapolated projections (``eta`` 1.05, weight of the
-clean side at most ``alpha_max`` 0.1), and when the step lands on an adversarial point, keeps it if it
+clean image onto the linearised decision hyperplane (:func:`project_linf`), steps to a convex combination
+of the two extrapolated projections (``eta`` 1.05, weight of the clean side at most ``alpha_max`` 0.1), and when the step lands on an adversarial point, keeps it if it
 is the closest so far and pulls the iterate back towards the clean image (``beta`` 0.9).
 
 Same iteration as the reference (``fab_pt.py``, torchattacks' ``FAB``), cheaper in three exact ways:
@@ -14,7 +13,9 @@ Same iteration as the reference (``fab_pt.py``, torchattacks' ``FAB``), cheaper 
 - an image leaves as soon as a target found an adversarial example within eps (AutoAttack counts only
   that; the reference then keeps shrinking its distance), and later targets skip it; on a GPU the
   targets are stacked in one batch (:func:`~agkd_bml.attacks.apgd.over_targets`);
-- it runs on the prepared model of :func:`agkd_bml.models.inference.inference_copy`.
+- it runs on the prepared model of :func:`agkd_bml.models.inference.inference_copy`;
+- the projection finds its step length by bisection instead of a full sort of every row (2.5x faster at
+  the same result, to float rounding).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchattacks.attacks.fab import projection_linf
 
 from agkd_bml.attacks.apgd import num_targets, over_targets
 from agkd_bml.attacks.base import fmt_eps
@@ -37,6 +37,42 @@ ETA = 1.05
 BETA = 0.9
 #: Below this fraction of adversarial iterates, the next gradient pass doubles as the success check.
 MERGE_BELOW = 0.35
+
+
+#: Bisection steps of :func:`project_linf` (bracket 2^-20 of the [0, 1] pixel range), then Newton steps.
+_BISECT, _NEWTON = 20, 2
+
+
+def project_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The smallest L-inf step ``d`` (rows of ``t``, in [0, 1]) with ``w . (t + d) = b`` and ``t + d`` in the box.
+
+    The reference routine of FAB (``projection_linf``). With the hyperplane oriented so that ``c = w.t - b
+    >= 0`` must be removed, coordinate i moves against ``w_i`` by ``min(lam, room_i)`` (``room_i`` is its
+    distance to the box edge it moves to), and ``F(lam) = sum |w_i| min(lam, room_i)`` is increasing and
+    concave: bisection brackets the ``lam`` with ``F(lam) = c``, and Newton steps from the bracket's left
+    end make it exact on its linear piece. When even the whole box cannot remove ``c``, every coordinate
+    moves to its edge. The reference sorts each row instead, 2.5x slower here on 86 rows of 3,072.
+    """
+    with torch.autocast(t.device.type, enabled=False):  # sums over thousands of terms: never in bf16
+        side = torch.where((w * t).sum(1) >= b, 1.0, -1.0)
+        w = w * side[:, None]
+        c = (w * t).sum(1) - b * side
+        room, aw = torch.where(w > 0, t, 1 - t), w.abs()
+
+        def removed(lam: torch.Tensor) -> torch.Tensor:
+            return torch.bmm(aw.unsqueeze(1), torch.minimum(room, lam[:, None]).unsqueeze(2)).view(-1)
+
+        lo, hi = torch.zeros_like(c), torch.ones_like(c)
+        for _ in range(_BISECT):
+            mid = (lo + hi) / 2
+            short = removed(mid) < c
+            lo, hi = torch.where(short, mid, lo), torch.where(short, hi, mid)
+        lam = lo
+        for _ in range(_NEWTON):
+            slope = (aw * (room > lam[:, None])).sum(1)
+            lam = lam + ((c - removed(lam)) / slope.clamp_min(1e-30)).clamp_min(0)
+        lam = torch.where((aw * room).sum(1) > c, lam, torch.full_like(lam, float("inf")))
+        return -torch.sign(w) * torch.minimum(room, lam[:, None])
 
 
 def fab_targeted(
@@ -72,7 +108,7 @@ def fab_targeted(
         im, x1 = s["im"], s["x1"]
         w = s["dg"].reshape(n, -1)
         b = -s["df"] + (w * x1.reshape(n, -1)).sum(1)
-        d3 = projection_linf(torch.cat([x1.reshape(n, -1), im.reshape(n, -1)]), torch.cat([w, w]), torch.cat([b, b]))
+        d3 = project_linf(torch.cat([x1.reshape(n, -1), im.reshape(n, -1)]), torch.cat([w, w]), torch.cat([b, b]))
         d1, d2 = d3[:n].view_as(x1), d3[n:].view_as(x1)
         a0 = d3.abs().amax(1).clamp_min(1e-8)
         alpha = (a0[:n] / (a0[:n] + a0[n:])).clamp(0.0, ALPHA_MAX).view(view)
