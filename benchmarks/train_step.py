@@ -4,7 +4,8 @@
 
 For every method: images/s of one real training step (``Method.loss`` + backward + SGD step), and its
 *overhead*: the step time over the time of the bare network passes the method must make (the same number
-of forward / forward+backward passes of the same model on the same batch sizes, timed alone). Also the
+of forward / forward+backward passes of the same model on the same batch sizes, timed in turns with the
+step, so that load on a shared machine slows both alike). Also the
 achieved FLOP/s of each step over a matmul peak measured in the same run, AGKD-BML-2 over PGD-AT-7, our
 PGD-20 evaluation against torchattacks' PGD on a trained checkpoint (``--eval-checkpoint``), our AutoAttack
 against the same cascade composed from torchattacks (``--aa-n``), and peak memory. Writes
@@ -56,19 +57,34 @@ def bare_passes(method: str, steps: int) -> list[tuple[str, int]]:
     raise ValueError(method)
 
 
+def _clock(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
     """Median seconds of ``fn`` over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+    return timed_in_turns([fn], repeats, device)[0]
+
+
+def timed_in_turns(fns: list[Callable[[], object]], repeats: int, device: torch.device) -> list[float]:
+    """Median seconds of each of ``fns``, run in turns (a, b, a, b, ...) after one warm-up each.
+
+    A ratio of two of them is then measured side by side: a burst of load on a shared machine slows
+    both alike instead of whichever happened to run at the time.
+    """
+    for fn in fns:
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times, strict=True):
+            ts.append(_clock(fn, device))
+    return [statistics.median(ts) for ts in times]
 
 
 def matmul_peak(device: torch.device) -> float:
@@ -171,7 +187,7 @@ def main() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     gen = torch.Generator(device=device).manual_seed(0)
 
-    def bare(kind: str, mult: int) -> float:
+    def bare(kind: str, mult: int) -> Callable[[], None]:
         xb = x.repeat(mult, 1, 1, 1)
         if kind == "infer":
             def fn():
@@ -186,9 +202,9 @@ def main() -> None:
             def fn():
                 model.train()(xb).logits.sum().backward()
                 opt.zero_grad(set_to_none=True)
-        return timed(fn, args.repeats, device)
+        return fn
 
-    bare_cache = {(k, m): bare(k, m) for k in ("infer", "attack", "train") for m in (1, 2, 3)}
+    bare_fns = {(k, m): bare(k, m) for k in ("infer", "attack", "train") for m in (1, 2, 3)}
     peak = matmul_peak(device)
     fwd_flops = model_flops(model.eval(), x)  # one forward of B images; a backward costs about 2 forwards
     # in forward-pass units: an input-gradient backward costs about one forward, a weight+input backward two
@@ -206,9 +222,13 @@ def main() -> None:
             loss.backward()
             opt.step()
 
-        t = timed(step, args.repeats, device)
         passes = bare_passes(method, steps)
-        t_bare = sum(bare_cache[p] for p in passes)
+
+        def bare_step(passes=passes):
+            for p in passes:
+                bare_fns[p]()
+
+        t, t_bare = timed_in_turns([step, bare_step], args.repeats, device)
         flops = sum(pass_flops[k] * mult for k, mult in passes) * fwd_flops
         rows.append({"method": label, "images_per_s": B / t, "step_s": t, "bare_s": t_bare, "overhead": t / t_bare,
                      "flops_per_s": flops / t, "peak_fraction": flops / t / peak})
