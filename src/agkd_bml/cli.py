@@ -40,7 +40,11 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         t = str(f.type)
-        kw: dict[str, Any] = {"default": None, "help": f"{f.metadata['help']} (default: {f.default if f.default is not dataclasses.MISSING else '[]'})"}
+        text = f.metadata["help"]
+        if "default" not in text:  # help texts that explain their default say it themselves
+            default = "[]" if f.default is dataclasses.MISSING else "none" if f.default is None else f.default
+            text += f" (default: {default})"
+        kw: dict[str, Any] = {"default": None, "help": text}
         if t.startswith("bool"):
             kw["action"] = argparse.BooleanOptionalAction
         elif t.startswith("list"):
