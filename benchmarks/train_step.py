@@ -5,7 +5,7 @@
 For every method: images/s of one real training step (``Method.loss`` + backward + SGD step), and its
 *overhead*: the step time over the time of the bare network passes the method must make (the same number
 of forward / forward+backward passes of the same model on the same batch sizes, timed in turns with the
-step, so that load on a shared machine slows both alike). Also the
+step in one round-robin over all methods, so that load on a shared machine slows all alike). Also the
 achieved FLOP/s of each step over a matmul peak measured in the same run, AGKD-BML-2 over PGD-AT-7, our
 PGD-20 evaluation against torchattacks' PGD on a trained checkpoint (``--eval-checkpoint``), our AutoAttack
 against the same cascade composed from torchattacks (``--aa-n``), and peak memory. Writes
@@ -180,21 +180,22 @@ def main() -> None:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     spec = DataSpec("bench", 10, 3, 32, (0.5,) * 3, (0.25,) * 3, 8 / 255, tuple("0123456789"), Augment())
-    model = build_model(args.arch, spec).to(device)
-    teacher = build_model(args.arch, spec).to(device).eval()
+    # the training loop's layout: channels-last model, teacher and batches
+    model = build_model(args.arch, spec).to(device, memory_format=torch.channels_last)
+    teacher = build_model(args.arch, spec).to(device, memory_format=torch.channels_last).eval()
     for q in teacher.parameters():
         q.requires_grad_(False)
     B = args.batch
     pool_x = torch.randint(0, 256, (max(1000, 4 * B), 3, 32, 32), dtype=torch.uint8)
     pool_y = torch.arange(pool_x.shape[0]) % 10
     sampler = ImageSampler(pool_x, pool_y, 10, Augment(), device)
-    x = (pool_x[:B].float() / 255).to(device)
+    x = (pool_x[:B].float() / 255).to(device).contiguous(memory_format=torch.channels_last)
     y = pool_y[:B].to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def bare(kind: str, mult: int) -> Callable[[], None]:
-        xb = x.repeat(mult, 1, 1, 1)
+        xb = x.repeat(mult, 1, 1, 1).contiguous(memory_format=torch.channels_last)
         if kind == "infer":
             def fn():
                 with torch.no_grad():
@@ -215,8 +216,9 @@ def main() -> None:
     fwd_flops = model_flops(model.eval(), x)  # one forward of B images; a backward costs about 2 forwards
     # in forward-pass units: an input-gradient backward costs about one forward, a weight+input backward two
     pass_flops = {"infer": 1.0, "attack": 2.0, "train": 3.0}
-    rows = []
-    for label, method, steps in (row for row in METHODS_UNDER_TEST if row[0] in wanted):
+    chosen = [row for row in METHODS_UNDER_TEST if row[0] in wanted]
+    fns: list[Callable[[], object]] = []
+    for _label, method, steps in chosen:
         cfg = TrainConfig(method=method, steps=steps or None, dataset="digits")
         ctx = MethodContext(10, 8 / 255, teacher if METHODS[method].needs_teacher else None, sampler)
         m = METHODS[method](cfg, ctx)
@@ -234,8 +236,13 @@ def main() -> None:
             for p in passes:
                 bare_fns[p]()
 
-        t, t_bare = timed_in_turns([step, bare_step], args.repeats, device)
-        flops = sum(pass_flops[k] * mult for k, mult in passes) * fwd_flops
+        fns += [step, bare_step]
+    # every step and every bare pass in one round-robin: any ratio in the table is measured side by side
+    times = timed_in_turns(fns, args.repeats, device)
+    rows = []
+    for i, (label, method, steps) in enumerate(chosen):
+        t, t_bare = times[2 * i], times[2 * i + 1]
+        flops = sum(pass_flops[k] * mult for k, mult in bare_passes(method, steps)) * fwd_flops
         rows.append({"method": label, "images_per_s": B / t, "step_s": t, "bare_s": t_bare, "overhead": t / t_bare,
                      "flops_per_s": flops / t, "peak_fraction": flops / t / peak})
     by = {r["method"]: r for r in rows}
