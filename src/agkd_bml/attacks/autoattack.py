@@ -9,7 +9,7 @@ Two implementations with the same interface:
 - ``aa`` (:class:`AutoAttack`): our batched parts (:mod:`.apgd`, :mod:`.fab`, :mod:`.square`) on a model
   prepared once per batch (:func:`~agkd_bml.models.inference.inference_copy`); images leave each part at
   their first success and the target classes run in one batch.
-- ``aa-bf16``: ``aa`` with its search passes under bf16 autocast, about 1.5x faster where bf16 is native
+- ``aa-bf16``: ``aa`` with its search passes under bf16 autocast, 1.4-1.5x faster where bf16 is native
   (CPUs with AVX512-BF16 or AMX, recent GPUs). A bf16 pass can call a point adversarial that is not at
   full precision (it sits on the decision boundary), so every success is checked with a float32 pass,
   and an image whose success does not hold gets that part again in float32: the images it reports broken
