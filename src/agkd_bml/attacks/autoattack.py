@@ -8,7 +8,7 @@ Two implementations with the same interface:
 
 - ``aa`` (:class:`AutoAttack`): our batched parts (:mod:`.apgd`, :mod:`.fab`, :mod:`.square`) on a model
   prepared once per batch (:func:`~agkd_bml.models.inference.inference_copy`); images leave each part at
-  their first success and the target classes run in one batch.
+  their first success, and on a GPU the target classes run in one batch.
 - ``aa-bf16``: ``aa`` with its search passes under bf16 autocast, 1.4-1.5x faster where bf16 is native
   (CPUs with AVX512-BF16 or AMX, recent GPUs). A bf16 pass can call a point adversarial that is not at
   full precision (it sits on the decision boundary), so every success is checked with a float32 pass,
@@ -126,6 +126,8 @@ class AutoAttack(Attack):
         """The precision context the parts search in."""
         if self.precision == "fp32":
             return nullcontext()
+        if self.precision != "bf16":
+            raise ValueError(f"AutoAttack precision must be fp32 or bf16, not {self.precision!r}")
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise UserError(f"{self.name}: this GPU has no bf16 support; use aa (float32)")
         return torch.autocast(device.type, dtype=torch.bfloat16)
