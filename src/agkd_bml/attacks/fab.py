@@ -6,7 +6,8 @@ of the two extrapolated projections (``eta`` 1.05, weight of the clean side at m
 and when the step lands on an adversarial point, keeps it if it is the closest so far and pulls the
 iterate back towards the clean image (``beta`` 0.9).
 
-Same iteration as the reference (``fab_pt.py``, torchattacks' ``FAB``), cheaper in four ways that change no result (up to float rounding):
+Same iteration as the reference (``fab_pt.py``, torchattacks' ``FAB``), cheaper in four ways that change
+no result (up to float rounding):
 
 - the reference checks each new iterate with an extra forward pass; here, while few iterates turn
   adversarial, the logits of the next gradient pass are that check (only the iterates pulled back then
