@@ -17,6 +17,7 @@ demo: install
 	$(VENV)/bin/agkd-bml quickstart
 
 test: install
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 test-slow: install

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from agkd_bml.attacks import parse_attacks
-from agkd_bml.attacks.library import LogitsOnly
+from agkd_bml.attacks.torchattacks_adapter import LogitsOnly
 from agkd_bml.config import TrainConfig
 from agkd_bml.data import DataSpec, ImageSampler
 from agkd_bml.data.augment import Augment
@@ -114,7 +114,7 @@ def compare_pgd20(checkpoint: str, n: int, device: torch.device) -> dict[str, fl
     from agkd_bml.train import load_model
 
     model, ckpt = load_model(checkpoint, device)
-    data = load_dataset(ckpt["config"]["dataset"])
+    data = load_dataset(ckpt.config["dataset"])
     x, y = data.x_test[:n], data.y_test[:n]
     eps = data.spec.default_eps
     start = time.perf_counter()
@@ -144,7 +144,7 @@ def compare_autoattack(checkpoint: str, n: int, device: torch.device) -> dict[st
     from agkd_bml.train import load_model
 
     model, ckpt = load_model(checkpoint, device)
-    data = load_dataset(ckpt["config"]["dataset"])
+    data = load_dataset(ckpt.config["dataset"])
     x, y = data.x_test[:n], data.y_test[:n]
     out: dict[str, float] = {}
     for spec, key in (("aa", "ours"), ("aa-bf16", "bf16"), ("aa-torchattacks", "torchattacks")):

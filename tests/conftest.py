@@ -48,7 +48,7 @@ def small_config(tmp_path: Path, **kw) -> TrainConfig:
     base = dict(dataset="digits", arch="small-cnn", epochs=1, batch_size=64, lr=0.05, train_limit=256,
                 val_n=64, val_steps=2, device="cpu", out=str(tmp_path / kw.get("method", "agkd-bml")))
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 @pytest.fixture(scope="session")

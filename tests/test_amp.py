@@ -19,7 +19,7 @@ def test_bf16_autocast_trains_agkd_bml_on_cpu(tmp_path, teacher_run):
     model, ckpt = load_model(cfg.run_dir())
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(v.dtype == torch.float32 for v in model.state_dict().values() if v.is_floating_point())
-    assert ckpt["metrics"]["loss"]["ce"] < 2.3  # below chance-level CE: it learned under bf16
+    assert ckpt.metrics["loss"]["ce"] < 2.3  # below chance-level CE: it learned under bf16
 
 
 @pytest.mark.parametrize("spec", ["fgsm", "pgd-5", "cw-5", "mim-5"])
@@ -28,7 +28,7 @@ def test_attacks_under_bf16_autocast_stay_in_the_eps_ball(digits, teacher_run, s
     x, y = to_float(digits.x_test[:64]), digits.y_test[:64]
     eps = 0.1
     with autocast(torch.device("cpu"), torch.bfloat16):
-        adv = parse_attacks(spec, eps=eps)[0].run(model, x, y, torch.Generator().manual_seed(0))
+        adv = parse_attacks(spec, eps=eps)[0](model, x, y, torch.Generator().manual_seed(0)).images
         targeted = pgd(model, x, (y + 1) % 10, eps=eps, step_size=eps / 4, steps=3, targeted=True)
     for a in (adv, targeted):
         assert a.dtype == torch.float32

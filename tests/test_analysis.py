@@ -65,7 +65,7 @@ def test_class_relevant_variants_train_one_epoch(tmp_path, teacher_run, kind):
     cfg = small_config(tmp_path, method="agkd-bml", teacher=teacher_run, attention=kind, out=str(tmp_path / kind))
     train(cfg, progress=False, log=lambda _m: None)
     _, ckpt = load_model(tmp_path / kind)
-    assert ckpt["metrics"]["attention"] == kind and ckpt["metrics"]["loss"]["agkd"] > 0
+    assert ckpt.metrics["attention"] == kind and ckpt.metrics["loss"]["agkd"] > 0
 
 
 def test_class_relevant_map_needs_a_distilling_method(tmp_path, capsys):

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agkd_bml.attacks import parse_attacks
-from agkd_bml.attacks.library import LogitsOnly
+from agkd_bml.attacks.torchattacks_adapter import LogitsOnly
 from agkd_bml.data import to_float
 from agkd_bml.evaluate import evaluate_attacks
 
@@ -22,13 +22,16 @@ def _check_attack(digits, model, attack, eps, train_mode, dtype, n=16):
     before = {k: v.clone() for k, v in m.state_dict().items()}
     rng = torch.get_rng_state()
     x = to_float(digits.x_test[:n]).to(dtype)
-    adv = attack.run(m, x, digits.y_test[:n], torch.Generator().manual_seed(0))
+    y = digits.y_test[:n]
+    adv, fooled = attack(m, x, y, torch.Generator().manual_seed(0))
     assert adv.shape == x.shape and adv.dtype == x.dtype
     assert (adv - x).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
     assert m.training == train_mode
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
     assert all(p.requires_grad and torch.equal(p.grad, torch.ones_like(p)) for p in m.parameters())
     assert torch.equal(torch.get_rng_state(), rng)  # library attacks seed the global RNG; ours must not leak
+    with torch.no_grad():  # the success mask is the eval-mode model's verdict on the returned images
+        assert torch.equal(fooled, copy.deepcopy(m).eval()(adv).logits.argmax(1) != y)
     return adv
 
 

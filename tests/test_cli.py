@@ -96,28 +96,3 @@ def test_presets_and_methods_list(capsys):
     assert main(["methods"]) == 0
     listed = capsys.readouterr().out
     assert all(m in listed for m in METHODS)
-
-
-def test_presets_resolve_to_the_paper_hyper_parameters():
-    from agkd_bml.config import resolve
-
-    p = resolve("paper-cifar10-7step")
-    assert (p.arch, p.steps, p.milestones, p.epochs, p.lr, p.label_smoothing) == ("wrn-28-10", 7, [150], 155, 0.1, 0.5)
-    r = resolve("released-code-10step")
-    assert r.mart and r.init_from_teacher and r.steps == 10
-    s = resolve("paper-svhn", overrides={"epochs": 3})
-    assert (s.dataset, s.lr, s.milestones, s.epochs) == ("svhn", 0.01, [60, 90], 3)
-
-
-@pytest.mark.parametrize(("preset", "expected"), [(None, "1"), ("0", "0")])
-def test_huge_pages_for_cpu_tensors_by_default_and_the_user_can_opt_out(preset, expected):
-    """The package turns on PyTorch's THP allocation unless the environment already says otherwise."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    if preset is not None:
-        env["THP_MEM_ALLOC_ENABLE"] = preset
-    code = "import os, agkd_bml, torch; torch.zeros(1 << 20); print(os.environ['THP_MEM_ALLOC_ENABLE'])"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == expected

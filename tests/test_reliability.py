@@ -20,7 +20,7 @@ from agkd_bml.cli import main
 from agkd_bml.data import load_dataset
 from agkd_bml.errors import UserError
 from agkd_bml.methods import METHODS
-from agkd_bml.methods.pgd_at import PgdAT
+from agkd_bml.methods.pgd_at import PgdAt
 from agkd_bml.train import TrainingDiverged, load_checkpoint, train
 
 TRAIN = ["train", "--method", "pgd-at", "--steps", "2", "--dataset", "digits", "--arch", "small-cnn",
@@ -80,9 +80,9 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted, point):
     r = subprocess.run(_train_cmd(out, 3, "--resume"), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     final = load_checkpoint(out)
-    assert final["epoch"] == 3
-    for k, v in uninterrupted["model"].items():
-        assert torch.equal(v, final["model"][k]), f"{point}: {k} differs"
+    assert final.epoch == 3
+    for k, v in uninterrupted.model.items():
+        assert torch.equal(v, final.model[k]), f"{point}: {k} differs"
     assert not list(out.glob(".*.tmp"))
     assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
@@ -131,10 +131,10 @@ def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(tmp_path):
     messages: list[str] = []
     train(small_config(tmp_path, method="standard", epochs=3), resume=True, progress=False, log=messages.append)
     assert any("skipping" in m for m in messages) and any("prev.pt (epoch 1)" in m for m in messages)
-    assert load_checkpoint(tmp_path / "standard")["epoch"] == 3
+    assert load_checkpoint(tmp_path / "standard").epoch == 3
 
 
-class _NanAt(PgdAT):
+class _NanAt(PgdAt):
     """pgd-at whose extra term turns NaN at its 6th step (epoch 2, step 2 with 4 steps per epoch)."""
 
     name = "nan-test"
@@ -154,11 +154,11 @@ def test_nan_stops_the_run_with_its_step_and_term_and_keeps_the_checkpoint(tmp_p
     with pytest.raises(TrainingDiverged, match=r"loss term 'poison' became non-finite at epoch 2, step 2"):
         train(cfg, progress=False, log=lambda _m: None)
     ckpt = load_checkpoint(tmp_path / "nan-test")
-    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert ckpt.epoch == 1 and all(torch.isfinite(v).all() for v in ckpt.model.values() if v.is_floating_point())
     _NanAt.calls = 0
     train(small_config(tmp_path, method="nan-test", epochs=3, steps=1, skip_nonfinite=1), overwrite=True,
           progress=False, log=lambda _m: None)
-    assert load_checkpoint(tmp_path / "nan-test")["epoch"] == 3
+    assert load_checkpoint(tmp_path / "nan-test").epoch == 3
 
 
 def test_unwritable_output_directory_is_a_user_error(tmp_path):
@@ -229,3 +229,23 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "t.md").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
+def test_a_checkpoint_written_before_the_record_existed_still_loads(tmp_path, digits):
+    """Checkpoints of earlier versions are plain dicts without the scaler and metrics parts: they load."""
+    from agkd_bml.models import build_model
+    from agkd_bml.models.checkpoint import FORMAT, load_model, weights_checksum
+
+    torch.manual_seed(0)
+    net = build_model("small-cnn", digits.spec)
+    weights = net.state_dict()
+    old = {"format": FORMAT, "arch": "small-cnn", "data": digits.spec.to_dict(), "config": {"method": "standard"},
+           "epoch": 4, "model": weights, "optimizer": {}, "scheduler": {}, "checksum": weights_checksum(weights)}
+    torch.save(old, tmp_path / "last.pt")
+    model, ckpt = load_model(tmp_path)
+    assert ckpt.epoch == 4 and ckpt.arch == "small-cnn" and ckpt.scaler == {} and ckpt.metrics == {}
+    assert ckpt.data == digits.spec and all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    del old["epoch"]
+    torch.save(old, tmp_path / "last.pt")
+    with pytest.raises(UserError, match="missing or malformed"):
+        load_model(tmp_path)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from agkd_bml.cli import main
-from agkd_bml.reproduce import PAPER_TABLE2, SCALES, TABLE2, run_config
+from agkd_bml.cli.recipes import SCALES, TABLE2, run_config
+from agkd_bml.cli.reproduce import TABLES
 
 
 def test_reproduce_table2_tiny_end_to_end_and_reuses_runs(tmp_path, capsys):
@@ -11,7 +12,7 @@ def test_reproduce_table2_tiny_end_to_end_and_reuses_runs(tmp_path, capsys):
     table = (tmp_path / "table2.md").read_text()
     for label, _ in TABLE2:
         assert f"| {label} |" in table
-        assert f"{PAPER_TABLE2[label][1]:.2f}" in table  # the paper's PGD-20 beside ours
+        assert TABLES["table2"].paper[label][1] in table  # the paper's PGD-20 beside ours
     assert "±" in table  # two seeds: mean ± standard deviation
     for seed in SCALES["tiny"].seeds:
         assert (tmp_path / "runs" / f"AGKD-BML-s{seed}" / "last.pt").is_file()

@@ -8,7 +8,6 @@ import pytest
 import torch
 from conftest import small_config
 
-from agkd_bml.data.datasets import DataSpec
 from agkd_bml.errors import UserError
 from agkd_bml.methods import METHODS
 from agkd_bml.models import build_model
@@ -22,9 +21,9 @@ def test_every_method_trains_one_epoch_and_saves_a_loadable_checkpoint(tmp_path,
     cfg = small_config(tmp_path, method=method, teacher=teacher_run if METHODS[method].needs_teacher else None)
     path = train(cfg, **QUIET)
     model, ckpt = load_model(path)
-    assert ckpt["epoch"] == 1 and ckpt["config"]["method"] == method
+    assert ckpt.epoch == 1 and ckpt.config["method"] == method
     torch.manual_seed(cfg.seed)  # the same initial weights as the run
-    fresh = build_model(cfg.arch, DataSpec.from_dict(ckpt["data"]))
+    fresh = build_model(cfg.arch, ckpt.data)
     changed = [k for k, v in fresh.state_dict().items() if not torch.equal(v, model.state_dict()[k])]
     assert any(k.endswith("weight") for k in changed)  # training moved the weights
     line = json.loads((tmp_path / method / "metrics.jsonl").read_text().splitlines()[0])
@@ -40,7 +39,7 @@ def test_agkd_bml_mart_and_init_from_teacher(tmp_path, teacher_run):
     train(cfg, **QUIET)
     line = json.loads((tmp_path / "agkd-bml" / "metrics.jsonl").read_text())
     assert set(line["loss"]) == {"ce", "agkd", "bml", "mart"} and line["mart"] is True
-    assert load_checkpoint(tmp_path / "agkd-bml")["config"]["init_from_teacher"] is True
+    assert load_checkpoint(tmp_path / "agkd-bml").config["init_from_teacher"] is True
 
 
 def test_resume_continues_epoch_schedule_and_optimizer_exactly(tmp_path):
@@ -51,12 +50,12 @@ def test_resume_continues_epoch_schedule_and_optimizer_exactly(tmp_path):
     train(small_config(tmp_path, out=str(tmp_path / "stopped"), **kw), resume=True, progress=False, log=messages.append)
     assert any("resuming from" in m and "(epoch 2)" in m for m in messages)
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "stopped")
-    assert a["epoch"] == b["epoch"] == 3
-    assert b["scheduler"]["last_epoch"] == 3 and b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.1)
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for k, st in a["optimizer"]["state"].items():
-        assert torch.equal(st["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
+    assert a.epoch == b.epoch == 3
+    assert b.scheduler["last_epoch"] == 3 and b.optimizer["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.1)
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k
+    for k, st in a.optimizer["state"].items():
+        assert torch.equal(st["momentum_buffer"], b.optimizer["state"][k]["momentum_buffer"])
     lines = [json.loads(x) for x in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2, 3]
 
@@ -80,7 +79,7 @@ def test_agkd_without_teacher_and_mismatched_teacher_are_user_errors(tmp_path, t
 
 def test_quickstart_students_are_robust_where_the_standard_model_is_not(tmp_path):
     """Acceptance of the core issue: PGD-20 accuracy of AGKD-BML and PGD-AT >= standard + 20 points."""
-    from agkd_bml.commands import quickstart
+    from agkd_bml.cli.quickstart import quickstart
 
     rows = quickstart(tmp_path, device="cpu", progress=False)
     pgd20 = {name: results[1].accuracy for name, results in rows.items()}

@@ -1,10 +1,11 @@
 """agkd-bml: AGKD-BML adversarial training and the methods it is compared with.
 
-The package is laid out by job: :mod:`agkd_bml.data` (datasets as in-memory uint8 tensors),
-:mod:`agkd_bml.models` (networks that return logits, last feature map and embedding in one pass),
-:mod:`agkd_bml.attacks` (one projected-gradient L-inf routine), :mod:`agkd_bml.methods` (one training
-objective per file), :mod:`agkd_bml.train` (the one training loop), :mod:`agkd_bml.evaluate` and
-:mod:`agkd_bml.cli`.
+The package is laid out by job, in layers that import only downwards (checked by ``lint-imports``):
+:mod:`agkd_bml.cli` (the commands) above :mod:`agkd_bml.analysis` and :mod:`agkd_bml.train` (the one
+training loop), above :mod:`agkd_bml.evaluate` and :mod:`agkd_bml.methods` (one training objective per
+file), above :mod:`agkd_bml.attacks`, :mod:`agkd_bml.models` (networks that return logits, last feature
+map and embedding in one pass), :mod:`agkd_bml.data` (datasets as in-memory uint8 tensors) and
+:mod:`agkd_bml.config`.
 """
 
 import os

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from agkd_bml.analysis.plotting import pyplot, save_figure
-from agkd_bml.attacks import Attack, eval_mode
+from agkd_bml.attacks import Attack
 from agkd_bml.data import to_float
 from agkd_bml.methods.losses import attention_map, grad_cam
 from agkd_bml.models import Classifier
+from agkd_bml.models.modes import eval_mode
 
 
 def upsample(amap: torch.Tensor, feature_size: tuple[int, int], size: int) -> torch.Tensor:
@@ -71,7 +72,7 @@ def attention_figures(
     advs, preds = {}, {}
     for name, model in models.items():
         gen = torch.Generator(device=device).manual_seed(seed)
-        advs[name] = attack.run(model, clean, y, gen)
+        advs[name] = attack(model, clean, y, gen).images
         with torch.no_grad(), eval_mode(model):
             preds[name] = model(advs[name]).logits.argmax(1)
     n = x.shape[0]

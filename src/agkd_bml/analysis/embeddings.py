@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from agkd_bml.attacks import Attack, eval_mode
+from agkd_bml.attacks import Attack
 from agkd_bml.data import iterate_batches
 from agkd_bml.models import Classifier
+from agkd_bml.models.modes import eval_mode
 
 
 @dataclass
@@ -37,7 +38,7 @@ def embed(
     with eval_mode(model):
         for xb, yb in iterate_batches(x, y, batch_size, device=device):
             if attack is not None:
-                xb = attack.run(model, xb, yb, gen)
+                xb = attack(model, xb, yb, gen).images
             with torch.no_grad():
                 out = model(xb)
             embs.append(out.embedding.float().cpu())

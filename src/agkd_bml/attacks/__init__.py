@@ -1,48 +1,45 @@
-"""L-inf attacks on models that take inputs in [0, 1], all behind :class:`Attack`; specs in :mod:`.registry`."""
+"""Attacks on models that take inputs in [0, 1], all behind :class:`Attack`; specs in :mod:`.registry`.
 
-from agkd_bml.attacks.apgd import APGDAttack
+``attack(model, x, y)`` returns :class:`Adversarial` (images, fooled mask) under one contract, enforced
+in :mod:`.base`; the threat model's parts live in :mod:`.norms`, the shared losses in :mod:`.ops`.
+"""
+
+from agkd_bml.attacks.apgd import ApgdAttack
 from agkd_bml.attacks.autoattack import AutoAttack, TorchattacksAutoAttack
-from agkd_bml.attacks.base import Attack, fmt_eps
-from agkd_bml.attacks.fab import FABAttack
-from agkd_bml.attacks.pgd import (
-    LOSSES,
-    Clean,
-    PGDAttack,
-    ce_loss,
-    cw_margin,
-    eval_mode,
-    most_confusing_class,
-    pgd,
-    project,
-    uniform_start,
-)
+from agkd_bml.attacks.base import Adversarial, Attack, Clean, fmt_eps
+from agkd_bml.attacks.fab import FabAttack
+from agkd_bml.attacks.norms import LINF, NORMS, Norm
+from agkd_bml.attacks.ops import LOSSES, ce_loss, cw_margin, most_confusing_class, upcast
+from agkd_bml.attacks.pgd import PgdAttack, pgd
 from agkd_bml.attacks.registry import ATTACKS, full_length, parse_attacks, spec_help
-from agkd_bml.attacks.spsa import SPSA
+from agkd_bml.attacks.spsa import SpsaAttack
 from agkd_bml.attacks.square import SquareAttack
-from agkd_bml.attacks.transfer import Transfer
+from agkd_bml.attacks.transfer import TransferAttack
 
 __all__ = [
     "ATTACKS",
+    "LINF",
     "LOSSES",
-    "SPSA",
+    "NORMS",
+    "Adversarial",
+    "ApgdAttack",
     "Attack",
-    "APGDAttack",
     "AutoAttack",
-    "FABAttack",
     "Clean",
-    "PGDAttack",
+    "FabAttack",
+    "Norm",
+    "PgdAttack",
+    "SpsaAttack",
     "SquareAttack",
     "TorchattacksAutoAttack",
-    "Transfer",
+    "TransferAttack",
     "ce_loss",
     "cw_margin",
-    "eval_mode",
     "fmt_eps",
     "full_length",
     "most_confusing_class",
     "parse_attacks",
     "pgd",
-    "project",
     "spec_help",
-    "uniform_start",
+    "upcast",
 ]

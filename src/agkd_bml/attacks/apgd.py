@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from agkd_bml.attacks.base import fmt_eps
-from agkd_bml.attacks.pgd import project
-from agkd_bml.attacks.prepared import PreparedAttack
+from agkd_bml.attacks.norms import LINF
+from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
 from agkd_bml.models.inference import channels_last
 
 #: The reference setting of AutoAttack's standard version.
@@ -60,6 +60,48 @@ def _oscillated(loss_steps: torch.Tensor, i: int, k: int) -> torch.Tensor:
     """Per image: did the loss rise in at most RHO * k of the last k steps? (Python's wrap-around at -1 kept.)"""
     rises = sum((loss_steps[i - c] > loss_steps[i - c - 1]).float() for c in range(k))
     return rises <= k * RHO
+
+
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-row mask shaped to broadcast over images like ``like``."""
+    return mask.view(-1, *[1] * (like.ndim - 1))
+
+
+def _initial_state(x: torch.Tensor, x_adv: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor, eps: float) -> dict[str, torch.Tensor]:
+    """Every per-row tensor APGD carries, at its start (step size 2 eps); rows are dropped from all at once."""
+    m = x.shape[0]
+    return {
+        "x0": x, "x_adv": x_adv, "x_old": x_adv, "grad": grad, "x_best": x_adv, "grad_best": grad, "loss_best": loss,
+        "step": torch.full((m, *[1] * (x.ndim - 1)), 2 * eps, device=x.device, dtype=x.dtype),
+        "best_last_check": loss, "reduced_last": torch.ones(m, dtype=torch.bool, device=x.device),
+    }
+
+
+def _momentum_step(s: dict[str, torch.Tensor], eps: float, a: float) -> torch.Tensor:
+    """APGD's step: a signed-gradient step of the current size, then momentum ``a`` towards it (in place)."""
+    with torch.no_grad():
+        z = LINF.project(s["x_adv"] + s["step"] * s["grad"].sign(), s["x0"], eps)
+        new = LINF.project(s["x_adv"] + (z - s["x_adv"]) * a + (s["x_adv"] - s["x_old"]) * (1 - a), s["x0"], eps)
+    s["x_old"], s["x_adv"] = s["x_adv"], new
+    return new
+
+
+def _keep_best(s: dict[str, torch.Tensor], loss: torch.Tensor) -> None:
+    """Remember, per row, the point (and its gradient) of the highest loss so far."""
+    better = loss > s["loss_best"]
+    s["x_best"] = torch.where(_rows(better, s["x_adv"]), s["x_adv"], s["x_best"])
+    s["grad_best"] = torch.where(_rows(better, s["x_adv"]), s["grad"], s["grad_best"])
+    s["loss_best"] = torch.where(better, loss, s["loss_best"])
+
+
+def _check_step_size(s: dict[str, torch.Tensor], oscillated: torch.Tensor) -> None:
+    """At a checkpoint: halve the step and restart from the best point where progress stalled."""
+    halve = oscillated | (~s["reduced_last"] & (s["best_last_check"] >= s["loss_best"]))
+    s["reduced_last"], s["best_last_check"] = halve, s["loss_best"]
+    h4 = _rows(halve, s["x_adv"])
+    s["step"] = torch.where(h4, s["step"] / 2, s["step"])
+    s["x_adv"] = torch.where(h4, s["x_best"], s["x_adv"])
+    s["grad"] = torch.where(h4, s["grad_best"], s["grad"])
 
 
 def apgd(
@@ -100,14 +142,9 @@ def apgd(
         return loss.detach(), grad.detach(), logits.detach().argmax(1) != y[rows]
 
     rows = torch.arange(m, device=x.device)
-    x0 = x
     x_adv = channels_last(random_surface_start(x, eps, generator) if start is None else start)
     loss, grad, wrong = loss_and_grad(x_adv, rows)
-    state = {
-        "x0": x0, "x_adv": x_adv, "x_old": x_adv, "grad": grad, "x_best": x_adv, "grad_best": grad, "loss_best": loss,
-        "step": torch.full((m, *[1] * (x.ndim - 1)), 2 * eps, device=x.device, dtype=x.dtype),
-        "best_last_check": loss, "reduced_last": torch.ones(m, dtype=torch.bool, device=x.device),
-    }
+    state = _initial_state(x, x_adv, loss, grad, eps)
     loss_steps = torch.zeros(steps, m, device=x.device)
     k, k_min, decrease = max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
     since_check = 0
@@ -131,33 +168,18 @@ def apgd(
     for i in range(steps):
         if rows.numel() == 0:
             break
-        s = state
-        a = MOMENTUM if i > 0 else 1.0
-        with torch.no_grad():
-            z = project(s["x_adv"] + s["step"] * s["grad"].sign(), s["x0"], eps)
-            new = project(s["x_adv"] + (z - s["x_adv"]) * a + (s["x_adv"] - s["x_old"]) * (1 - a), s["x0"], eps)
-        s["x_old"], s["x_adv"] = s["x_adv"], new
-        loss, s["grad"], wrong = loss_and_grad(new, rows)
+        new = _momentum_step(state, eps, MOMENTUM if i > 0 else 1.0)
+        loss, state["grad"], wrong = loss_and_grad(new, rows)
         loss_steps[i] = loss
         if wrong.any():
             keep = drop_fooled(wrong)
             loss = loss[keep]
             if rows.numel() == 0:
                 break
-        s = state
-        better = loss > s["loss_best"]
-        b4 = better.view(-1, *[1] * (x.ndim - 1))
-        s["x_best"] = torch.where(b4, s["x_adv"], s["x_best"])
-        s["grad_best"] = torch.where(b4, s["grad"], s["grad_best"])
-        s["loss_best"] = torch.where(better, loss, s["loss_best"])
+        _keep_best(state, loss)
         since_check += 1
         if since_check == k:
-            halve = _oscillated(loss_steps, i, k) | (~s["reduced_last"] & (s["best_last_check"] >= s["loss_best"]))
-            s["reduced_last"], s["best_last_check"] = halve, s["loss_best"]
-            h4 = halve.view(-1, *[1] * (x.ndim - 1))
-            s["step"] = torch.where(h4, s["step"] / 2, s["step"])
-            s["x_adv"] = torch.where(h4, s["x_best"], s["x_adv"])
-            s["grad"] = torch.where(h4, s["grad_best"], s["grad"])
+            _check_step_size(state, _oscillated(loss_steps, i, k))
             since_check, k = 0, max(k - decrease, k_min)
     return out, fooled
 
@@ -226,7 +248,7 @@ def num_targets(num_classes: int) -> int:
 
 
 @dataclass(frozen=True)
-class APGDAttack(PreparedAttack):
+class ApgdAttack(InferenceCopyAttack):
     """``apgd-ce`` (untargeted, cross-entropy) or ``apgd-t`` (targeted DLR, 9 targets), 100 iterations, 1 restart."""
 
     name: str

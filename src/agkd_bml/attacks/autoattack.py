@@ -30,13 +30,12 @@ import torch
 import torchattacks
 from torch import nn
 
-from agkd_bml.attacks.apgd import APGD_STEPS, APGDAttack, num_targets
+from agkd_bml.attacks.apgd import APGD_STEPS, ApgdAttack, num_targets
 from agkd_bml.attacks.base import Attack, fmt_eps
-from agkd_bml.attacks.fab import FAB_STEPS, FABAttack
-from agkd_bml.attacks.library import run_library_attack
-from agkd_bml.attacks.pgd import eval_mode, project
-from agkd_bml.attacks.prepared import PreparedAttack
+from agkd_bml.attacks.fab import FAB_STEPS, FabAttack
+from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
 from agkd_bml.attacks.square import SQUARE_QUERIES, SquareAttack
+from agkd_bml.attacks.torchattacks_adapter import run_library_attack
 from agkd_bml.errors import UserError
 from agkd_bml.models.inference import channels_last, inference_copy
 
@@ -73,14 +72,14 @@ def torchattacks_component(name: str, eps: float, num_classes: int) -> Factory:
     raise ValueError(f"unknown AutoAttack component {name!r}")
 
 
-def native_components(eps: float, num_classes: int) -> dict[str, APGDAttack | FABAttack | SquareAttack]:
+def native_components(eps: float, num_classes: int) -> dict[str, ApgdAttack | FabAttack | SquareAttack]:
     """Our four parts, by name."""
-    return {"apgd-ce": APGDAttack("apgd-ce", eps, num_classes), "apgd-t": APGDAttack("apgd-t", eps, num_classes, True),
-            "fab-t": FABAttack("fab-t", eps, num_classes), "square": SquareAttack("square", eps)}
+    return {"apgd-ce": ApgdAttack("apgd-ce", eps, num_classes), "apgd-t": ApgdAttack("apgd-t", eps, num_classes, True),
+            "fab-t": FabAttack("fab-t", eps, num_classes), "square": SquareAttack("square", eps)}
 
 
 def confirm_in_fp32(
-    part: PreparedAttack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: torch.Tensor,
+    part: InferenceCopyAttack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: torch.Tensor,
     flagged: torch.Tensor, generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(adv, fooled) once the successes a reduced-precision run ``flagged`` are checked in float32.
@@ -133,7 +132,7 @@ class AutoAttack(Attack):
         return torch.autocast(device.type, dtype=torch.bfloat16)
 
     def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         fast = inference_copy(model)
         parts = native_components(self.eps, self.num_classes)
@@ -152,7 +151,7 @@ class AutoAttack(Attack):
                 found, fooled = confirm_in_fp32(parts[name], fast, xs[idx], y[idx], found, fooled, generator)
             adv[idx[fooled]] = found[fooled]
             robust[idx[fooled]] = False
-        return project(adv, x, self.eps).contiguous()
+        return adv
 
 
 @dataclass(frozen=True)
@@ -163,10 +162,10 @@ class TorchattacksAutoAttack(AutoAttack):
     library: str = "torchattacks"
 
     def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         adv = x.clone()
-        with torch.no_grad(), eval_mode(model):
+        with torch.no_grad():
             robust = model(x).logits.argmax(1) == y
         for name in self.components:
             idx = robust.nonzero().squeeze(1)
@@ -174,7 +173,7 @@ class TorchattacksAutoAttack(AutoAttack):
                 break
             make = torchattacks_component(name, self.eps, self.num_classes)
             found = run_library_attack(make, model, x[idx], y[idx], eps=self.eps, generator=generator)
-            with torch.no_grad(), eval_mode(model):
+            with torch.no_grad():
                 fooled = model(found).logits.argmax(1) != y[idx]
             adv[idx[fooled]] = found[fooled]
             robust[idx[fooled]] = False

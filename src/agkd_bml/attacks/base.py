@@ -1,12 +1,24 @@
-"""The one interface every attack implements, so evaluation, tables and audits treat them alike."""
+"""The one interface every attack implements, and the contract it enforces once for all of them.
+
+An attack's subclass writes :meth:`Attack.run`, the search itself. Calling the attack (``attack(model,
+x, y)``) is final and does what no attack may forget: the model runs in eval mode with frozen parameters
+(both restored afterwards, so its BatchNorm statistics, ``.grad`` and train/eval mode stay as they were),
+the result is projected onto the eps-ball and [0, 1], and it comes back with the mask of the images it
+fools, decided by one pass of the caller's model (as foolbox 3's attacks return ``success``).
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple, final
 
 import torch
 from torch import nn
+
+from agkd_bml.attacks.norms import LINF, Norm
+from agkd_bml.models.base import unwrap
+from agkd_bml.models.modes import eval_mode, frozen
 
 
 def fmt_eps(v: float) -> str:
@@ -19,27 +31,50 @@ def fmt_eps(v: float) -> str:
     return f"{v:.4g}"
 
 
+class Adversarial(NamedTuple):
+    """What an attack returns: images inside the threat model, and which of them the model gets wrong."""
+
+    images: torch.Tensor  #: (N, C, H, W), in the input's dtype, inside the eps-ball and [0, 1]
+    fooled: torch.Tensor  #: bool (N,), the model's prediction on ``images`` differs from the label
+
+
 class Attack(ABC):
-    """One fully specified L-inf attack on models that take inputs in [0, 1].
+    """One fully specified attack on models that take inputs in [0, 1] and return ``ModelOutput``.
 
     An attack is a frozen record of everything a reported number depends on; :meth:`settings` returns
     it as a flat dict (written next to every accuracy) and :meth:`describe` as one line for tables.
-    ``run`` must return images of the input's shape and dtype inside the eps-ball and [0, 1], and leave
-    the model's parameters, their ``.grad`` and its train/eval mode as they were.
     """
 
     name: str  #: the spec string it came from, e.g. ``pgd-20``
     eps: float
+    norm: Norm = LINF  #: the threat model whose ball :meth:`__call__` projects onto
 
     @abstractmethod
     def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
-        """Adversarial examples of ``x`` (labels ``y``); randomness comes from ``generator``."""
+        """Adversarial examples of ``x`` (labels ``y``); randomness comes from ``generator`` only.
+
+        ``model`` is already in eval mode with frozen parameters; the result is projected afterwards.
+        """
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:
         """Every parameter the attack's result depends on (JSON-serialisable)."""
+
+    @final
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> Adversarial:
+        """Attack ``x`` under the contract of the module docstring."""
+        net = unwrap(model)
+        x = x.detach()
+        with eval_mode(net), frozen(net):
+            found = self.run(net, x, y, generator)
+            images = self.norm.project(found.detach().to(x.dtype), x, self.eps).contiguous()
+            with torch.no_grad():
+                fooled = net(images).logits.argmax(1) != y
+        return Adversarial(images, fooled)
 
     def describe(self) -> str:
         """``name: key value, ...`` with budgets shown as k/255."""
@@ -51,3 +86,22 @@ class Attack(ABC):
                 value = fmt_eps(value)
             parts.append(f"{key.replace('_', ' ')} {value}")
         return f"{self.name}: " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Clean(Attack):
+    """No attack: the clean images (the baseline column of every table)."""
+
+    eps: float
+    name: str = "clean"
+
+    def settings(self) -> dict[str, Any]:
+        return {"attack": "none"}
+
+    def describe(self) -> str:
+        return "clean: no perturbation"
+
+    def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        return x

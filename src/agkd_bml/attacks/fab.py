@@ -30,8 +30,8 @@ from torch import nn
 
 from agkd_bml.attacks.apgd import num_targets, over_targets
 from agkd_bml.attacks.base import fmt_eps
-from agkd_bml.attacks.pgd import upcast
-from agkd_bml.attacks.prepared import PreparedAttack
+from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
+from agkd_bml.attacks.ops import upcast
 
 FAB_STEPS = 100
 ALPHA_MAX = 0.1
@@ -148,7 +148,7 @@ def fab_targeted(
 
 
 @dataclass(frozen=True)
-class FABAttack(PreparedAttack):
+class FabAttack(InferenceCopyAttack):
     """``fab-t``: targeted FAB towards the 9 most likely wrong classes, 100 iterations, 1 restart."""
 
     name: str

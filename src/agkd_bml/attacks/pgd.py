@@ -1,75 +1,25 @@
-"""One projected-gradient L-inf routine: FGSM, BIM, PGD, MIM, targeted or not, CE or CW-margin loss.
+"""One projected-gradient routine: FGSM, BIM, PGD, MIM, targeted or not, CE or CW-margin loss.
 
 Why one routine: every attack the paper trains or evaluates with is a special case (FGSM = one step of
-size eps without random start, BIM = no random start, PGD = uniform random start, MIM = momentum), so
-the properties that matter (eval-mode model, outputs inside the eps-ball and [0, 1], no change to the
-model's parameter gradients) are enforced in one place.
+size eps without random start, BIM = no random start, PGD = random start, MIM = momentum), so the
+properties that matter (eval-mode model, outputs inside the ball and [0, 1], no change to the model's
+parameter gradients) hold in one place. The threat model's parts (random start, step direction,
+projection) come from :class:`~agkd_bml.attacks.norms.Norm`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from agkd_bml.attacks.base import Attack, fmt_eps
+from agkd_bml.attacks.norms import LINF, Norm
+from agkd_bml.attacks.ops import LOSSES, LossFn, most_confusing_class
 from agkd_bml.models.base import unwrap
-
-#: A per-sample loss ``(logits, labels) -> (N,)``. Untargeted attacks ascend it on the true labels,
-#: targeted attacks descend it on the target labels.
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def upcast(t: torch.Tensor) -> torch.Tensor:
-    """Half-precision logits (AMP) to float32 for losses; float32 and float64 stay as they are."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
-def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample cross-entropy."""
-    return F.cross_entropy(upcast(logits), labels, reduction="none")
-
-
-def cw_margin(logits: torch.Tensor, labels: torch.Tensor, margin: float = 50.0) -> torch.Tensor:
-    """CW margin ``max other logit - logit of label``, clipped at ``margin`` past the decision boundary.
-
-    Ascending it (untargeted) stops pushing once the best other class wins by ``margin``; descending it
-    (targeted) stops once the label wins by ``margin``. This is the loss of Carlini & Wagner as written
-    in the Feature-Scattering / Bilateral / AGKD-BML code (margin 50).
-    """
-    logits = upcast(logits)
-    own = logits.gather(1, labels[:, None]).squeeze(1)
-    other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).amax(1)
-    return (other - own).clamp(-margin, margin)
-
-
-LOSSES: dict[str, LossFn] = {"ce": ce_loss, "cw": cw_margin}
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode (BatchNorm frozen) and restore its train/eval mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A uniform random perturbation in [-eps, eps], the random start of PGD (Madry et al.)."""
-    return (torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) * 2 - 1) * eps
-
-
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project onto the L-inf ball of radius ``eps`` around ``x`` intersected with [0, 1]."""
-    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+from agkd_bml.models.modes import eval_mode
 
 
 def pgd(
@@ -87,8 +37,9 @@ def pgd(
     init: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     stop_when_fooled: bool = False,
+    norm: Norm = LINF,
 ) -> torch.Tensor:
-    """Return adversarial examples of ``x`` (in [0, 1]) inside the L-inf ball of radius ``eps``.
+    """Return adversarial examples of ``x`` (in [0, 1]) inside the ``norm`` ball of radius ``eps``.
 
     ``labels`` are the true labels (untargeted: the loss is ascended) or the targets (``targeted=True``:
     the loss is descended). ``init`` overrides the random start with a given perturbation (used to check
@@ -108,9 +59,9 @@ def pgd(
     model = unwrap(model)
     x = x.detach()
     if init is not None:
-        x_adv = project(x + init.to(x), x, eps)
+        x_adv = norm.project(x + init.to(x), x, eps)
     elif random_start and eps > 0:
-        x_adv = project(x + uniform_start(x, eps, generator), x, eps)
+        x_adv = norm.project(x + norm.random_start(x, eps, generator), x, eps)
     else:
         x_adv = x.clone()
     direction = -1.0 if targeted else 1.0
@@ -136,19 +87,13 @@ def pgd(
                 v = momentum * (velocity if idx is None else velocity[idx]) + grad / l1
                 velocity = v if idx is None else velocity.index_copy(0, idx, v)
                 grad = v
-            new = project(cur + direction * step_size * grad.sign(), x if idx is None else x[idx], eps)
+            new = norm.project(cur + direction * step_size * norm.step(grad), x if idx is None else x[idx], eps)
             x_adv = new if idx is None else x_adv.index_copy(0, idx, new)
     return x_adv.detach()
 
 
-def most_confusing_class(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``y_mc``: the highest logit other than the true class (Eq. 5: smallest CE among wrong classes)."""
-    masked = logits.detach().masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
-    return masked.argmax(1)
-
-
 @dataclass(frozen=True)
-class PGDAttack(Attack):
+class PgdAttack(Attack):
     """FGSM, BIM, PGD, CW or MIM as one :func:`pgd` configuration, with optional random restarts."""
 
     name: str
@@ -161,6 +106,7 @@ class PGDAttack(Attack):
     restarts: int = 1
     targeted: bool = False
     early_stop: bool = False  #: stop per image once fooled (see :func:`pgd`); untargeted only
+    norm: Norm = LINF
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -178,7 +124,7 @@ class PGDAttack(Attack):
                 f"{fmt_eps(self.eps)}, {start}, {self.restarts} restart(s){extra}")
 
     def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         """Attack ``x``; with restarts keep, per sample, the first restart that fools the model.
 
@@ -187,7 +133,7 @@ class PGDAttack(Attack):
         """
         best, fooled = x, torch.zeros_like(y, dtype=torch.bool)
         if self.targeted:
-            with torch.no_grad(), eval_mode(model):
+            with torch.no_grad():
                 labels = most_confusing_class(model(x).logits, y)
         else:
             labels = y
@@ -195,31 +141,12 @@ class PGDAttack(Attack):
             adv = pgd(
                 model, x, labels, eps=self.eps, step_size=self.step_size, steps=self.steps, targeted=self.targeted,
                 random_start=self.random_start, loss=self.loss, momentum=self.momentum, generator=generator,
-                stop_when_fooled=self.early_stop and not self.targeted,
+                stop_when_fooled=self.early_stop and not self.targeted, norm=self.norm,
             )
             if self.restarts == 1:
                 return adv
-            with torch.no_grad(), eval_mode(model):
+            with torch.no_grad():
                 wrong = model(adv).logits.argmax(1) != y
             best = torch.where((wrong & ~fooled)[:, None, None, None], adv, best)
             fooled |= wrong
         return best
-
-
-@dataclass(frozen=True)
-class Clean(Attack):
-    """No attack: the clean images (the baseline column of every table)."""
-
-    eps: float
-    name: str = "clean"
-
-    def settings(self) -> dict[str, Any]:
-        return {"attack": "none"}
-
-    def describe(self) -> str:
-        return "clean: no perturbation"
-
-    def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        return x

@@ -12,14 +12,14 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from agkd_bml.attacks.apgd import APGDAttack
+from agkd_bml.attacks.apgd import ApgdAttack
 from agkd_bml.attacks.autoattack import AutoAttack, TorchattacksAutoAttack
-from agkd_bml.attacks.base import Attack
-from agkd_bml.attacks.fab import FABAttack
-from agkd_bml.attacks.pgd import Clean, PGDAttack
-from agkd_bml.attacks.spsa import SPSA
+from agkd_bml.attacks.base import Attack, Clean
+from agkd_bml.attacks.fab import FabAttack
+from agkd_bml.attacks.pgd import PgdAttack
+from agkd_bml.attacks.spsa import SpsaAttack
 from agkd_bml.attacks.square import SQUARE_QUERIES, SquareAttack
-from agkd_bml.attacks.transfer import Transfer
+from agkd_bml.attacks.transfer import TransferAttack
 from agkd_bml.errors import UserError
 
 
@@ -34,8 +34,8 @@ class Context:
     targeted: bool = False
 
 
-def _gradient(name: str, steps: int, ctx: Context, *, step_size: float, random_start: bool, **kw) -> PGDAttack:
-    return PGDAttack(
+def _gradient(name: str, steps: int, ctx: Context, *, step_size: float, random_start: bool, **kw) -> PgdAttack:
+    return PgdAttack(
         name, steps, ctx.eps, ctx.step_size if ctx.step_size is not None else step_size, random_start=random_start,
         restarts=ctx.restarts if random_start else 1, targeted=ctx.targeted, early_stop=True, **kw,
     )
@@ -69,16 +69,16 @@ ATTACKS: dict[str, Family] = {
                            "faster where bf16 is native (AVX512-BF16/AMX CPUs, recent GPUs)"),
     "aa-torchattacks": Family(lambda k, c: TorchattacksAutoAttack(c.eps, c.num_classes), "none",
                               help="the same AutoAttack cascade composed from torchattacks (reference, slower)"),
-    "apgd-ce": Family(lambda k, c: APGDAttack("apgd-ce", c.eps, c.num_classes), "none",
+    "apgd-ce": Family(lambda k, c: ApgdAttack("apgd-ce", c.eps, c.num_classes), "none",
                       help="APGD on CE, 100 iterations"),
-    "apgd-t": Family(lambda k, c: APGDAttack("apgd-t", c.eps, c.num_classes, targeted=True), "none",
+    "apgd-t": Family(lambda k, c: ApgdAttack("apgd-t", c.eps, c.num_classes, targeted=True), "none",
                      help="targeted APGD on DLR, 100 iterations, 9 targets"),
-    "fab-t": Family(lambda k, c: FABAttack("fab-t", c.eps, c.num_classes), "none",
+    "fab-t": Family(lambda k, c: FabAttack("fab-t", c.eps, c.num_classes), "none",
                     help="targeted FAB, 100 iterations, 9 targets"),
     "square": Family(lambda k, c: SquareAttack(f"square-{k}", c.eps, queries=k), "optional",
                      default_steps=SQUARE_QUERIES, help="Square attack with K queries (gradient-free)"),
-    "spsa": Family(lambda k, c: SPSA(f"spsa-{k}", k, c.eps), "required",
-                   help="SPSA with K iterations of 128 samples (gradient-free)"),
+    "spsa": Family(lambda k, c: SpsaAttack(f"spsa-{k}", k, c.eps), "required",
+                   help="SpsaAttack with K iterations of 128 samples (gradient-free)"),
 }
 _SPEC = re.compile(r"^([a-z]+(?:-[a-z][a-z0-9]*)?)(?:-(\d+))?$")
 TRANSFER_PREFIX = "transfer:"
@@ -94,7 +94,7 @@ def full_length(attack: Attack) -> Attack:
     but leaves AEs just across the decision boundary. AEs that are studied (embeddings, k-NN, t-SNE,
     attention) or transferred to another model must be the full attack's, as in the paper.
     """
-    return replace(attack, early_stop=False) if isinstance(attack, PGDAttack) and attack.early_stop else attack
+    return replace(attack, early_stop=False) if isinstance(attack, PgdAttack) and attack.early_stop else attack
 
 
 def spec_help() -> str:
@@ -113,7 +113,7 @@ def _one(item: str, ctx: Context, load_source: SourceLoader | None) -> Attack:
             raise UserError("transfer attacks need a source model loader here")
         # all 20 steps on the source: stopping once the *source* is fooled would weaken the transfer
         inner = full_length(ATTACKS["pgd"].build(20, replace(ctx, targeted=False)))
-        return Transfer(item, path, inner, load_source(path))  # type: ignore[arg-type]
+        return TransferAttack(item, path, inner, load_source(path))  # type: ignore[arg-type]
     m = _SPEC.match(item.lower())
     family = ATTACKS.get(m.group(1)) if m else None
     if m is None or family is None:

@@ -1,4 +1,4 @@
-"""SPSA (Uesato et al. 2018), the gradient-free attack of the paper's section 4.5, via torchattacks.
+"""SpsaAttack (Uesato et al. 2018), the gradient-free attack of the paper's section 4.5, via torchattacks.
 
 It estimates gradients from finite differences of the margin loss along random +-1 directions, so it
 still works where a model's analytic gradients are masked (zero, noisy or shattered).
@@ -14,12 +14,12 @@ import torchattacks
 from torch import nn
 
 from agkd_bml.attacks.base import Attack
-from agkd_bml.attacks.library import run_library_attack
+from agkd_bml.attacks.torchattacks_adapter import run_library_attack
 
 
 @dataclass(frozen=True)
-class SPSA(Attack):
-    """``spsa-K``: K iterations of Adam on SPSA gradient estimates (Uesato et al.: lr 0.01, delta 0.01)."""
+class SpsaAttack(Attack):
+    """``spsa-K``: K iterations of Adam on SpsaAttack gradient estimates (Uesato et al.: lr 0.01, delta 0.01)."""
 
     name: str
     steps: int
@@ -33,7 +33,7 @@ class SPSA(Attack):
                 "delta": self.delta, "loss": "margin", "library": "torchattacks"}
 
     def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         def make(m: nn.Module, seed: int) -> torchattacks.SPSA:
             return torchattacks.SPSA(m, eps=self.eps, delta=self.delta, lr=self.lr, nb_iter=self.steps,

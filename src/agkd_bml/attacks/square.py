@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from agkd_bml.attacks.base import fmt_eps
-from agkd_bml.attacks.pgd import cw_margin, project
-from agkd_bml.attacks.prepared import PreparedAttack
+from agkd_bml.attacks.norms import LINF
+from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
+from agkd_bml.attacks.ops import cw_margin
 
 SQUARE_QUERIES = 5000
 P_INIT = 0.8
@@ -67,7 +68,7 @@ def square(
                       for size in (h, w))
             delta = torch.zeros((c, h, w), device=x.device, dtype=x.dtype)
             delta[:, vh : vh + side, vw : vw + side] = 2 * eps * _signs((c, 1, 1), x, generator)
-            candidate = project(best + delta, xs, eps)
+            candidate = LINF.project(best + delta, xs, eps)
             m = margin(candidate, y[rows])
             better = m < best_margin
             best = torch.where(better.view(-1, 1, 1, 1), candidate, best)
@@ -76,7 +77,7 @@ def square(
 
 
 @dataclass(frozen=True)
-class SquareAttack(PreparedAttack):
+class SquareAttack(InferenceCopyAttack):
     """``square-K``: Square attack with K queries (AutoAttack uses 5,000)."""
 
     name: str

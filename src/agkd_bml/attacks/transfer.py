@@ -13,16 +13,16 @@ import torch
 from torch import nn
 
 from agkd_bml.attacks.base import Attack
-from agkd_bml.attacks.pgd import PGDAttack
+from agkd_bml.attacks.pgd import PgdAttack
 
 
 @dataclass(frozen=True)
-class Transfer(Attack):
+class TransferAttack(Attack):
     """``transfer:PATH``: ``inner`` (PGD-20 by default) run on the source model loaded from ``source_path``."""
 
     name: str
     source_path: str
-    inner: PGDAttack
+    inner: PgdAttack
     source: nn.Module = field(compare=False, repr=False)
 
     @property
@@ -34,6 +34,6 @@ class Transfer(Attack):
                 **{f"source_{k}": v for k, v in self.inner.settings().items()}, "eps": self.eps}
 
     def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
-        return self.inner.run(self.source, x, y, generator)
+        return self.inner(self.source, x, y, generator).images

@@ -2,6 +2,7 @@
 
 from agkd_bml.evaluate.audit import Check, audit, verdict, write_audit
 from agkd_bml.evaluate.curves import Curves, accuracy_curves, write_curves
+from agkd_bml.evaluate.loader import EvalOptions, ModelLoader, require_positive
 from agkd_bml.evaluate.robust import AttackResult, evaluate_attacks
 from agkd_bml.evaluate.table import format_table, write_tables
 
@@ -9,10 +10,13 @@ __all__ = [
     "AttackResult",
     "Check",
     "Curves",
+    "EvalOptions",
+    "ModelLoader",
     "accuracy_curves",
     "audit",
     "evaluate_attacks",
     "format_table",
+    "require_positive",
     "verdict",
     "write_audit",
     "write_curves",

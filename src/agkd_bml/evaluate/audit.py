@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from agkd_bml.attacks import SPSA, Attack, PGDAttack, SquareAttack, Transfer, cw_margin, eval_mode, fmt_eps
+from agkd_bml.attacks import Attack, PgdAttack, SpsaAttack, SquareAttack, TransferAttack, cw_margin, fmt_eps
 from agkd_bml.data import iterate_batches
 from agkd_bml.evaluate.curves import pgd_attack
 from agkd_bml.evaluate.robust import AttackResult, evaluate_attacks
 from agkd_bml.fileio import write_text
 from agkd_bml.models import Classifier
+from agkd_bml.models.modes import eval_mode
 
 STEP_LADDER = (1, 5, 10, 20, 50)
 EPS_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -88,7 +89,7 @@ def audit(
     """Run every check on uint8 test images ``x``; see the module docstring."""
     device = torch.device(device)
     tol = f"tolerance {100 * tolerance:g} point(s)"
-    fgsm = PGDAttack("fgsm", 1, eps, eps, random_start=False)
+    fgsm = PgdAttack("fgsm", 1, eps, eps, random_start=False)
     ladder = {k: pgd_attack(k, eps) for k in STEP_LADDER}
     budgets = {f: pgd_attack(20, f * eps) if f != 1.0 else ladder[20] for f in EPS_FACTORS}
     longer, restarted = pgd_attack(100, eps), pgd_attack(20, eps, restarts=3)
@@ -96,9 +97,9 @@ def audit(
     attacks: list[Attack] = [fgsm, *ladder.values(), *(a for f, a in budgets.items() if f != 1.0), longer, restarted,
                              unbounded, SquareAttack(f"square-{square_queries}", eps, queries=square_queries)]
     if spsa_steps:
-        attacks.append(SPSA(f"spsa-{spsa_steps}", spsa_steps, eps))
+        attacks.append(SpsaAttack(f"spsa-{spsa_steps}", spsa_steps, eps))
     if source is not None:
-        attacks.append(Transfer(f"transfer:{source_name}", source_name, ladder[20], source))
+        attacks.append(TransferAttack(f"transfer:{source_name}", source_name, ladder[20], source))
     results = evaluate_attacks(model, x, y, attacks, batch_size=batch_size, device=device, seed=seed,
                                progress=progress, desc="audit ")
     r = {a.name: res for a, res in zip(attacks, results, strict=True)}
@@ -132,7 +133,7 @@ def audit(
                         f"PGD-20 {_pct(pgd20)}, PGD-100 {_pct(r[longer.name])}, PGD-20 x3 restarts "
                         f"{_pct(r[restarted.name])} (limit {200 * tolerance:g} points below PGD-20)"))
 
-    free = [a for a in attacks if isinstance(a, SquareAttack | SPSA)]
+    free = [a for a in attacks if isinstance(a, SquareAttack | SpsaAttack)]
     for a in free:
         checks.append(Check(f"gradient-free {a.name} is no stronger than PGD-20",
                             r[a.name].accuracy >= pgd20.accuracy - tolerance,

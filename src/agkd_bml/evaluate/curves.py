@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from agkd_bml.attacks import PGDAttack, fmt_eps
+from agkd_bml.attacks import PgdAttack, fmt_eps
 from agkd_bml.evaluate.robust import AttackResult, evaluate_attacks
 from agkd_bml.fileio import atomic_write, write_text
 from agkd_bml.models import Classifier
@@ -24,10 +24,10 @@ EPS_FACTORS = tuple(k / 4 for k in range(11))
 EPS_CURVE_STEPS = 20
 
 
-def pgd_attack(steps: int, eps: float, restarts: int = 1) -> PGDAttack:
+def pgd_attack(steps: int, eps: float, restarts: int = 1) -> PgdAttack:
     """PGD as in the tables: step eps/4 from a uniform random start."""
     suffix = f"x{restarts}" if restarts > 1 else ""
-    return PGDAttack(f"pgd-{steps}@{fmt_eps(eps)}{suffix}", steps, eps, eps / 4, random_start=True, restarts=restarts)
+    return PgdAttack(f"pgd-{steps}@{fmt_eps(eps)}{suffix}", steps, eps, eps / 4, random_start=True, restarts=restarts)
 
 
 @dataclass

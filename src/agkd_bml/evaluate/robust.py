@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from agkd_bml.attacks import Attack, eval_mode
+from agkd_bml.attacks import Attack
 from agkd_bml.data import iterate_batches
 from agkd_bml.models import Classifier
+from agkd_bml.models.modes import eval_mode
 
 
 @dataclass
@@ -84,7 +85,9 @@ def _correct(
     bar = tqdm(iterate_batches(x, y, batch_size, device=device), total=math.ceil(x.shape[0] / batch_size),
                desc=desc, disable=not progress or attack is None, leave=False, unit="batch")
     for xb, yb in bar:
-        adv = attack.run(model, xb, yb, gen) if attack is not None else xb
+        if attack is not None:
+            out.append((~attack(model, xb, yb, gen).fooled).cpu())
+            continue
         with torch.no_grad():
-            out.append((model(adv).logits.argmax(1) == yb).cpu())
+            out.append((model(xb).logits.argmax(1) == yb).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)

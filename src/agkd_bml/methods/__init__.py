@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from agkd_bml.config import HyperParam
 from agkd_bml.methods.agkd_bml import Agkd, AgkdBml, Bml
 from agkd_bml.methods.base import LossTerms, Method, MethodContext
 from agkd_bml.methods.mart import Mart
-from agkd_bml.methods.pgd_at import PgdAT
+from agkd_bml.methods.pgd_at import PgdAt
 from agkd_bml.methods.sml import Sml
 from agkd_bml.methods.standard import Standard
 from agkd_bml.methods.trades import Trades
 
 #: Registry: ``--method NAME`` -> class.
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Standard, PgdAT, Trades, Mart, Sml, Bml, Agkd, AgkdBml)
+    cls.name: cls for cls in (Standard, PgdAt, Trades, Mart, Sml, Bml, Agkd, AgkdBml)
 }
 
-__all__ = ["METHODS", "LossTerms", "Method", "MethodContext"]
+#: Every hyper-parameter some method declares, by name (one CLI option and config key each).
+PARAMS: dict[str, HyperParam] = {p.name: p for cls in METHODS.values() for p in cls.params}
+
+
+def methods_using(name: str) -> list[str]:
+    """The methods that read hyper-parameter ``name``."""
+    return [m for m, cls in METHODS.items() if any(p.name == name for p in cls.params)]
+
+
+__all__ = ["METHODS", "PARAMS", "LossTerms", "Method", "MethodContext", "methods_using"]

@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from agkd_bml.attacks import eval_mode, most_confusing_class
+from agkd_bml.attacks import most_confusing_class
 from agkd_bml.methods.base import LossTerms, Method
 from agkd_bml.methods.losses import (
     distilled_map,
@@ -31,7 +31,9 @@ from agkd_bml.methods.losses import (
     metric_loss,
     smooth_cross_entropy,
 )
-from agkd_bml.models import unwrap
+from agkd_bml.methods.params import ATTENTION, BETA, MART, METRIC
+from agkd_bml.models import Classifier, unwrap
+from agkd_bml.models.modes import eval_mode
 
 
 class AgkdBml(Method):
@@ -43,12 +45,15 @@ class AgkdBml(Method):
     use_bml: ClassVar[bool] = True
     needs_teacher = True
     needs_sampler = True
+    params = (*METRIC, ATTENTION, MART, BETA)
 
     def settings(self) -> dict[str, float | int | bool]:
-        return {**super().settings(), "agkd": self.use_agkd, "bml": self.use_bml, "mart": self.cfg.mart,
-                "attention": self.cfg.attention if self.use_agkd else "none"}
+        return {**super().settings(), "agkd": self.use_agkd, "bml": self.use_bml, "mart": self.hp.mart,
+                "attention": self.hp.attention if self.use_agkd else "none"}
 
-    def loss(self, model, x, y, generator) -> LossTerms:
+    def loss(
+        self, model: Classifier, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> LossTerms:
         with torch.no_grad(), eval_mode(model):
             y_mc = most_confusing_class(model(x).logits, y)
         if self.use_bml:
@@ -68,7 +73,7 @@ class AgkdBml(Method):
             # Distil into the adversarial views only: forward AE <- x^s, backward AE <- x^{y_mc}.
             # The loss is a sum of one mean L1 per pair, i.e. pairs * the mean over both.
             orig, false = (torch.cat([y, y_mc]), torch.cat([y_mc, y])) if self.use_bml else (y, y_mc)
-            kind, teacher = self.cfg.attention, self.ctx.teacher
+            kind, teacher = self.hp.attention, self.ctx.teacher
             with torch.inference_mode():
                 teacher_maps = distilled_map(kind, teacher(clean).features, teacher.fc.weight, orig, false)
             adv_features = torch.cat([out.features[:n], out.features[2 * n :]]) if self.use_bml else out.features[:n]
@@ -77,12 +82,12 @@ class AgkdBml(Method):
             terms["agkd"] = pairs * F.l1_loss(student_maps, teacher_maps.clone())
         if self.use_bml:
             anchor, positive, negative = out.embedding.chunk(3)
-            cfg = self.cfg
+            hp = self.hp
             terms["bml"] = metric_loss(
-                anchor, positive, negative, margin=cfg.margin, weight=cfg.lambda_triplet, norm_weight=cfg.lambda_norm
+                anchor, positive, negative, margin=hp.margin, weight=hp.lambda_triplet, norm_weight=hp.lambda_norm
             )
-        if self.cfg.mart:
-            terms["mart"] = mart_loss(clean_logits, fwd_logits, y, self.cfg.beta)
+        if self.hp.mart:
+            terms["mart"] = mart_loss(clean_logits, fwd_logits, y, self.hp.beta)
         return terms
 
 
@@ -93,6 +98,7 @@ class Bml(AgkdBml):
     name = "bml"
     use_agkd = False
     needs_teacher = False
+    params = (*METRIC, MART, BETA)
 
 
 class Agkd(AgkdBml):
@@ -102,3 +108,4 @@ class Agkd(AgkdBml):
     name = "agkd"
     use_bml = False
     needs_sampler = False
+    params = (ATTENTION, MART, BETA)

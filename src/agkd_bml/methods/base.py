@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import ClassVar
 
 import torch
 
 from agkd_bml.attacks import pgd
-from agkd_bml.config import TrainConfig
+from agkd_bml.config import HyperParam, TrainConfig
 from agkd_bml.data import ImageSampler
 from agkd_bml.models import Classifier
 
@@ -40,10 +41,14 @@ class Method(ABC):
     default_smoothing: ClassVar[float] = 0.0  #: label smoothing when ``--label-smoothing`` is not given
     needs_teacher: ClassVar[bool] = False
     needs_sampler: ClassVar[bool] = False
+    #: the method's own hyper-parameters: each becomes a ``--name`` option and a config key
+    params: ClassVar[tuple[HyperParam, ...]] = ()
 
     def __init__(self, cfg: TrainConfig, ctx: MethodContext) -> None:
         self.cfg = cfg
         self.ctx = ctx
+        #: resolved values of :attr:`params` (``self.hp.beta``); the config's, else the declared default
+        self.hp = SimpleNamespace(**{p.name: cfg.params.get(p.name, p.default) for p in self.params})
         self.eps = ctx.eps
         self.steps = self.default_steps if cfg.steps is None else cfg.steps
         self.step_size = cfg.step_size if cfg.step_size is not None else self.eps / 4

@@ -11,6 +11,8 @@ import torch
 
 from agkd_bml.methods.base import LossTerms, Method
 from agkd_bml.methods.losses import metric_loss, smooth_cross_entropy
+from agkd_bml.methods.params import METRIC
+from agkd_bml.models import Classifier
 
 
 def hardest_negative(anchor: torch.Tensor, pool: torch.Tensor, pool_labels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -26,17 +28,20 @@ class Sml(Method):
     summary = "Single-directional metric learning (Mao et al.): untargeted anchor, hardest negative in the batch."
     name = "sml"
     default_steps = 7
+    params = METRIC
 
-    def loss(self, model, x, y, generator) -> LossTerms:
+    def loss(
+        self, model: Classifier, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> LossTerms:
         x_adv = self.attack(model, x, y, generator)
         out = model(torch.cat([x_adv, x]))
         adv_logits, _ = out.logits.chunk(2)
         anchor, positive = out.embedding.chunk(2)
         negative = positive[hardest_negative(anchor, positive, y, y)]
-        cfg = self.cfg
+        hp = self.hp
         return {
             "ce": smooth_cross_entropy(adv_logits, y, self.smoothing),
             "metric": metric_loss(
-                anchor, positive, negative, margin=cfg.margin, weight=cfg.lambda_triplet, norm_weight=cfg.lambda_norm
+                anchor, positive, negative, margin=hp.margin, weight=hp.lambda_triplet, norm_weight=hp.lambda_norm
             ),
         }

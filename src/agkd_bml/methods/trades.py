@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from agkd_bml.attacks import eval_mode, pgd
-from agkd_bml.attacks.pgd import upcast
+from agkd_bml.attacks import pgd, upcast
 from agkd_bml.methods.base import LossTerms, Method
 from agkd_bml.methods.losses import smooth_cross_entropy
+from agkd_bml.methods.params import BETA
+from agkd_bml.models import Classifier
+from agkd_bml.models.modes import eval_mode
 
 
 def _kl(adv_logits: torch.Tensor, clean_log_probs: torch.Tensor) -> torch.Tensor:
@@ -20,8 +22,11 @@ class Trades(Method):
     summary = "TRADES: clean CE + beta * KL(clean || adversarial)."
     name = "trades"
     default_steps = 10
+    params = (BETA,)
 
-    def loss(self, model, x, y, generator) -> LossTerms:
+    def loss(
+        self, model: Classifier, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> LossTerms:
         with torch.no_grad(), eval_mode(model):
             clean_log_probs = F.log_softmax(upcast(model(x).logits), 1)
         # TRADES starts from a small Gaussian perturbation and ascends the KL divergence.
@@ -33,4 +38,4 @@ class Trades(Method):
         logits = model(torch.cat([x, x_adv])).logits
         clean, adv = logits.chunk(2)
         robust = _kl(adv, F.log_softmax(upcast(clean), 1)).mean()
-        return {"ce": smooth_cross_entropy(clean, y, self.smoothing), "kl": self.cfg.beta * robust}
+        return {"ce": smooth_cross_entropy(clean, y, self.smoothing), "kl": self.hp.beta * robust}

@@ -23,7 +23,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from agkd_bml.attacks import eval_mode, parse_attacks
+from agkd_bml.attacks import parse_attacks
 from agkd_bml.config import TrainConfig
 from agkd_bml.data import Dataset, ImageSampler, iterate_batches, load_dataset
 from agkd_bml.device import device_name, resolve_device
@@ -32,10 +32,12 @@ from agkd_bml.evaluate import evaluate_attacks
 from agkd_bml.fileio import write_text
 from agkd_bml.methods import METHODS, Method, MethodContext
 from agkd_bml.models import Classifier, build_model
+from agkd_bml.models.checkpoint import LAST, PREV, Checkpoint, load_model, newest_valid, save_checkpoint
+from agkd_bml.models.modes import eval_mode
 from agkd_bml.train import distributed
 from agkd_bml.train.amp import amp_dtype, autocast, grad_scaler
-from agkd_bml.train.checkpoint import LAST, PREV, load_model, newest_valid, save_checkpoint
 from agkd_bml.train.distributed import Dist, any_rank, check_in_sync, sum_over_ranks
+from agkd_bml.train.settings import check, complete
 
 RUN_FILES = (LAST, PREV, "metrics.jsonl", "config.yaml")
 #: Config keys that may change when a run is resumed (more epochs, another device).
@@ -74,12 +76,11 @@ class Setup:
 def _load_teacher(cfg: TrainConfig, student: Classifier, data: Dataset, device: torch.device) -> Classifier:
     """Load and check the frozen teacher: same dataset shape, classes and last-feature-map size."""
     teacher, ckpt = load_model(cfg.teacher, device)
-    t_spec = ckpt["data"]
-    s = data.spec
-    if (t_spec["num_classes"], t_spec["channels"], t_spec["size"]) != (s.num_classes, s.channels, s.size):
+    t_spec, s = ckpt.data, data.spec
+    if (t_spec.num_classes, t_spec.channels, t_spec.size) != (s.num_classes, s.channels, s.size):
         raise UserError(
-            f"teacher {cfg.teacher} was trained on {t_spec['num_classes']} classes of "
-            f"{t_spec['channels']}x{t_spec['size']}x{t_spec['size']} images, but {s.name} has {s.num_classes} "
+            f"teacher {cfg.teacher} was trained on {t_spec.num_classes} classes of "
+            f"{t_spec.channels}x{t_spec.size}x{t_spec.size} images, but {s.name} has {s.num_classes} "
             f"classes of {s.channels}x{s.size}x{s.size}"
         )
     probe = torch.zeros(1, s.channels, s.size, s.size, device=device)
@@ -87,12 +88,12 @@ def _load_teacher(cfg: TrainConfig, student: Classifier, data: Dataset, device: 
         t_hw, s_hw = teacher(probe).features.shape[2:], student(probe).features.shape[2:]
     if t_hw != s_hw:
         raise UserError(
-            f"teacher ({ckpt['arch']}) has {tuple(t_hw)} attention maps, student ({cfg.arch}) has {tuple(s_hw)}; "
+            f"teacher ({ckpt.arch}) has {tuple(t_hw)} attention maps, student ({cfg.arch}) has {tuple(s_hw)}; "
             "AGKD needs equal sizes"
         )
     if cfg.init_from_teacher:
-        if ckpt["arch"] != cfg.arch:
-            raise UserError(f"--init-from-teacher needs the teacher's architecture ({ckpt['arch']}), not {cfg.arch}")
+        if ckpt.arch != cfg.arch:
+            raise UserError(f"--init-from-teacher needs the teacher's architecture ({ckpt.arch}), not {cfg.arch}")
         student.load_state_dict(teacher.state_dict())
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -122,7 +123,8 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, create: bo
 
 def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, create: bool = True) -> Setup:
     """Validate ``cfg`` and build data, model, teacher, method and optimizer (nothing trains yet)."""
-    cfg.validate()
+    cfg = complete(cfg)
+    check(cfg)
     method_cls = METHODS[cfg.method]
     if method_cls.needs_teacher and not cfg.teacher:
         raise UserError(f"method {cfg.method!r} distils a teacher's attention: pass --teacher RUN_DIR_OR_CHECKPOINT (a `standard` run)")
@@ -179,19 +181,20 @@ def _restore(s: Setup, log: Callable[[str], None]) -> int:
         log(f"nothing to resume in {s.run_dir}; starting fresh")
         return 0
     # a key the saved run predates (an option added since) had its default value then
-    saved = {**TrainConfig().to_dict(), **ckpt["config"]}
-    changed = {k for k, v in s.cfg.to_dict().items() if saved.get(k) != v} - RESUMABLE_CHANGES
+    saved = {**complete(TrainConfig()).to_dict(), **ckpt.config}
+    now = s.cfg.to_dict()
+    changed = {k for k, v in now.items() if saved.get(k) != v} - RESUMABLE_CHANGES
     if changed:
-        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(s.cfg, k)!r}" for k in sorted(changed))
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in sorted(changed))
         raise UserError(f"cannot resume {s.run_dir}: the config differs from the saved run ({diffs}); use --overwrite or another --out")
-    if ckpt["arch"] != s.cfg.arch:
-        raise UserError(f"cannot resume: checkpoint is {ckpt['arch']}, config asks for {s.cfg.arch}")
-    s.net.load_state_dict(ckpt["model"])
-    s.optimizer.load_state_dict(ckpt["optimizer"])
-    s.scheduler.load_state_dict(ckpt["scheduler"])
-    if ckpt.get("scaler"):
-        s.scaler.load_state_dict(ckpt["scaler"])
-    return int(ckpt["epoch"])
+    if ckpt.arch != s.cfg.arch:
+        raise UserError(f"cannot resume: checkpoint is {ckpt.arch}, config asks for {s.cfg.arch}")
+    s.net.load_state_dict(ckpt.model)
+    s.optimizer.load_state_dict(ckpt.optimizer)
+    s.scheduler.load_state_dict(ckpt.scheduler)
+    if ckpt.scaler:
+        s.scaler.load_state_dict(ckpt.scaler)
+    return ckpt.epoch
 
 
 def _validate(s: Setup, epoch: int) -> dict[str, Any]:
@@ -329,11 +332,8 @@ def _run(s: Setup, *, resume: bool, log: Callable[[str], None], progress: bool) 
             metrics = {"epoch": epoch + 1, "lr": lr, **stats, **_validate(s, epoch), "method": cfg.method,
                        "device": device_name(s.device), **s.method.settings()}
             save_checkpoint(
-                {
-                    "arch": cfg.arch, "data": s.data.spec.to_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,
-                    "model": s.net.state_dict(), "optimizer": s.optimizer.state_dict(),
-                    "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(), "metrics": metrics,
-                },
+                Checkpoint(cfg.arch, s.data.spec, cfg.to_dict(), epoch + 1, s.net.state_dict(), s.optimizer.state_dict(),
+                           s.scheduler.state_dict(), s.scaler.state_dict(), metrics),
                 s.run_dir,
             )
             with open(s.run_dir / "metrics.jsonl", "a") as f:

@@ -10,13 +10,13 @@ result is projected onto the eps-ball and [0, 1] in the input's dtype. The attac
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from agkd_bml.attacks.pgd import eval_mode, project
+from agkd_bml.attacks.norms import LINF
+from agkd_bml.models.modes import eval_mode, frozen
 
 
 class LogitsOnly(nn.Module):
@@ -29,19 +29,6 @@ class LogitsOnly(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).logits
-
-
-@contextmanager
-def frozen(model: nn.Module) -> Iterator[None]:
-    """Parameters stop requiring grad for the duration, so a ``.backward()`` cannot fill their ``.grad``."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def draw_seed(generator: torch.Generator | None) -> int:
@@ -71,4 +58,4 @@ def run_library_attack(
         torch.manual_seed(seed)
         attack = make(LogitsOnly(model), seed)
         adv = attack(x.detach().float(), y)
-    return project(adv.detach().to(x.dtype), x.detach(), eps)
+    return LINF.project(adv.detach().to(x.dtype), x.detach(), eps)

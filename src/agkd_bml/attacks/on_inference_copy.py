@@ -13,11 +13,10 @@ import torch
 from torch import nn
 
 from agkd_bml.attacks.base import Attack
-from agkd_bml.attacks.pgd import project
 from agkd_bml.models.inference import channels_last, inference_copy
 
 
-class PreparedAttack(Attack):
+class InferenceCopyAttack(Attack):
     """An attack whose work happens in :meth:`run_prepared` on an :func:`inference_copy` of the model."""
 
     @abstractmethod
@@ -27,7 +26,7 @@ class PreparedAttack(Attack):
         """(adversarial images, bool mask of the images that fool ``model``) for a prepared ``model``."""
 
     def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
-        adv, _ = self.run_prepared(inference_copy(model), channels_last(x.detach()), y, generator)
-        return project(adv, x.detach(), self.eps).contiguous()
+        adv, _ = self.run_prepared(inference_copy(model), channels_last(x), y, generator)
+        return adv

@@ -1,9 +1,11 @@
 """Checkpoints: written atomically, read with ``weights_only=True`` so that no pickled code ever runs.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts: the model, optimizer and
-scheduler states, the epoch, the run's config, the dataset spec (enough to rebuild the model) and a
-SHA-256 of the model weights, checked on every load. A run directory keeps the last two (``last.pt``,
-``prev.pt``), so a damaged newest checkpoint still leaves one to resume from.
+On disk a checkpoint is a plain dict of tensors, numbers, strings, lists and dicts: the model, optimizer
+and scheduler states, the epoch, the run's config, the dataset spec (enough to rebuild the model) and a
+SHA-256 of the model weights, checked on every load. In code it is a :class:`Checkpoint` record, so a
+misspelt key is an attribute error where it is written, not a ``KeyError`` in another command. A run
+directory keeps the last two (``last.pt``, ``prev.pt``), so a damaged newest checkpoint still leaves one
+to resume from. Loading a model for evaluation needs only this module, not the trainer.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +38,39 @@ def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(state: dict[str, Any], run_dir: Path) -> Path:
-    """Save ``state`` as ``run_dir/last.pt``, keeping the previous one as ``prev.pt``."""
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds; the training state is empty ({}) in one written for evaluation only."""
+
+    arch: str
+    data: DataSpec
+    config: dict[str, Any]  #: the run's :class:`~agkd_bml.config.TrainConfig` as a plain dict
+    epoch: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    scaler: dict[str, Any] = field(default_factory=dict)  #: absent before mixed precision existed
+    metrics: dict[str, Any] = field(default_factory=dict)  #: the last epoch's line of ``metrics.jsonl``
+
+    def to_dict(self) -> dict[str, Any]:
+        """The on-disk form (format tag and weights checksum included)."""
+        return {"format": FORMAT, "arch": self.arch, "data": self.data.to_dict(), "config": self.config,
+                "epoch": self.epoch, "model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "scaler": self.scaler, "metrics": self.metrics, "checksum": weights_checksum(self.model)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Checkpoint:
+        """The record of an on-disk dict, written by this version or an earlier one (missing parts empty)."""
+        return cls(arch=d["arch"], data=DataSpec.from_dict(d["data"]), config=dict(d["config"]), epoch=int(d["epoch"]),
+                   model=d["model"], **{k: d.get(k) or {} for k in ("optimizer", "scheduler", "scaler", "metrics")})
+
+
+def save_checkpoint(ckpt: Checkpoint, run_dir: Path) -> Path:
+    """Save ``ckpt`` as ``run_dir/last.pt``, keeping the previous one as ``prev.pt``."""
     last = run_dir / LAST
     if last.exists():
         os.replace(last, run_dir / PREV)
-    payload = {"format": FORMAT, **state, "checksum": weights_checksum(state["model"])}
+    payload = ckpt.to_dict()
     atomic_write(last, lambda f: torch.save(payload, f))
     return last
 
@@ -58,7 +88,7 @@ def resolve_path(path: str | Path) -> Path:
     return p
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load a checkpoint safely: tensors and plain data only; anything else is refused unexecuted."""
     p = resolve_path(path)
     try:
@@ -74,10 +104,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{p} is not an agkd-bml checkpoint (no '{FORMAT}' format tag)")
     if ckpt.get("checksum") != weights_checksum(ckpt["model"]):
         raise UserError(f"checkpoint {p} is corrupt: its weights do not match their SHA-256 checksum")
-    return ckpt
+    try:
+        return Checkpoint.from_dict(ckpt)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{p} is an agkd-bml checkpoint with a missing or malformed part ({exc})") from exc
 
 
-def newest_valid(run_dir: Path, log: Any = print) -> dict[str, Any] | None:
+def newest_valid(run_dir: Path, log: Any = print) -> Checkpoint | None:
     """The newest checkpoint of ``run_dir`` that loads and passes its checksum.
 
     Returns None when the directory has no checkpoint; raises :class:`UserError` when it has some but
@@ -93,20 +126,19 @@ def newest_valid(run_dir: Path, log: Any = print) -> dict[str, Any] | None:
             log(f"skipping {run_dir / name}: {exc}")
             problems.append(str(exc))
             continue
-        log(f"resuming from {run_dir / name} (epoch {ckpt['epoch']})")
+        log(f"resuming from {run_dir / name} (epoch {ckpt.epoch})")
         return ckpt
     if problems:
         raise UserError(f"no valid checkpoint to resume in {run_dir} ({'; '.join(problems)}); use --overwrite to start again")
     return None
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Classifier, dict[str, Any]]:
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Classifier, Checkpoint]:
     """Rebuild the model of a checkpoint (architecture and dataset spec are stored in it), in eval mode."""
     ckpt = load_checkpoint(path)
-    spec = DataSpec.from_dict(ckpt["data"])
-    model = build_model(ckpt["arch"], spec)
+    model = build_model(ckpt.arch, ckpt.data)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt.model)
     except RuntimeError as exc:
-        raise UserError(f"checkpoint {path}: its weights do not fit a {ckpt['arch']} for {spec.name}") from exc
+        raise UserError(f"checkpoint {path}: its weights do not fit a {ckpt.arch} for {ckpt.data.name}") from exc
     return model.to(device).eval(), ckpt

@@ -1,0 +1,44 @@
+"""The tensor operations attacks and training objectives share: per-sample losses and target choice."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+#: A per-sample loss ``(logits, labels) -> (N,)``. Untargeted attacks ascend it on the true labels,
+#: targeted attacks descend it on the target labels.
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits (AMP) to float32 for losses; float32 and float64 stay as they are."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy."""
+    return F.cross_entropy(upcast(logits), labels, reduction="none")
+
+
+def cw_margin(logits: torch.Tensor, labels: torch.Tensor, margin: float = 50.0) -> torch.Tensor:
+    """CW margin ``max other logit - logit of label``, clipped at ``margin`` past the decision boundary.
+
+    Ascending it (untargeted) stops pushing once the best other class wins by ``margin``; descending it
+    (targeted) stops once the label wins by ``margin``. This is the loss of Carlini & Wagner as written
+    in the Feature-Scattering / Bilateral / AGKD-BML code (margin 50).
+    """
+    logits = upcast(logits)
+    own = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return (other - own).clamp(-margin, margin)
+
+
+LOSSES: dict[str, LossFn] = {"ce": ce_loss, "cw": cw_margin}
+
+
+def most_confusing_class(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``y_mc``: the highest logit other than the true class (Eq. 5: smallest CE among wrong classes)."""
+    masked = logits.detach().masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+    return masked.argmax(1)

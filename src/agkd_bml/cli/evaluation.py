@@ -1,0 +1,152 @@
+"""``agkd-bml eval``, ``curves`` and ``audit``: robust accuracy, accuracy curves and the masking audit."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+
+from agkd_bml.attacks import TransferAttack, fmt_eps, parse_attacks, spec_help
+from agkd_bml.cli.options import add_eval_options, command_handler, number
+from agkd_bml.errors import UserError
+from agkd_bml.evaluate import (
+    AttackResult,
+    Curves,
+    EvalOptions,
+    ModelLoader,
+    accuracy_curves,
+    audit,
+    evaluate_attacks,
+    format_table,
+    require_positive,
+    verdict,
+    write_audit,
+    write_curves,
+    write_tables,
+)
+
+
+def evaluate_checkpoints(
+    checkpoints: Sequence[str], *, attacks: str = "clean,fgsm,pgd-20", step_size: float | None = None,
+    restarts: int = 1, targeted: bool = False, out: str | None = None, options: EvalOptions = EvalOptions(),
+) -> dict[str, list[AttackResult]]:
+    """``agkd-bml eval``: each checkpoint on the test set of its dataset (or ``options.dataset``)."""
+    require_positive(n=options.n, batch_size=options.batch_size, restarts=restarts)
+    loader = ModelLoader(options)
+    # Fail on a bad spec (or source checkpoint) before any work.
+    parse_attacks(attacks, eps=options.eps if options.eps is not None else 8 / 255, load_source=loader.source)
+    rows: dict[str, list[AttackResult]] = {}
+    for path in checkpoints:
+        label, model, data, x, y = loader.model(path)
+        parsed = parse_attacks(
+            attacks, eps=loader.eps(data), num_classes=data.spec.num_classes, step_size=step_size,
+            restarts=restarts, targeted=targeted, load_source=loader.source,
+        )
+        for attack in parsed:
+            if isinstance(attack, TransferAttack):
+                loader.check_source(attack.source_path, data.spec)
+        start = time.perf_counter()
+        rows[label] = evaluate_attacks(model, x, y, parsed, batch_size=options.batch_size, device=loader.device,
+                                       seed=options.seed, progress=options.progress, desc=f"{label} ")
+        print(f"{label}: evaluated in {time.perf_counter() - start:.1f}s on {loader.device}")
+    print(format_table(rows))
+    if out:
+        for f in write_tables(rows, out):
+            print(f"wrote {f}")
+    return rows
+
+
+def curves(checkpoints: Sequence[str], *, out: str = "curves", options: EvalOptions = EvalOptions()) -> dict[str, Curves]:
+    """``agkd-bml curves``: accuracy vs PGD steps and vs eps for each checkpoint, plotted and as CSV."""
+    require_positive(n=options.n, batch_size=options.batch_size)
+    loader = ModelLoader(options)
+    result: dict[str, Curves] = {}
+    for path in checkpoints:
+        label, model, data, x, y = loader.model(path)
+        start = time.perf_counter()
+        result[label] = c = accuracy_curves(model, x, y, eps=loader.eps(data), batch_size=options.batch_size,
+                                            device=loader.device, seed=options.seed, progress=options.progress,
+                                            desc=f"{label} ")
+        steps = ", ".join(f"{k}: {100 * r.accuracy:.1f}" for k, r in c.by_steps)
+        budgets = ", ".join(f"{fmt_eps(e) if e else 0}: {100 * r.accuracy:.1f}" for e, r in c.by_eps)
+        print(f"{label} ({time.perf_counter() - start:.0f}s, n={x.shape[0]})\n  PGD steps -> accuracy %: {steps}"
+              f"\n  eps (PGD-20) -> accuracy %: {budgets}")
+    for f in write_curves(result, out):
+        print(f"wrote {f}")
+    return result
+
+
+def audit_checkpoint(
+    checkpoint: str, *, source: str | None = None, square_queries: int = 1000, spsa_steps: int = 0,
+    tolerance: float = 0.01, out: str | None = None, options: EvalOptions = EvalOptions(n=500),
+) -> int:
+    """``agkd-bml audit``: gradient-masking checks; returns the exit code (1 when one fails)."""
+    require_positive(n=options.n, batch_size=options.batch_size, square_queries=square_queries)
+    if spsa_steps < 0 or not 0 <= tolerance < 1:
+        raise UserError("--spsa-steps must be >= 0 and --tolerance in [0, 1)")
+    loader = ModelLoader(options)
+    source_model = loader.source(source) if source else None
+    label, model, data, x, y = loader.model(checkpoint)
+    if source:
+        loader.check_source(source, data.spec)
+    eps = loader.eps(data)
+    if not 0 < eps <= 1:
+        raise UserError(f"--eps must be in (0, 1]; got {eps}")
+    start = time.perf_counter()
+    checks = audit(model, x, y, eps=eps, num_classes=data.spec.num_classes, source=source_model,
+                   source_name=source or "source", square_queries=square_queries, spsa_steps=spsa_steps,
+                   tolerance=tolerance, batch_size=options.batch_size, device=loader.device, seed=options.seed,
+                   progress=options.progress)
+    lines = [f"audit of {label} ({checkpoint}), {time.perf_counter() - start:.0f}s on {loader.device}:"]
+    lines += [c.line() for c in checks] + [verdict(checks, x.shape[0], eps)]
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        for f in write_audit(checks, text, out):
+            print(f"wrote {f}")
+    return 1 if any(c.passed is False for c in checks) else 0
+
+
+CHECKPOINTS_HELP = "checkpoint files or run directories"
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("eval", help="robust accuracy of checkpoints under attacks (Table 1)",
+                       description="Evaluate checkpoints on the test set of the dataset they were trained on. "
+                       "A point counts as robust only if it is right clean and under the attack; the table "
+                       "gives each accuracy with its 95%% Wilson interval and every attack's settings.")
+    e.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=CHECKPOINTS_HELP)
+    e.add_argument("--attacks", default="clean,fgsm,pgd-20", help=f"comma-separated specs. {spec_help()}")
+    e.add_argument("--step-size", type=number, default=None, help="override the gradient attacks' step size")
+    e.add_argument("--restarts", type=int, default=1, help="random restarts of PGD / CW")
+    e.add_argument("--targeted", action="store_true",
+                   help="gradient attacks target each image's most confusing class instead of being untargeted")
+    e.add_argument("--out", default=None, help="also write the table as eval.md, eval.csv, eval.json here")
+    add_eval_options(e)
+    e.set_defaults(handler=command_handler(evaluate_checkpoints))
+
+    c = sub.add_parser("curves", help="accuracy vs PGD steps and vs eps (Figure 5), plotted",
+                       description="PGD-k accuracy for k in 1..100 at the dataset's eps, and PGD-20 accuracy for "
+                       "eps from 0 to 2.5x the dataset's (0..20/255 on CIFAR-10); writes curves.csv, "
+                       "curves.png and curves.pdf.")
+    c.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=CHECKPOINTS_HELP)
+    c.add_argument("--out", default="curves", help="folder for curves.csv / .png / .pdf (default: ./curves)")
+    add_eval_options(c)
+    c.set_defaults(handler=command_handler(curves))
+
+    a = sub.add_parser("audit", help="gradient-masking checks with pass/fail lines; exit code 1 on a failure",
+                       description="Checks that robustness is not an artefact of masked gradients: non-zero "
+                       "input gradients; PGD beats FGSM; accuracy non-increasing in steps and in eps; an "
+                       "unbounded attack reaches ~0; PGD has converged (more steps / restarts change little); "
+                       "gradient-free attacks (Square, SpsaAttack) and transfer from --source are no stronger than "
+                       "PGD. Exit code 0 when all pass, 1 when one fails, 2 on bad input.")
+    a.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or run directory")
+    a.add_argument("--source", default=None, metavar="CHECKPOINT",
+                   help="a different model (e.g. the clean teacher) to craft transfer AEs on")
+    a.add_argument("--square-queries", type=int, default=1000, help="queries of the Square attack (default: 1000)")
+    a.add_argument("--spsa-steps", type=int, default=0, help="also run SpsaAttack with this many iterations (slow)")
+    a.add_argument("--tolerance", type=number, default=0.01,
+                   help="accuracy difference (fraction) a check tolerates (default: 0.01 = 1 point)")
+    a.add_argument("--out", default=None, help="also write audit.md and audit.json here")
+    add_eval_options(a, n=500)
+    a.set_defaults(handler=command_handler(audit_checkpoint, status=True))

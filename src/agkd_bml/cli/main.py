@@ -1,0 +1,48 @@
+"""``agkd-bml {train,eval,curves,audit,knn,tsne,attention,report,reproduce,quickstart,presets,methods}``.
+
+Each subcommand lives with its parser in one module of this package and is a typed function; this file
+only assembles the parsers. Bad input never shows a traceback: every :class:`UserError` is printed as one
+line and the exit code is 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from agkd_bml import __version__
+from agkd_bml.cli import analysis, evaluation, quickstart, reproduce, training
+from agkd_bml.cli.options import Parser
+from agkd_bml.errors import UserError
+
+#: The modules that add subcommands, in the order ``--help`` lists them.
+COMMAND_MODULES = (training, evaluation, analysis, reproduce, quickstart)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="agkd-bml", description="AGKD-BML adversarial training, the methods it is compared with, and their evaluation.")
+    parser.add_argument("--version", action="version", version=f"agkd-bml {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for module in COMMAND_MODULES:
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"agkd-bml: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("agkd-bml: interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

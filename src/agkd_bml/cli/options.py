@@ -1,0 +1,78 @@
+"""The edge between argparse and the typed command functions, and the options several commands share.
+
+Each command is a function with keyword-only, typed parameters (callable from Python, by the other
+commands and by tests); its ``add_parser`` declares the same names as options. :func:`call` is the one
+adapter from parsed arguments to such a function: it passes each parameter whose name is an option,
+``progress`` from ``--no-progress``, and ``options`` (:class:`EvalOptions`) from the shared options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any, NoReturn
+
+from agkd_bml.evaluate import EvalOptions
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line (and exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def number(text: str) -> float:
+    """A float that may be written as a fraction, e.g. ``8/255``."""
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError) as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r} (write e.g. 0.031 or 8/255)") from exc
+
+
+def add_progress(p: argparse.ArgumentParser, text: str = "no progress bars") -> None:
+    p.add_argument("--no-progress", action="store_true", help=text)
+
+
+def add_eval_options(p: argparse.ArgumentParser, n: int | None = None, *, data: bool = True) -> None:
+    """The :class:`EvalOptions` as options (``data=False``: without --n, --dataset and --data-dir)."""
+    if data:
+        p.add_argument("--n", type=int, default=n, help=f"use the first N test images (default: {n if n else 'all'})")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--eps", type=number, default=None, help="L-inf budget (default: the dataset's, e.g. 8/255)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random starts and library attacks")
+    if data:
+        p.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the checkpoint's")
+        p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    add_progress(p)
+
+
+def eval_options(args: argparse.Namespace) -> EvalOptions:
+    """The shared options of a parsed command line (absent ones keep their defaults)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalOptions) if hasattr(args, f.name)}
+    return EvalOptions(**given, progress=not args.no_progress)
+
+
+def call(fn: Callable[..., Any], args: argparse.Namespace) -> Any:
+    """Call a command function with the parsed arguments its parameters name."""
+    params = inspect.signature(fn).parameters
+    kwargs = {name: getattr(args, name) for name in params if hasattr(args, name)}
+    if "progress" in params:
+        kwargs["progress"] = not args.no_progress
+    if "options" in params:
+        kwargs["options"] = eval_options(args)
+    return fn(**kwargs)
+
+
+def command_handler(fn: Callable[..., Any], *, status: bool = False) -> Callable[[argparse.Namespace], int]:
+    """The handler of a subcommand: ``fn`` called through :func:`call`; exit code 0 (or ``fn``'s if ``status``)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        result = call(fn, args)
+        return int(result) if status else 0
+
+    return handler

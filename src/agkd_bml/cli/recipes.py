@@ -1,0 +1,209 @@
+"""What the reproduce targets share: scales, the runs they train (or reuse), and the ways they score them.
+
+A scale fixes everything that differs between ``small`` (2 CPU cores on the shared CIFAR-10 file), ``paper``
+(WRN-28-10, 200 epochs; a GPU job) and ``tiny`` (a smoke test). Runs are trained into
+``OUT/runs/<label>-s<seed>``, reused when finished and resumed when not. A scorer turns runs into
+:data:`Scores` (model label -> column key -> one value per seed), which :mod:`.reproduce` renders.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from agkd_bml.attacks import Attack, TransferAttack, full_length, parse_attacks
+from agkd_bml.config import TrainConfig
+from agkd_bml.data import Dataset, load_dataset
+from agkd_bml.evaluate import evaluate_attacks
+from agkd_bml.models.checkpoint import load_model
+from agkd_bml.train import resolve, train
+
+Scores = dict[str, dict[str, list[float]]]  #: model label -> column key -> value per seed
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Everything that differs between the small, the paper and the smoke-test scale."""
+
+    dataset: str
+    arch: str
+    train_limit: int | None
+    epochs: int
+    milestones: tuple[int, ...]
+    lr: float
+    batch_size: int
+    seeds: tuple[int, ...]
+    eval_n: int  #: test images for the fast attacks
+    aa_n: int  #: test images for AutoAttack
+    preset: str | None = None  #: a shipped preset the runs start from (paper scale)
+
+
+SCALES = {
+    # about an hour of training on 2 CPU cores for table2 (12 runs), see docs/reproduction.md
+    "small": Scale("npz:../shared/data/cifar10.npz", "small-cnn", 10000, 8, (6,), 0.05, 128, (0, 1), 1000, 500),
+    "paper": Scale("cifar10", "wrn-28-10", None, 200, (100, 150), 0.1, 128, (0,), 10000, 10000, "paper-cifar10"),
+    "tiny": Scale("digits", "small-cnn", 128, 1, (), 0.05, 64, (0, 1), 32, 8),
+}
+
+#: Table 2's models (the runs every target shares), each with its paper training steps: label -> method.
+TABLE2 = [("UM", "standard"), ("AT", "pgd-at"), ("SML", "sml"), ("BML", "bml"), ("AGKD", "agkd"),
+          ("AGKD-BML", "agkd-bml")]
+DISTILLING = ("AGKD", "AGKD-BML")  #: the models whose teacher is the UM run of their seed
+
+
+def run_config(scale: Scale, method: str, seed: int, out: Path, teacher: Path | None) -> TrainConfig:
+    """The training config of one run of a recipe."""
+    base = resolve(scale.preset).to_dict() if scale.preset else {}
+    if scale.preset:  # the paper preset is AGKD-BML's: other methods keep their own steps and smoothing
+        base.update(steps=None, label_smoothing=None)
+    base.update(method=method, seed=seed, out=str(out), teacher=str(teacher) if teacher else None)
+    if not scale.preset:
+        base.update(dataset=scale.dataset, arch=scale.arch, train_limit=scale.train_limit, epochs=scale.epochs,
+                    milestones=list(scale.milestones), lr=scale.lr, batch_size=scale.batch_size)
+    cfg = TrainConfig.from_dict(base)
+    cfg.validate()
+    return cfg
+
+
+@dataclass
+class Context:
+    """One reproduce call: its scale and folder, and the shared runs (trained on first use)."""
+
+    scale_name: str
+    out: Path
+    progress: bool = True
+    device: str = ""  #: where the runs trained (set by :func:`score_timing`)
+    trained_s: float = 0.0  #: seconds this call spent training table2's runs (0 when all were finished)
+
+    @property
+    def scale(self) -> Scale:
+        return SCALES[self.scale_name]
+
+    @cached_property
+    def runs(self) -> dict[tuple[str, int], Path]:
+        """Table 2's runs by (label, seed), trained or resumed as needed."""
+        found: dict[tuple[str, int], Path] = {}
+        start = time.perf_counter()
+        for seed in self.scale.seeds:
+            um = self.run_dir("UM", seed)  # the clean model is also the AGKD teacher of its seed
+            for label, method in TABLE2:
+                self.train(label, seed, run_config(self.scale, method, seed, self.run_dir(label, seed),
+                                                   um if label in DISTILLING else None))
+                found[(label, seed)] = self.run_dir(label, seed)
+        self.trained_s = time.perf_counter() - start
+        return found
+
+    def run_dir(self, label: str, seed: int) -> Path:
+        return self.out / "runs" / f"{label}-s{seed}"
+
+    def train(self, label: str, seed: int, cfg: TrainConfig) -> None:
+        print(f"== {label} seed {seed} -> {cfg.out}")
+        train(cfg, resume=True, progress=self.progress)
+
+    @cached_property
+    def data(self) -> Dataset:
+        return load_dataset(self.scale.dataset)
+
+    @property
+    def train_images(self) -> int:
+        """How many training images the runs saw (the k-NN index of table9)."""
+        n = self.data.x_train.shape[0]
+        return n if self.scale.train_limit is None else min(n, self.scale.train_limit)
+
+    @property
+    def eps(self) -> float:
+        return self.data.spec.default_eps
+
+    def attacks(self, specs: str) -> list[Attack]:
+        return parse_attacks(specs, eps=self.eps, num_classes=self.data.spec.num_classes)
+
+    def test(self, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The first ``n`` test images (fewer when the test set is smaller), their labels, and the count."""
+        n = min(n, self.data.x_test.shape[0])
+        return self.data.x_test[:n], self.data.y_test[:n], n
+
+    def score(self, scores: Scores, label: str, seed: int, model: torch.nn.Module, n: int, attacks: list[Attack]) -> None:
+        """Add each attack's robust accuracy (%) of one model on the first ``n`` test images to ``scores``."""
+        x, y, _ = self.test(n)
+        for r in evaluate_attacks(model, x, y, attacks, seed=seed, progress=self.progress, desc=f"{label}-s{seed} "):
+            scores.setdefault(label, {}).setdefault(r.attack.name, []).append(100 * r.accuracy)
+
+
+def score_attacks(ctx: Context, runs: dict[tuple[str, int], Path], specs: str, *, aa: bool = False) -> Scores:
+    """Robust accuracy of each run under ``specs`` on ``eval_n`` images (and AutoAttack on ``aa_n``)."""
+    scores: Scores = {}
+    for (label, seed), run in runs.items():
+        model = load_model(run)[0]
+        ctx.score(scores, label, seed, model, ctx.scale.eval_n, ctx.attacks(specs))
+        if aa:
+            ctx.score(scores, label, seed, model, ctx.scale.aa_n, ctx.attacks("aa"))
+    return scores
+
+
+def score_transfer(ctx: Context) -> Scores:
+    """PGD-20 AEs crafted on the UM run of each seed (all 20 steps), scored on every other model."""
+    pgd20 = ctx.attacks("pgd-20")[0]
+    scores: Scores = {}
+    for (label, seed), run in ctx.runs.items():
+        if label == "UM":
+            continue
+        um = ctx.runs[("UM", seed)]
+        black = TransferAttack("transfer", str(um), full_length(pgd20), load_model(um)[0])
+        ctx.score(scores, label, seed, load_model(run)[0], ctx.scale.eval_n, [black, pgd20])
+    return scores
+
+
+def score_knn(ctx: Context) -> Scores:
+    """k-NN (k=50, cosine, the training images' embeddings as index) and softmax, clean and PGD-20."""
+    from agkd_bml.analysis import embed, knn_predict
+
+    data = ctx.data.limit_train(ctx.scale.train_limit, 0)
+    attack = full_length(ctx.attacks("pgd-20")[0])  # the AEs' embeddings are studied
+    x, y, _ = ctx.test(ctx.scale.eval_n)
+    scores: Scores = {}
+    for (label, seed), run in ctx.runs.items():
+        model = load_model(run)[0]
+        index = embed(model, data.x_train, data.y_train)
+        for split, emb in (("clean", embed(model, x, y)), ("pgd-20", embed(model, x, y, attack=attack, seed=seed))):
+            knn = knn_predict(index.embedding, index.labels, emb.embedding, k=50, num_classes=data.spec.num_classes)
+            cell = scores.setdefault(label, {})
+            cell.setdefault(f"knn {split}", []).append(100 * float((knn == y).float().mean()))
+            cell.setdefault(f"softmax {split}", []).append(100 * float((emb.pred == y).float().mean()))
+    return scores
+
+
+def score_timing(ctx: Context) -> Scores:
+    """Attack steps, median seconds per epoch, epochs and images/s of each run, from its ``metrics.jsonl``."""
+    from agkd_bml.analysis.timing import run_timing
+
+    scores: Scores = {}
+    for (label, _seed), run in ctx.runs.items():
+        t = run_timing(run)
+        cell = scores.setdefault(label, {})
+        for key in ("steps", "median_seconds_per_epoch", "epochs", "images_per_s"):
+            cell.setdefault(key, []).append(float(t[key]))
+        ctx.device = t["device"]
+    return scores
+
+
+#: Table 6: AGKD distilling class-relevant Grad-CAM maps or class-irrelevant maps (label -> --attention).
+TABLE6 = [("GC-orig", "gc-orig"), ("GC-false", "gc-false"), ("CAM-avg", "cam-avg"), ("AGKD", "agkd")]
+
+
+def score_attention_variants(ctx: Context) -> Scores:
+    """Train the 3 extra AGKD runs per seed (one per distilled map) and score them with table2's AGKD."""
+    runs: dict[tuple[str, int], Path] = {}
+    for label, kind in TABLE6:
+        for seed in ctx.scale.seeds:
+            if kind == "agkd":
+                runs[(label, seed)] = ctx.runs[("AGKD", seed)]
+                continue
+            run = ctx.out / "runs" / f"AGKD-{label}-s{seed}"
+            cfg = run_config(ctx.scale, "agkd", seed, run, ctx.runs[("UM", seed)]).with_params(attention=kind)
+            ctx.train(f"AGKD with {label} maps", seed, cfg)
+            runs[(label, seed)] = run
+    return score_attacks(ctx, runs, "clean,pgd-20")

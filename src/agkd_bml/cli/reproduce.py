@@ -1,0 +1,243 @@
+"""``agkd-bml reproduce TARGET --scale small|paper|tiny``: train what a paper table needs, evaluate, compare.
+
+Each table is data: the scorer that trains (or reuses) its runs and measures them, its columns, the
+paper's numbers and its footnote. One renderer writes them all as ``OUT/TARGET.md``. The figures call the
+analysis commands as a user would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agkd_bml.attacks import fmt_eps
+from agkd_bml.cli.analysis import attention, tsne
+from agkd_bml.cli.options import add_progress, command_handler
+from agkd_bml.cli.recipes import (
+    SCALES,
+    TABLE2,
+    TABLE6,
+    Context,
+    Scores,
+    score_attacks,
+    score_attention_variants,
+    score_knn,
+    score_timing,
+    score_transfer,
+)
+from agkd_bml.errors import UserError, unknown_choice
+from agkd_bml.evaluate import EvalOptions, accuracy_curves, write_curves
+from agkd_bml.fileio import write_text
+from agkd_bml.models.checkpoint import load_model
+
+Row = dict[str, list[float]]  #: one model's scores: column key -> value per seed
+
+
+def mean_sd(values: list[float]) -> str:
+    """One seed as is; several as mean ± sample standard deviation."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of our numbers: its header and how a model's row becomes its cell."""
+
+    header: str
+    cell: Callable[[str, Row], str]  #: (model label, its scores) -> cell text
+
+
+def acc(key: str, header: str | None = None) -> Column:
+    """Accuracy under one attack (or score key), mean ± sd over seeds."""
+    return Column(header or key, lambda _label, row: mean_sd(row[key]))
+
+
+def pair(first: str, second: str, header: str) -> Column:
+    return Column(header, lambda _label, row: f"{mean_sd(row[first])} / {mean_sd(row[second])}")
+
+
+def fixed(values: dict[str, tuple[float | str, ...]], fmt: str = ".2f") -> dict[str, tuple[str, ...]]:
+    """The paper's numbers of a table as cell texts."""
+    return {label: tuple(v if isinstance(v, str) else format(v, fmt) for v in row) for label, row in values.items()}
+
+
+@dataclass(frozen=True)
+class Table:
+    """One reproduce target that is a table."""
+
+    score: Callable[[Context], Scores]
+    columns: tuple[Column, ...]
+    paper_headers: tuple[str, ...]
+    paper: dict[str, tuple[str, ...]]  #: model label -> the paper's cells ("-" where it has none)
+    note: Callable[[Context], str]  #: the footnote: scale, images, attacks, what the rows are
+    rows: tuple[str, ...] = ()  #: row order (default: as scored)
+    first: str = "model"
+
+    def render(self, ctx: Context) -> str:
+        scores = self.score(ctx)
+        blank = ("-",) * len(self.paper_headers)
+        headers = (self.first, *(c.header for c in self.columns), *self.paper_headers)
+        lines = ["| " + " | ".join(headers) + " |", "|---" * len(headers) + "|"]
+        for label in self.rows or tuple(scores):
+            cells = (label, *(c.cell(label, scores[label]) for c in self.columns), *self.paper.get(label, blank))
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join([*lines, "", self.note(ctx)])
+
+
+def _describe(ctx: Context, specs: str) -> str:
+    return "\n".join(f"- {a.describe()}" for a in ctx.attacks(specs))
+
+
+def _seeds(ctx: Context) -> str:
+    return f"Scale `{ctx.scale_name}`, seeds {list(ctx.scale.seeds)}"
+
+
+TABLE1_ATTACKS = "clean,fgsm,bim-7,pgd-20,pgd-100,cw-20,cw-100"
+TABLE1_MODELS = ("UM", "AT", "SML", "AGKD-BML")
+_T1 = TABLE1_ATTACKS.split(",")
+
+TABLES: dict[str, Table] = {
+    "table1": Table(
+        score=lambda ctx: score_attacks(ctx, {k: v for k, v in ctx.runs.items() if k[0] in TABLE1_MODELS}, TABLE1_ATTACKS),
+        columns=tuple(acc(k) for k in _T1), paper_headers=("paper: " + " / ".join([*_T1, "aa"]),),
+        paper={k: (" / ".join(f"{v:g}" for v in row),) for k, row in {
+            "UM": (95.99, 31.39, 0.38, 0, 0, 0, 0, 0), "AT": (86.19, 62.42, 54.99, 45.57, 45.22, 46.26, 46.05, 44.04),
+            "SML": (86.21, 58.88, 52.60, 51.59, 46.62, 48.05, 47.39, 47.41),
+            "AGKD-BML": (91.99, 76.69, 73.81, 71.02, 70.72, 63.67, 62.55, 37.07)}.items()},
+        note=lambda ctx: (f"{_seeds(ctx)} (mean ± standard deviation); robust accuracy (%) on the first "
+                          f"{ctx.test(ctx.scale.eval_n)[2]} test images. AutoAttack is in `table2.md`.\n\n"
+                          + _describe(ctx, TABLE1_ATTACKS)),
+    ),
+    "table2": Table(
+        score=lambda ctx: score_attacks(ctx, ctx.runs, "clean,fgsm,pgd-20,cw-20", aa=True),
+        columns=(acc("clean"), acc("fgsm", "FGSM"), acc("pgd-20", "PGD-20"), acc("cw-20", "CW-20"), acc("aa", "AA")),
+        paper_headers=("paper FGSM", "paper PGD-20", "paper CW-20"),
+        paper=fixed({"UM": (31.39, 0.0, 0.0), "AT": (62.42, 45.57, 46.26), "SML": (58.88, 51.59, 48.05),
+                     "BML": (71.08, 60.51, 56.53), "AGKD": (75.57, 65.93, 60.71), "AGKD-BML": (76.69, 71.02, 63.67)}),
+        rows=tuple(label for label, _ in TABLE2),
+        note=lambda ctx: (
+            f"Scale `{ctx.scale_name}`: {ctx.scale.arch} on {ctx.scale.dataset} ({ctx.scale.train_limit or 'all'} "
+            f"training images), {ctx.scale.epochs} epochs, seeds {list(ctx.scale.seeds)} (mean ± standard deviation). "
+            f"Robust accuracy (%) on the first {ctx.scale.eval_n} test images (AutoAttack: first {ctx.scale.aa_n}); "
+            f"L-inf eps {fmt_eps(ctx.eps)}. FGSM: one step of eps; PGD-20 / CW-20: 20 steps of eps/4 from a random "
+            "start, 1 restart; AA: standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square-5000). Each method trains "
+            "with its paper attack steps (AT and SML 7, BML, AGKD and AGKD-BML 2). The AGKD teacher is the UM run "
+            f"of the same seed. Training took {ctx.trained_s / 60:.1f} min here (0 when all runs were already finished)."),
+    ),
+    "table3": Table(
+        score=score_transfer,
+        columns=(acc("transfer", "black-box (PGD-20 from UM)"), acc("pgd-20", "white-box PGD-20")),
+        paper_headers=("paper black-box",), paper=fixed({"AT": (85.4,), "SML": (86.4,), "AGKD-BML": (90.75,)}),
+        note=lambda ctx: (f"{_seeds(ctx)}; first {ctx.test(ctx.scale.eval_n)[2]} test images. Black-box AEs: PGD-20 "
+                          "run for all 20 steps on the UM (natural) model of the same seed, as the paper's Table 3 "
+                          f"does with natural models. White-box: {ctx.attacks('pgd-20')[0].describe()}."),
+    ),
+    "table6": Table(
+        score=score_attention_variants, first="distilled map",
+        columns=(Column("kind", lambda label, _row: "class-relevant" if label.startswith("GC") else "class-irrelevant"),
+                 acc("clean"), acc("pgd-20", "PGD-20")),
+        paper_headers=("paper PGD-20",),
+        paper=fixed({"GC-orig": (59.06,), "GC-false": (58.86,), "CAM-avg": (66.55,), "AGKD": (65.93,)}),
+        rows=tuple(label for label, _ in TABLE6),
+        note=lambda ctx: (f"{_seeds(ctx)}; AGKD without metric learning, 2-step training attacks, the UM run of the "
+                          f"same seed as teacher; first {ctx.test(ctx.scale.eval_n)[2]} test images; "
+                          f"{ctx.attacks('pgd-20')[0].describe()}. GC-orig / GC-false: Grad-CAM of the true class / "
+                          "of the class the AE is attacked towards."),
+    ),
+    "table7": Table(
+        score=score_timing,
+        columns=(Column("attack steps", lambda _l, r: f"{r['steps'][0]:.0f}"),
+                 Column("median s/epoch (seeds)", lambda _l, r: " / ".join(f"{v:.1f}" for v in r["median_seconds_per_epoch"])),
+                 Column("epochs", lambda _l, r: f"{r['epochs'][0]:.0f}"),
+                 Column("images/s", lambda _l, r: f"{statistics.mean(r['images_per_s']):.0f}")),
+        paper_headers=("paper s/epoch (V100)", "paper epochs"),
+        paper=fixed({"AT": (502, 200), "SML": (2234, 55), "AGKD-BML": (528, 200)}, "d"),
+        rows=tuple(label for label, _ in TABLE2),
+        note=lambda ctx: (f"Scale `{ctx.scale_name}` ({ctx.scale.arch}, {ctx.scale.train_limit or 'all'} training "
+                          f"images, batch {ctx.scale.batch_size}) on {ctx.device}. The median over epochs ignores an "
+                          "epoch slowed by other work on the machine. The paper trains WRN-28-10 on 50,000 images on "
+                          "one V100: compare the ratios between methods, not the seconds."),
+    ),
+    "table9": Table(
+        score=score_knn,
+        columns=(pair("knn clean", "softmax clean", "clean k-NN / softmax"),
+                 pair("knn pgd-20", "softmax pgd-20", "PGD-20 k-NN / softmax")),
+        paper_headers=("paper clean", "paper PGD-20"),
+        paper={"AT": ("87.1 / 86.2", "47.5 / 45.6"), "SML": ("86.3 / 86.2", "51.7 / 51.6"),
+               "AGKD-BML": ("91.9 / 92.0", "71.1 / 71.0")},
+        note=lambda ctx: (f"{_seeds(ctx)}; accuracy (%) on the first {ctx.test(ctx.scale.eval_n)[2]} test images, "
+                          f"attacked or not; k=50, cosine, index = the {ctx.train_images} training images' embeddings; "
+                          "AEs: PGD-20 run for all 20 steps."),
+    ),
+}
+
+
+def figure3(ctx: Context) -> str:
+    """t-SNE of clean embeddings and of cat / ship AEs for UM, AT and AGKD-BML (``figure3/tsne.png``)."""
+    seed = ctx.scale.seeds[0]
+    section = tsne([str(ctx.runs[(m, seed)]) for m in ("UM", "AT", "AGKD-BML")], classes="3,8",
+                   out=str(ctx.out / "figure3"), options=EvalOptions(seed=seed, progress=ctx.progress))
+    return section.replace("](", "](figure3/", 1)
+
+
+def figure4(ctx: Context) -> str:
+    """Attention maps of AEs against the teacher's (``figure4/attention.png``) and Grad-CAM (Figure 1)."""
+    seed = ctx.scale.seeds[0]
+    section = attention([str(ctx.runs[(m, seed)]) for m in ("UM", "AT", "AGKD-BML")], images=6,
+                        teacher=str(ctx.runs[("UM", seed)]), out=str(ctx.out / "figure4"),
+                        options=EvalOptions(seed=seed, progress=ctx.progress))
+    return section.replace("](", "](figure4/")
+
+
+def figure5(ctx: Context) -> str:
+    """Accuracy vs PGD steps and vs eps for UM, AT and AGKD-BML of the first seed (``figure5.png``)."""
+    seed = ctx.scale.seeds[0]
+    x, y, n = ctx.test(ctx.scale.aa_n)
+    curves = {label: accuracy_curves(load_model(ctx.runs[(label, seed)])[0], x, y, eps=ctx.eps, seed=seed,
+                                     progress=ctx.progress, desc=f"{label} ")
+              for label in ("UM", "AT", "AGKD-BML")}
+    files = write_curves(curves, ctx.out, stem="figure5")
+    return (f"![Figure 5]({files[1].name})\n\nSeed {seed}, first {n} test images; data in `{files[0].name}`. "
+            "The paper's Figure 5 compares AGKD-BML, FS and AT on WRN-28-10.")
+
+
+FIGURES: dict[str, Callable[[Context], str]] = {"figure3": figure3, "figure4": figure4, "figure5": figure5}
+TARGETS = (*TABLES, *FIGURES)
+
+
+def reproduce(target: str, *, scale: str = "small", out: str = "reproduce", yes: bool = False, progress: bool = True) -> str:
+    """``agkd-bml reproduce``: build one target, write ``OUT/TARGET.md`` and return its text."""
+    if target not in TARGETS:
+        raise unknown_choice("reproduction target", target, TARGETS)
+    if scale not in SCALES:
+        raise unknown_choice("scale", scale, SCALES)
+    if scale == "paper" and not yes:
+        raise UserError("--scale paper trains WRN-28-10 for 200 epochs per run (days on one GPU); add --yes to start")
+    ctx = Context(scale, Path(out), progress)
+    text = TABLES[target].render(ctx) if target in TABLES else FIGURES[target](ctx)
+    write_text(ctx.out / f"{target}.md", text + "\n")
+    print(text)
+    print(f"wrote {ctx.out / (target + '.md')}")
+    return text
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    rp = sub.add_parser("reproduce", help="train, evaluate and compare with the paper, one table per command",
+                        description="Train what a paper table needs (reusing finished runs in OUT/runs, resuming "
+                        "unfinished ones), evaluate, and write OUT/TARGET.md with the paper's numbers beside ours. "
+                        "Targets: table1 (white-box attacks), table2 (ablation with AutoAttack), table3 (black-box), "
+                        "table6 (attention variants; trains 3 more AGKD runs per seed), table7 (training time), table9 "
+                        "(k-NN), figure3 (t-SNE), figure4 (attention maps, Grad-CAM), figure5 (accuracy curves); all "
+                        "share table2's runs. Scales: small (2 CPU cores, about an hour of training for "
+                        "table2, on npz:../shared/data/cifar10.npz), paper (WRN-28-10, 200 epochs; GPUs), tiny "
+                        "(a one-minute smoke test of the recipe on digits).")
+    rp.add_argument("target", help=", ".join(TARGETS))
+    rp.add_argument("--scale", default="small", help="small, paper or tiny (default: small)")
+    rp.add_argument("--out", default="reproduce", help="folder for the runs and the tables (default: ./reproduce)")
+    rp.add_argument("--yes", action="store_true", help="confirm a --scale paper run")
+    add_progress(rp)
+    rp.set_defaults(handler=command_handler(reproduce))

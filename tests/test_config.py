@@ -1,0 +1,94 @@
+"""The training configuration: presets, YAML files, the methods' own hyper-parameters, the environment."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import small_config
+
+from agkd_bml.cli import main
+from agkd_bml.config import TrainConfig
+from agkd_bml.errors import UserError
+from agkd_bml.methods import METHODS, PARAMS
+from agkd_bml.train import load_checkpoint, resolve, train
+
+
+def test_presets_resolve_to_the_paper_hyper_parameters():
+    from agkd_bml.train import resolve
+
+    p = resolve("paper-cifar10-7step")
+    assert (p.arch, p.steps, p.milestones, p.epochs, p.lr, p.label_smoothing) == ("wrn-28-10", 7, [150], 155, 0.1, 0.5)
+    r = resolve("released-code-10step")
+    assert r.params["mart"] and r.init_from_teacher and r.steps == 10
+    s = resolve("paper-svhn", overrides={"epochs": 3})
+    assert (s.dataset, s.lr, s.milestones, s.epochs) == ("svhn", 0.01, [60, 90], 3)
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "1"), ("0", "0")])
+def test_huge_pages_for_cpu_tensors_by_default_and_the_user_can_opt_out(preset, expected):
+    """The package turns on PyTorch's THP allocation unless the environment already says otherwise."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if preset is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = preset
+    code = "import os, agkd_bml, torch; torch.zeros(1 << 20); print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == expected
+
+
+def test_hyper_parameters_are_declared_by_the_methods_and_offered_as_options(capsys):
+    """Every declared hyper-parameter is a train option whose help names the methods that read it."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for name in PARAMS:
+        assert "--" + name.replace("_", "-") in text
+    assert "pgd-at 7" in text  # the per-method step defaults come from the registry
+    assert {p.name for p in METHODS["trades"].params} == {"beta"}
+    assert {p.name for p in METHODS["pgd-at"].params} == set()
+
+
+def test_a_hyper_parameter_reaches_the_method_and_config_yaml_stays_flat(tmp_path):
+    cfg = resolve(overrides={"method": "trades", "beta": 3.0, "dataset": "digits", "out": str(tmp_path / "t")})
+    assert cfg.params["beta"] == 3.0 and cfg.to_dict()["beta"] == 3.0 and "params" not in cfg.to_dict()
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # the flat form round-trips
+    run = tmp_path / "run"
+    train(small_config(tmp_path, method="trades", beta=1.5, steps=1, out=str(run)), progress=False, log=lambda _m: None)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["beta"] == 1.5 and saved["margin"] == 0.03  # every declared parameter is recorded
+    assert load_checkpoint(run).config["beta"] == 1.5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"method": "pgd-at", "beta": 3.0}, "only applies to the methods that use it (trades, mart"),
+        ({"method": "bml", "attention": "gc-orig"}, "only applies"),
+        ({"method": "agkd", "attention": "nope"}, "unknown --attention value"),
+    ],
+)
+def test_a_hyper_parameter_the_method_does_not_read_is_refused(overrides, needle):
+    with pytest.raises(UserError, match=needle.replace("(", r"\(")):
+        resolve(overrides=overrides)
+
+
+def test_resume_refuses_a_changed_hyper_parameter(tmp_path):
+    cfg = small_config(tmp_path, method="trades", steps=1)
+    train(cfg, progress=False, log=lambda _m: None)
+    with pytest.raises(UserError, match=r"beta: 6.0 -> 2.0"):
+        train(cfg.with_params(beta=2.0), resume=True, progress=False, log=lambda _m: None)
+
+
+def test_a_yaml_file_may_set_a_hyper_parameter_and_misspelt_keys_are_refused(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("method: sml\nmargin: 0.1\n")
+    assert resolve(config_file=str(good)).params["margin"] == 0.1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: sml\nmargn: 0.1\n")
+    with pytest.raises(UserError, match="unknown config key"):
+        resolve(config_file=str(bad))
