@@ -170,3 +170,36 @@ def test_transfer_runs_all_its_steps_on_the_source(model):
     assert attack.inner.steps == 20 and not attack.inner.early_stop
     assert not full_length(parse_attacks("pgd-20", eps=8 / 255)[0]).early_stop
     assert parse_attacks("pgd-20", eps=8 / 255)[0].early_stop  # white-box evaluation does stop per image
+
+
+def test_cw_loss_has_a_gradient_where_the_true_class_leads_by_65_and_clips_past_the_boundary_only():
+    """The CW margin clips at 50 past the decision boundary (as the authors' code), never before it."""
+    from agkd_bml.attacks import cw_margin
+
+    logits = torch.tensor([[65.0, 0.0, -3.0], [0.0, 60.0, 1.0]], requires_grad=True)
+    labels = torch.tensor([0, 0])
+    cw_margin(logits, labels).sum().backward()
+    assert logits.grad[0].abs().sum() > 0  # true class ahead by 65: the attack still has a direction
+    assert logits.grad[1].abs().sum() == 0  # another class ahead by 60 > 50: done
+    logits.grad = None
+    targets = torch.tensor([1, 1])  # targeted: descend, clipped once the target leads by 50
+    cw_margin(logits, targets, targeted=True).sum().backward()
+    assert logits.grad[0].abs().sum() > 0  # target behind by 65
+    assert logits.grad[1].abs().sum() == 0  # target ahead by 59
+
+
+def test_cw_pgd_moves_an_image_whose_true_class_leads_by_more_than_the_margin(teacher_run, digits):
+    """Scaled so the true class leads by > 50: CW-PGD must still change the image (it did not, clipped)."""
+    from agkd_bml.train import load_model
+
+    model, _ = load_model(teacher_run)
+    x = to_float(digits.x_test[:64])
+    with torch.no_grad():
+        model.fc.weight.mul_(100.0)  # a trained model with 100x its logits
+        model.fc.bias.mul_(100.0)
+        top = model(x).logits.topk(2, 1)
+    far = (top.values[:, 0] - top.values[:, 1]) > 50
+    assert far.sum() >= 8
+    x, y = x[far], top.indices[far, 0]  # labelled as predicted: the true class leads by more than 50
+    adv = pgd(model, x, y, eps=0.1, step_size=0.025, steps=1, random_start=False, loss="cw")
+    assert (adv - x).abs().flatten(1).amax(1).min() > 0

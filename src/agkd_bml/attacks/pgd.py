@@ -17,7 +17,7 @@ from torch import nn
 
 from agkd_bml.attacks.base import Attack, fmt_eps
 from agkd_bml.attacks.norms import LINF, Norm
-from agkd_bml.attacks.ops import LOSSES, LossFn, most_confusing_class
+from agkd_bml.attacks.ops import LOSSES, TARGETED_LOSSES, LossFn, most_confusing_class
 from agkd_bml.models.base import unwrap
 from agkd_bml.models.modes import eval_mode
 
@@ -55,7 +55,7 @@ def pgd(
         raise ValueError("stop_when_fooled needs the true labels (an untargeted attack)")
     if eps < 0 or steps < 0:
         raise ValueError(f"eps and steps must be non-negative; got eps={eps}, steps={steps}")
-    loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
+    loss_fn = (TARGETED_LOSSES if targeted else LOSSES)[loss] if isinstance(loss, str) else loss
     model = unwrap(model)
     x = x.detach()
     if init is not None:
