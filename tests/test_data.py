@@ -118,3 +118,14 @@ def test_shared_cifar10_loads_with_canonical_statistics(cifar_path):
     assert ds.y_test[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
     assert np.allclose(ds.spec.mean, [0.49139968, 0.48215841, 0.44653091], atol=1e-4)
     assert ds.spec.class_names[4] == "deer" and ds.spec.augment == Augment(crop_padding=4, flip=True)
+
+
+def test_hold_out_is_class_balanced_disjoint_and_fixed(digits):
+    rest, x, y = digits.hold_out(105, seed=0)
+    assert x.shape[0] == 105 and rest.x_train.shape[0] == digits.x_train.shape[0] - 105
+    counts = torch.bincount(y, minlength=10)
+    assert counts.max() - counts.min() <= 1
+    flat = {bytes(img.numpy().tobytes()) for img in rest.x_train}
+    assert sum(bytes(img.numpy().tobytes()) in flat for img in x) <= 2  # digits has a few duplicate images
+    again = digits.hold_out(105, seed=0)[1]
+    assert torch.equal(x, again) and not torch.equal(x, digits.hold_out(105, seed=1)[1])

@@ -25,7 +25,7 @@ from agkd_bml.train import TrainingDiverged, load_checkpoint, train
 
 TRAIN = ["train", "--method", "pgd-at", "--steps", "2", "--dataset", "digits", "--arch", "small-cnn",
          "--batch-size", "64", "--lr", "0.05", "--val-n", "32", "--val-steps", "1", "--deterministic",
-         "--threads", "1", "--no-progress"]
+         "--threads", "1", "--val-split", "100", "--ema", "0.9", "--no-progress"]
 
 
 def _train_cmd(out: Path, epochs: int, *extra: str) -> list[str]:
@@ -65,10 +65,16 @@ KILL_POINTS = {
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> dict:
+def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "run"
     subprocess.run(_train_cmd(out, 3), check=True, capture_output=True, timeout=600)
-    return load_checkpoint(out)
+    ckpt = load_checkpoint(out)
+    ckpt.metrics["run_dir"] = str(out)
+    return ckpt
+
+
+def uninterrupted_dir(ckpt) -> Path:
+    return Path(ckpt.metrics["run_dir"])
 
 
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))
@@ -83,6 +89,13 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted, point):
     assert final.epoch == 3
     for k, v in uninterrupted.model.items():
         assert torch.equal(v, final.model[k]), f"{point}: {k} differs"
+    # the moving average and the held-out selection resume exactly too
+    assert final.ema["updates"] == uninterrupted.ema["updates"] and final.best == uninterrupted.best
+    for k, v in uninterrupted.ema["weights"].items():
+        assert torch.equal(v, final.ema["weights"][k]), f"{point}: EMA {k} differs"
+    best, straight_best = load_checkpoint(out / "best.pt"), load_checkpoint(uninterrupted_dir(uninterrupted) / "best.pt")
+    assert best.epoch == straight_best.epoch == final.best["epoch"]
+    assert all(torch.equal(v, best.model[k]) for k, v in straight_best.model.items())
     assert not list(out.glob(".*.tmp"))
     assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 

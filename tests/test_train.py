@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -87,3 +89,40 @@ def test_quickstart_students_are_robust_where_the_standard_model_is_not(tmp_path
     assert pgd20["agkd-bml"] >= pgd20["teacher"] + 0.20
     assert pgd20["pgd-at"] >= pgd20["teacher"] + 0.20
     assert rows["agkd-bml"][0].accuracy > 0.8  # clean accuracy kept
+
+
+def test_val_split_keeps_best_and_ema_weights_that_eval_can_pick(tmp_path, capsys):
+    """best.pt holds the epoch of the best held-out PGD accuracy; EMA weights follow the warm-up formula."""
+    from agkd_bml.cli import main
+    from agkd_bml.train.ema import Ema
+
+    cfg = small_config(tmp_path, method="pgd-at", steps=1, epochs=3, val_split=100, ema=0.9)
+    train(cfg, **QUIET)
+    lines = [json.loads(line) for line in (tmp_path / "pgd-at" / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["val_source"] == "held-out training images" and m["val_n"] == 100 for m in lines)
+    assert all("ema_val_pgd" in m for m in lines)
+    best_epoch = max(lines, key=lambda m: (m["val_pgd"], -m["epoch"]))["epoch"]
+    assert load_checkpoint(tmp_path / "pgd-at" / "best.pt").epoch == best_epoch == lines[-1]["best_epoch"]
+    for weights in ("best", "ema"):
+        assert main(["eval", str(tmp_path / "pgd-at"), "--weights", weights, "--attacks", "clean", "--n", "16",
+                     "--no-progress"]) == 0
+        out = capsys.readouterr().out
+        assert f"pgd-at ({weights}, epoch" in out and "Weights: each run's" in out
+    model = build_model("small-cnn", load_model(tmp_path / "pgd-at")[1].data)
+    ema = Ema(model, 0.9)
+    before = {k: v.clone() for k, v in ema.weights.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)  # first update: decay min(0.9, 2/11)
+    k = next(k for k in before if k.endswith("weight"))
+    assert torch.allclose(ema.weights[k], before[k] + (1 - 2 / 11))
+
+
+def test_eval_of_missing_best_or_ema_weights_is_one_line(tmp_path, teacher_run):
+    r = subprocess.run([sys.executable, "-m", "agkd_bml", "eval", teacher_run, "--weights", "best", "--n", "8"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--val-split" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([sys.executable, "-m", "agkd_bml", "eval", teacher_run, "--weights", "ema", "--n", "8"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--ema" in r.stderr

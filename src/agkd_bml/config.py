@@ -45,7 +45,11 @@ class TrainConfig:
     step_size: float | None = _opt(None, "attack step size (default eps/4, i.e. 2/255 at eps 8/255)")
     steps: int | None = _opt(None, "attack steps", per_method="default_steps")
     label_smoothing: float | None = _opt(None, "Feature-Scattering label smoothing", per_method="default_smoothing")
-    val_n: int = _opt(500, "test images used for the per-epoch clean / PGD accuracy")
+    val_n: int = _opt(500, "without --val-split: the first N test images give the per-epoch clean / PGD accuracy (a trace only: the test set never selects weights)")
+    val_split: int = _opt(0, "hold out N training images (a fixed, class-balanced draw) for the per-epoch clean / PGD "
+                          "accuracy, and keep the weights best on them as best.pt; 0: no hold-out, no best.pt")
+    ema: float = _opt(0.0, "also keep an exponential moving average of the weights and BN statistics with this "
+                      "decay (e.g. 0.999, warm-up min(decay, (1+t)/(10+t))), saved in each checkpoint; 0: off")
     val_steps: int = _opt(10, "PGD steps of the per-epoch robust accuracy")
     seed: int = _opt(0, "random seed (data order, augmentation, attack starts, backward samples)")
     deterministic: bool = _opt(False, "deterministic kernels: a resumed run ends bit-identical to an uninterrupted one")
@@ -78,8 +82,10 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be positive; got {v}")
         if self.skip_nonfinite < 0:
             raise UserError(f"--skip-nonfinite must be >= 0; got {self.skip_nonfinite}")
-        if self.val_n < 0:
-            raise UserError(f"--val-n must be >= 0; got {self.val_n}")
+        if self.val_n < 0 or self.val_split < 0:
+            raise UserError(f"--val-n and --val-split must be >= 0; got {self.val_n} and {self.val_split}")
+        if not 0 <= self.ema < 1:
+            raise UserError(f"--ema is a decay in [0, 1) (e.g. 0.999; 0 turns it off); got {self.ema}")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive; got {self.lr}")
         for name in ("eps", "step_size"):

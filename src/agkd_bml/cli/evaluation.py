@@ -49,9 +49,9 @@ def evaluate_checkpoints(
         rows[label] = evaluate_attacks(model, x, y, parsed, batch_size=options.batch_size, device=loader.device,
                                        seed=options.seed, progress=options.progress, desc=f"{label} ")
         print(f"{label}: evaluated in {time.perf_counter() - start:.1f}s on {loader.device}")
-    print(format_table(rows))
+    print(format_table(rows, options.weights))
     if out:
-        for f in write_tables(rows, out):
+        for f in write_tables(rows, out, weights=options.weights):
             print(f"wrote {f}")
     return rows
 

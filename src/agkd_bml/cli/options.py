@@ -16,6 +16,7 @@ from fractions import Fraction
 from typing import Any, NoReturn
 
 from agkd_bml.evaluate import EvalOptions
+from agkd_bml.models.checkpoint import WEIGHTS
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,6 +49,10 @@ def add_eval_options(p: argparse.ArgumentParser, n: int | None = None, *, data: 
         p.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the checkpoint's")
         p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--weights", default="last", choices=WEIGHTS,
+                   help="which weights of each run: last (last.pt), best (best.pt: best held-out PGD accuracy, "
+                   "runs trained with --val-split) or ema (the moving average of runs trained with --ema); "
+                   "default: last")
     add_progress(p)
 
 

@@ -70,6 +70,28 @@ class Dataset:
         idx = torch.randperm(self.x_train.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
         return Dataset(self.spec, self.x_train[idx], self.y_train[idx], self.x_test, self.y_test)
 
+    def hold_out(self, n: int, seed: int = 0) -> tuple[Dataset, torch.Tensor, torch.Tensor]:
+        """(the rest, held-out images, their labels): ``n`` training images, as many of each class as can be.
+
+        Model selection (best checkpoint, early stopping) must never look at the test set; these images
+        take its place. The draw depends on ``seed`` only, so runs of one dataset share their held-out set.
+        """
+        counts = torch.bincount(self.y_train, minlength=self.spec.num_classes)
+        if not 0 < n < self.x_train.shape[0]:
+            raise UserError(f"--val-split must be between 1 and {self.x_train.shape[0] - 1} (the training images); got {n}")
+        gen = torch.Generator().manual_seed(seed)
+        per_class = [(self.y_train == c).nonzero().squeeze(1) for c in range(self.spec.num_classes)]
+        per_class = [idx[torch.randperm(idx.numel(), generator=gen)] for idx in per_class]
+        k = self.spec.num_classes
+        take = [min(n // k + (c < n % k), int(counts[c])) for c in range(k)]  # balanced; a small class gives all
+        if sum(take) < n:
+            raise UserError(f"--val-split {n}: the smallest classes have too few training images for a balanced split")
+        held = torch.cat([idx[:k] for idx, k in zip(per_class, take, strict=True)]).sort().values
+        keep = torch.ones(self.x_train.shape[0], dtype=torch.bool)
+        keep[held] = False
+        rest = Dataset(self.spec, self.x_train[keep], self.y_train[keep], self.x_test, self.y_test)
+        return rest, self.x_train[held], self.y_train[held]
+
 
 def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 NCHW images in [0, 1], in chunks to bound memory."""

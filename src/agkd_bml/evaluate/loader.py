@@ -31,6 +31,7 @@ class EvalOptions:
     data_dir: str | None = None
     device: str = "auto"
     progress: bool = True
+    weights: str = "last"  #: of each run: ``last``, ``best`` (best.pt, held-out PGD) or ``ema``
 
 
 def require_positive(**values: float | None) -> None:
@@ -73,7 +74,7 @@ class ModelLoader:
 
     def model(self, path: str) -> tuple[str, Classifier, Dataset, torch.Tensor, torch.Tensor]:
         """(row label, model, dataset, first ``n`` test images, their labels) of a checkpoint."""
-        model, ckpt = load_model(path, self.device)
+        model, ckpt = load_model(path, self.device, self.options.weights)
         saved = self.configs[path] = ckpt.config
         name = self.options.dataset or saved["dataset"]
         if name not in self.datasets:
@@ -83,7 +84,10 @@ class ModelLoader:
         check_compatible(path, ckpt.data, data.spec)
         total = data.x_test.shape[0]
         n = total if self.options.n is None else min(self.options.n, total)
-        return _label(path, self.taken), model, data, data.x_test[:n], data.y_test[:n]
+        label = _label(path, self.taken)
+        if self.options.weights != "last":  # the row says which weights it is (best: of which epoch)
+            label += f" ({self.options.weights}, epoch {ckpt.epoch})"
+        return label, model, data, data.x_test[:n], data.y_test[:n]
 
     def source(self, path: str) -> Classifier:
         """A transfer source model, loaded once."""

@@ -29,8 +29,19 @@ def _cell(r: AttackResult) -> str:
     return f"{100 * r.accuracy:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def format_table(rows: dict[str, list[AttackResult]]) -> str:
-    """A Markdown table of accuracies (%), with a footnote line per attack giving its settings."""
+#: How a table names the weights it evaluated (``--weights``).
+WEIGHTS_NOTE = {
+    "last": "each run's last epoch (last.pt)",
+    "best": "each run's best epoch by PGD accuracy on its held-out training images (best.pt, --val-split)",
+    "ema": "each run's exponential moving average of the weights (--ema), at its last epoch",
+}
+
+
+def format_table(rows: dict[str, list[AttackResult]], weights: str | None = None) -> str:
+    """A Markdown table of accuracies (%), with a footnote line per attack giving its settings.
+
+    ``weights`` (last, best, ema) adds a line saying which weights of the runs were evaluated.
+    """
     first = next(iter(rows.values()))
     header = [r.attack.name for r in first] + (["worst-case"] if len(first) > 1 else [])
     lines = ["| model | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
@@ -44,40 +55,44 @@ def format_table(rows: dict[str, list[AttackResult]]) -> str:
         f"Robust accuracy (%) on the first n={first[0].n} test images, seed {first[0].seed}, L-inf eps "
         f"{fmt_eps(first[0].attack.eps)}; a point counts only if it is right clean and attacked; worst-case: "
         "right under every attack. [low, high]: 95% Wilson interval."
+        + (f" Weights: {WEIGHTS_NOTE[weights]}." if weights else "")
     )
     lines += [f"- {r.attack.describe()}" for r in first]
     return "\n".join(lines)
 
 
-def records(rows: dict[str, list[AttackResult]]) -> list[dict]:
+def records(rows: dict[str, list[AttackResult]], weights: str | None = None) -> list[dict]:
     """One flat record per (model, attack) with every setting and the 95% Wilson interval."""
     out = []
+    extra = {"weights": weights} if weights else {}
     for name, results in rows.items():
         for r in results:
             lo, hi = r.wilson()
             out.append({
                 "model": name, "attack": r.attack.name, "accuracy": r.accuracy, "ci95_low": lo, "ci95_high": hi,
-                "n": r.n, "seed": r.seed, "eps": r.attack.eps, "settings": r.attack.settings(),
+                "n": r.n, "seed": r.seed, "eps": r.attack.eps, "settings": r.attack.settings(), **extra,
             })
         if len(results) > 1:
             wc = combined(results)
             lo, hi = wc.wilson()
             out.append({"model": name, "attack": "worst-case", "accuracy": wc.accuracy, "ci95_low": lo,
                         "ci95_high": hi, "n": wc.n, "seed": wc.seed, "eps": wc.attack.eps,
-                        "settings": {"attacks": [r.attack.name for r in results]}})
+                        "settings": {"attacks": [r.attack.name for r in results]}, **extra})
     return out
 
 
-def write_tables(rows: dict[str, list[AttackResult]], out_dir: str | Path, stem: str = "eval") -> list[Path]:
+def write_tables(
+    rows: dict[str, list[AttackResult]], out_dir: str | Path, stem: str = "eval", weights: str | None = None
+) -> list[Path]:
     """Write the table as Markdown, CSV and JSON (atomically) into ``out_dir``."""
     out = Path(out_dir)
-    recs = records(rows)
+    recs = records(rows, weights)
     buf = io.StringIO()
     keys = list(dict.fromkeys(k for r in recs for k in r))
     writer = csv.DictWriter(buf, fieldnames=keys)
     writer.writeheader()
     writer.writerows({**r, "settings": json.dumps(r["settings"], sort_keys=True)} for r in recs)
-    files = {f"{stem}.md": format_table(rows) + "\n", f"{stem}.csv": buf.getvalue(), f"{stem}.json": json.dumps(recs, indent=2) + "\n"}
+    files = {f"{stem}.md": format_table(rows, weights) + "\n", f"{stem}.csv": buf.getvalue(), f"{stem}.json": json.dumps(recs, indent=2) + "\n"}
     for name, text in files.items():
         write_text(out / name, text)
     return [out / n for n in files]

@@ -25,7 +25,9 @@ from agkd_bml.fileio import atomic_write
 from agkd_bml.models import Classifier, build_model
 
 FORMAT = "agkd-bml/1"
-LAST, PREV = "last.pt", "prev.pt"
+LAST, PREV, BEST = "last.pt", "prev.pt", "best.pt"
+#: Which weights of a run to use: the last epoch's, the best on held-out data (``--val-split``), or the EMA.
+WEIGHTS = ("last", "best", "ema")
 
 
 def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:
@@ -51,18 +53,22 @@ class Checkpoint:
     scheduler: dict[str, Any] = field(default_factory=dict)
     scaler: dict[str, Any] = field(default_factory=dict)  #: absent before mixed precision existed
     metrics: dict[str, Any] = field(default_factory=dict)  #: the last epoch's line of ``metrics.jsonl``
+    ema: dict[str, Any] = field(default_factory=dict)  #: ``--ema``: decay, updates and the averaged weights
+    best: dict[str, Any] = field(default_factory=dict)  #: ``--val-split``: epoch and held-out PGD of ``best.pt``
 
     def to_dict(self) -> dict[str, Any]:
         """The on-disk form (format tag and weights checksum included)."""
         return {"format": FORMAT, "arch": self.arch, "data": self.data.to_dict(), "config": self.config,
                 "epoch": self.epoch, "model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
-                "scaler": self.scaler, "metrics": self.metrics, "checksum": weights_checksum(self.model)}
+                "scaler": self.scaler, "metrics": self.metrics, "ema": self.ema, "best": self.best,
+                "checksum": weights_checksum(self.model),
+                "ema_checksum": weights_checksum(self.ema["weights"]) if self.ema else ""}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Checkpoint:
         """The record of an on-disk dict, written by this version or an earlier one (missing parts empty)."""
         return cls(arch=d["arch"], data=DataSpec.from_dict(d["data"]), config=dict(d["config"]), epoch=int(d["epoch"]),
-                   model=d["model"], **{k: d.get(k) or {} for k in ("optimizer", "scheduler", "scaler", "metrics")})
+                   model=d["model"], **{k: d.get(k) or {} for k in ("optimizer", "scheduler", "scaler", "metrics", "ema", "best")})
 
 
 def save_checkpoint(ckpt: Checkpoint, run_dir: Path) -> Path:
@@ -73,6 +79,27 @@ def save_checkpoint(ckpt: Checkpoint, run_dir: Path) -> Path:
     payload = ckpt.to_dict()
     atomic_write(last, lambda f: torch.save(payload, f))
     return last
+
+
+def save_best(ckpt: Checkpoint, run_dir: Path) -> Path:
+    """Save ``ckpt`` (weights for evaluation, no training state) as ``run_dir/best.pt``, atomically."""
+    best = run_dir / BEST
+    payload = ckpt.to_dict()
+    atomic_write(best, lambda f: torch.save(payload, f))
+    return best
+
+
+def resolve_weights(path: str | Path, weights: str) -> Path:
+    """The file that holds ``weights`` of a run directory or checkpoint (EMA weights live in ``last.pt``)."""
+    if weights not in WEIGHTS:
+        raise UserError(f"unknown weights {weights!r}; choose one of: {', '.join(WEIGHTS)}")
+    p = Path(path)
+    if weights != "best" or p.name == BEST:
+        return resolve_path(p)
+    best = (p if p.is_dir() else p.parent) / BEST
+    if not best.is_file():
+        raise UserError(f"{path} has no {BEST}: only runs trained with --val-split N keep the best weights")
+    return best
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -104,6 +131,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise UserError(f"{p} is not an agkd-bml checkpoint (no '{FORMAT}' format tag)")
     if ckpt.get("checksum") != weights_checksum(ckpt["model"]):
         raise UserError(f"checkpoint {p} is corrupt: its weights do not match their SHA-256 checksum")
+    if ckpt.get("ema") and ckpt.get("ema_checksum") != weights_checksum(ckpt["ema"]["weights"]):
+        raise UserError(f"checkpoint {p} is corrupt: its EMA weights do not match their SHA-256 checksum")
     try:
         return Checkpoint.from_dict(ckpt)
     except (KeyError, TypeError, ValueError) as exc:
@@ -133,12 +162,20 @@ def newest_valid(run_dir: Path, log: Any = print) -> Checkpoint | None:
     return None
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Classifier, Checkpoint]:
-    """Rebuild the model of a checkpoint (architecture and dataset spec are stored in it), in eval mode."""
-    ckpt = load_checkpoint(path)
+def load_model(
+    path: str | Path, device: torch.device | str = "cpu", weights: str = "last"
+) -> tuple[Classifier, Checkpoint]:
+    """Rebuild the model of a checkpoint (architecture and dataset spec are stored in it), in eval mode.
+
+    ``weights``: ``last`` (the newest checkpoint), ``best`` (``best.pt``) or ``ema`` (the average kept
+    in the newest checkpoint by ``--ema``).
+    """
+    ckpt = load_checkpoint(resolve_weights(path, weights))
+    if weights == "ema" and not ckpt.ema:
+        raise UserError(f"{path} has no EMA weights: train with --ema DECAY to keep them")
     model = build_model(ckpt.arch, ckpt.data)
     try:
-        model.load_state_dict(ckpt.model)
+        model.load_state_dict(ckpt.ema["weights"] if weights == "ema" else ckpt.model)
     except RuntimeError as exc:
         raise UserError(f"checkpoint {path}: its weights do not fit a {ckpt.arch} for {ckpt.data.name}") from exc
     return model.to(device).eval(), ckpt
