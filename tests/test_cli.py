@@ -96,3 +96,16 @@ def test_presets_and_methods_list(capsys):
     assert main(["methods"]) == 0
     listed = capsys.readouterr().out
     assert all(m in listed for m in METHODS)
+
+
+def test_progress_bars_write_no_carriage_returns_into_a_log(tmp_path):
+    """Without a terminal (a log file, CI) the bars stay off even without --no-progress."""
+    def run(*args: str) -> subprocess.CompletedProcess:  # bytes: text mode would turn "\r" into "\n"
+        return subprocess.run([sys.executable, "-m", "agkd_bml", *args], capture_output=True, timeout=300)
+
+    r = run("train", "--method", "pgd-at", "--steps", "1", "--dataset", "digits", "--epochs", "1",
+            "--train-limit", "256", "--val-n", "32", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    assert b"\r" not in r.stderr + r.stdout and b"epoch 1/1" in r.stdout
+    r = run("eval", str(tmp_path / "run"), "--attacks", "clean,pgd-2", "--n", "32")
+    assert r.returncode == 0 and b"\r" not in r.stderr + r.stdout

@@ -82,8 +82,9 @@ def _correct(
     """Per-sample correctness of ``model`` on ``x`` attacked by ``attack`` (clean when None)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
+    # disable=None: tqdm turns itself off when stderr is not a terminal (no carriage returns in logs)
     bar = tqdm(iterate_batches(x, y, batch_size, device=device), total=math.ceil(x.shape[0] / batch_size),
-               desc=desc, disable=not progress or attack is None, leave=False, unit="batch")
+               desc=desc, disable=None if progress and attack is not None else True, leave=False, unit="batch")
     for xb, yb in bar:
         if attack is not None:
             out.append((~attack(model, xb, yb, gen).fooled).cpu())

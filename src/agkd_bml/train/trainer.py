@@ -280,7 +280,8 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
     seen = 0
     start = time.perf_counter()
     model.train()
-    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and d.main),
+    # disable=None: tqdm turns itself off when stderr is not a terminal (no carriage returns in logs)
+    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if progress and d.main else True,
                leave=False, unit="batch")
     for step, (xb, yb) in enumerate(bar):
         xb = xb.contiguous(memory_format=torch.channels_last)
