@@ -203,3 +203,21 @@ def test_cw_pgd_moves_an_image_whose_true_class_leads_by_more_than_the_margin(te
     x, y = x[far], top.indices[far, 0]  # labelled as predicted: the true class leads by more than 50
     adv = pgd(model, x, y, eps=0.1, step_size=0.025, steps=1, random_start=False, loss="cw")
     assert (adv - x).abs().flatten(1).amax(1).min() > 0
+
+
+def test_last_iterate_protocol_is_never_stronger_than_first_fooling_iterate(teacher_run, capsys):
+    """``eval --last-iterate`` scores the paper's way; our default (first fooling iterate) is at least as strong."""
+    from agkd_bml.cli import main
+
+    args = ["eval", teacher_run, "--attacks", "clean,pgd-5", "--n", "64", "--eps", "0.03", "--no-progress"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main([*args, "--last-iterate"]) == 0
+    last = capsys.readouterr().out
+    assert "first fooling iterate" in first and "scored at its last iterate" in last
+
+    def pgd_acc(text: str) -> float:
+        row = next(line for line in text.splitlines() if line.startswith("| teacher"))
+        return float(row.split("|")[3].split()[0])
+
+    assert pgd_acc(first) <= pgd_acc(last)

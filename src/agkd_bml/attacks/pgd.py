@@ -119,7 +119,8 @@ class PgdAttack(Attack):
         start = "random start" if self.random_start else "no random start"
         extra = (f", momentum {self.momentum:g}" if self.momentum else "") + (
             ", targeted at the most confusing class" if self.targeted else
-            ", each image kept at its first fooling iterate" if self.early_stop else "")
+            ", each image kept at its first fooling iterate" if self.early_stop else
+            ", each image scored at its last iterate" if self.steps > 1 else "")
         return (f"{self.name}: {self.loss.upper()} loss, {self.steps} step(s) of {fmt_eps(self.step_size)}, eps "
                 f"{fmt_eps(self.eps)}, {start}, {self.restarts} restart(s){extra}")
 

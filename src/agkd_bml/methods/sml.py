@@ -3,6 +3,19 @@
 Anchor: untargeted PGD example; positive: its clean image; negative: the clean image of another class in
 the batch whose embedding is closest (angular distance) to the anchor. Loss: CE on the anchor plus
 ``lambda_1 * (triplet + lambda_2 * L_norm)``, the same metric loss as BML: only the direction differs.
+
+This is SML as the AGKD-BML paper describes it (the baseline that differs from BML only in direction),
+simplified against Mao et al.'s released code in four documented ways:
+
+1. negatives are mined in the batch by the angular distance ``1 - |cos|``; Mao et al. mine them from a
+   pool of separate clean images by the signed cosine;
+2. one triplet per anchor; Mao et al. add a second triplet with another clean image of the same class
+   as the positive;
+3. the positive is the clean image itself; Mao et al. add a small random noise to it;
+4. training starts from scratch; Mao et al. fine-tune a PGD-AT model.
+
+The paper's SML row (Table 1) comes from Mao et al.'s numbers, so a gap between our SML and that row
+may come from these differences as well as from scale.
 """
 
 from __future__ import annotations
