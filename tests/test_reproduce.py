@@ -41,3 +41,24 @@ def test_reproduce_refuses_bad_input(tmp_path, capsys):
     assert main(["reproduce", "table2", "--scale", "huge", "--out", str(tmp_path)]) == 2
     assert main(["reproduce", "table2", "--scale", "paper", "--out", str(tmp_path)]) == 2  # needs --yes
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_multi_step_comparison_tiny_end_to_end(tmp_path):
+    """table1 / table5 at a multi-step scale: faithful teacher, held-out selection, AA, worst case, McNemar."""
+    out = ["--scale", "tiny-medium", "--out", str(tmp_path), "--no-progress"]
+    assert main(["reproduce", "table1", *out]) == 0
+    table = (tmp_path / "table1.md").read_text()
+    for label in ("UM", "AT-7", "SML-7", "TRADES-10", "MART-10", "AGKD-BML-2", "AGKD-BML-7"):
+        assert f"| {label} |" in table
+    assert "exact McNemar p =" in table and "weights: best" in table and "| worst |" in table.replace("worst |", "worst |")
+    runs = tmp_path / "runs"
+    assert (runs / "T-s0" / "last.pt").is_file() and (runs / "AGKD-BML-7-s1" / "best.pt").is_file()
+    assert not (runs / "SML-7-s1").exists()  # one seed for the rows that do not decide the question
+    from agkd_bml.train import load_checkpoint
+
+    cfg = load_checkpoint(runs / "AGKD-BML-7-s0").config
+    assert cfg["teacher"].endswith("T-s0") and cfg["steps"] == 7 and cfg["val_split"] == 50
+    assert main(["reproduce", "table5", *out]) == 0
+    assert "AGKD-BML-10+MART" in (tmp_path / "table5.md").read_text()
+    assert load_checkpoint(runs / "AGKD-BML-10+MART-s0").config["init_from_teacher"] is True
+    assert main(["reproduce", "table5", "--scale", "tiny", "--out", str(tmp_path)]) == 2

@@ -9,7 +9,7 @@ A scale fixes everything that differs between ``small`` (2 CPU cores on the shar
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -40,6 +40,11 @@ class Scale:
     eval_n: int  #: test images for the fast attacks
     aa_n: int  #: test images for AutoAttack
     preset: str | None = None  #: a shipped preset the runs start from (paper scale)
+    val_split: int = 0  #: training images held out for the per-epoch numbers and best.pt
+    ema: float = 0.0  #: EMA decay of the weights (0: none)
+    weights: str = "last"  #: which weights the tables evaluate: last, best (held-out PGD) or ema
+    teacher_smoothing: float | None = None  #: the AGKD teacher: its own run with this label smoothing (None: UM)
+    multi_step: bool = False  #: table1 is the multi-step comparison (AT-7, SML-7, TRADES-10, MART-10, AGKD-BML-2/7)
 
 
 SCALES = {
@@ -47,6 +52,12 @@ SCALES = {
     "small": Scale("npz:../shared/data/cifar10.npz", "small-cnn", 10000, 8, (6,), 0.05, 128, (0, 1), 1000, 500),
     "paper": Scale("cifar10", "wrn-28-10", None, 200, (100, 150), 0.1, 128, (0,), 10000, 10000, "paper-cifar10"),
     "tiny": Scale("digits", "small-cnn", 128, 1, (), 0.05, 64, (0, 1), 32, 8),
+    # the multi-step comparison on all 50,000 CIFAR-10 training images less 1,000 held out; the budget
+    # (epochs, schedule) is provisional until measured to fit 8 hours on 2 cores, see docs/reproduction.md
+    "medium": Scale("npz:../shared/data/cifar10.npz", "small-cnn", None, 10, (8,), 0.05, 128, (0, 1), 1000, 1000,
+                    val_split=1000, ema=0.999, weights="best", teacher_smoothing=0.5, multi_step=True),
+    "tiny-medium": Scale("digits", "small-cnn", 128, 1, (), 0.05, 64, (0, 1), 32, 8, val_split=50, ema=0.9,
+                         weights="best", teacher_smoothing=0.5, multi_step=True),
 }
 
 #: Table 2's models (the runs every target shares), each with its paper training steps: label -> method.
@@ -63,7 +74,8 @@ def run_config(scale: Scale, method: str, seed: int, out: Path, teacher: Path | 
     base.update(method=method, seed=seed, out=str(out), teacher=str(teacher) if teacher else None)
     if not scale.preset:
         base.update(dataset=scale.dataset, arch=scale.arch, train_limit=scale.train_limit, epochs=scale.epochs,
-                    milestones=list(scale.milestones), lr=scale.lr, batch_size=scale.batch_size)
+                    milestones=list(scale.milestones), lr=scale.lr, batch_size=scale.batch_size,
+                    val_split=scale.val_split, ema=scale.ema)
     cfg = TrainConfig.from_dict(base)
     cfg.validate()
     return cfg
@@ -78,6 +90,8 @@ class Context:
     progress: bool = True
     device: str = ""  #: where the runs trained (set by :func:`score_timing`)
     trained_s: float = 0.0  #: seconds this call spent training table2's runs (0 when all were finished)
+    #: per-sample correctness by (label, seed, attack name), kept by :meth:`score` for paired tests
+    flags: dict[tuple[str, int, str], torch.Tensor] = field(default_factory=dict)
 
     @property
     def scale(self) -> Scale:
@@ -131,13 +145,18 @@ class Context:
         x, y, _ = self.test(n)
         for r in evaluate_attacks(model, x, y, attacks, seed=seed, progress=self.progress, desc=f"{label}-s{seed} "):
             scores.setdefault(label, {}).setdefault(r.attack.name, []).append(100 * r.accuracy)
+            self.flags[(label, seed, r.attack.name)] = r.correct
+
+    def model(self, run: Path) -> torch.nn.Module:
+        """A run's model, with the weights the scale evaluates (last, best or EMA)."""
+        return load_model(run, weights=self.scale.weights)[0]
 
 
 def score_attacks(ctx: Context, runs: dict[tuple[str, int], Path], specs: str, *, aa: bool = False) -> Scores:
     """Robust accuracy of each run under ``specs`` on ``eval_n`` images (and AutoAttack on ``aa_n``)."""
     scores: Scores = {}
     for (label, seed), run in runs.items():
-        model = load_model(run)[0]
+        model = ctx.model(run)
         ctx.score(scores, label, seed, model, ctx.scale.eval_n, ctx.attacks(specs))
         if aa:
             ctx.score(scores, label, seed, model, ctx.scale.aa_n, ctx.attacks("aa"))
@@ -152,8 +171,8 @@ def score_transfer(ctx: Context) -> Scores:
         if label == "UM":
             continue
         um = ctx.runs[("UM", seed)]
-        black = TransferAttack("transfer", str(um), full_length(pgd20), load_model(um)[0])
-        ctx.score(scores, label, seed, load_model(run)[0], ctx.scale.eval_n, [black, pgd20])
+        black = TransferAttack("transfer", str(um), full_length(pgd20), ctx.model(um))
+        ctx.score(scores, label, seed, ctx.model(run), ctx.scale.eval_n, [black, pgd20])
     return scores
 
 
@@ -166,7 +185,7 @@ def score_knn(ctx: Context) -> Scores:
     x, y, _ = ctx.test(ctx.scale.eval_n)
     scores: Scores = {}
     for (label, seed), run in ctx.runs.items():
-        model = load_model(run)[0]
+        model = ctx.model(run)
         index = embed(model, data.x_train, data.y_train)
         for split, emb in (("clean", embed(model, x, y)), ("pgd-20", embed(model, x, y, attack=attack, seed=seed))):
             knn = knn_predict(index.embedding, index.labels, emb.embedding, k=50, num_classes=data.spec.num_classes)

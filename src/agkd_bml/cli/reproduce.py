@@ -15,6 +15,7 @@ from pathlib import Path
 
 from agkd_bml.attacks import fmt_eps
 from agkd_bml.cli.analysis import attention, tsne
+from agkd_bml.cli.multistep import DECIDING, TABLE1_ROWS, TABLE5_ROWS, RunSpec, mcnemar, score_rows
 from agkd_bml.cli.options import add_progress, command_handler
 from agkd_bml.cli.recipes import (
     SCALES,
@@ -30,8 +31,8 @@ from agkd_bml.cli.recipes import (
 )
 from agkd_bml.errors import UserError, unknown_choice
 from agkd_bml.evaluate import EvalOptions, accuracy_curves, write_curves
+from agkd_bml.evaluate.table import WEIGHTS_NOTE
 from agkd_bml.fileio import write_text
-from agkd_bml.models.checkpoint import load_model
 
 Row = dict[str, list[float]]  #: one model's scores: column key -> value per seed
 
@@ -176,6 +177,47 @@ TABLES: dict[str, Table] = {
 }
 
 
+def _multi_note(ctx: Context, rows: tuple[RunSpec, ...], specs: str) -> str:
+    sc = ctx.scale
+    seeds = ", ".join(f"{r.label} {r.seeds}" for r in rows)
+    images = f"{sc.train_limit} training images" if sc.train_limit else "all training images"
+    return (f"Scale `{ctx.scale_name}`: {sc.arch} on {sc.dataset} ({images} after holding out {sc.val_split} for "
+            f"selection), {sc.epochs} epochs (lr decay at {list(sc.milestones)}), weights: {sc.weights} "
+            f"({WEIGHTS_NOTE[sc.weights]}). Seeds per row: {seeds} (2 seeds: mean ± sd). Robust accuracy (%) on the "
+            f"first {ctx.test(sc.eval_n)[2]} test images (AutoAttack: first {ctx.test(sc.aa_n)[2]}); worst: right under "
+            "every attack of the row, per image. Each row trains with the attack steps its name gives; the AGKD "
+            f"teacher is a clean run with label smoothing {sc.teacher_smoothing} (the released code's). The paper's "
+            "TRADES and MART rows are with CAS (channel-wise activation suppressing).\n\n"
+            + _describe(ctx, specs + ",aa") + "\n\n" + mcnemar(ctx, *DECIDING))
+
+
+MULTI_ATTACKS = "clean,fgsm,bim-7,pgd-20,pgd-100,cw-20,cw-100"
+_M = MULTI_ATTACKS.split(",")
+MULTI_TABLES: dict[str, Table] = {
+    "table1": Table(
+        score=lambda ctx: score_rows(ctx, TABLE1_ROWS, MULTI_ATTACKS),
+        columns=(*(acc(k) for k in _M), acc("aa", "AA"), acc("worst")),
+        paper_headers=("paper: clean / PGD-20 / CW-20 / AA",),
+        paper={"AT-7": ("86.19 / 45.57 / 46.26 / 44.04",), "SML-7": ("86.21 / 51.59 / 48.05 / 47.41",),
+               "TRADES-10": ("85.83 / 55.99 / 67.17 / 48.40 (+CAS)",), "MART-10": ("86.95 / 54.37 / 63.16 / 48.45 (+CAS)",),
+               "AGKD-BML-2": ("91.99 / 71.02 / 63.67 / 37.07",), "AGKD-BML-7": ("86.25 / 57.30 / 53.36 / 50.59",),
+               "UM": ("95.99 / 0 / 0 / 0",)},
+        rows=tuple(r.label for r in TABLE1_ROWS),
+        note=lambda ctx: _multi_note(ctx, TABLE1_ROWS, MULTI_ATTACKS),
+    ),
+    "table5": Table(
+        score=lambda ctx: score_rows(ctx, TABLE5_ROWS, "clean,pgd-20"),
+        columns=(acc("clean"), acc("pgd-20", "PGD-20"), acc("aa", "AA"), acc("worst")),
+        paper_headers=("paper AA",), paper={"AT-7": ("44.04",), "AGKD-BML-10+MART": ("50.73-51.63",)},
+        rows=tuple(r.label for r in TABLE5_ROWS),
+        note=lambda ctx: (_multi_note(ctx, TABLE5_ROWS, "clean,pgd-20").replace(
+            "\n\n", " AGKD-BML-10+MART: the released code (10-step targeted attack, MART term, student initialised "
+            "from the teacher), stopped one epoch after the first lr decay.\n\n", 1)
+            + "\n\n" + mcnemar(ctx, "AT-7", "AGKD-BML-10+MART")),
+    ),
+}
+
+
 def figure3(ctx: Context) -> str:
     """t-SNE of clean embeddings and of cat / ship AEs for UM, AT and AGKD-BML (``figure3/tsne.png``)."""
     seed = ctx.scale.seeds[0]
@@ -197,7 +239,7 @@ def figure5(ctx: Context) -> str:
     """Accuracy vs PGD steps and vs eps for UM, AT and AGKD-BML of the first seed (``figure5.png``)."""
     seed = ctx.scale.seeds[0]
     x, y, n = ctx.test(ctx.scale.aa_n)
-    curves = {label: accuracy_curves(load_model(ctx.runs[(label, seed)])[0], x, y, eps=ctx.eps, seed=seed,
+    curves = {label: accuracy_curves(ctx.model(ctx.runs[(label, seed)]), x, y, eps=ctx.eps, seed=seed,
                                      progress=ctx.progress, desc=f"{label} ")
               for label in ("UM", "AT", "AGKD-BML")}
     files = write_curves(curves, ctx.out, stem="figure5")
@@ -206,7 +248,7 @@ def figure5(ctx: Context) -> str:
 
 
 FIGURES: dict[str, Callable[[Context], str]] = {"figure3": figure3, "figure4": figure4, "figure5": figure5}
-TARGETS = (*TABLES, *FIGURES)
+TARGETS = (*TABLES, "table5", *FIGURES)
 
 
 def reproduce(target: str, *, scale: str = "small", out: str = "reproduce", yes: bool = False, progress: bool = True) -> str:
@@ -218,7 +260,10 @@ def reproduce(target: str, *, scale: str = "small", out: str = "reproduce", yes:
     if scale == "paper" and not yes:
         raise UserError("--scale paper trains WRN-28-10 for 200 epochs per run (days on one GPU); add --yes to start")
     ctx = Context(scale, Path(out), progress)
-    text = TABLES[target].render(ctx) if target in TABLES else FIGURES[target](ctx)
+    tables = {**TABLES, **MULTI_TABLES} if ctx.scale.multi_step else TABLES
+    if target not in tables and target not in FIGURES:
+        raise UserError(f"{target} is the multi-step comparison: use --scale medium (or tiny-medium)")
+    text = tables[target].render(ctx) if target in tables else FIGURES[target](ctx)
     write_text(ctx.out / f"{target}.md", text + "\n")
     print(text)
     print(f"wrote {ctx.out / (target + '.md')}")
@@ -232,11 +277,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "Targets: table1 (white-box attacks), table2 (ablation with AutoAttack), table3 (black-box), "
                         "table6 (attention variants; trains 3 more AGKD runs per seed), table7 (training time), table9 "
                         "(k-NN), figure3 (t-SNE), figure4 (attention maps, Grad-CAM), figure5 (accuracy curves); all "
-                        "share table2's runs. Scales: small (2 CPU cores, about an hour of training for "
-                        "table2, on npz:../shared/data/cifar10.npz), paper (WRN-28-10, 200 epochs; GPUs), tiny "
-                        "(a one-minute smoke test of the recipe on digits).")
+                        "share table2's runs. At --scale medium, table1 is the multi-step comparison (UM, AT-7, SML-7, "
+                        "TRADES-10, MART-10, AGKD-BML-2, AGKD-BML-7 with AutoAttack on held-out-selected weights) and "
+                        "table5 the released code's AGKD-BML-10+MART against AT-7. Scales: small (2 CPU cores, about "
+                        "an hour of training for table2, on npz:../shared/data/cifar10.npz), medium (all 50,000 "
+                        "training images; hours, resumable: run it in the background), paper (WRN-28-10, 200 epochs; "
+                        "GPUs), tiny and tiny-medium (smoke tests of the recipes on digits).")
     rp.add_argument("target", help=", ".join(TARGETS))
-    rp.add_argument("--scale", default="small", help="small, paper or tiny (default: small)")
+    rp.add_argument("--scale", default="small", help=f"{', '.join(SCALES)} (default: small)")
     rp.add_argument("--out", default="reproduce", help="folder for the runs and the tables (default: ./reproduce)")
     rp.add_argument("--yes", action="store_true", help="confirm a --scale paper run")
     add_progress(rp)

@@ -1,0 +1,102 @@
+"""The multi-step comparison the paper's AutoAttack claim rests on (Table 1's multi-step group, Table 5).
+
+Runs are named by method and training attack steps (AT-7, AGKD-BML-7, ...). At a ``multi_step`` scale the
+AGKD teacher is its own clean run with the released code's label smoothing (``T``), UM stays the
+undefended row, every run holds out ``val_split`` training images, and the tables evaluate the scale's
+weights (``best``: the best held-out PGD accuracy; the test set never selects). The pair that decides the
+question, AT-7 against AGKD-BML-7, is also compared image by image under AutoAttack (exact McNemar test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scipy.stats import binomtest
+
+from agkd_bml.cli.recipes import Context, Scores, run_config, score_attacks
+from agkd_bml.methods import METHODS
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One model of a multi-step table: its method, training attack steps and run options."""
+
+    label: str
+    method: str
+    steps: int | None = None
+    seeds: int = 1  #: how many of the scale's seeds
+    params: dict[str, Any] = field(default_factory=dict)
+    init_from_teacher: bool = False
+    stop_after_decay: int | None = None  #: stop this many epochs after the first lr decay (the paper's early stop)
+
+
+TABLE1_ROWS = (
+    RunSpec("UM", "standard"), RunSpec("AT-7", "pgd-at", 7, seeds=2), RunSpec("SML-7", "sml", 7), RunSpec("TRADES-10", "trades", 10),
+    RunSpec("MART-10", "mart", 10), RunSpec("AGKD-BML-2", "agkd-bml", 2), RunSpec("AGKD-BML-7", "agkd-bml", 7, seeds=2),
+)
+#: Table 5: the released code's AGKD-BML (10 steps, MART term, student from the teacher, early stop) vs AT-7.
+TABLE5_ROWS = (
+    RunSpec("AT-7", "pgd-at", 7, seeds=2),
+    RunSpec("AGKD-BML-10+MART", "agkd-bml", 10, params={"mart": True}, init_from_teacher=True, stop_after_decay=1),
+)
+DECIDING = ("AT-7", "AGKD-BML-7")  #: the pair compared over 2 seeds and image by image
+
+
+def teacher(ctx: Context, seed: int) -> Path:
+    """The AGKD teacher of a seed: a label-smoothed clean run (``T``), or UM where the scale says so."""
+    if ctx.scale.teacher_smoothing is None:
+        return train_row(ctx, RunSpec("UM", "standard"), seed)
+    run = ctx.run_dir("T", seed)
+    cfg = dataclasses.replace(run_config(ctx.scale, "standard", seed, run, None),
+                              label_smoothing=ctx.scale.teacher_smoothing)
+    ctx.train("T (teacher)", seed, cfg)
+    return run
+
+
+def train_row(ctx: Context, row: RunSpec, seed: int) -> Path:
+    """Train (or reuse) one row's run of one seed; return its directory."""
+    distils = METHODS[row.method].needs_teacher or row.init_from_teacher
+    run = ctx.run_dir(row.label, seed)
+    cfg = run_config(ctx.scale, row.method, seed, run, teacher(ctx, seed) if distils else None)
+    epochs = cfg.epochs
+    if row.stop_after_decay is not None and cfg.milestones:
+        epochs = min(cfg.epochs, cfg.milestones[0] + row.stop_after_decay)
+    cfg = dataclasses.replace(cfg, steps=row.steps, init_from_teacher=row.init_from_teacher, epochs=epochs)
+    ctx.train(row.label, seed, cfg.with_params(**row.params))
+    return run
+
+
+def train_rows(ctx: Context, rows: tuple[RunSpec, ...]) -> dict[tuple[str, int], Path]:
+    return {(row.label, seed): train_row(ctx, row, seed) for row in rows for seed in ctx.scale.seeds[: row.seeds]}
+
+
+def score_rows(ctx: Context, rows: tuple[RunSpec, ...], specs: str) -> Scores:
+    """Every row's accuracy under ``specs`` and AutoAttack, with the per-sample worst case over all of them."""
+    runs = train_rows(ctx, rows)
+    scores = score_attacks(ctx, runs, specs, aa=True)
+    names = [*specs.split(","), "aa"]
+    n = min(ctx.scale.eval_n, ctx.scale.aa_n)
+    for label, seed in runs:
+        flags = [ctx.flags[(label, seed, name)][:n] for name in names]
+        worst = flags[0].clone()
+        for f in flags[1:]:
+            worst &= f
+        scores[label].setdefault("worst", []).append(100 * float(worst.float().mean()))
+    return scores
+
+
+def mcnemar(ctx: Context, a: str, b: str) -> str:
+    """Image-by-image comparison of two rows under AutoAttack, one line per shared seed (exact McNemar)."""
+    lines = []
+    for seed in ctx.scale.seeds:
+        fa, fb = ctx.flags.get((a, seed, "aa")), ctx.flags.get((b, seed, "aa"))
+        if fa is None or fb is None:
+            continue
+        only_a, only_b = int((fa & ~fb).sum()), int((fb & ~fa).sum())
+        p = binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+        lines.append(f"seed {seed}: {only_a} images robust only for {a}, {only_b} only for {b} "
+                     f"(of {fa.numel()}); exact McNemar p = {p:.3g}")
+    return f"AutoAttack, image by image, {a} vs {b}: " + "; ".join(lines) + "." if lines else ""
