@@ -55,8 +55,7 @@ def quickstart(
     evaluate_checkpoints(runs, attacks="clean,aa", out=str(Path(out) / "aa"), options=dataclasses.replace(options, n=aa_n))
     print("Rows: run name = method-<training attack steps> (the teacher trains on clean images). AGKD-BML-2 is "
           "the paper's 2-step method; PGD-AT-7 the paper's baseline; PGD-AT-2 the baseline at AGKD-BML's cost in "
-          "attack steps.")
-    print(f"quickstart finished in {time.perf_counter() - start:.0f}s")
+          f"attack steps.\nquickstart finished in {time.perf_counter() - start:.0f}s")
     return rows
 
 

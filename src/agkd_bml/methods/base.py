@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import ClassVar
 
 import torch
@@ -32,6 +31,16 @@ class MethodContext:
     sampler: ImageSampler | None = None  #: draws training images of given classes (backward samples)
 
 
+class HyperValues(dict):
+    """A method's resolved hyper-parameters, read as attributes (``self.hp.beta``)."""
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(f"no hyper-parameter {name!r} (declare it in the method's params)") from exc
+
+
 class Method(ABC):
     """A training objective. Subclasses set ``name`` and the defaults, and implement :meth:`loss`."""
 
@@ -48,7 +57,7 @@ class Method(ABC):
         self.cfg = cfg
         self.ctx = ctx
         #: resolved values of :attr:`params` (``self.hp.beta``); the config's, else the declared default
-        self.hp = SimpleNamespace(**{p.name: cfg.params.get(p.name, p.default) for p in self.params})
+        self.hp = HyperValues({p.name: cfg.params.get(p.name, p.default) for p in self.params})
         self.eps = ctx.eps
         self.steps = self.default_steps if cfg.steps is None else cfg.steps
         self.step_size = cfg.step_size if cfg.step_size is not None else self.eps / 4
