@@ -185,7 +185,8 @@ def _multi_note(ctx: Context, rows: tuple[RunSpec, ...], specs: str) -> str:
             f"selection), {sc.epochs} epochs (lr decay at {list(sc.milestones)}), weights: {sc.weights} "
             f"({WEIGHTS_NOTE[sc.weights]}). Seeds per row: {seeds} (2 seeds: mean ± sd). Robust accuracy (%) on the "
             f"first {ctx.test(sc.eval_n)[2]} test images (AutoAttack: first {ctx.test(sc.aa_n)[2]}); worst: right under "
-            "every attack of the row, per image. Each row trains with the attack steps its name gives; the AGKD "
+            "every attack of the row, per image. Each row trains with the attack steps its name gives, of eps/4 "
+            "(fewer than 4 steps: 2.5 eps/steps, capped at eps, i.e. eps for AGKD-BML-2); the AGKD "
             f"teacher is a clean run with label smoothing {sc.teacher_smoothing} (the released code's). The paper's "
             "TRADES and MART rows are with CAS (channel-wise activation suppressing).\n\n"
             + _describe(ctx, specs + ",aa") + "\n\n" + mcnemar(ctx, *DECIDING))
