@@ -34,6 +34,8 @@ def test_paper_scale_uses_the_paper_preset_with_each_methods_own_steps(tmp_path)
     agkd = run_config(SCALES["paper"], "agkd-bml", 0, tmp_path / "a", tmp_path / "um")
     assert at.arch == agkd.arch == "wrn-28-10" and at.epochs == 200 and at.steps is None
     assert agkd.teacher == str(tmp_path / "um") and at.teacher is None
+    medium = run_config(SCALES["medium"], "pgd-at", 0, tmp_path / "m", None)
+    assert medium.amp == "bf16" and medium.train_limit is None and medium.val_split == 1000
 
 
 def test_reproduce_refuses_bad_input(tmp_path, capsys):
@@ -54,6 +56,9 @@ def test_multi_step_comparison_tiny_end_to_end(tmp_path):
     runs = tmp_path / "runs"
     assert (runs / "T-s0" / "last.pt").is_file() and (runs / "AGKD-BML-7-s1" / "best.pt").is_file()
     assert not (runs / "SML-7-s1").exists()  # one seed for the rows that do not decide the question
+    assert len(list((tmp_path / "state").glob("*.pt"))) > 20  # every evaluated point was saved ...
+    assert main(["reproduce", "table1", *out]) == 0
+    assert (tmp_path / "table1.md").read_text() == table  # ... and a rerun reads them back to the same table
     from agkd_bml.train import load_checkpoint
 
     cfg = load_checkpoint(runs / "AGKD-BML-7-s0").config

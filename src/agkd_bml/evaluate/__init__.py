@@ -4,6 +4,7 @@ from agkd_bml.evaluate.audit import Check, audit, verdict, write_audit
 from agkd_bml.evaluate.curves import Curves, accuracy_curves, write_curves
 from agkd_bml.evaluate.loader import EvalOptions, ModelLoader, require_positive
 from agkd_bml.evaluate.robust import AttackResult, evaluate_attacks
+from agkd_bml.evaluate.state import EvalState
 from agkd_bml.evaluate.table import format_table, write_tables
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "Check",
     "Curves",
     "EvalOptions",
+    "EvalState",
     "ModelLoader",
     "accuracy_curves",
     "audit",

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from agkd_bml.attacks import Attack
 from agkd_bml.data import iterate_batches
+from agkd_bml.evaluate.state import EvalState, Point, model_digest, tensor_digest
 from agkd_bml.models import Classifier
 from agkd_bml.models.modes import eval_mode
 
@@ -56,39 +57,73 @@ def evaluate_attacks(
     seed: int = 0,
     progress: bool = False,
     desc: str = "",
+    state: EvalState | None = None,
 ) -> list[AttackResult]:
     """Run each attack on uint8 images ``x`` (N, C, H, W) with labels ``y``; return per-sample results.
 
     Each attack's randomness comes from a generator seeded with ``seed``, so numbers are reproducible.
+    With ``state``, every batch's results are saved as they come and a rerun continues where it stopped
+    (see :mod:`agkd_bml.evaluate.state`); the results are the same either way.
     """
     device = torch.device(device)
+    digest = model_digest(model) if state is not None else ""
     results = []
     with eval_mode(model):
-        clean = _correct(model, x, y, None, batch_size, device, seed, progress, f"{desc}clean")
+        def run(attack: Attack | None, xs: torch.Tensor, ys: torch.Tensor, label: str) -> torch.Tensor:
+            point = None
+            if state is not None:
+                point = state.load({"model": digest, "images": tensor_digest(xs, ys), "seed": seed,
+                                    "batch_size": batch_size, "attack": _identity(attack)})
+            return _correct(model, xs, ys, attack, batch_size, device, seed, progress, f"{desc}{label}",
+                            state, point)
+
+        clean = run(None, x, y, "clean")
         for attack in attacks:
             correct = torch.zeros_like(clean)
             idx = clean.nonzero().squeeze(1)
             if idx.numel():
-                correct[idx] = _correct(model, x[idx], y[idx], attack, batch_size, device, seed, progress,
-                                        f"{desc}{attack.name}")
+                correct[idx] = run(attack, x[idx], y[idx], attack.name)
             results.append(AttackResult(attack, correct, seed))
     return results
+
+
+def _identity(attack: Attack | None) -> dict:
+    """What an attack's result depends on, as the key of its saved state."""
+    if attack is None:
+        return {"attack": "none"}
+    return {"name": attack.name, "eps": attack.eps, "norm": attack.norm.name, **attack.settings()}
 
 
 def _correct(
     model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, batch_size: int,
     device: torch.device, seed: int, progress: bool, desc: str,
+    state: EvalState | None = None, point: Point | None = None,
 ) -> torch.Tensor:
     """Per-sample correctness of ``model`` on ``x`` attacked by ``attack`` (clean when None)."""
     gen = torch.Generator(device=device).manual_seed(seed)
-    out = []
+    out: list[torch.Tensor] = []
+    if point is not None:
+        if point.done:
+            return torch.cat(point.batches) if point.batches else torch.zeros(0, dtype=torch.bool)
+        out = list(point.batches)
+        if point.generator is not None:
+            gen.set_state(point.generator.to(gen.get_state().device))
+    skip = len(out)
     # disable=None: tqdm turns itself off when stderr is not a terminal (no carriage returns in logs)
-    bar = tqdm(iterate_batches(x, y, batch_size, device=device), total=math.ceil(x.shape[0] / batch_size),
+    bar = tqdm(iterate_batches(x[skip * batch_size:], y[skip * batch_size:], batch_size, device=device),
+               total=math.ceil(x.shape[0] / batch_size), initial=skip,
                desc=desc, disable=None if progress and attack is not None else True, leave=False, unit="batch")
     for xb, yb in bar:
         if attack is not None:
             out.append((~attack(model, xb, yb, gen).fooled).cpu())
-            continue
-        with torch.no_grad():
-            out.append((model(xb).logits.argmax(1) == yb).cpu())
+        else:
+            with torch.no_grad():
+                out.append((model(xb).logits.argmax(1) == yb).cpu())
+        if state is not None and point is not None:
+            point.batches, point.generator = out, gen.get_state()
+            point.done = len(out) * batch_size >= x.shape[0]
+            state.save(point)
+    if state is not None and point is not None and not point.done:  # no batches at all: an empty point
+        point.done = True
+        state.save(point)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)

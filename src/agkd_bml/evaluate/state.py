@@ -1,0 +1,92 @@
+"""Resumable evaluation: per-sample results of each (model, attack, images) point, saved as they come.
+
+AutoAttack on a thousand images takes minutes to hours; a crash, a pre-emption or the end of a session
+must not throw that away. An :class:`EvalState` folder holds one file per point, keyed by everything the
+result depends on (the weights' checksum, the attack's settings, the images, the seed, the batch size),
+written atomically after every batch together with the random generator's state, so a rerun skips
+finished points, continues an unfinished one at its next batch, and gets exactly an uninterrupted run's
+result. A file whose key differs from the point asked for is never used: asking for a point under other
+settings makes a new file, and a file that does not match its own name is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from agkd_bml.errors import UserError
+from agkd_bml.fileio import atomic_write
+
+#: Save an unfinished point at most this often (seconds); every batch of a slow attack is saved.
+SAVE_EVERY_S = 30.0
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 of tensors' dtypes, shapes and bytes: the identity of a model's weights or of test images."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_digest(model: nn.Module) -> str:
+    """The checksum of a model's parameters and buffers (what its predictions depend on)."""
+    return tensor_digest(*model.state_dict().values())
+
+
+@dataclass
+class Point:
+    """The saved progress of one (model, attack, images) point."""
+
+    key: dict[str, Any]
+    batches: list[torch.Tensor] = field(default_factory=list)  #: per-sample results of finished batches
+    generator: torch.Tensor | None = None  #: the random generator's state after the last finished batch
+    done: bool = False
+
+
+class EvalState:
+    """A folder of :class:`Point` files (one per point, named by the hash of its key)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._saved_at: dict[str, float] = {}
+
+    def _path(self, key: dict[str, Any]) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        return self.folder / f"{digest}.pt"
+
+    def load(self, key: dict[str, Any]) -> Point:
+        """The saved progress of ``key`` (empty when none is saved)."""
+        path = self._path(key)
+        if not path.exists():
+            return Point(key)
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+            saved = json.loads(raw["key"])
+        except Exception as exc:  # a torn or foreign file: name it rather than guess
+            raise UserError(f"evaluation state {path} cannot be read ({exc}); delete it to recompute that point") from exc
+        if saved != json.loads(json.dumps(key)):
+            raise UserError(f"evaluation state {path} was written with other settings; delete it or use another --state")
+        return Point(key, list(raw["batches"]), raw["generator"], bool(raw["done"]))
+
+    def save(self, point: Point, *, force: bool = False) -> None:
+        """Write ``point`` atomically (unfinished points at most every :data:`SAVE_EVERY_S` unless ``force``)."""
+        path = self._path(point.key)
+        now = time.monotonic()
+        if not (force or point.done) and now - self._saved_at.get(str(path), 0.0) < SAVE_EVERY_S:
+            return
+        buf = io.BytesIO()
+        torch.save({"key": json.dumps(point.key, sort_keys=True), "batches": point.batches,
+                    "generator": point.generator, "done": point.done}, buf)
+        atomic_write(path, lambda f: f.write(buf.getvalue()))
+        self._saved_at[str(path)] = now

@@ -1,0 +1,71 @@
+"""Resumable evaluation: saved points are reused, an interrupted point continues, other settings never mix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agkd_bml.attacks import parse_attacks
+from agkd_bml.errors import UserError
+from agkd_bml.evaluate import EvalState, evaluate_attacks
+from agkd_bml.evaluate import state as state_mod
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _run(model, x, y, attacks, state=None):
+    return [r.correct for r in evaluate_attacks(model, x, y, attacks, batch_size=16, seed=3, state=state)]
+
+
+def test_interrupted_evaluation_resumes_to_the_same_flags(teacher_run, digits, tmp_path, monkeypatch):
+    from agkd_bml.models.checkpoint import load_model
+
+    model = load_model(teacher_run)[0]
+    x, y = digits.x_test[:64], digits.y_test[:64]
+    attacks = parse_attacks("pgd-5,fgsm", eps=0.05, num_classes=10)
+    want = _run(model, x, y, attacks)
+    assert 0 < int(want[0].sum()) < 64  # a point where the attack matters, so a wrong resume would show
+
+    monkeypatch.setattr(state_mod, "SAVE_EVERY_S", 0.0)  # save every batch
+    calls = {"n": 0}
+    original = attacks[0].run
+
+    def dying_run(*args, **kw):  # the PGD point dies after 2 batches, as a SIGKILL would leave it
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Interrupt
+        return original(*args, **kw)
+
+    object.__setattr__(attacks[0], "run", dying_run)
+    state = EvalState(tmp_path / "state")
+    with pytest.raises(Interrupt):
+        _run(model, x, y, attacks, state)
+    saved = list((tmp_path / "state").glob("*.pt"))
+    assert len(saved) == 2  # the clean point (done) and the unfinished PGD point
+    object.__setattr__(attacks[0], "run", original)
+    got = _run(model, x, y, attacks, EvalState(tmp_path / "state"))
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+    # a finished point is read back, not recomputed
+    object.__setattr__(attacks[0], "run", dying_run)
+    calls["n"] = 2
+    again = _run(model, x, y, attacks, EvalState(tmp_path / "state"))
+    assert all(torch.equal(a, b) for a, b in zip(again, want, strict=True))
+
+
+def test_a_state_of_other_settings_is_refused(tmp_path):
+    state = EvalState(tmp_path)
+    point = state.load({"attack": "a", "n": 1})
+    point.done = True
+    state.save(point)
+    path = next(tmp_path.glob("*.pt"))
+    raw = torch.load(path, weights_only=True)
+    raw["key"] = '{"attack": "b", "n": 1}'
+    torch.save(raw, path)
+    with pytest.raises(UserError, match="other settings"):
+        state.load({"attack": "a", "n": 1})
+    path.write_bytes(b"not a state")
+    with pytest.raises(UserError, match="cannot be read"):
+        state.load({"attack": "a", "n": 1})
