@@ -121,6 +121,16 @@ def test_val_split_keeps_best_and_ema_weights_that_eval_can_pick(tmp_path, capsy
     assert torch.allclose(ema.weights[k], before[k] + (1 - 2 / 11))
 
 
+def test_a_clean_run_keeps_its_best_held_out_clean_accuracy(tmp_path):
+    """Without a training attack, best.pt follows held-out clean accuracy (PGD accuracy is noise near 0 there)."""
+    cfg = small_config(tmp_path, method="standard", epochs=3, val_split=100, lr=0.2)
+    train(cfg, **QUIET)
+    lines = [json.loads(line) for line in (tmp_path / "standard" / "metrics.jsonl").read_text().splitlines()]
+    best_epoch = max(lines, key=lambda m: (m["val_clean"], -m["epoch"]))["epoch"]
+    assert load_checkpoint(tmp_path / "standard" / "best.pt").epoch == best_epoch
+    assert load_checkpoint(tmp_path / "standard" / "last.pt").best["by"] == "val_clean"
+
+
 def test_eval_of_missing_best_or_ema_weights_is_one_line(tmp_path, teacher_run):
     r = subprocess.run([sys.executable, "-m", "agkd_bml", "eval", teacher_run, "--weights", "best", "--n", "8"],
                        capture_output=True, text=True, timeout=120)

@@ -354,7 +354,10 @@ def train(
 
 
 def _end_epoch(s: Setup, epoch: int, stats: dict[str, Any], lr: float, log: Callable[[str], None]) -> None:
-    """Validate, then write ``best.pt`` (when the held-out PGD accuracy improved), ``last.pt`` and the metrics.
+    """Validate, then write ``best.pt`` (when the held-out accuracy improved), ``last.pt`` and the metrics.
+
+    Adversarially trained runs select by held-out PGD accuracy (Rice et al.'s early stopping), clean runs
+    (``standard``, no training attack) by held-out clean accuracy: their PGD accuracy is noise near zero.
 
     ``best.pt`` goes first: a crash between the two writes leaves ``last.pt`` of the epoch before, and the
     resumed run replays this epoch and writes the same ``best.pt`` again.
@@ -363,9 +366,10 @@ def _end_epoch(s: Setup, epoch: int, stats: dict[str, Any], lr: float, log: Call
     metrics = {"epoch": epoch + 1, "lr": lr, **stats, **_validate(s, epoch), "method": cfg.method,
                "device": device_name(s.device), **s.method.settings()}
     record = dict(arch=cfg.arch, data=s.data.spec, config=cfg.to_dict(), epoch=epoch + 1, model=s.net.state_dict())
-    improved = s.val is not None and metrics["val_pgd"] > s.best.get("val_pgd", -1.0)
+    key = "val_pgd" if cfg.steps else "val_clean"
+    improved = s.val is not None and metrics[key] > s.best.get(key, -1.0)
     if improved:
-        s.best = {"epoch": epoch + 1, "val_pgd": metrics["val_pgd"], "val_clean": metrics["val_clean"]}
+        s.best = {"epoch": epoch + 1, "val_pgd": metrics["val_pgd"], "val_clean": metrics["val_clean"], "by": key}
         save_best(Checkpoint(**record, metrics=metrics), s.run_dir)
     if s.val is not None:
         metrics["best_epoch"] = s.best["epoch"]
