@@ -154,7 +154,7 @@ def compare_pgd20(checkpoint: str, n: int, device: torch.device) -> dict[str, fl
     import torchattacks
 
     from agkd_bml.data import load_dataset, to_float
-    from agkd_bml.evaluate import evaluate_attacks
+    from agkd_bml.evaluation import evaluate_attacks
     from agkd_bml.train import load_model
 
     model, ckpt = load_model(checkpoint, device)
@@ -184,7 +184,7 @@ def compare_autoattack(checkpoint: str, n: int, device: torch.device) -> dict[st
     and every part fails on it.
     """
     from agkd_bml.data import load_dataset
-    from agkd_bml.evaluate import evaluate_attacks
+    from agkd_bml.evaluation import evaluate_attacks
     from agkd_bml.train import load_model
 
     model, ckpt = load_model(checkpoint, device)

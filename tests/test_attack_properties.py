@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from agkd_bml.attacks import parse_attacks
 from agkd_bml.attacks.torchattacks_adapter import LogitsOnly
 from agkd_bml.data import to_float
-from agkd_bml.evaluate import evaluate_attacks
+from agkd_bml.evaluation import evaluate_attacks
 
 
 def _check_attack(digits, model, attack, eps, train_mode, dtype, n=16):

@@ -100,7 +100,7 @@ def test_eps_in_pixel_units_is_caught():
 
 
 def _break_standard_model(model, data, n: int) -> None:
-    from agkd_bml.evaluate import evaluate_attacks
+    from agkd_bml.evaluation import evaluate_attacks
 
     clean, fgsm, pgd20, cw20 = evaluate_attacks(model, data.x_test[:n], data.y_test[:n],
                                                 parse_attacks("clean,fgsm,pgd-20,cw-20", eps=data.spec.default_eps), seed=0)
@@ -136,7 +136,7 @@ def test_attacks_break_a_standard_cifar_model(tmp_path, cifar_path):
 def test_autoattack_is_at_least_as_strong_as_pgd20_on_pgd_at(cifar_pgd_at, cifar_path):
     """Acceptance: per sample, AutoAttack accuracy <= PGD-20 accuracy on a PGD-AT model."""
     from agkd_bml.data import load_dataset
-    from agkd_bml.evaluate import evaluate_attacks
+    from agkd_bml.evaluation import evaluate_attacks
 
     model, _ = cifar_pgd_at
     data = load_dataset(f"npz:{cifar_path}")

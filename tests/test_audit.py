@@ -9,7 +9,7 @@ from torch import nn
 
 from agkd_bml.cli import main
 from agkd_bml.data import load_dataset
-from agkd_bml.evaluate import audit
+from agkd_bml.evaluation import audit
 from agkd_bml.models import MODELS, ModelOutput
 from agkd_bml.models.small_cnn import small_cnn
 from agkd_bml.train import load_model, train

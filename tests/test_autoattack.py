@@ -14,7 +14,7 @@ from agkd_bml.attacks.fab import FabAttack, project_linf
 from agkd_bml.attacks.square import square_fraction
 from agkd_bml.attacks.torchattacks_adapter import run_library_attack
 from agkd_bml.data import to_float
-from agkd_bml.evaluate import evaluate_attacks
+from agkd_bml.evaluation import evaluate_attacks
 from agkd_bml.models.inference import inference_copy
 
 

@@ -7,8 +7,8 @@ import torch
 
 from agkd_bml.attacks import parse_attacks
 from agkd_bml.errors import UserError
-from agkd_bml.evaluate import EvalState, evaluate_attacks
-from agkd_bml.evaluate import state as state_mod
+from agkd_bml.evaluation import EvalState, evaluate_attacks
+from agkd_bml.evaluation import state as state_mod
 
 
 class Interrupt(Exception):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -107,6 +107,11 @@ class AutoAttack(Attack):
     library: str = "agkd-bml"
     #: ``fp32``, or ``bf16``: search passes under bf16 autocast, every success confirmed in float32.
     precision: str = "fp32"
+    #: images each part broke, summed over calls (not a setting: the evaluation reads it for its checks)
+    fooled_by: dict[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def _count(self, part: str, fooled: torch.Tensor) -> None:
+        self.fooled_by[part] = self.fooled_by.get(part, 0) + int(fooled.sum())
 
     def settings(self) -> dict[str, Any]:
         parts = native_components(self.eps, self.num_classes)
@@ -151,6 +156,7 @@ class AutoAttack(Attack):
                 found, fooled = confirm_in_fp32(parts[name], fast, xs[idx], y[idx], found, fooled, generator)
             adv[idx[fooled]] = found[fooled]
             robust[idx[fooled]] = False
+            self._count(name, fooled)
         return adv
 
 
@@ -177,4 +183,5 @@ class TorchattacksAutoAttack(AutoAttack):
                 fooled = model(found).logits.argmax(1) != y[idx]
             adv[idx[fooled]] = found[fooled]
             robust[idx[fooled]] = False
+            self._count(name, fooled)
         return adv

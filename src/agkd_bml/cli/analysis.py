@@ -27,7 +27,7 @@ from agkd_bml.cli.evaluation import curves, evaluate_checkpoints
 from agkd_bml.cli.options import add_eval_options, command_handler
 from agkd_bml.data import Dataset
 from agkd_bml.errors import UserError
-from agkd_bml.evaluate import EvalOptions, ModelLoader, require_positive
+from agkd_bml.evaluation import EvalOptions, ModelLoader, require_positive
 from agkd_bml.fileio import write_text
 
 
@@ -46,7 +46,7 @@ def knn(
     require_positive(n=options.n, batch_size=options.batch_size, k=k, index_limit=index_limit)
     if metric not in METRICS:
         raise UserError(f"--metric must be one of {', '.join(METRICS)}; got {metric!r}")
-    loader = ModelLoader(options)
+    loader = ModelLoader(options, features=True)
     rows = []
     for path in checkpoints:
         label, model, data, x, y = loader.model(path)
@@ -108,7 +108,7 @@ def tsne(
 ) -> str:
     """``agkd-bml tsne``: t-SNE of clean embeddings and of one class's AEs, one column per model."""
     require_positive(per_class=per_class, batch_size=options.batch_size)
-    loader = ModelLoader(options)
+    loader = ModelLoader(options, features=True)
     panels = {}
     names: tuple[str, ...] = ()
     adv = None
@@ -136,7 +136,7 @@ def attention(
 ) -> str:
     """``agkd-bml attention``: the teacher's and each model's attention maps, and Grad-CAM (Figures 1, 4)."""
     require_positive(images=images)
-    loader = ModelLoader(options)
+    loader = ModelLoader(options, features=True)
     models = {}
     data = None
     for path in checkpoints:

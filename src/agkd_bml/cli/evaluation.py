@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 
 from agkd_bml.attacks import TransferAttack, fmt_eps, full_length, parse_attacks, spec_help
 from agkd_bml.cli.options import add_eval_options, command_handler, number
 from agkd_bml.errors import UserError
-from agkd_bml.evaluate import (
+from agkd_bml.evaluation import (
     AttackResult,
     Curves,
     EvalOptions,
+    EvalState,
     ModelLoader,
     accuracy_curves,
     audit,
@@ -24,24 +26,31 @@ from agkd_bml.evaluate import (
     write_curves,
     write_tables,
 )
+from agkd_bml.evaluation.checks import model_flags, square_flag
+from agkd_bml.models.external import is_external
 
 
 def evaluate_checkpoints(
     checkpoints: Sequence[str], *, attacks: str = "clean,fgsm,pgd-20", step_size: float | None = None,
     restarts: int = 1, targeted: bool = False, last_iterate: bool = False, out: str | None = None,
-    options: EvalOptions = EvalOptions(),
+    state: str | None = None, options: EvalOptions = EvalOptions(),
 ) -> dict[str, list[AttackResult]]:
-    """``agkd-bml eval``: each checkpoint on the test set of its dataset (or ``options.dataset``).
+    """``agkd-bml eval``: each checkpoint (or foreign model) on the test set of its dataset (or ``options.dataset``).
 
     ``last_iterate``: the PGD-family attacks score each image at their last iterate (the protocol of the
     paper's and the baselines' code) instead of at the first iterate that fools the model (ours: never
     weaker). Both are offered so that a table can show how much of a gap comes from the protocol.
+    ``state`` (default ``OUT/state`` with ``out``): per-sample results saved as they come, so the same
+    command run again after a crash continues where it stopped and prints the same table.
     """
     require_positive(n=options.n, batch_size=options.batch_size, restarts=restarts)
     loader = ModelLoader(options)
     # Fail on a bad spec (or source checkpoint) before any work.
     parse_attacks(attacks, eps=options.eps if options.eps is not None else 8 / 255, load_source=loader.source)
+    saved = EvalState(state or f"{out}/state") if (state or out) else None
     rows: dict[str, list[AttackResult]] = {}
+    flags: dict[str, list[str]] = {}
+    where: dict[str, str] = {}  #: the dataset of each row
     for path in checkpoints:
         label, model, data, x, y = loader.model(path)
         parsed = parse_attacks(
@@ -53,15 +62,28 @@ def evaluate_checkpoints(
         for attack in parsed:
             if isinstance(attack, TransferAttack):
                 loader.check_source(attack.source_path, data.spec)
+        where[label] = data.spec.name
+        flags[label] = model_flags(model, x, y, num_classes=data.spec.num_classes, attacks=parsed, device=loader.device)
+        _warn(label, flags[label])
         start = time.perf_counter()
         rows[label] = evaluate_attacks(model, x, y, parsed, batch_size=options.batch_size, device=loader.device,
-                                       seed=options.seed, progress=options.progress, desc=f"{label} ")
+                                       seed=options.seed, progress=options.progress, desc=f"{label} ", state=saved)
+        after = [f for f in (square_flag(r.attack, r.n) for r in rows[label]) if f]
+        _warn(label, after)
+        flags[label] += after
         print(f"{label}: evaluated in {time.perf_counter() - start:.1f}s on {loader.device}")
-    print(format_table(rows, options.weights))
+    # foreign models have only the weights they were given: the last / best / EMA note is about our runs
+    weights = options.weights if not all(is_external(p) for p in checkpoints) else None
+    print(format_table(rows, weights))
     if out:
-        for f in write_tables(rows, out, weights=options.weights):
+        for f in write_tables(rows, out, weights=weights, flags=flags, datasets=where):
             print(f"wrote {f}")
     return rows
+
+
+def _warn(label: str, flags: list[str]) -> None:
+    for flag in flags:
+        print(f"warning: {label}: {flag}", file=sys.stderr)
 
 
 def curves(checkpoints: Sequence[str], *, out: str = "curves", options: EvalOptions = EvalOptions()) -> dict[str, Curves]:
@@ -105,8 +127,9 @@ def audit_checkpoint(
                    source_name=source or "source", square_queries=square_queries, spsa_steps=spsa_steps,
                    tolerance=tolerance, batch_size=options.batch_size, device=loader.device, seed=options.seed,
                    progress=options.progress)
+    flags = model_flags(model, x, y, num_classes=data.spec.num_classes, device=loader.device)
     lines = [f"audit of {label} ({checkpoint}), {time.perf_counter() - start:.0f}s on {loader.device}:"]
-    lines += [c.line() for c in checks] + [verdict(checks, x.shape[0], eps)]
+    lines += [c.line() for c in checks] + [f"WARN  {f}" for f in flags] + [verdict(checks, x.shape[0], eps)]
     text = "\n".join(lines)
     print(text)
     if out:
@@ -115,7 +138,10 @@ def audit_checkpoint(
     return 1 if any(c.passed is False for c in checks) else 0
 
 
-CHECKPOINTS_HELP = "checkpoint files or run directories"
+CHECKPOINTS_HELP = ("checkpoint files or run directories of this project, or any model: py:FILE.py:FACTORY "
+                    "(or py:package.module:FACTORY; runs your code) with --model-weights, an exported program "
+                    "(.pt2, torch.export.save) or a TorchScript file; foreign models need --dataset and take "
+                    "inputs in [0, 1] (else add --normalize)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -132,8 +158,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--last-iterate", action="store_true",
                    help="score each image at the last PGD iterate, as the paper's code does (default: at the first "
                    "iterate that fools the model, which is never weaker)")
-    e.add_argument("--out", default=None, help="also write the table as eval.md, eval.csv, eval.json here")
-    add_eval_options(e)
+    e.add_argument("--out", default=None, help="also write the table as eval.md, eval.csv, eval.json here (and save "
+                   "the evaluation's progress in OUT/state, so the same command resumes after a crash)")
+    e.add_argument("--state", metavar="DIR", default=None,
+                   help="save per-sample results here as they are computed (default with --out: OUT/state); the "
+                   "same command run again skips finished work; other settings never reuse a saved result")
+    add_eval_options(e, foreign=True)
     e.set_defaults(handler=command_handler(evaluate_checkpoints))
 
     c = sub.add_parser("curves", help="accuracy vs PGD steps and vs eps (Figure 5), plotted",
@@ -142,7 +172,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "curves.png and curves.pdf.")
     c.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=CHECKPOINTS_HELP)
     c.add_argument("--out", default="curves", help="folder for curves.csv / .png / .pdf (default: ./curves)")
-    add_eval_options(c)
+    add_eval_options(c, foreign=True)
     c.set_defaults(handler=command_handler(curves))
 
     a = sub.add_parser("audit", help="gradient-masking checks with pass/fail lines; exit code 1 on a failure",
@@ -151,7 +181,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "unbounded attack reaches ~0; PGD has converged (more steps / restarts change little); "
                        "gradient-free attacks (Square, SpsaAttack) and transfer from --source are no stronger than "
                        "PGD. Exit code 0 when all pass, 1 when one fails, 2 on bad input.")
-    a.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or run directory")
+    a.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINTS_HELP.replace("files or run directories", "file or run directory"))
     a.add_argument("--source", default=None, metavar="CHECKPOINT",
                    help="a different model (e.g. the clean teacher) to craft transfer AEs on")
     a.add_argument("--square-queries", type=int, default=1000, help="queries of the Square attack (default: 1000)")
@@ -159,5 +189,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--tolerance", type=number, default=0.01,
                    help="accuracy difference (fraction) a check tolerates (default: 0.01 = 1 point)")
     a.add_argument("--out", default=None, help="also write audit.md and audit.json here")
-    add_eval_options(a, n=500)
+    add_eval_options(a, n=500, foreign=True)
     a.set_defaults(handler=command_handler(audit_checkpoint, status=True))

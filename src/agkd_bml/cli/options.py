@@ -15,7 +15,7 @@ from collections.abc import Callable
 from fractions import Fraction
 from typing import Any, NoReturn
 
-from agkd_bml.evaluate import EvalOptions
+from agkd_bml.evaluation import EvalOptions
 from agkd_bml.models.checkpoint import WEIGHTS
 
 
@@ -38,8 +38,9 @@ def add_progress(p: argparse.ArgumentParser, text: str = "no progress bars") -> 
     p.add_argument("--no-progress", action="store_true", help=text)
 
 
-def add_eval_options(p: argparse.ArgumentParser, n: int | None = None, *, data: bool = True) -> None:
-    """The :class:`EvalOptions` as options (``data=False``: without --n, --dataset and --data-dir)."""
+def add_eval_options(p: argparse.ArgumentParser, n: int | None = None, *, data: bool = True, foreign: bool = False) -> None:
+    """The :class:`EvalOptions` as options (``data=False``: without --n, --dataset and --data-dir;
+    ``foreign``: with --model-weights and --normalize, for commands that take models of any origin)."""
     if data:
         p.add_argument("--n", type=int, default=n, help=f"use the first N test images (default: {n if n else 'all'})")
     p.add_argument("--batch-size", type=int, default=256)
@@ -50,9 +51,15 @@ def add_eval_options(p: argparse.ArgumentParser, n: int | None = None, *, data: 
         p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--weights", default="last", choices=WEIGHTS,
-                   help="which weights of each run: last (last.pt), best (best.pt: best held-out PGD accuracy, "
+                   help="which weights of each run: last (last.pt), best (best.pt: best held-out PGD accuracy, clean accuracy for standard runs, "
                    "runs trained with --val-split) or ema (the moving average of runs trained with --ema); "
                    "default: last")
+    if foreign:
+        p.add_argument("--model-weights", metavar="FILE", default=None,
+                       help="a state dict (torch.save, loaded with weights_only=True) for a py: factory's model")
+        p.add_argument("--normalize", metavar="MEAN,STD", default=None,
+                       help="for a foreign model that expects normalised inputs: `dataset` (the data's own mean "
+                       "and std), MEAN,STD, or one mean per channel then one std per channel")
     add_progress(p)
 
 

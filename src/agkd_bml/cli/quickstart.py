@@ -10,7 +10,7 @@ from pathlib import Path
 from agkd_bml.cli.evaluation import evaluate_checkpoints
 from agkd_bml.cli.options import add_progress, command_handler
 from agkd_bml.config import TrainConfig
-from agkd_bml.evaluate import AttackResult, EvalOptions
+from agkd_bml.evaluation import AttackResult, EvalOptions
 from agkd_bml.train import train
 
 

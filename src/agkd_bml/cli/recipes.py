@@ -18,7 +18,7 @@ import torch
 from agkd_bml.attacks import Attack, TransferAttack, full_length, parse_attacks
 from agkd_bml.config import TrainConfig
 from agkd_bml.data import Dataset, load_dataset
-from agkd_bml.evaluate import EvalState, evaluate_attacks
+from agkd_bml.evaluation import EvalState, evaluate_attacks
 from agkd_bml.models.checkpoint import load_model
 from agkd_bml.train import resolve, train
 

@@ -30,8 +30,8 @@ from agkd_bml.cli.recipes import (
     score_transfer,
 )
 from agkd_bml.errors import UserError, unknown_choice
-from agkd_bml.evaluate import EvalOptions, accuracy_curves, write_curves
-from agkd_bml.evaluate.table import WEIGHTS_NOTE
+from agkd_bml.evaluation import EvalOptions, accuracy_curves, write_curves
+from agkd_bml.evaluation.table import WEIGHTS_NOTE
 from agkd_bml.fileio import write_text
 
 Row = dict[str, list[float]]  #: one model's scores: column key -> value per seed

@@ -10,8 +10,9 @@ from agkd_bml.data.augment import Augment
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images in [0, 255] -> float32 in [0, 1] (the models' input convention)."""
-    return x.float().div_(255.0)
+    """uint8 images in [0, 255] -> float32 in [0, 1] (the models' input convention); float images, already
+    in [0, 1] (the Python API accepts them), come back as a float32 copy."""
+    return x.to(torch.float32, copy=True) if x.is_floating_point() else x.float().div_(255.0)
 
 
 def iterate_batches(

@@ -28,7 +28,7 @@ from agkd_bml.config import TrainConfig
 from agkd_bml.data import Dataset, ImageSampler, iterate_batches, load_dataset
 from agkd_bml.device import device_name, resolve_device
 from agkd_bml.errors import UserError
-from agkd_bml.evaluate import evaluate_attacks
+from agkd_bml.evaluation import evaluate_attacks
 from agkd_bml.fileio import write_text
 from agkd_bml.methods import METHODS, Method, MethodContext
 from agkd_bml.models import Classifier, build_model

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from agkd_bml.attacks import Attack
 from agkd_bml.data import iterate_batches
-from agkd_bml.evaluate.state import EvalState, Point, model_digest, tensor_digest
+from agkd_bml.evaluation.state import EvalState, Point, model_digest, tensor_digest
 from agkd_bml.models import Classifier
 from agkd_bml.models.modes import eval_mode
 
@@ -63,7 +63,7 @@ def evaluate_attacks(
 
     Each attack's randomness comes from a generator seeded with ``seed``, so numbers are reproducible.
     With ``state``, every batch's results are saved as they come and a rerun continues where it stopped
-    (see :mod:`agkd_bml.evaluate.state`); the results are the same either way.
+    (see :mod:`agkd_bml.evaluation.state`); the results are the same either way.
     """
     device = torch.device(device)
     digest = model_digest(model) if state is not None else ""

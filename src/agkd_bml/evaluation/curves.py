@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from agkd_bml.attacks import PgdAttack, fmt_eps
-from agkd_bml.evaluate.robust import AttackResult, evaluate_attacks
+from agkd_bml.evaluation.robust import AttackResult, evaluate_attacks
 from agkd_bml.fileio import atomic_write, write_text
 from agkd_bml.models import Classifier
 

@@ -19,8 +19,8 @@ from torch import nn
 
 from agkd_bml.attacks import Attack, PgdAttack, SpsaAttack, SquareAttack, TransferAttack, cw_margin, fmt_eps
 from agkd_bml.data import iterate_batches
-from agkd_bml.evaluate.curves import pgd_attack
-from agkd_bml.evaluate.robust import AttackResult, evaluate_attacks
+from agkd_bml.evaluation.curves import pgd_attack
+from agkd_bml.evaluation.robust import AttackResult, evaluate_attacks
 from agkd_bml.fileio import write_text
 from agkd_bml.models import Classifier
 from agkd_bml.models.modes import eval_mode

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from agkd_bml.attacks import fmt_eps
-from agkd_bml.evaluate.robust import AttackResult
+from agkd_bml.evaluation.robust import AttackResult
 from agkd_bml.fileio import write_text
 
 
@@ -45,6 +45,7 @@ def format_table(rows: dict[str, list[AttackResult]], weights: str | None = None
     first = next(iter(rows.values()))
     header = [r.attack.name for r in first] + (["worst-case"] if len(first) > 1 else [])
     lines = ["| model | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    norm = "L-inf" if first[0].attack.norm.name == "linf" else first[0].attack.norm.name.upper()
     for name, results in rows.items():
         cells = [_cell(r) for r in results]
         if len(results) > 1:
@@ -52,7 +53,7 @@ def format_table(rows: dict[str, list[AttackResult]], weights: str | None = None
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
-        f"Robust accuracy (%) on the first n={first[0].n} test images, seed {first[0].seed}, L-inf eps "
+        f"Robust accuracy (%) on the first n={first[0].n} test images, seed {first[0].seed}, {norm} eps "
         f"{fmt_eps(first[0].attack.eps)}; a point counts only if it is right clean and attacked; worst-case: "
         "right under every attack. [low, high]: 95% Wilson interval."
         + (f" Weights: {WEIGHTS_NOTE[weights]}." if weights else "")
@@ -81,18 +82,49 @@ def records(rows: dict[str, list[AttackResult]], weights: str | None = None) -> 
     return out
 
 
+def robustbench_record(name: str, results: list[AttackResult], dataset: str = "") -> dict:
+    """A RobustBench-style summary of one model (``clean_acc`` / ``autoattack_acc`` as percent strings).
+
+    RobustBench's leaderboard entries hold clean and AutoAttack accuracy for a threat model and budget; the
+    same fields here let a result be set beside theirs (theirs use all 10,000 test images: see ``n_examples``).
+    """
+    by_name = {r.attack.name: r for r in results}
+    aa = next((r for r in results if r.attack.name.startswith("aa")), None)
+    clean = by_name.get("clean")
+    first = results[0]
+    record = {"name": name, "dataset": dataset, "threat_model": first.attack.norm.name.capitalize(),
+              "eps": fmt_eps(first.attack.eps), "n_examples": first.n,
+              "clean_acc": f"{100 * clean.accuracy:.2f}" if clean else None,
+              "autoattack_acc": f"{100 * aa.accuracy:.2f}" if aa else None,
+              "autoattack": aa.attack.describe() if aa else None}
+    if len(results) > 1:
+        record["worst_case_acc"] = f"{100 * combined(results).accuracy:.2f}"
+    return record
+
+
 def write_tables(
-    rows: dict[str, list[AttackResult]], out_dir: str | Path, stem: str = "eval", weights: str | None = None
+    rows: dict[str, list[AttackResult]], out_dir: str | Path, stem: str = "eval", weights: str | None = None,
+    flags: dict[str, list[str]] | None = None, datasets: dict[str, str] | None = None,
 ) -> list[Path]:
-    """Write the table as Markdown, CSV and JSON (atomically) into ``out_dir``."""
+    """Write the table as Markdown, CSV and JSON (atomically) into ``out_dir``.
+
+    The JSON holds every (model, attack) record under ``results`` and, per model, a RobustBench-style
+    summary and the warnings of :mod:`agkd_bml.evaluation.checks` under ``models``.
+    """
     out = Path(out_dir)
     recs = records(rows, weights)
+    models = {name: {"robustbench": robustbench_record(name, results, (datasets or {}).get(name, "")),
+                     "flags": (flags or {}).get(name, [])} for name, results in rows.items()}
+    summary = {"format": "agkd-bml-eval/2", "results": recs, "models": models}
     buf = io.StringIO()
     keys = list(dict.fromkeys(k for r in recs for k in r))
     writer = csv.DictWriter(buf, fieldnames=keys)
     writer.writeheader()
     writer.writerows({**r, "settings": json.dumps(r["settings"], sort_keys=True)} for r in recs)
-    files = {f"{stem}.md": format_table(rows, weights) + "\n", f"{stem}.csv": buf.getvalue(), f"{stem}.json": json.dumps(recs, indent=2) + "\n"}
+    warnings = [f"- {name}: {flag}" for name, m in models.items() for flag in m["flags"]]
+    md = format_table(rows, weights) + ("\n\nWarnings (checks before and after the attacks):\n" + "\n".join(warnings)
+                                         if warnings else "")
+    files = {f"{stem}.md": md + "\n", f"{stem}.csv": buf.getvalue(), f"{stem}.json": json.dumps(summary, indent=2) + "\n"}
     for name, text in files.items():
         write_text(out / name, text)
     return [out / n for n in files]

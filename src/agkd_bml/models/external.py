@@ -1,0 +1,200 @@
+"""Models this project did not train: any ``nn.Module`` from images in [0, 1] to logits, under our contract.
+
+Attacks and evaluation expect :class:`~agkd_bml.models.base.ModelOutput`; :class:`External` gives a
+foreign model that contract (logits only: its features are unknown, so the analyses that need attention
+maps or embeddings refuse it). Three sources are read:
+
+- ``py:FILE.py:FACTORY`` or ``py:package.module:FACTORY``: a function returning the module. This imports
+  and runs the user's code, by design; our own checkpoints never execute code (``weights_only=True``).
+- an exported program (``torch.export.save``, ``.pt2``): the graph and weights without the code.
+- a TorchScript archive (``torch.jit.save``; deprecated in PyTorch 2.14, still common). Its TorchScript
+  code runs when called, like any model's forward.
+
+``normalize`` wraps a model that expects normalised inputs, so users need not edit it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import logging
+import sys
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from agkd_bml.errors import UserError
+from agkd_bml.models.base import ModelOutput
+
+PY_PREFIX = "py:"
+
+
+class External(nn.Module):
+    """A foreign model with an optional normalisation in front; its forward returns :class:`ModelOutput`.
+
+    ``features`` and ``embedding`` are empty (0 channels): only the logits of a foreign model are known.
+    """
+
+    def __init__(self, net: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.normalized = mean is not None
+        if mean is not None and std is not None:
+            self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        if self.normalized:
+            x = (x - self.mean) / self.std
+        logits = output_logits(self.net(x))
+        empty = logits.new_zeros(logits.shape[0], 0)
+        return ModelOutput(logits, empty.view(logits.shape[0], 0, 1, 1), empty)
+
+    def train(self, mode: bool = True) -> External:
+        """Set the mode of the wrapped model; an exported program keeps the mode it was exported in."""
+        self.training = mode
+        with contextlib.suppress(NotImplementedError):  # torch.export programs refuse .train() / .eval()
+            self.net.train(mode)
+        return self
+
+
+def output_logits(out: Any) -> torch.Tensor:
+    """The logits in a model's output: a tensor, ``.logits`` (Hugging Face style), ``["logits"]`` or ``out[0]``."""
+    if isinstance(out, torch.Tensor):
+        logits = out
+    elif isinstance(getattr(out, "logits", None), torch.Tensor):
+        logits = out.logits
+    elif isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+        logits = out["logits"]
+    elif isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        logits = out[0]
+    else:
+        raise UserError(f"the model returned {type(out).__name__}; it must return logits (a tensor), a tuple "
+                        "that starts with them, or an object with .logits")
+    if logits.ndim != 2:
+        raise UserError(f"the model's logits have shape {tuple(logits.shape)}; expected (batch, classes)")
+    return logits
+
+
+def is_external(source: str) -> bool:
+    """Whether ``source`` names a foreign model (a factory, an exported program or TorchScript)."""
+    if source.startswith(PY_PREFIX) or source.endswith(".pt2"):
+        return True
+    return Path(source).is_file() and _is_torchscript(Path(source))
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive holds ``<name>/code/`` and ``constants.pkl``; a ``torch.save`` file does not."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def load_external(source: str, *, weights: str | None = None, device: torch.device | str = "cpu",
+                  normalize: tuple[Sequence[float], Sequence[float]] | None = None) -> External:
+    """The model named by ``source`` (see the module docstring), with ``weights`` (a state dict file) loaded."""
+    if source.startswith(PY_PREFIX):
+        net = _from_factory(source[len(PY_PREFIX):])
+    elif weights:
+        raise UserError("--model-weights applies to py: factories only (an exported or TorchScript model holds its weights)")
+    elif source.endswith(".pt2"):
+        net = _read(source, lambda p: torch.export.load(p).module(), "an exported program (torch.export.save)")
+    else:
+        net = _read(source, lambda p: torch.jit.load(p, map_location="cpu"), "a TorchScript archive")
+    if weights:
+        _load_weights(net, weights)
+    mean, std = normalize if normalize else (None, None)
+    return External(net, mean=mean, std=std).to(device).eval()
+
+
+def _read(path: str, read: Any, what: str) -> nn.Module:
+    if not Path(path).is_file():
+        raise UserError(f"model file not found: {path}")
+    if not zipfile.is_zipfile(path):  # both formats are zip archives; say so before torch logs a traceback
+        raise UserError(f"{path} is not {what}: not a zip archive")
+    quiet = logging.getLogger("torch.export")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # torch.export logs a full traceback before raising on a foreign file
+    try:
+        return read(path)
+    except Exception as exc:  # torch raises many kinds for a file of the wrong kind; name the file instead
+        raise UserError(f"{path} is not {what}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    finally:
+        quiet.setLevel(level)
+
+
+def _from_factory(spec: str) -> nn.Module:
+    """Import ``FILE.py:FACTORY`` or ``module:FACTORY`` and call the factory (user code runs here)."""
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name:
+        raise UserError(f"py:{spec}: expected py:FILE.py:FACTORY or py:package.module:FACTORY")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise UserError(f"py:{spec}: no such file {target}")
+        mod_spec = importlib.util.spec_from_file_location(f"agkd_bml_user_{path.stem}", path)
+        if mod_spec is None or mod_spec.loader is None:
+            raise UserError(f"py:{spec}: {target} cannot be imported")
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[mod_spec.name] = module  # dataclasses and pickling look their module up here
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise UserError(f"py:{spec}: importing {target} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise UserError(f"py:{spec}: cannot import module {target}: {exc}") from exc
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise UserError(f"py:{spec}: {target} has no function {name}")
+    try:
+        net = factory()
+    except Exception as exc:
+        raise UserError(f"py:{spec}: {name}() failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(net, nn.Module):
+        raise UserError(f"py:{spec}: {name}() returned {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def _load_weights(net: nn.Module, path: str) -> None:
+    """Load a state dict (``weights_only=True``; a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped)."""
+    if not Path(path).is_file():
+        raise UserError(f"--model-weights: file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"--model-weights {path} is not a state dict saved with torch.save: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"--model-weights {path} holds {type(state).__name__}, not a state dict")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"--model-weights {path} does not fit the model: {str(exc).splitlines()[0]}") from exc
+
+
+def parse_normalize(text: str, dataset_stats: tuple[Sequence[float], Sequence[float]]) -> tuple[list[float], list[float]]:
+    """``--normalize``: ``dataset`` (the data's own mean and std), ``M,S`` or ``M1,..,Mc,S1,..,Sc``."""
+    if text == "dataset":
+        return list(dataset_stats[0]), list(dataset_stats[1])
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or len(values) % 2 or any(s <= 0 for s in values[len(values) // 2:]):
+        raise UserError(f"--normalize {text!r}: give `dataset`, MEAN,STD or one mean per channel then one std "
+                        "per channel (e.g. 0.4914,0.4822,0.4465,0.2471,0.2435,0.2616), stds positive")
+    half = len(values) // 2
+    return values[:half], values[half:]

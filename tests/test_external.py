@@ -1,0 +1,199 @@
+"""Models this project never saw: py: factories, exported programs and TorchScript, checked and evaluated alike."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from agkd_bml.cli import main
+
+FACTORY = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Net(nn.Module):
+    """A torchvision-style CNN that expects normalised inputs (mean 0.5, std 0.25)."""
+
+    def __init__(self, classes=10, dropout=False, softmax=False):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(32, classes)
+        self.dropout, self.softmax = dropout, softmax
+
+    def forward(self, x):
+        h = self.features(x)
+        if self.dropout:  # a randomized defence: dropout left on in eval mode
+            h = F.dropout(h, 0.5, training=True)
+        out = self.head(h)
+        return out.softmax(1) if self.softmax else out
+
+
+def make():
+    return Net()
+
+
+def three_classes():
+    return Net(classes=3)
+
+
+def randomized():
+    return Net(dropout=True)
+
+
+def probabilities():
+    return Net(softmax=True)
+
+
+def broken():
+    raise RuntimeError("no weights here")
+'''
+NORM = "0.5,0.25"
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory, digits):
+    """A factory file, its weights trained with plain PyTorch, and the same model exported and scripted."""
+    root = tmp_path_factory.mktemp("foreign")
+    (root / "m.py").write_text(FACTORY)
+    sys.path.insert(0, str(root))
+    try:
+        import m
+    finally:
+        sys.path.remove(str(root))
+    torch.manual_seed(0)
+    net = m.make()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    x, y = (digits.x_train.float() / 255 - 0.5) / 0.25, digits.y_train
+    for _ in range(10):
+        for i in range(0, len(x), 64):
+            loss = torch.nn.functional.cross_entropy(net(x[i:i + 64]), y[i:i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    torch.save(net.state_dict(), root / "m.pt")
+    example = x[:2]
+    torch.export.save(torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)),
+                      root / "m.pt2")
+    torch.jit.save(torch.jit.trace(net, example), root / "m_ts.pt")
+    return root
+
+
+def _table_rows(out_dir: Path) -> list[str]:
+    return [line.split("|", 2)[2] for line in (out_dir / "eval.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| model")]
+
+
+def test_factory_export_and_torchscript_give_the_same_table(foreign, tmp_path, capsys):
+    common = ["--dataset", "digits", "--normalize", NORM, "--attacks", "clean,pgd-5,aa", "--n", "64", "--no-progress"]
+    sources = {"py": [f"py:{foreign / 'm.py'}:make", "--model-weights", str(foreign / "m.pt")],
+               "pt2": [str(foreign / "m.pt2")], "ts": [str(foreign / "m_ts.pt")]}
+    rows = {}
+    for name, source in sources.items():
+        assert main(["eval", *source, *common, "--out", str(tmp_path / name)]) == 0
+        rows[name] = _table_rows(tmp_path / name)
+    out = capsys.readouterr().out
+    assert "Weights: each run's" not in out  # foreign models have no last / best / EMA of ours
+    assert rows["py"] == rows["pt2"] == rows["ts"] and len(rows["py"]) == 1
+    clean, pgd = (float(c.split()[0]) for c in rows["py"][0].split("|")[:2])
+    assert clean > 50 and pgd < clean  # trained for real, and the attack bites
+    summary = json.loads((tmp_path / "py" / "eval.json").read_text())
+    rb = summary["models"]["make"]["robustbench"]
+    assert rb["dataset"] == "digits" and rb["eps"] == "0.1" and rb["autoattack_acc"] is not None
+
+
+@pytest.mark.parametrize("factory, needle", [("randomized", "randomized"), ("probabilities", "probabilities")])
+def test_randomized_and_softmax_models_are_flagged_before_autoattack(foreign, tmp_path, factory, needle, capsys):
+    assert main(["eval", f"py:{foreign / 'm.py'}:{factory}", "--dataset", "digits", "--attacks", "clean,aa",
+                 "--n", "16", "--no-progress", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {factory}:" in err and needle in err
+    assert any(needle in f for f in json.loads((tmp_path / "eval.json").read_text())["models"][factory]["flags"])
+
+
+def test_bad_foreign_input_is_one_line_and_exit_code_2(foreign, tmp_path):
+    junk = tmp_path / "junk.pt2"
+    junk.write_bytes(b"not a model")
+    m = foreign / "m.py"
+    cases = [
+        ([f"py:{m}:nope", "--dataset", "digits"], "has no function nope"),
+        ([f"py:{tmp_path}/missing.py:make", "--dataset", "digits"], "no such file"),
+        ([f"py:{m}:broken", "--dataset", "digits"], "broken() failed"),
+        ([str(junk), "--dataset", "digits"], "is not an exported program"),
+        ([f"py:{m}:three_classes", "--dataset", "digits"], "3 outputs per image but digits has 10 classes"),
+        ([f"py:{m}:make", "--dataset", "npz:" + str(Path(__file__).parents[2] / "shared/data/cifar10.npz")], "cannot take"),
+        ([f"py:{m}:make"], "--dataset"),
+        ([f"py:{m}:three_classes", "--model-weights", str(foreign / "m.pt"), "--dataset", "digits"], "does not fit"),
+        ([f"py:{m}:make", "--dataset", "digits", "--normalize", "1,2,3"], "--normalize"),
+    ]
+    for args, needle in cases:
+        r = subprocess.run([sys.executable, "-m", "agkd_bml", "eval", *args, "--attacks", "clean", "--n", "8"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "warn" not in ln.lower()]
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_sigkill_during_autoattack_then_the_same_command_resumes_to_the_same_table(tmp_path, teacher_run):
+    """Kill ``eval --attacks aa`` after its first saved AA batch; the rerun continues and equals a clean run."""
+    from agkd_bml.config import TrainConfig
+    from agkd_bml.train import train
+
+    run = tmp_path / "at"  # a digits PGD-AT model: AA has robust points to work on (Square's queries take time)
+    train(TrainConfig(method="pgd-at", dataset="digits", arch="small-cnn", epochs=4, steps=3, lr=0.05,
+                      batch_size=64, val_n=0, device="cpu", out=str(run)), progress=False, log=lambda _m: None)
+    args = [sys.executable, "-m", "agkd_bml", "eval", str(run), "--attacks", "aa", "--n", "48", "--batch-size", "16",
+            "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen([*args, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state, deadline = tmp_path / "killed" / "state", time.time() + 240
+
+    def unfinished_aa() -> bool:
+        for f in state.glob("*.pt"):
+            try:
+                raw = torch.load(f, weights_only=True)
+            except Exception:
+                continue
+            if '"name": "aa"' in raw["key"] and not raw["done"] and raw["batches"]:
+                return True
+        return False
+
+    while not unfinished_aa():
+        assert proc.poll() is None and time.time() < deadline, "the evaluation ended before it could be killed"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "eval.md").exists()
+    resumed = subprocess.run([*args, "--out", str(tmp_path / "killed")], env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = subprocess.run([*args, "--out", str(tmp_path / "straight")], env=env, capture_output=True, text=True,
+                              timeout=600)
+    assert straight.returncode == 0
+    assert _table_rows(tmp_path / "killed") == _table_rows(tmp_path / "straight")
+    aa = float(_table_rows(tmp_path / "straight")[0].split("|")[0].split()[0])
+    assert 0 < aa < 100  # a point where a wrong resume would show
+
+
+def test_audit_and_curves_take_foreign_models_and_the_audit_warns(foreign, tmp_path, capsys):
+    m = foreign / "m.py"
+    code = main(["audit", f"py:{m}:probabilities", "--dataset", "digits", "--n", "16", "--square-queries", "20",
+                 "--no-progress"])
+    out = capsys.readouterr().out
+    assert code in (0, 1) and "WARN  the outputs look like probabilities" in out
+    assert main(["curves", str(foreign / "m.pt2"), "--dataset", "digits", "--normalize", NORM, "--n", "16",
+                 "--no-progress", "--out", str(tmp_path)]) == 0
+    assert main(["knn", str(foreign / "m.pt2"), "--dataset", "digits"]) == 2  # needs embeddings: one line, exit 2
