@@ -57,3 +57,24 @@ def test_sync_bn_without_torchrun_on_cuda_is_a_user_error(tmp_path, capsys):
 
     code = main(["train", "--method", "standard", "--sync-bn", "--device", "cpu", "--dry-run", "--out", str(tmp_path / "x")])
     assert code == 2 and "GPU-only" in capsys.readouterr().err
+
+
+def test_two_process_evaluation_equals_one_process(tmp_path, teacher_run):
+    """torchrun eval: the ranks share the batches out and gather them; the table is one process's, exactly."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    # "--" keeps torchrun's own parser from taking --n for an abbreviation of its --nnodes / --nproc-per-node
+    args = ["-m", "agkd_bml", "--", "eval", teacher_run, "--attacks", "clean,pgd-5,apgd-ce", "--eps", "0.03", "--n", "64",
+            "--batch-size", "16", "--device", "cpu", "--no-progress"]
+    tables = {}
+    for procs in (1, 2):
+        launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] if procs > 1 else []
+        out = tmp_path / f"p{procs}"
+        run = subprocess.run([sys.executable, *launch, *args, "--out", str(out)], capture_output=True, text=True,
+                             env=env, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        tables[procs] = [ln for ln in (out / "eval.md").read_text().splitlines() if ln.startswith("| teacher")]
+        if procs > 1:
+            assert run.stdout.count("| teacher") == 1 and "x 2 processes" in run.stdout  # rank 0 alone prints
+    assert tables[1] == tables[2] and len(tables[1]) == 1
+    pgd = float(tables[1][0].split("|")[3].split()[0])
+    assert 0 < pgd < 100  # a point where a wrong gather or seeding would show

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
 
+from agkd_bml import distributed
 from agkd_bml.attacks import TransferAttack, fmt_eps, full_length, parse_attacks, spec_help
 from agkd_bml.cli.options import add_eval_options, command_handler, number
 from agkd_bml.errors import UserError
@@ -44,6 +46,21 @@ def evaluate_checkpoints(
     command run again after a crash continues where it stopped and prints the same table.
     """
     require_positive(n=options.n, batch_size=options.batch_size, restarts=restarts)
+    job, device = distributed.setup(options.device)  # under torchrun, each rank attacks every world-th batch
+    try:
+        return _evaluate(checkpoints, attacks=attacks, step_size=step_size, restarts=restarts, targeted=targeted,
+                         last_iterate=last_iterate, out=out, state=state,
+                         options=dataclasses.replace(options, device=device, progress=options.progress and job.main),
+                         job=job)
+    finally:
+        distributed.teardown(job)
+
+
+def _evaluate(
+    checkpoints: Sequence[str], *, attacks: str, step_size: float | None, restarts: int, targeted: bool,
+    last_iterate: bool, out: str | None, state: str | None, options: EvalOptions, job: distributed.Dist,
+) -> dict[str, list[AttackResult]]:
+    say = print if job.main else _quiet
     loader = ModelLoader(options)
     # Fail on a bad spec (or source checkpoint) before any work.
     parse_attacks(attacks, eps=options.eps if options.eps is not None else 8 / 255, load_source=loader.source)
@@ -64,21 +81,28 @@ def evaluate_checkpoints(
                 loader.check_source(attack.source_path, data.spec)
         where[label] = data.spec.name
         flags[label] = model_flags(model, x, y, num_classes=data.spec.num_classes, attacks=parsed, device=loader.device)
-        _warn(label, flags[label])
+        if job.main:
+            _warn(label, flags[label])
         start = time.perf_counter()
         rows[label] = evaluate_attacks(model, x, y, parsed, batch_size=options.batch_size, device=loader.device,
                                        seed=options.seed, progress=options.progress, desc=f"{label} ", state=saved)
         after = [f for f in (square_flag(r.attack, r.n) for r in rows[label]) if f]
-        _warn(label, after)
+        if job.main:
+            _warn(label, after)
         flags[label] += after
-        print(f"{label}: evaluated in {time.perf_counter() - start:.1f}s on {loader.device}")
+        ranks = f" x {job.world} processes" if job.enabled else ""
+        say(f"{label}: evaluated in {time.perf_counter() - start:.1f}s on {loader.device}{ranks}")
     # foreign models have only the weights they were given: the last / best / EMA note is about our runs
     weights = options.weights if not all(is_external(p) for p in checkpoints) else None
-    print(format_table(rows, weights))
-    if out:
+    say(format_table(rows, weights))
+    if out and job.main:
         for f in write_tables(rows, out, weights=weights, flags=flags, datasets=where):
             print(f"wrote {f}")
     return rows
+
+
+def _quiet(*_args: object, **_kw: object) -> None:
+    """``print`` on ranks other than 0."""
 
 
 def _warn(label: str, flags: list[str]) -> None:

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m agkd_bml -- eval --n 100`: the "--" shields --n from torchrun's parser
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -7,14 +7,16 @@ clean (the others are already errors; attacking them would only cost time).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from agkd_bml import distributed
 from agkd_bml.attacks import Attack
-from agkd_bml.data import iterate_batches
+from agkd_bml.data import to_float
 from agkd_bml.evaluation.state import EvalState, Point, model_digest, tensor_digest
 from agkd_bml.models import Classifier
 from agkd_bml.models.modes import eval_mode
@@ -59,23 +61,27 @@ def evaluate_attacks(
     desc: str = "",
     state: EvalState | None = None,
 ) -> list[AttackResult]:
-    """Run each attack on uint8 images ``x`` (N, C, H, W) with labels ``y``; return per-sample results.
+    """Run each attack on images ``x`` (N, C, H, W; uint8, or float in [0, 1]) with labels ``y``.
 
-    Each attack's randomness comes from a generator seeded with ``seed``, so numbers are reproducible.
-    With ``state``, every batch's results are saved as they come and a rerun continues where it stopped
-    (see :mod:`agkd_bml.evaluation.state`); the results are the same either way.
+    Batch ``b`` of every attack draws its randomness from a generator seeded by ``(seed, b)``, so a number
+    is reproducible and does not depend on how the batches were shared out: under ``torchrun`` each rank
+    attacks every world-th batch and all ranks get the gathered result, identical to one process's. With
+    ``state``, results are saved as they come and a rerun continues where it stopped (same result).
     """
     device = torch.device(device)
+    job = distributed.current()
     digest = model_digest(model) if state is not None else ""
     results = []
     with eval_mode(model):
         def run(attack: Attack | None, xs: torch.Tensor, ys: torch.Tensor, label: str) -> torch.Tensor:
             point = None
             if state is not None:
-                point = state.load({"model": digest, "images": tensor_digest(xs, ys), "seed": seed,
+                point = state.load({"model": digest, "images": tensor_digest(xs, ys), "seed": seed, "rng": "per-batch",
                                     "batch_size": batch_size, "attack": _identity(attack)})
-            return _correct(model, xs, ys, attack, batch_size, device, seed, progress, f"{desc}{label}",
-                            state, point)
+            bar = tqdm(total=math.ceil(xs.shape[0] / batch_size), desc=f"{desc}{label}", leave=False, unit="batch",
+                       disable=None if progress and attack is not None and job.main else True)
+            with bar:
+                return _correct(model, xs, ys, attack, _Run(batch_size, device, seed, job, bar, state), point)
 
         clean = run(None, x, y, "clean")
         for attack in attacks:
@@ -94,36 +100,56 @@ def _identity(attack: Attack | None) -> dict:
     return {"name": attack.name, "eps": attack.eps, "norm": attack.norm.name, **attack.settings()}
 
 
-def _correct(
-    model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, batch_size: int,
-    device: torch.device, seed: int, progress: bool, desc: str,
-    state: EvalState | None = None, point: Point | None = None,
-) -> torch.Tensor:
-    """Per-sample correctness of ``model`` on ``x`` attacked by ``attack`` (clean when None)."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    out: list[torch.Tensor] = []
-    if point is not None:
-        if point.done:
-            return torch.cat(point.batches) if point.batches else torch.zeros(0, dtype=torch.bool)
-        out = list(point.batches)
-        if point.generator is not None:
-            gen.set_state(point.generator.to(gen.get_state().device))
-    skip = len(out)
-    # disable=None: tqdm turns itself off when stderr is not a terminal (no carriage returns in logs)
-    bar = tqdm(iterate_batches(x[skip * batch_size:], y[skip * batch_size:], batch_size, device=device),
-               total=math.ceil(x.shape[0] / batch_size), initial=skip,
-               desc=desc, disable=None if progress and attack is not None else True, leave=False, unit="batch")
-    for xb, yb in bar:
-        if attack is not None:
-            out.append((~attack(model, xb, yb, gen).fooled).cpu())
-        else:
-            with torch.no_grad():
-                out.append((model(xb).logits.argmax(1) == yb).cpu())
-        if state is not None and point is not None:
-            point.batches, point.generator = out, gen.get_state()
-            point.done = len(out) * batch_size >= x.shape[0]
-            state.save(point)
-    if state is not None and point is not None and not point.done:  # no batches at all: an empty point
-        point.done = True
-        state.save(point)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+def batch_generator(device: torch.device, seed: int, index: int) -> torch.Generator:
+    """The generator of batch ``index``: ``seed`` itself for the first batch, a hash of both for the others."""
+    if index == 0:
+        return torch.Generator(device=device).manual_seed(seed)
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+@dataclass
+class _Run:
+    """How one point's batches are computed: where, seeded how, by which ranks, shown and saved where."""
+
+    batch_size: int
+    device: torch.device
+    seed: int
+    job: distributed.Dist
+    bar: tqdm
+    state: EvalState | None
+
+
+def _correct(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, r: _Run,
+             point: Point | None) -> torch.Tensor:
+    """Per-sample correctness of ``model`` on ``x`` attacked by ``attack`` (clean when None).
+
+    Batches go in rounds of one per rank; after each round every rank holds all results so far, and rank 0
+    saves them (``state``), so a stopped run resumes at its first unfinished round.
+    """
+    total = math.ceil(x.shape[0] / r.batch_size)
+    done = list(point.batches) if point is not None else []
+    r.bar.update(len(done))
+    for first in range(len(done) if not (point and point.done) else total, total, r.job.world):
+        b = first + r.job.rank
+        mine = _batch(model, x, y, attack, b, r) if b < total else None
+        got = [t for t in distributed.gather_objects(mine, r.job) if t is not None]
+        done.extend(got)  # type: ignore[arg-type]
+        r.bar.update(len(got))
+        if r.state is not None and point is not None and r.job.main:
+            point.batches, point.done = done, len(done) == total
+            r.state.save(point)
+    if r.state is not None and point is not None and not point.done and r.job.main:  # nothing to do: mark it done
+        point.batches, point.done = done, True
+        r.state.save(point)
+    return torch.cat(done) if done else torch.zeros(0, dtype=torch.bool)
+
+
+def _batch(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, b: int, r: _Run) -> torch.Tensor:
+    """Correctness on batch ``b`` (on the CPU, ready to be gathered and saved)."""
+    sl = slice(b * r.batch_size, (b + 1) * r.batch_size)
+    xb, yb = to_float(x[sl]).to(r.device), y[sl].to(r.device)
+    if attack is not None:
+        return (~attack(model, xb, yb, batch_generator(r.device, r.seed, b)).fooled).cpu()
+    with torch.no_grad():
+        return (model(xb).logits.argmax(1) == yb).cpu()

@@ -3,8 +3,8 @@
 AutoAttack on a thousand images takes minutes to hours; a crash, a pre-emption or the end of a session
 must not throw that away. An :class:`EvalState` folder holds one file per point, keyed by everything the
 result depends on (the weights' checksum, the attack's settings, the images, the seed, the batch size),
-written atomically after every batch together with the random generator's state, so a rerun skips
-finished points, continues an unfinished one at its next batch, and gets exactly an uninterrupted run's
+written atomically as batches finish. Each batch is seeded by its own index, so a rerun that skips
+finished points and continues an unfinished one at its next batch gets exactly an uninterrupted run's
 result. A file whose key differs from the point asked for is never used: asking for a point under other
 settings makes a new file, and a file that does not match its own name is refused.
 """
@@ -50,7 +50,6 @@ class Point:
 
     key: dict[str, Any]
     batches: list[torch.Tensor] = field(default_factory=list)  #: per-sample results of finished batches
-    generator: torch.Tensor | None = None  #: the random generator's state after the last finished batch
     done: bool = False
 
 
@@ -77,7 +76,7 @@ class EvalState:
             raise UserError(f"evaluation state {path} cannot be read ({exc}); delete it to recompute that point") from exc
         if saved != json.loads(json.dumps(key)):
             raise UserError(f"evaluation state {path} was written with other settings; delete it or use another --state")
-        return Point(key, list(raw["batches"]), raw["generator"], bool(raw["done"]))
+        return Point(key, list(raw["batches"]), bool(raw["done"]))
 
     def save(self, point: Point, *, force: bool = False) -> None:
         """Write ``point`` atomically (unfinished points at most every :data:`SAVE_EVERY_S` unless ``force``)."""
@@ -86,7 +85,6 @@ class EvalState:
         if not (force or point.done) and now - self._saved_at.get(str(path), 0.0) < SAVE_EVERY_S:
             return
         buf = io.BytesIO()
-        torch.save({"key": json.dumps(point.key, sort_keys=True), "batches": point.batches,
-                    "generator": point.generator, "done": point.done}, buf)
+        torch.save({"key": json.dumps(point.key, sort_keys=True), "batches": point.batches, "done": point.done}, buf)
         atomic_write(path, lambda f: f.write(buf.getvalue()))
         self._saved_at[str(path)] = now

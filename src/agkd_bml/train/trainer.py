@@ -23,10 +23,12 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from agkd_bml import distributed
 from agkd_bml.attacks import parse_attacks
 from agkd_bml.config import TrainConfig
 from agkd_bml.data import Dataset, ImageSampler, iterate_batches, load_dataset
 from agkd_bml.device import device_name, resolve_device
+from agkd_bml.distributed import Dist, any_rank, check_in_sync, sum_over_ranks
 from agkd_bml.errors import UserError
 from agkd_bml.evaluation import evaluate_attacks
 from agkd_bml.fileio import write_text
@@ -43,9 +45,7 @@ from agkd_bml.models.checkpoint import (
     save_checkpoint,
 )
 from agkd_bml.models.modes import eval_mode
-from agkd_bml.train import distributed
 from agkd_bml.train.amp import amp_dtype, autocast, grad_scaler
-from agkd_bml.train.distributed import Dist, any_rank, check_in_sync, sum_over_ranks
 from agkd_bml.train.ema import Ema
 from agkd_bml.train.settings import check, complete
 

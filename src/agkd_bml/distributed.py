@@ -1,8 +1,8 @@
-"""Multi-process training through ``torchrun`` and DistributedDataParallel (nccl on CUDA, gloo on CPU).
+"""Multi-process jobs through ``torchrun`` (nccl on CUDA, gloo on CPU): training with DDP, and evaluation.
 
-``torchrun --nproc_per_node=N -m agkd_bml train ...`` sets WORLD_SIZE / RANK / LOCAL_RANK; everything else
-is here: the process group, the rank's device, and the few collectives the loop needs. Rank 0 alone logs,
-validates and writes checkpoints; every rank reads them on ``--resume``.
+``torchrun --nproc_per_node=N -m agkd_bml train|eval ...`` sets WORLD_SIZE / RANK / LOCAL_RANK; everything
+else is here: the process group, the rank's device, and the few collectives the training loop and the
+sharded evaluation need. Rank 0 alone logs and writes files; every rank reads them on a resume.
 """
 
 from __future__ import annotations
@@ -47,6 +47,22 @@ def setup(device: str) -> tuple[Dist, str]:
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     return Dist(dist.get_rank(), dist.get_world_size(), owns), device
+
+
+def current() -> Dist:
+    """The job this process is part of (rank 0 of 1 when no process group is up)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return Dist(dist.get_rank(), dist.get_world_size())
+    return Dist()
+
+
+def gather_objects(obj: object, d: Dist) -> list[object]:
+    """``obj`` of every rank, in rank order, on every rank (CPU tensors and plain Python values)."""
+    if not d.enabled:
+        return [obj]
+    out: list[object] = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def teardown(d: Dist) -> None:
