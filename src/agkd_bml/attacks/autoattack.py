@@ -21,6 +21,7 @@ Two implementations with the same interface:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -109,9 +110,12 @@ class AutoAttack(Attack):
     precision: str = "fp32"
     #: images each part broke, summed over calls (not a setting: the evaluation reads it for its checks)
     fooled_by: dict[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    #: wall seconds spent in each part, summed over calls (the benchmark's per-part times)
+    seconds_by: dict[str, float] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
-    def _count(self, part: str, fooled: torch.Tensor) -> None:
+    def _count(self, part: str, fooled: torch.Tensor, started: float) -> None:
         self.fooled_by[part] = self.fooled_by.get(part, 0) + int(fooled.sum())
+        self.seconds_by[part] = self.seconds_by.get(part, 0.0) + time.perf_counter() - started
 
     def settings(self) -> dict[str, Any]:
         parts = native_components(self.eps, self.num_classes)
@@ -150,13 +154,14 @@ class AutoAttack(Attack):
             idx = robust.nonzero().squeeze(1)
             if not idx.numel():
                 break
+            started = time.perf_counter()
             with search:
                 found, fooled = parts[name].run_prepared(fast, xs[idx], y[idx], generator)
             if self.precision != "fp32":
                 found, fooled = confirm_in_fp32(parts[name], fast, xs[idx], y[idx], found, fooled, generator)
             adv[idx[fooled]] = found[fooled]
             robust[idx[fooled]] = False
-            self._count(name, fooled)
+            self._count(name, fooled, started)
         return adv
 
 
@@ -177,11 +182,12 @@ class TorchattacksAutoAttack(AutoAttack):
             idx = robust.nonzero().squeeze(1)
             if not idx.numel():
                 break
+            started = time.perf_counter()
             make = torchattacks_component(name, self.eps, self.num_classes)
             found = run_library_attack(make, model, x[idx], y[idx], eps=self.eps, generator=generator)
             with torch.no_grad():
                 fooled = model(found).logits.argmax(1) != y[idx]
             adv[idx[fooled]] = found[fooled]
             robust[idx[fooled]] = False
-            self._count(name, fooled)
+            self._count(name, fooled, started)
         return adv
