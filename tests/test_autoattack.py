@@ -148,3 +148,26 @@ def test_a_success_that_does_not_hold_in_fp32_gets_the_part_again_in_fp32(digits
     assert 0 < int(direct_fooled.sum()) < len(y)
     assert torch.equal(fooled, direct_fooled) and torch.equal(adv[fooled], direct[fooled])
     assert _wrong(fast, adv[fooled], y[fooled]).all()
+
+
+def test_untargeted_dlr_equals_the_reference_formula():
+    import torchattacks
+
+    from agkd_bml.attacks.apgd import dlr
+
+    gen = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(64, 10, generator=gen) * 3, torch.randint(0, 10, (64,), generator=gen)
+    labels[:8] = logits[:8].argmax(1)  # rows where the label leads (the second logit is the other class)
+    ref = torchattacks.APGD(torch.nn.Identity(), loss="dce").dlr_loss(logits, labels)
+    assert torch.allclose(dlr(logits, labels), ref, atol=1e-6)
+
+
+def test_eot_on_a_deterministic_model_finds_what_one_pass_finds(model, digits):
+    """Averaging 5 identical gradients is the gradient: EoT changes nothing on a deterministic model."""
+    from agkd_bml.attacks.apgd import apgd
+    from agkd_bml.data import to_float
+
+    x, y = to_float(digits.x_test[:32]), digits.y_test[:32]
+    one = apgd(model, x, y, eps=0.1, steps=10, loss_name="dlr", generator=torch.Generator().manual_seed(1))
+    five = apgd(model, x, y, eps=0.1, steps=10, loss_name="dlr", eot=5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(one[1], five[1]) and torch.allclose(one[0], five[0], atol=1e-6)

@@ -121,6 +121,10 @@ def test_randomized_and_softmax_models_are_flagged_before_autoattack(foreign, tm
     err = capsys.readouterr().err
     assert f"warning: {factory}:" in err and needle in err
     assert any(needle in f for f in json.loads((tmp_path / "eval.json").read_text())["models"][factory]["flags"])
+    if factory == "randomized":  # the remedy the warning names runs: AutoAttack's rand version (EoT 20)
+        assert main(["eval", f"py:{foreign / 'm.py'}:{factory}", "--dataset", "digits", "--attacks", "aa-rand",
+                     "--n", "16", "--no-progress"]) == 0
+        assert "AutoAttack rand (for randomized models)" in capsys.readouterr().out
 
 
 def test_bad_foreign_input_is_one_line_and_exit_code_2(foreign, tmp_path):

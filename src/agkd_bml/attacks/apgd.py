@@ -1,4 +1,7 @@
-"""APGD (Croce & Hein 2020): APGD-CE and the multi-targeted APGD-T of AutoAttack, L-inf, batched.
+"""APGD (Croce & Hein 2020): APGD-CE, APGD-DLR and the multi-targeted APGD-T of AutoAttack, L-inf, batched.
+
+``eot`` > 1 averages each iteration's gradient over that many forward-backward passes (Expectation over
+Transformation), for randomized models: AutoAttack's ``rand`` version runs APGD-CE and APGD-DLR with 20.
 
 The iteration is the reference one (``autopgd_base.py`` of AutoAttack, also in torchattacks): a random
 start scaled to the eps-ball's surface, step size 2 eps halved at checkpoints (first after 22% of the
@@ -42,6 +45,15 @@ def dlr_targeted(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tens
     top = z.sort(dim=1).values
     own, target = z.gather(1, labels[:, None]).squeeze(1), z.gather(1, targets[:, None]).squeeze(1)
     return -(own - target) / (top[:, -1] - 0.5 * (top[:, -3] + top[:, -4]) + 1e-12)
+
+
+def dlr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Untargeted difference-of-logits ratio: ``-(z_y - max_{i != y} z_i) / (z_1 - z_3)`` (sorted logits)."""
+    z = logits.float()
+    top, order = z.sort(dim=1)
+    own = z.gather(1, labels[:, None]).squeeze(1)
+    other = torch.where(order[:, -1] == labels, top[:, -2], top[:, -1])
+    return -(own - other) / (top[:, -1] - top[:, -3] + 1e-12)
 
 
 def target_classes(logits: torch.Tensor, count: int) -> torch.Tensor:
@@ -115,8 +127,11 @@ def apgd(
     owner: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     start: torch.Tensor | None = None,
+    loss_name: str = "ce",
+    eot: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One APGD run per row of ``x``: CE loss, or targeted DLR towards ``targets``; returns (adv, fooled).
+    """One APGD run per row of ``x``: ``loss_name`` (``ce`` or ``dlr``), or targeted DLR towards ``targets``;
+    returns (adv, fooled). ``eot``: gradient averaged over this many passes (randomized models).
 
     ``owner`` groups rows that attack the same image (APGD-T's copies, one per target): once one row of
     a group fools the model, the whole group stops. ``model`` must return :class:`ModelOutput` and is
@@ -132,14 +147,19 @@ def apgd(
 
     def loss_and_grad(xa: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         xa = xa.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(xa).logits
-            if targets is None:
-                loss = F.cross_entropy(logits.float(), y[rows], reduction="none")
-            else:
-                loss = dlr_targeted(logits, y[rows], targets[rows])
-        (grad,) = torch.autograd.grad(loss.sum(), xa)
-        return loss.detach(), grad.detach(), logits.detach().argmax(1) != y[rows]
+        total_loss, total_grad = 0.0, 0.0
+        for _ in range(eot):  # the reference: mean gradient and loss, the last pass's prediction
+            with torch.enable_grad():
+                logits = model(xa).logits
+                if targets is not None:
+                    loss = dlr_targeted(logits, y[rows], targets[rows])
+                elif loss_name == "dlr":
+                    loss = dlr(logits, y[rows])
+                else:
+                    loss = F.cross_entropy(logits.float(), y[rows], reduction="none")
+            (grad,) = torch.autograd.grad(loss.sum(), xa)
+            total_loss, total_grad = total_loss + loss.detach(), total_grad + grad.detach()
+        return total_loss / eot, total_grad / eot, logits.detach().argmax(1) != y[rows]
 
     rows = torch.arange(m, device=x.device)
     x_adv = channels_last(random_surface_start(x, eps, generator) if start is None else start)
@@ -249,24 +269,28 @@ def num_targets(num_classes: int) -> int:
 
 @dataclass(frozen=True)
 class ApgdAttack(InferenceCopyAttack):
-    """``apgd-ce`` (untargeted, cross-entropy) or ``apgd-t`` (targeted DLR, 9 targets), 100 iterations, 1 restart."""
+    """``apgd-ce`` / ``apgd-dlr`` (untargeted) or ``apgd-t`` (targeted DLR, 9 targets), 100 iterations, 1 restart."""
 
     name: str
     eps: float
     num_classes: int
     targeted: bool = False
     steps: int = APGD_STEPS
+    loss: str = "ce"  #: the untargeted loss: ``ce`` or ``dlr``
+    eot: int = 1  #: passes averaged per gradient (20 in AutoAttack's rand version)
 
     def settings(self) -> dict[str, Any]:
+        extra = {"eot": self.eot} if self.eot > 1 else {}
         if self.targeted:
             return {"attack": "apgd-t", "eps": self.eps, "steps": self.steps, "restarts": 1, "loss": "dlr-targeted",
-                    "target_classes": num_targets(self.num_classes), "early_stop": True}
-        return {"attack": "apgd-ce", "eps": self.eps, "steps": self.steps, "restarts": 1, "loss": "ce",
-                "early_stop": True}
+                    "target_classes": num_targets(self.num_classes), "early_stop": True, **extra}
+        return {"attack": f"apgd-{self.loss}", "eps": self.eps, "steps": self.steps, "restarts": 1, "loss": self.loss,
+                "early_stop": True, **extra}
 
     def describe(self) -> str:
-        what = f"targeted DLR, {num_targets(self.num_classes)} targets" if self.targeted else "CE"
-        return f"{self.name}: APGD ({what}), {self.steps} iterations, eps {fmt_eps(self.eps)}, 1 restart"
+        what = f"targeted DLR, {num_targets(self.num_classes)} targets" if self.targeted else self.loss.upper()
+        eot = f", EoT {self.eot}" if self.eot > 1 else ""
+        return f"{self.name}: APGD ({what}), {self.steps} iterations{eot}, eps {fmt_eps(self.eps)}, 1 restart"
 
     def run_prepared(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
@@ -277,4 +301,6 @@ class ApgdAttack(InferenceCopyAttack):
                 raise ValueError("APGD-T's DLR loss needs at least 4 classes")
             return apgd_multitarget(model, x, y, eps=self.eps, steps=self.steps,
                                     count=num_targets(self.num_classes), generator=generator)
-        return apgd(model, x, y, eps=self.eps, steps=self.steps, generator=generator)
+        if self.loss == "dlr" and self.num_classes < 3:
+            raise ValueError("APGD-DLR needs at least 3 classes")
+        return apgd(model, x, y, eps=self.eps, steps=self.steps, generator=generator, loss_name=self.loss, eot=self.eot)

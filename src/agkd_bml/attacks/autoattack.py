@@ -73,10 +73,16 @@ def torchattacks_component(name: str, eps: float, num_classes: int) -> Factory:
     raise ValueError(f"unknown AutoAttack component {name!r}")
 
 
-def native_components(eps: float, num_classes: int) -> dict[str, ApgdAttack | FabAttack | SquareAttack]:
-    """Our four parts, by name."""
-    return {"apgd-ce": ApgdAttack("apgd-ce", eps, num_classes), "apgd-t": ApgdAttack("apgd-t", eps, num_classes, True),
+def native_components(eps: float, num_classes: int, eot: int = 1) -> dict[str, ApgdAttack | FabAttack | SquareAttack]:
+    """Our parts, by name (the standard four, and APGD-DLR of the rand version); ``eot`` for the APGD ones."""
+    return {"apgd-ce": ApgdAttack("apgd-ce", eps, num_classes, eot=eot),
+            "apgd-dlr": ApgdAttack("apgd-dlr", eps, num_classes, loss="dlr", eot=eot),
+            "apgd-t": ApgdAttack("apgd-t", eps, num_classes, True),
             "fab-t": FabAttack("fab-t", eps, num_classes), "square": SquareAttack("square", eps)}
+
+
+#: AutoAttack's version for randomized defences: APGD-CE and APGD-DLR, gradients averaged over 20 passes.
+RAND_COMPONENTS, RAND_EOT = ("apgd-ce", "apgd-dlr"), 20
 
 
 def confirm_in_fp32(
@@ -108,6 +114,7 @@ class AutoAttack(Attack):
     library: str = "agkd-bml"
     #: ``fp32``, or ``bf16``: search passes under bf16 autocast, every success confirmed in float32.
     precision: str = "fp32"
+    eot: int = 1  #: APGD passes per gradient: 1 (standard version) or 20 (``aa-rand``, with RAND_COMPONENTS)
     #: images each part broke, summed over calls (not a setting: the evaluation reads it for its checks)
     fooled_by: dict[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
     #: wall seconds spent in each part, summed over calls (the benchmark's per-part times)
@@ -117,15 +124,23 @@ class AutoAttack(Attack):
         self.fooled_by[part] = self.fooled_by.get(part, 0) + int(fooled.sum())
         self.seconds_by[part] = self.seconds_by.get(part, 0.0) + time.perf_counter() - started
 
+    @property
+    def version(self) -> str:
+        return "rand" if self.eot > 1 else "standard"
+
     def settings(self) -> dict[str, Any]:
-        parts = native_components(self.eps, self.num_classes)
-        return {"attack": "autoattack", "version": "standard", "eps": self.eps,
+        parts = native_components(self.eps, self.num_classes, self.eot)
+        return {"attack": "autoattack", "version": self.version, "eps": self.eps,
                 **{c: {k: v for k, v in parts[c].settings().items() if k not in ("attack", "eps")}
                    for c in self.components},
                 "cascade": "per-sample", "library": self.library, "precision": self.precision}
 
     def describe(self) -> str:
         precision = ", bf16 search, successes confirmed in fp32" if self.precision == "bf16" else ""
+        if self.version == "rand":
+            return (f"{self.name}: AutoAttack rand (for randomized models), eps {fmt_eps(self.eps)}: APGD-CE and "
+                    f"APGD-DLR ({APGD_STEPS} it., gradients averaged over {self.eot} passes), 1 restart each, "
+                    f"per-sample cascade ({self.library}{precision})")
         return (f"{self.name}: AutoAttack standard, eps {fmt_eps(self.eps)}: APGD-CE ({APGD_STEPS} it.), APGD-T "
                 f"({APGD_STEPS} it., {num_targets(self.num_classes)} targets), FAB-T ({FAB_STEPS} it.), Square "
                 f"({SQUARE_QUERIES} queries), 1 restart each, per-sample cascade ({self.library}{precision})")
@@ -144,7 +159,7 @@ class AutoAttack(Attack):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         fast = inference_copy(model)
-        parts = native_components(self.eps, self.num_classes)
+        parts = native_components(self.eps, self.num_classes, self.eot)
         xs = channels_last(x.detach())
         adv = xs.clone()
         with torch.no_grad():

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from agkd_bml.attacks.apgd import ApgdAttack
-from agkd_bml.attacks.autoattack import AutoAttack, TorchattacksAutoAttack
+from agkd_bml.attacks.autoattack import RAND_COMPONENTS, RAND_EOT, AutoAttack, TorchattacksAutoAttack
 from agkd_bml.attacks.base import Attack, Clean
 from agkd_bml.attacks.fab import FabAttack
 from agkd_bml.attacks.pgd import PgdAttack
@@ -67,10 +67,16 @@ ATTACKS: dict[str, Family] = {
     "aa-bf16": Family(lambda k, c: AutoAttack(c.eps, c.num_classes, name="aa-bf16", precision="bf16"), "none",
                       help="aa with bf16 search passes, each success confirmed (or the part redone) in float32; "
                            "faster where bf16 is native (AVX512-BF16/AMX CPUs, recent GPUs)"),
+    "aa-rand": Family(lambda k, c: AutoAttack(c.eps, c.num_classes, name="aa-rand", components=RAND_COMPONENTS,
+                                              eot=RAND_EOT), "none",
+                      help="AutoAttack's rand version for randomized models: APGD-CE and APGD-DLR with gradients "
+                      "averaged over 20 passes (EoT), per-sample cascade"),
     "aa-torchattacks": Family(lambda k, c: TorchattacksAutoAttack(c.eps, c.num_classes), "none",
                               help="the same AutoAttack cascade composed from torchattacks (reference, slower)"),
     "apgd-ce": Family(lambda k, c: ApgdAttack("apgd-ce", c.eps, c.num_classes), "none",
                       help="APGD on CE, 100 iterations"),
+    "apgd-dlr": Family(lambda k, c: ApgdAttack("apgd-dlr", c.eps, c.num_classes, loss="dlr"), "none",
+                       help="APGD on the untargeted DLR loss, 100 iterations"),
     "apgd-t": Family(lambda k, c: ApgdAttack("apgd-t", c.eps, c.num_classes, targeted=True), "none",
                      help="targeted APGD on DLR, 100 iterations, 9 targets"),
     "fab-t": Family(lambda k, c: FabAttack("fab-t", c.eps, c.num_classes), "none",

@@ -37,7 +37,7 @@ def model_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, num_class
     if diff > RANDOM_TOLERANCE:
         flags.append(f"the model is randomized: three forwards of the same images differ (by up to {diff:.2g} "
                      "relative), so deterministic attacks such as standard AutoAttack overestimate its robustness; "
-                     "fix its randomness or attack the expectation (EoT, AutoAttack's rand version)")
+                     "fix its randomness or attack the expectation: --attacks aa-rand (APGD-CE and APGD-DLR, EoT 20)")
     p = outs[0]
     if p.min() > -1e-5 and p.max() < 1 + 1e-5 and bool(((p.sum(1) - 1).abs() < 1e-3).all()):
         flags.append("the outputs look like probabilities (each row sums to 1), not logits: the attacks' losses "
