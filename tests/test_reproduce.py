@@ -52,6 +52,7 @@ def test_multi_step_comparison_tiny_end_to_end(tmp_path):
     table = (tmp_path / "table1.md").read_text()
     for label in ("UM", "AT-7", "SML-7", "TRADES-10", "MART-10", "AGKD-BML-2", "AGKD-BML-7"):
         assert f"| {label} |" in table
+    assert "pgd-20 last it." in table and "scored at its last iterate" in table
     assert "exact McNemar p =" in table and "weights: best" in table and "| worst |" in table.replace("worst |", "worst |")
     runs = tmp_path / "runs"
     assert (runs / "T-s0" / "last.pt").is_file() and (runs / "AGKD-BML-7-s1" / "best.pt").is_file()
