@@ -69,3 +69,21 @@ def test_a_state_of_other_settings_is_refused(tmp_path):
     path.write_bytes(b"not a state")
     with pytest.raises(UserError, match="cannot be read"):
         state.load({"attack": "a", "n": 1})
+
+
+def test_eval_into_a_state_of_other_settings_is_one_line_and_keeps_it(teacher_run, tmp_path):
+    import subprocess
+    import sys
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "agkd_bml", "eval", teacher_run, "--attacks", "clean,fgsm",
+                               "--n", "32", "--no-progress", "--out", str(tmp_path), *extra],
+                              capture_output=True, text=True, timeout=300)
+
+    assert run().returncode == 0
+    before = sorted(p.name for p in (tmp_path / "state").iterdir())
+    bad = run("--eps", "0.2")
+    assert bad.returncode == 2 and "other settings: eps None (now 0.2)" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == before  # nothing computed is lost
+    assert run("--attacks", "clean,fgsm,pgd-3").returncode == 0  # more attacks, same settings: reused

@@ -64,7 +64,10 @@ def _evaluate(
     loader = ModelLoader(options)
     # Fail on a bad spec (or source checkpoint) before any work.
     parse_attacks(attacks, eps=options.eps if options.eps is not None else 8 / 255, load_source=loader.source)
-    saved = EvalState(state or f"{out}/state") if (state or out) else None
+    settings = {"n": options.n, "eps": options.eps, "seed": options.seed, "batch_size": options.batch_size,
+                "dataset": options.dataset, "weights": options.weights, "step_size": step_size, "restarts": restarts,
+                "targeted": targeted, "last_iterate": last_iterate}
+    saved = EvalState(state or f"{out}/state", settings) if (state or out) else None
     rows: dict[str, list[AttackResult]] = {}
     flags: dict[str, list[str]] = {}
     where: dict[str, str] = {}  #: the dataset of each row

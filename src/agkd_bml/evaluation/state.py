@@ -54,11 +54,34 @@ class Point:
 
 
 class EvalState:
-    """A folder of :class:`Point` files (one per point, named by the hash of its key)."""
+    """A folder of :class:`Point` files (one per point, named by the hash of its key).
 
-    def __init__(self, folder: str | Path) -> None:
+    ``settings`` (the command's eps, images, seed, batch size...) are written to ``settings.json`` on first
+    use; a later evaluation with other settings is refused with a one-line error rather than left to fill
+    the folder with points no table of the first one would read. Other attacks or models with the same
+    settings share the folder (finished points are reused).
+    """
+
+    def __init__(self, folder: str | Path, settings: dict[str, Any] | None = None) -> None:
         self.folder = Path(folder)
         self._saved_at: dict[str, float] = {}
+        if settings is not None:
+            self._check_settings(json.loads(json.dumps(settings)))
+
+    def _check_settings(self, settings: dict[str, Any]) -> None:
+        path = self.folder / "settings.json"
+        if path.exists():
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise UserError(f"evaluation state {path} cannot be read ({exc}); delete the folder or use another --state") from exc
+            diff = [f"{k} {saved.get(k)!r} (now {settings.get(k)!r})" for k in sorted(set(saved) | set(settings))
+                    if saved.get(k) != settings.get(k)]
+            if diff:
+                raise UserError(f"evaluation state {self.folder} was written with other settings: {', '.join(diff)}; "
+                                "use another --state / --out, or delete it to start over")
+            return
+        atomic_write(path, lambda f: f.write(json.dumps(settings, sort_keys=True).encode()))
 
     def _path(self, key: dict[str, Any]) -> Path:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
