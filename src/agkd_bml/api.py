@@ -8,7 +8,6 @@ dataset by name or ``.npz`` path first.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,8 @@ from agkd_bml.attacks import parse_attacks
 from agkd_bml.data import load_dataset, to_float
 from agkd_bml.device import resolve_device
 from agkd_bml.errors import UserError
-from agkd_bml.evaluation import AttackResult, EvalState, evaluate_attacks, format_table, write_tables
-from agkd_bml.evaluation.checks import model_flags, square_flag
+from agkd_bml.evaluation import AttackResult, EvalState, format_table, write_tables
+from agkd_bml.evaluation.checks import checked_evaluation
 from agkd_bml.evaluation.table import combined, robustbench_record
 from agkd_bml.models.base import Classifier
 from agkd_bml.models.external import External
@@ -114,15 +113,10 @@ def evaluate(
     if int(y.max()) >= classes:
         raise UserError(f"label {int(y.max())} does not exist for a model of {classes} outputs")
     parsed = parse_attacks(specs, eps=eps, num_classes=classes)
-    flags = model_flags(net, x, y, num_classes=classes, attacks=parsed, device=dev)
-    for f in flags:
-        print(f"warning: {name}: {f}", file=sys.stderr)
-    results = evaluate_attacks(net, x, y, parsed, batch_size=batch_size, device=dev, seed=seed, progress=progress,
-                               desc=f"{name} ", state=EvalState(state) if state else None)
-    after = [f for f in (square_flag(r.attack, r.n) for r in results) if f]
-    for f in after:
-        print(f"warning: {name}: {f}", file=sys.stderr)
-    result = Evaluation(name, results, flags + after, dataset)
+    results, flags = checked_evaluation(net, x, y, parsed, num_classes=classes, label=name, device=dev,
+                                        batch_size=batch_size, seed=seed, progress=progress,
+                                        state=EvalState(state) if state else None)
+    result = Evaluation(name, results, flags, dataset)
     if out is not None:
         result.write(out)
     return result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from collections.abc import Sequence
 
@@ -20,7 +19,6 @@ from agkd_bml.evaluation import (
     ModelLoader,
     accuracy_curves,
     audit,
-    evaluate_attacks,
     format_table,
     require_positive,
     verdict,
@@ -28,7 +26,7 @@ from agkd_bml.evaluation import (
     write_curves,
     write_tables,
 )
-from agkd_bml.evaluation.checks import model_flags, square_flag
+from agkd_bml.evaluation.checks import checked_evaluation, model_flags, warn_stderr
 from agkd_bml.models.external import is_external
 
 
@@ -83,16 +81,11 @@ def _evaluate(
             if isinstance(attack, TransferAttack):
                 loader.check_source(attack.source_path, data.spec)
         where[label] = data.spec.name
-        flags[label] = model_flags(model, x, y, num_classes=data.spec.num_classes, attacks=parsed, device=loader.device)
-        if job.main:
-            _warn(label, flags[label])
         start = time.perf_counter()
-        rows[label] = evaluate_attacks(model, x, y, parsed, batch_size=options.batch_size, device=loader.device,
-                                       seed=options.seed, progress=options.progress, desc=f"{label} ", state=saved)
-        after = [f for f in (square_flag(r.attack, r.n) for r in rows[label]) if f]
-        if job.main:
-            _warn(label, after)
-        flags[label] += after
+        rows[label], flags[label] = checked_evaluation(
+            model, x, y, parsed, num_classes=data.spec.num_classes, label=label, device=loader.device,
+            warn=warn_stderr if job.main else None, batch_size=options.batch_size, seed=options.seed,
+            progress=options.progress, state=saved)
         ranks = f" x {job.world} processes" if job.enabled else ""
         say(f"{label}: evaluated in {time.perf_counter() - start:.1f}s on {loader.device}{ranks}")
     # foreign models have only the weights they were given: the last / best / EMA note is about our runs
@@ -106,11 +99,6 @@ def _evaluate(
 
 def _quiet(*_args: object, **_kw: object) -> None:
     """``print`` on ranks other than 0."""
-
-
-def _warn(label: str, flags: list[str]) -> None:
-    for flag in flags:
-        print(f"warning: {label}: {flag}", file=sys.stderr)
 
 
 def curves(checkpoints: Sequence[str], *, out: str = "curves", options: EvalOptions = EvalOptions()) -> dict[str, Curves]:
@@ -189,7 +177,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "the evaluation's progress in OUT/state, so the same command resumes after a crash)")
     e.add_argument("--state", metavar="DIR", default=None,
                    help="save per-sample results here as they are computed (default with --out: OUT/state); the "
-                   "same command run again skips finished work; other settings never reuse a saved result")
+                   "same command run again skips finished work; a folder written with other settings is refused")
     add_eval_options(e, foreign=True)
     e.set_defaults(handler=command_handler(evaluate_checkpoints))
 

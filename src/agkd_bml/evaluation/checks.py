@@ -9,6 +9,10 @@ for the targeted parts, and a black-box attack (Square) that finds what the whit
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +20,7 @@ from torch import nn
 from agkd_bml.attacks import Attack
 from agkd_bml.attacks.autoattack import AutoAttack
 from agkd_bml.data import to_float
+from agkd_bml.evaluation.robust import AttackResult, evaluate_attacks
 from agkd_bml.models.modes import eval_mode
 
 #: Relative change of the logits between two forwards of the same images above which a model is randomized.
@@ -75,3 +80,25 @@ def square_flag(attack: Attack, n: int) -> str | None:
         return None
     return (f"Square (black-box) broke {100 * share:.1f}% of the points that the white-box parts of {attack.name} "
             "left robust: their gradients mislead (gradient masking); run the audit and stronger black-box attacks")
+
+
+def warn_stderr(label: str, flags: list[str]) -> None:
+    """Print each flag as a ``warning:`` line on stderr."""
+    for flag in flags:
+        print(f"warning: {label}: {flag}", file=sys.stderr)
+
+
+def checked_evaluation(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[Attack], *, num_classes: int, label: str,
+    device: torch.device | str = "cpu", warn: Callable[[str, list[str]], None] | None = warn_stderr,
+    **options: Any,
+) -> tuple[list[AttackResult], list[str]]:
+    """:func:`evaluate_attacks` between the checks: the model's flags are shown (``warn``) before any attack
+    runs, Square's after; returns the results and all flags. ``options`` go to :func:`evaluate_attacks`."""
+    warn = warn or (lambda _label, _flags: None)
+    before = model_flags(model, x, y, num_classes=num_classes, attacks=attacks, device=device)
+    warn(label, before)
+    results = evaluate_attacks(model, x, y, attacks, device=device, desc=f"{label} ", **options)
+    after = [f for f in (square_flag(r.attack, r.n) for r in results) if f]
+    warn(label, after)
+    return results, before + after
