@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from agkd_bml.attacks import parse_attacks
-from agkd_bml.attacks.apgd import apgd, apgd_multitarget, dlr_targeted, random_surface_start, target_classes
+from agkd_bml.attacks.apgd import apgd, apgd_multitarget, dlr_targeted, target_classes
 from agkd_bml.attacks.autoattack import confirm_in_fp32, native_components, torchattacks_component
 from agkd_bml.attacks.fab import FabAttack, project_linf
+from agkd_bml.attacks.norms import LINF
 from agkd_bml.attacks.square import square_fraction
 from agkd_bml.attacks.torchattacks_adapter import run_library_attack
 from agkd_bml.data import to_float
@@ -100,7 +101,7 @@ def test_apgd_early_stop_and_target_batching_change_nothing_but_cost(digits, tra
     images the same result, whatever the other images did (left early or not)."""
     model = inference_copy(trained)
     x, y = to_float(digits.x_test[:60]), digits.y_test[:60]
-    start = random_surface_start(x, 0.03, torch.Generator().manual_seed(1))
+    start = LINF.surface_start(x, 0.03, torch.Generator().manual_seed(1))
     full, fooled = apgd(model, x, y, eps=0.03, steps=20, start=start)
     assert 5 < int(fooled.sum()) < 55
     half, fooled_half = apgd(model, x[30:], y[30:], eps=0.03, steps=20, start=start[30:])

@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from agkd_bml.attacks import parse_attacks
+from agkd_bml.attacks.norms import NORMS, default_l2_eps
 from agkd_bml.data import load_dataset, to_float
 from agkd_bml.device import resolve_device
 from agkd_bml.errors import UserError
-from agkd_bml.evaluation import AttackResult, EvalState, format_table, write_tables
+from agkd_bml.evaluation import AttackResult, EvalState, default_budget, format_table, write_tables
 from agkd_bml.evaluation.checks import checked_evaluation
 from agkd_bml.evaluation.table import combined, robustbench_record
 from agkd_bml.models.base import Classifier
@@ -77,7 +78,7 @@ def evaluate(
     y: torch.Tensor,
     *,
     attacks: Sequence[str] | str = DEFAULT_ATTACKS,
-    eps: float = 8 / 255,
+    eps: float | None = None,
     norm: str = "linf",
     normalize: tuple[Sequence[float], Sequence[float]] | None = None,
     num_classes: int | None = None,
@@ -93,13 +94,15 @@ def evaluate(
     """Attack ``model`` on images ``x`` (N, C, H, W; uint8, or float in [0, 1]) with labels ``y``.
 
     ``attacks``: specs as on the command line (``clean``, ``fgsm``, ``pgd-20``, ``cw-20``, ``aa``, ...).
+    ``norm``: the threat model, ``linf`` or ``l2``; ``eps`` defaults to 8/255 (L-inf) or, for L2, to 0.5 on
+    3x32x32 images (scaled by the square root of the number of pixel values on others).
     ``normalize=(mean, std)`` wraps a model that expects normalised inputs. ``state``: a folder where
     per-sample results are saved as they come, so a rerun after a crash continues (same result).
     ``out``: also write the tables. The checks' warnings (randomized model, probabilities instead of
     logits, zero gradients, Square beating the white-box parts) are printed and kept in ``flags``.
     """
-    if norm != "linf":
-        raise UserError(f"norm {norm!r} is not available; this version evaluates the L-inf threat model (norm='linf')")
+    if norm not in NORMS:
+        raise UserError(f"norm {norm!r} is not available; use 'linf' or 'l2'")
     specs = attacks if isinstance(attacks, str) else ",".join(attacks)
     x, y = _check_data(x, y)
     dev = resolve_device(str(device))
@@ -112,7 +115,9 @@ def evaluate(
         raise UserError(f"the model gives {classes} outputs per image; num_classes={num_classes}")
     if int(y.max()) >= classes:
         raise UserError(f"label {int(y.max())} does not exist for a model of {classes} outputs")
-    parsed = parse_attacks(specs, eps=eps, num_classes=classes)
+    if eps is None:
+        eps = default_l2_eps(x.shape[1], x.shape[2]) if norm == "l2" else 8 / 255
+    parsed = parse_attacks(specs, eps=eps, num_classes=classes, norm=norm)
     results, flags = checked_evaluation(net, x, y, parsed, num_classes=classes, label=name, device=dev,
                                         batch_size=batch_size, seed=seed, progress=progress,
                                         state=EvalState(state) if state else None)
@@ -130,7 +135,7 @@ def benchmark(
     test images (all with ``None``). ``options`` are :func:`evaluate`'s."""
     data = load_dataset(dataset, data_dir=data_dir)
     count = data.x_test.shape[0] if n is None else min(n, data.x_test.shape[0])
-    options.setdefault("eps", data.spec.default_eps)
+    options.setdefault("eps", default_budget(data.spec, str(options.get("norm", "linf"))))
     return evaluate(model, data.x_test[:count], data.y_test[:count], dataset=data.spec.name,
                     num_classes=data.spec.num_classes, **options)  # type: ignore[arg-type]
 

@@ -1,4 +1,4 @@
-"""APGD (Croce & Hein 2020): APGD-CE, APGD-DLR and the multi-targeted APGD-T of AutoAttack, L-inf, batched.
+"""APGD (Croce & Hein 2020): APGD-CE, APGD-DLR and the multi-targeted APGD-T of AutoAttack, L-inf or L2, batched.
 
 ``eot`` > 1 averages each iteration's gradient over that many forward-backward passes (Expectation over
 Transformation), for randomized models: AutoAttack's ``rand`` version runs APGD-CE and APGD-DLR with 20.
@@ -6,7 +6,11 @@ Transformation), for randomized models: AutoAttack's ``rand`` version runs APGD-
 The iteration is the reference one (``autopgd_base.py`` of AutoAttack, also in torchattacks): a random
 start scaled to the eps-ball's surface, step size 2 eps halved at checkpoints (first after 22% of the
 iterations, then at shrinking intervals) where the loss oscillated or stopped improving, momentum 0.75,
-and the best iterate kept. Three things make it cheaper without changing what it finds:
+and the best iterate kept. The threat model (:class:`~agkd_bml.attacks.norms.Norm`) gives the start
+(uniform noise for L-inf, Gaussian for L2, scaled to the surface), the step direction (signed or
+normalised gradient) and the projection; nothing else differs between the reference's two versions.
+
+Three things make it cheaper without changing what it finds:
 
 - an image leaves the batch at the first iterate that the model misclassifies (that iterate is the
   result, as the reference's ``x_best_adv``); every image's trajectory depends on itself only, so the
@@ -28,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agkd_bml.attacks.base import fmt_eps
-from agkd_bml.attacks.norms import LINF
+from agkd_bml.attacks.norms import LINF, Norm
 from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
 from agkd_bml.models.inference import channels_last
 
@@ -61,13 +65,6 @@ def target_classes(logits: torch.Tensor, count: int) -> torch.Tensor:
     return logits.argsort(dim=1, descending=True)[:, 1 : count + 1]
 
 
-def random_surface_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
-    """APGD's random start: uniform noise rescaled so that its largest entry is exactly eps, clipped to [0, 1]."""
-    t = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) * 2 - 1
-    scale = t.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *[1] * (x.ndim - 1))
-    return (x + eps * t / scale).clamp(0.0, 1.0)
-
-
 def _oscillated(loss_steps: torch.Tensor, i: int, k: int) -> torch.Tensor:
     """Per image: did the loss rise in at most RHO * k of the last k steps? (Python's wrap-around at -1 kept.)"""
     rises = sum((loss_steps[i - c] > loss_steps[i - c - 1]).float() for c in range(k))
@@ -89,11 +86,11 @@ def _initial_state(x: torch.Tensor, x_adv: torch.Tensor, loss: torch.Tensor, gra
     }
 
 
-def _momentum_step(s: dict[str, torch.Tensor], eps: float, a: float) -> torch.Tensor:
-    """APGD's step: a signed-gradient step of the current size, then momentum ``a`` towards it (in place)."""
+def _momentum_step(s: dict[str, torch.Tensor], eps: float, a: float, norm: Norm) -> torch.Tensor:
+    """APGD's step: a steepest-ascent step of the current size, then momentum ``a`` towards it (in place)."""
     with torch.no_grad():
-        z = LINF.project(s["x_adv"] + s["step"] * s["grad"].sign(), s["x0"], eps)
-        new = LINF.project(s["x_adv"] + (z - s["x_adv"]) * a + (s["x_adv"] - s["x_old"]) * (1 - a), s["x0"], eps)
+        z = norm.project(s["x_adv"] + s["step"] * norm.step(s["grad"]), s["x0"], eps)
+        new = norm.project(s["x_adv"] + (z - s["x_adv"]) * a + (s["x_adv"] - s["x_old"]) * (1 - a), s["x0"], eps)
     s["x_old"], s["x_adv"] = s["x_adv"], new
     return new
 
@@ -129,6 +126,7 @@ def apgd(
     start: torch.Tensor | None = None,
     loss_name: str = "ce",
     eot: int = 1,
+    norm: Norm = LINF,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One APGD run per row of ``x``: ``loss_name`` (``ce`` or ``dlr``), or targeted DLR towards ``targets``;
     returns (adv, fooled). ``eot``: gradient averaged over this many passes (randomized models).
@@ -162,7 +160,7 @@ def apgd(
         return total_loss / eot, total_grad / eot, logits.detach().argmax(1) != y[rows]
 
     rows = torch.arange(m, device=x.device)
-    x_adv = channels_last(random_surface_start(x, eps, generator) if start is None else start)
+    x_adv = channels_last(norm.surface_start(x, eps, generator) if start is None else start)
     loss, grad, wrong = loss_and_grad(x_adv, rows)
     state = _initial_state(x, x_adv, loss, grad, eps)
     loss_steps = torch.zeros(steps, m, device=x.device)
@@ -188,7 +186,7 @@ def apgd(
     for i in range(steps):
         if rows.numel() == 0:
             break
-        new = _momentum_step(state, eps, MOMENTUM if i > 0 else 1.0)
+        new = _momentum_step(state, eps, MOMENTUM if i > 0 else 1.0, norm)
         loss, state["grad"], wrong = loss_and_grad(new, rows)
         loss_steps[i] = loss
         if wrong.any():
@@ -253,11 +251,11 @@ def over_targets(
 
 def apgd_multitarget(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int, count: int,
-    generator: torch.Generator | None, max_rows: int | None = None,
+    generator: torch.Generator | None, max_rows: int | None = None, norm: Norm = LINF,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """APGD-T: targeted DLR towards each of the ``count`` most likely wrong classes."""
     def run(xs: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return apgd(model, xs, ys, eps=eps, steps=steps, targets=ts, owner=owner, generator=generator)
+        return apgd(model, xs, ys, eps=eps, steps=steps, targets=ts, owner=owner, generator=generator, norm=norm)
 
     return over_targets(model, x, y, count, run, max_rows=max_rows)
 
@@ -278,6 +276,7 @@ class ApgdAttack(InferenceCopyAttack):
     steps: int = APGD_STEPS
     loss: str = "ce"  #: the untargeted loss: ``ce`` or ``dlr``
     eot: int = 1  #: passes averaged per gradient (20 in AutoAttack's rand version)
+    norm: Norm = LINF
 
     def settings(self) -> dict[str, Any]:
         extra = {"eot": self.eot} if self.eot > 1 else {}
@@ -290,7 +289,7 @@ class ApgdAttack(InferenceCopyAttack):
     def describe(self) -> str:
         what = f"targeted DLR, {num_targets(self.num_classes)} targets" if self.targeted else self.loss.upper()
         eot = f", EoT {self.eot}" if self.eot > 1 else ""
-        return f"{self.name}: APGD ({what}), {self.steps} iterations{eot}, eps {fmt_eps(self.eps)}, 1 restart"
+        return f"{self.name}: APGD ({what}), {self.steps} iterations{eot}, {self.norm.title} eps {fmt_eps(self.eps)}, 1 restart"
 
     def run_prepared(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
@@ -300,7 +299,8 @@ class ApgdAttack(InferenceCopyAttack):
             if self.num_classes < 4:
                 raise ValueError("APGD-T's DLR loss needs at least 4 classes")
             return apgd_multitarget(model, x, y, eps=self.eps, steps=self.steps,
-                                    count=num_targets(self.num_classes), generator=generator)
+                                    count=num_targets(self.num_classes), generator=generator, norm=self.norm)
         if self.loss == "dlr" and self.num_classes < 3:
             raise ValueError("APGD-DLR needs at least 3 classes")
-        return apgd(model, x, y, eps=self.eps, steps=self.steps, generator=generator, loss_name=self.loss, eot=self.eot)
+        return apgd(model, x, y, eps=self.eps, steps=self.steps, generator=generator, loss_name=self.loss, eot=self.eot,
+                    norm=self.norm)

@@ -1,8 +1,8 @@
-"""AutoAttack (Croce & Hein 2020), standard L-inf version: APGD-CE, APGD-T, FAB-T, Square-5000.
+"""AutoAttack (Croce & Hein 2020), standard version, L-inf or L2: APGD-CE, APGD-T, FAB-T, Square-5000.
 
 The ensemble is a per-sample cascade: each part only sees the images that are still robust, and an image
 counts as robust only if all four fail on it. Every part has the reference parameters (100 iterations,
-9 target classes, 5,000 queries, 1 restart).
+9 target classes, 5,000 queries, 1 restart); the L2 version differs only in each part's threat model.
 
 Two implementations with the same interface:
 
@@ -34,6 +34,7 @@ from torch import nn
 from agkd_bml.attacks.apgd import APGD_STEPS, ApgdAttack, num_targets
 from agkd_bml.attacks.base import Attack, fmt_eps
 from agkd_bml.attacks.fab import FAB_STEPS, FabAttack
+from agkd_bml.attacks.norms import LINF, Norm
 from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
 from agkd_bml.attacks.square import SQUARE_QUERIES, SquareAttack
 from agkd_bml.attacks.torchattacks_adapter import run_library_attack
@@ -50,35 +51,38 @@ def _targets(attack: Any, num_classes: int) -> Any:
     return attack
 
 
-def torchattacks_component(name: str, eps: float, num_classes: int) -> Factory:
+def torchattacks_component(name: str, eps: float, num_classes: int, norm: Norm = LINF) -> Factory:
     """``make(logits_model, seed)`` for one part, built from torchattacks with the reference parameters."""
+    lp = {"linf": "Linf", "l2": "L2"}[norm.name]
     if name == "apgd-ce":
         return lambda m, seed: torchattacks.APGD(
-            m, norm="Linf", eps=eps, steps=APGD_STEPS, n_restarts=1, seed=seed, loss="ce", rho=0.75
+            m, norm=lp, eps=eps, steps=APGD_STEPS, n_restarts=1, seed=seed, loss="ce", rho=0.75
         )
     if name == "apgd-t":
         return lambda m, seed: _targets(torchattacks.APGDT(
-            m, norm="Linf", eps=eps, steps=APGD_STEPS, n_restarts=1, seed=seed, rho=0.75, n_classes=num_classes
+            m, norm=lp, eps=eps, steps=APGD_STEPS, n_restarts=1, seed=seed, rho=0.75, n_classes=num_classes
         ), num_classes)
     if name == "fab-t":
         return lambda m, seed: _targets(torchattacks.FAB(
-            m, norm="Linf", eps=eps, steps=FAB_STEPS, n_restarts=1, seed=seed, multi_targeted=True,
+            m, norm=lp, eps=eps, steps=FAB_STEPS, n_restarts=1, seed=seed, multi_targeted=True,
             n_classes=num_classes,
         ), num_classes)
     if name == "square":
         return lambda m, seed: torchattacks.Square(
-            m, norm="Linf", eps=eps, n_queries=SQUARE_QUERIES, n_restarts=1, p_init=0.8, loss="margin",
+            m, norm=lp, eps=eps, n_queries=SQUARE_QUERIES, n_restarts=1, p_init=0.8, loss="margin",
             resc_schedule=True, seed=seed,
         )
     raise ValueError(f"unknown AutoAttack component {name!r}")
 
 
-def native_components(eps: float, num_classes: int, eot: int = 1) -> dict[str, ApgdAttack | FabAttack | SquareAttack]:
+def native_components(
+    eps: float, num_classes: int, eot: int = 1, norm: Norm = LINF,
+) -> dict[str, ApgdAttack | FabAttack | SquareAttack]:
     """Our parts, by name (the standard four, and APGD-DLR of the rand version); ``eot`` for the APGD ones."""
-    return {"apgd-ce": ApgdAttack("apgd-ce", eps, num_classes, eot=eot),
-            "apgd-dlr": ApgdAttack("apgd-dlr", eps, num_classes, loss="dlr", eot=eot),
-            "apgd-t": ApgdAttack("apgd-t", eps, num_classes, True),
-            "fab-t": FabAttack("fab-t", eps, num_classes), "square": SquareAttack("square", eps)}
+    return {"apgd-ce": ApgdAttack("apgd-ce", eps, num_classes, eot=eot, norm=norm),
+            "apgd-dlr": ApgdAttack("apgd-dlr", eps, num_classes, loss="dlr", eot=eot, norm=norm),
+            "apgd-t": ApgdAttack("apgd-t", eps, num_classes, True, norm=norm),
+            "fab-t": FabAttack("fab-t", eps, num_classes, norm=norm), "square": SquareAttack("square", eps, norm=norm)}
 
 
 #: AutoAttack's version for randomized defences: APGD-CE and APGD-DLR, gradients averaged over 20 passes.
@@ -115,6 +119,7 @@ class AutoAttack(Attack):
     #: ``fp32``, or ``bf16``: search passes under bf16 autocast, every success confirmed in float32.
     precision: str = "fp32"
     eot: int = 1  #: APGD passes per gradient: 1 (standard version) or 20 (``aa-rand``, with RAND_COMPONENTS)
+    norm: Norm = LINF
     #: images each part broke, summed over calls (not a setting: the evaluation reads it for its checks)
     fooled_by: dict[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
     #: wall seconds spent in each part, summed over calls (the benchmark's per-part times)
@@ -129,7 +134,7 @@ class AutoAttack(Attack):
         return "rand" if self.eot > 1 else "standard"
 
     def settings(self) -> dict[str, Any]:
-        parts = native_components(self.eps, self.num_classes, self.eot)
+        parts = native_components(self.eps, self.num_classes, self.eot, self.norm)
         return {"attack": "autoattack", "version": self.version, "eps": self.eps,
                 **{c: {k: v for k, v in parts[c].settings().items() if k not in ("attack", "eps")}
                    for c in self.components},
@@ -138,10 +143,11 @@ class AutoAttack(Attack):
     def describe(self) -> str:
         precision = ", bf16 search, successes confirmed in fp32" if self.precision == "bf16" else ""
         if self.version == "rand":
-            return (f"{self.name}: AutoAttack rand (for randomized models), eps {fmt_eps(self.eps)}: APGD-CE and "
+            return (f"{self.name}: AutoAttack rand (for randomized models), {self.norm.title} eps {fmt_eps(self.eps)}: "
+                    "APGD-CE and "
                     f"APGD-DLR ({APGD_STEPS} it., gradients averaged over {self.eot} passes), 1 restart each, "
                     f"per-sample cascade ({self.library}{precision})")
-        return (f"{self.name}: AutoAttack standard, eps {fmt_eps(self.eps)}: APGD-CE ({APGD_STEPS} it.), APGD-T "
+        return (f"{self.name}: AutoAttack standard, {self.norm.title} eps {fmt_eps(self.eps)}: APGD-CE ({APGD_STEPS} it.), APGD-T "
                 f"({APGD_STEPS} it., {num_targets(self.num_classes)} targets), FAB-T ({FAB_STEPS} it.), Square "
                 f"({SQUARE_QUERIES} queries), 1 restart each, per-sample cascade ({self.library}{precision})")
 
@@ -159,7 +165,7 @@ class AutoAttack(Attack):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         fast = inference_copy(model)
-        parts = native_components(self.eps, self.num_classes, self.eot)
+        parts = native_components(self.eps, self.num_classes, self.eot, self.norm)
         xs = channels_last(x.detach())
         adv = xs.clone()
         with torch.no_grad():
@@ -198,8 +204,8 @@ class TorchattacksAutoAttack(AutoAttack):
             if not idx.numel():
                 break
             started = time.perf_counter()
-            make = torchattacks_component(name, self.eps, self.num_classes)
-            found = run_library_attack(make, model, x[idx], y[idx], eps=self.eps, generator=generator)
+            make = torchattacks_component(name, self.eps, self.num_classes, self.norm)
+            found = run_library_attack(make, model, x[idx], y[idx], eps=self.eps, generator=generator, norm=self.norm)
             with torch.no_grad():
                 fooled = model(found).logits.argmax(1) != y[idx]
             adv[idx[fooled]] = found[fooled]

@@ -94,6 +94,7 @@ class Clean(Attack):
 
     eps: float
     name: str = "clean"
+    norm: Norm = LINF  #: the threat model of the table it heads (nothing is perturbed)
 
     def settings(self) -> dict[str, Any]:
         return {"attack": "none"}

@@ -1,7 +1,8 @@
-"""FAB-T (Croce & Hein 2020), the multi-targeted L-inf FAB of AutoAttack's standard version, batched.
+"""FAB-T (Croce & Hein 2020), the multi-targeted FAB of AutoAttack's standard version, L-inf or L2, batched.
 
 Each iteration linearises ``z_t - z_y`` at the current point, projects both the current point and the
-clean image onto the linearised decision hyperplane (:func:`project_linf`), steps to a convex combination
+clean image onto the linearised decision hyperplane (:func:`project_linf`, :func:`project_l2`: the
+smallest step in the threat model's norm that stays in the image box), steps to a convex combination
 of the two extrapolated projections (``eta`` 1.05, weight of the clean side at most ``alpha_max`` 0.1),
 and when the step lands on an adversarial point, keeps it if it is the closest so far and pulls the
 iterate back towards the clean image (``beta`` 0.9).
@@ -16,8 +17,8 @@ no result (up to float rounding):
   that; the reference then keeps shrinking its distance), and later targets skip it; on a GPU the
   targets are stacked in one batch (:func:`~agkd_bml.attacks.apgd.over_targets`);
 - it runs on the prepared model of :func:`agkd_bml.models.inference.inference_copy`;
-- the projection finds its step length by bisection instead of a full sort of every row (2.5x faster at
-  the same result, to float rounding).
+- the projections find their step length by bisection instead of a full sort of every row (2.5x
+  faster at the same result, to float rounding).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import nn
 
 from agkd_bml.attacks.apgd import num_targets, over_targets
 from agkd_bml.attacks.base import fmt_eps
+from agkd_bml.attacks.norms import LINF, Norm
 from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
 from agkd_bml.attacks.ops import upcast
 
@@ -77,9 +79,49 @@ def project_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Ten
         return -torch.sign(w) * torch.minimum(room, lam[:, None])
 
 
+#: Gradient entries below this are treated as zero by the L2 projection (as in the reference).
+_TINY = 1e-8
+
+
+def project_l2(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The smallest L2 step ``d`` (rows of ``t``, in [0, 1]) with ``w . (t + d) = b`` and ``t + d`` in the box.
+
+    The reference routine of FAB (``projection_l2``), solved in closed form. With the hyperplane oriented
+    so that ``c = w.t - b >= 0`` must be removed, the minimiser is ``d_i = -sign(w_i) min(lam |w_i|, room_i)``
+    (the Lagrange step ``-lam w`` clipped to the box). ``F(lam) = sum |w_i| min(lam |w_i|, room_i)`` is
+    piecewise linear and increasing, with a kink where coordinate i reaches its edge, ``r_i = room_i /
+    |w_i|``. Sorted by ``r``, prefix sums give F at every kink; the root's piece is the number of kinks
+    where F is still short of c, and on it ``lam = (c - saturated part) / (sum of the free w_i^2)``. When
+    even the whole box cannot remove ``c``, every coordinate moves to its edge.
+    """
+    with torch.autocast(t.device.type, enabled=False):  # sums over thousands of terms: never in bf16
+        side = torch.where((w * t).sum(1) >= b, 1.0, -1.0)
+        w = w * side[:, None]
+        c = (w * t).sum(1) - b * side
+        room, aw = torch.where(w > 0, t, 1 - t), w.abs() * (w.abs() >= _TINY)
+        kink = torch.where(aw > 0, room / aw.clamp_min(_TINY), torch.full_like(room, 1e30))
+        kinks, order = kink.sort(1)
+        a_s = aw.gather(1, order)
+        saturated = (a_s * room.gather(1, order)).cumsum(1)  #: removed by the coordinates up to each kink
+        tail = (a_s * a_s).flip(1).cumsum(1).flip(1)  # sum w^2 from each kink on (no cancellation)
+        free = torch.cat([tail[:, 1:], torch.zeros_like(tail[:, :1])], 1)  #: sum w^2 of those past it
+        piece = ((saturated + kinks * free) < c[:, None]).sum(1, keepdim=True)  # kinks the root lies past
+        before = (piece - 1).clamp_min(0)
+        part = torch.where(piece > 0, saturated.gather(1, before), torch.zeros_like(c[:, None]))
+        weight = torch.where(piece > 0, free.gather(1, before), tail[:, :1])
+        lam = (c[:, None] - part) / weight.clamp_min(1e-30)
+        feasible = (piece < t.shape[1]) & (weight > 0)
+        step = torch.where(feasible, torch.minimum(aw * lam, room), room * (aw > 0))
+        return -torch.sign(w) * step
+
+
+#: The hyperplane projection of each threat model.
+PROJECTIONS = {"linf": project_linf, "l2": project_l2}
+
+
 def fab_targeted(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor, *,
-    eps: float, steps: int = FAB_STEPS,
+    eps: float, steps: int = FAB_STEPS, norm: Norm = LINF,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Targeted FAB from the clean image (the reference's first restart), one row per (image, target).
 
@@ -90,6 +132,7 @@ def fab_targeted(
     out, fooled = x.clone(), torch.zeros(m, dtype=torch.bool, device=x.device)
     rows = torch.arange(m, device=x.device)
     view = (-1, *[1] * (x.ndim - 1))
+    project = PROJECTIONS[norm.name]
 
     def linearise(xa: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(z_t - z_y, its input gradient, whether the model is fooled) at ``xa`` for rows ``r``."""
@@ -110,9 +153,9 @@ def fab_targeted(
         im, x1 = s["im"], s["x1"]
         w = s["dg"].reshape(n, -1)
         b = -s["df"] + (w * x1.reshape(n, -1)).sum(1)
-        d3 = project_linf(torch.cat([x1.reshape(n, -1), im.reshape(n, -1)]), torch.cat([w, w]), torch.cat([b, b]))
+        d3 = project(torch.cat([x1.reshape(n, -1), im.reshape(n, -1)]), torch.cat([w, w]), torch.cat([b, b]))
         d1, d2 = d3[:n].view_as(x1), d3[n:].view_as(x1)
-        a0 = d3.abs().amax(1).clamp_min(1e-8)
+        a0 = norm.size(d3).clamp_min(1e-8)
         alpha = (a0[:n] / (a0[:n] + a0[n:])).clamp(0.0, ALPHA_MAX).view(view)
         x1 = ((x1 + ETA * d1) * (1 - alpha) + (im + ETA * d2) * alpha).clamp(0.0, 1.0)
         last = it + 1 == steps
@@ -123,7 +166,7 @@ def fab_targeted(
                 is_adv = model(x1).logits.argmax(1) != y[rows]
         s["x1"] = x1
         if is_adv.any():
-            dist = (x1 - im).reshape(n, -1).abs().amax(1)
+            dist = norm.size(x1 - im)
             closer = is_adv & (dist < s["dist"])
             s["best"] = torch.where(closer.view(view), x1, s["best"])
             s["dist"] = torch.where(closer, dist, s["dist"])
@@ -155,6 +198,7 @@ class FabAttack(InferenceCopyAttack):
     eps: float
     num_classes: int
     steps: int = FAB_STEPS
+    norm: Norm = LINF
 
     def settings(self) -> dict[str, Any]:
         return {"attack": "fab-t", "eps": self.eps, "steps": self.steps, "restarts": 1,
@@ -162,13 +206,13 @@ class FabAttack(InferenceCopyAttack):
 
     def describe(self) -> str:
         return (f"{self.name}: targeted FAB, {num_targets(self.num_classes)} targets, {self.steps} iterations, "
-                f"eps {fmt_eps(self.eps)}, 1 restart")
+                f"{self.norm.title} eps {fmt_eps(self.eps)}, 1 restart")
 
     def run_prepared(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(adv, fooled) on a model from :func:`inference_copy`; FAB's first restart is deterministic."""
         def run(xs: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return fab_targeted(model, xs, ys, ts, owner, eps=self.eps, steps=self.steps)
+            return fab_targeted(model, xs, ys, ts, owner, eps=self.eps, steps=self.steps, norm=self.norm)
 
         return over_targets(model, x, y, num_targets(self.num_classes), run)

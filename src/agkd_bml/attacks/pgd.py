@@ -121,8 +121,9 @@ class PgdAttack(Attack):
             ", targeted at the most confusing class" if self.targeted else
             ", each image kept at its first fooling iterate" if self.early_stop else
             ", each image scored at its last iterate" if self.steps > 1 else "")
-        return (f"{self.name}: {self.loss.upper()} loss, {self.steps} step(s) of {fmt_eps(self.step_size)}, eps "
-                f"{fmt_eps(self.eps)}, {start}, {self.restarts} restart(s){extra}")
+        kind = "" if self.norm is LINF else f"{self.norm.title}-normalised "
+        return (f"{self.name}: {self.loss.upper()} loss, {self.steps} {kind}step(s) of {fmt_eps(self.step_size)}, "
+                f"{self.norm.title} eps {fmt_eps(self.eps)}, {start}, {self.restarts} restart(s){extra}")
 
     def run(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None

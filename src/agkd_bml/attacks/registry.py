@@ -16,6 +16,7 @@ from agkd_bml.attacks.apgd import ApgdAttack
 from agkd_bml.attacks.autoattack import RAND_COMPONENTS, RAND_EOT, AutoAttack, TorchattacksAutoAttack
 from agkd_bml.attacks.base import Attack, Clean
 from agkd_bml.attacks.fab import FabAttack
+from agkd_bml.attacks.norms import LINF, NORMS, Norm
 from agkd_bml.attacks.pgd import PgdAttack
 from agkd_bml.attacks.spsa import SpsaAttack
 from agkd_bml.attacks.square import SQUARE_QUERIES, SquareAttack
@@ -32,12 +33,23 @@ class Context:
     step_size: float | None = None
     restarts: int = 1
     targeted: bool = False
+    norm: Norm = LINF  #: the threat model of every attack built
+
+
+def _linf_only(name: str, ctx: Context) -> None:
+    if ctx.norm is not LINF:
+        raise UserError(f"attack {name!r} is available for the L-inf threat model only (not --norm {ctx.norm.name})")
+
+
+def _spsa(k: int, ctx: Context) -> Attack:
+    _linf_only("spsa", ctx)
+    return SpsaAttack(f"spsa-{k}", k, ctx.eps)
 
 
 def _gradient(name: str, steps: int, ctx: Context, *, step_size: float, random_start: bool, **kw) -> PgdAttack:
     return PgdAttack(
         name, steps, ctx.eps, ctx.step_size if ctx.step_size is not None else step_size, random_start=random_start,
-        restarts=ctx.restarts if random_start else 1, targeted=ctx.targeted, early_stop=True, **kw,
+        restarts=ctx.restarts if random_start else 1, targeted=ctx.targeted, early_stop=True, norm=ctx.norm, **kw,
     )
 
 
@@ -50,8 +62,9 @@ class Family:
 
 
 #: Step sizes: eps/4 (2/255 at 8/255) for BIM, PGD and CW; eps/steps for MIM (Dong et al.); eps for FGSM.
+#: Under L2 the same sizes apply to normalised-gradient steps (FGSM is then FGM).
 ATTACKS: dict[str, Family] = {
-    "clean": Family(lambda k, c: Clean(c.eps), "none", help="no attack"),
+    "clean": Family(lambda k, c: Clean(c.eps, norm=c.norm), "none", help="no attack"),
     "fgsm": Family(lambda k, c: _gradient("fgsm", 1, c, step_size=c.eps, random_start=False), "none",
                    help="one signed-gradient step of size eps"),
     "bim": Family(lambda k, c: _gradient(f"bim-{k}", k, c, step_size=c.eps / 4, random_start=False), "required",
@@ -62,29 +75,31 @@ ATTACKS: dict[str, Family] = {
                  "required", help="PGD-K on the CW margin loss (margin 50)"),
     "mim": Family(lambda k, c: _gradient(f"mim-{k}", k, c, step_size=c.eps / k, random_start=False, momentum=1.0),
                   "required", help="K momentum steps of eps/K (momentum 1.0)"),
-    "aa": Family(lambda k, c: AutoAttack(c.eps, c.num_classes), "none",
+    "aa": Family(lambda k, c: AutoAttack(c.eps, c.num_classes, norm=c.norm), "none",
                  help="AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square-5000, per-sample cascade (batched)"),
-    "aa-bf16": Family(lambda k, c: AutoAttack(c.eps, c.num_classes, name="aa-bf16", precision="bf16"), "none",
+    "aa-bf16": Family(lambda k, c: AutoAttack(c.eps, c.num_classes, name="aa-bf16", precision="bf16",
+                                                       norm=c.norm), "none",
                       help="aa with bf16 search passes, each success confirmed (or the part redone) in float32; "
                            "faster where bf16 is native (AVX512-BF16/AMX CPUs, recent GPUs)"),
     "aa-rand": Family(lambda k, c: AutoAttack(c.eps, c.num_classes, name="aa-rand", components=RAND_COMPONENTS,
-                                              eot=RAND_EOT), "none",
+                                              eot=RAND_EOT, norm=c.norm), "none",
                       help="AutoAttack's rand version for randomized models: APGD-CE and APGD-DLR with gradients "
                       "averaged over 20 passes (EoT), per-sample cascade"),
-    "aa-torchattacks": Family(lambda k, c: TorchattacksAutoAttack(c.eps, c.num_classes), "none",
+    "aa-torchattacks": Family(lambda k, c: TorchattacksAutoAttack(c.eps, c.num_classes, norm=c.norm), "none",
                               help="the same AutoAttack cascade composed from torchattacks (reference, slower)"),
-    "apgd-ce": Family(lambda k, c: ApgdAttack("apgd-ce", c.eps, c.num_classes), "none",
+    "apgd-ce": Family(lambda k, c: ApgdAttack("apgd-ce", c.eps, c.num_classes, norm=c.norm), "none",
                       help="APGD on CE, 100 iterations"),
-    "apgd-dlr": Family(lambda k, c: ApgdAttack("apgd-dlr", c.eps, c.num_classes, loss="dlr"), "none",
+    "apgd-dlr": Family(lambda k, c: ApgdAttack("apgd-dlr", c.eps, c.num_classes, loss="dlr", norm=c.norm),
+                       "none",
                        help="APGD on the untargeted DLR loss, 100 iterations"),
-    "apgd-t": Family(lambda k, c: ApgdAttack("apgd-t", c.eps, c.num_classes, targeted=True), "none",
+    "apgd-t": Family(lambda k, c: ApgdAttack("apgd-t", c.eps, c.num_classes, targeted=True, norm=c.norm),
+                     "none",
                      help="targeted APGD on DLR, 100 iterations, 9 targets"),
-    "fab-t": Family(lambda k, c: FabAttack("fab-t", c.eps, c.num_classes), "none",
+    "fab-t": Family(lambda k, c: FabAttack("fab-t", c.eps, c.num_classes, norm=c.norm), "none",
                     help="targeted FAB, 100 iterations, 9 targets"),
-    "square": Family(lambda k, c: SquareAttack(f"square-{k}", c.eps, queries=k), "optional",
+    "square": Family(lambda k, c: SquareAttack(f"square-{k}", c.eps, queries=k, norm=c.norm), "optional",
                      default_steps=SQUARE_QUERIES, help="Square attack with K queries (gradient-free)"),
-    "spsa": Family(lambda k, c: SpsaAttack(f"spsa-{k}", k, c.eps), "required",
-                   help="SpsaAttack with K iterations of 128 samples (gradient-free)"),
+    "spsa": Family(_spsa, "required", help="SpsaAttack with K iterations of 128 samples (gradient-free; L-inf only)"),
 }
 _SPEC = re.compile(r"^([a-z]+(?:-[a-z][a-z0-9]*)?)(?:-(\d+))?$")
 TRANSFER_PREFIX = "transfer:"
@@ -144,17 +159,23 @@ def parse_attacks(
     restarts: int = 1,
     targeted: bool = False,
     load_source: SourceLoader | None = None,
+    norm: str = "linf",
 ) -> list[Attack]:
-    """Parse ``clean,fgsm,pgd-20,...`` into attacks; ``step_size``, ``restarts``, ``targeted`` override defaults."""
+    """Parse ``clean,fgsm,pgd-20,...`` into attacks; ``step_size``, ``restarts``, ``targeted`` override defaults.
+
+    ``norm``: the threat model, ``linf`` (default) or ``l2``.
+    """
+    if norm not in NORMS:
+        raise UserError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
     if not eps >= 0:
         raise UserError(f"eps must be >= 0; got {eps}")
-    if eps > 1:
+    if eps > 1 and norm == "linf":
         raise UserError(f"eps {eps} is larger than the whole [0, 1] pixel range; did you mean {eps:g}/255?")
     if step_size is not None and not step_size > 0:
         raise UserError(f"step size must be > 0; got {step_size}")
     if restarts < 1:
         raise UserError(f"restarts must be >= 1; got {restarts}")
-    ctx = Context(eps, num_classes, step_size, restarts, targeted)
+    ctx = Context(eps, num_classes, step_size, restarts, targeted, NORMS[norm])
     attacks = [_one(item.strip(), ctx, load_source) for item in text.split(",") if item.strip()]
     if not attacks:
         raise UserError("no attack given; e.g. --attacks clean,fgsm,pgd-20")

@@ -1,11 +1,18 @@
-"""Square attack (Andriushchenko et al. 2020), L-inf, margin loss: AutoAttack's gradient-free part.
+"""Square attack (Andriushchenko et al. 2020), L-inf or L2, margin loss: AutoAttack's gradient-free part.
 
-Random search: start from vertical stripes of +-eps, then each query adds a random square of +-2 eps
-(one sign per channel, one location shared by the batch, as in the reference) to the best point so far
-and keeps it if the margin ``z_y - max_{k != y} z_k`` went down. The square's side shrinks on the
-reference schedule (``p_init`` 0.8, rescaled to the query budget). An image leaves at its first
-misclassified point. Forward passes only, under ``torch.inference_mode``, on the prepared model of
-:func:`agkd_bml.models.inference.inference_copy`.
+Random search that keeps a candidate when the margin ``z_y - max_{k != y} z_k`` went down, with the
+square's side shrinking on the reference schedule (``p_init`` 0.8, rescaled to the query budget); one
+location per query is shared by the batch and each channel gets its own sign, as in the reference.
+
+- L-inf (:func:`square`): start from vertical stripes of +-eps; each query adds a square of +-2 eps to
+  the best point so far.
+- L2 (:func:`square_l2`): start from a grid of 5x5 blocks, each a signed pair of "pyramids" (concentric
+  squares with weights falling as 1/k^2, +1 on one half, -1 on the other) scaled to norm eps; each
+  query moves the perturbation's mass of two random windows into the first one, redrawn as such a
+  pattern plus the old content, and scales the whole perturbation back to norm eps.
+
+An image leaves at its first misclassified point. Forward passes only, under ``torch.inference_mode``,
+on the prepared model of :func:`agkd_bml.models.inference.inference_copy`.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import torch
 from torch import nn
 
 from agkd_bml.attacks.base import fmt_eps
-from agkd_bml.attacks.norms import LINF
+from agkd_bml.attacks.norms import L2_NORM, LINF, Norm
 from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
 from agkd_bml.attacks.ops import cw_margin
 
@@ -76,6 +83,102 @@ def square(
     return out.clone(), fooled.clone()
 
 
+def _pyramid(rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """(rows, cols): concentric squares around the centre; a cell at Chebyshev distance k from it has
+    weight ``sum_{j >= k} 1 / (j + 1)^2`` (so the centre is heaviest), normalised to L2 norm 1."""
+    if rows == 0:
+        return torch.zeros((0, cols), device=device)
+    i = (torch.arange(rows, device=device) - rows // 2).abs()
+    j = (torch.arange(cols, device=device) - cols // 2).abs()
+    dist = torch.maximum(i[:, None], j[None, :])
+    rings = max(rows // 2 + 1, cols // 2 + 1)
+    weights = 1.0 / (torch.arange(rings, device=device, dtype=torch.float32) + 1) ** 2
+    tail = weights.flip(0).cumsum(0).flip(0)  # tail[k] = sum_{j >= k} weights[j]
+    p = tail[dist]
+    return p / p.norm()
+
+
+def _l2_pattern(side: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """(side, side): a pyramid on the top half minus one on the bottom half, unit L2 norm, randomly transposed."""
+    top = side // 2
+    p = torch.cat([_pyramid(top, side, like.device), -_pyramid(side - top, side, like.device)])
+    p = p / p.norm()
+    if float(torch.rand((1,), generator=generator, device=like.device)) > 0.5:
+        p = p.T
+    return p.to(like.dtype)
+
+
+def _to_sphere(xs: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """``xs`` plus ``delta`` scaled to L2 norm eps, clipped to [0, 1]."""
+    return (xs + eps * delta / (L2_NORM.size(delta).view(-1, 1, 1, 1) + 1e-12)).clamp(0.0, 1.0)
+
+
+def _window_norms(delta: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of each image's and channel's part of ``delta``, (N, C, 1, 1)."""
+    return delta.pow(2).sum((-2, -1), keepdim=True).sqrt()
+
+
+def square_l2(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, queries: int = SQUARE_QUERIES,
+    p_init: float = P_INIT, generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(adv, fooled) of the L2 Square attack (module docstring) for images (N, C, H, W), true labels ``y``."""
+    n, c, h, w = x.shape
+    out, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
+    if n == 0:
+        return out, fooled
+
+    def margin(xa: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return -cw_margin(model(xa).logits, labels, margin=float("inf"))
+
+    with torch.inference_mode():
+        block = max(h // 5, 1)
+        first = (h - 5 * block) // 2 if h >= 5 else 0
+        init = torch.zeros_like(x)
+        for top in range(first, first + (h // block) * block, block):
+            for left in range(first, first + (w // block) * block, block):
+                if top + block <= h and left + block <= w:
+                    init[:, :, top : top + block, left : left + block] += (
+                        _l2_pattern(block, x, generator) * _signs((n, c, 1, 1), x, generator))
+        rows = torch.arange(n, device=x.device)
+        xs, best = x, _to_sphere(x, init, eps)
+        best_margin = margin(best, y)
+        for i in range(queries + 1):
+            wrong = best_margin <= 0
+            if wrong.any():
+                out[rows[wrong]], fooled[rows[wrong]] = best[wrong], True
+                keep = ~wrong
+                rows, xs, best, best_margin = rows[keep], xs[keep], best[keep], best_margin[keep]
+            if i == queries or rows.numel() == 0:
+                break
+            side = max(int(round(math.sqrt(square_fraction(i, queries, p_init) * h * w))), 3)
+            side = min(side + 1 - side % 2, h, w)  # odd, so the pyramid has a centre
+            (vh, vw), (vh2, vw2) = ((int(torch.randint(max(size - side, 1), (1,), generator=generator,
+                                                       device=x.device)) for size in (h, w)) for _ in range(2))
+            delta = best - xs
+            win1 = (slice(None), slice(None), slice(vh, vh + side), slice(vw, vw + side))
+            win2 = (slice(None), slice(None), slice(vh2, vh2 + side), slice(vw2, vw2 + side))
+            both = torch.zeros_like(delta[:1])
+            both[win1] = 1.0
+            both[win2] = 1.0
+            spare = (eps**2 - L2_NORM.size(delta).pow(2)).clamp_min(0).view(-1, 1, 1, 1) / c
+            new = (_l2_pattern(side, x, generator) * _signs((rows.numel(), c, 1, 1), x, generator)
+                   + delta[win1] / (_window_norms(delta[win1]) + 1e-12))
+            new = new / (_window_norms(new) + 1e-12) * (spare + _window_norms(delta * both).pow(2)).sqrt()
+            delta[win2] = 0.0
+            delta[win1] = new
+            candidate = _to_sphere(xs, delta, eps)
+            m = margin(candidate, y[rows])
+            better = m < best_margin
+            best = torch.where(better.view(-1, 1, 1, 1), candidate, best)
+            best_margin = torch.where(better, m, best_margin)
+    return out.clone(), fooled.clone()
+
+
+#: The Square search of each threat model.
+SEARCHES = {"linf": square, "l2": square_l2}
+
+
 @dataclass(frozen=True)
 class SquareAttack(InferenceCopyAttack):
     """``square-K``: Square attack with K queries (AutoAttack uses 5,000)."""
@@ -83,16 +186,18 @@ class SquareAttack(InferenceCopyAttack):
     name: str
     eps: float
     queries: int = SQUARE_QUERIES
+    norm: Norm = LINF
 
     def settings(self) -> dict[str, Any]:
         return {"attack": "square", "eps": self.eps, "queries": self.queries, "restarts": 1, "p_init": P_INIT,
                 "loss": "margin"}
 
     def describe(self) -> str:
-        return f"{self.name}: Square, {self.queries} queries, eps {fmt_eps(self.eps)}, p_init {P_INIT}, margin loss"
+        return (f"{self.name}: Square, {self.queries} queries, {self.norm.title} eps {fmt_eps(self.eps)}, p_init {P_INIT}, "
+                "margin loss")
 
     def run_prepared(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(adv, fooled) on a model from :func:`inference_copy`."""
-        return square(model, x, y, eps=self.eps, queries=self.queries, generator=generator)
+        return SEARCHES[self.norm.name](model, x, y, eps=self.eps, queries=self.queries, generator=generator)

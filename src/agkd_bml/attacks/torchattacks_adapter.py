@@ -3,7 +3,7 @@
 torchattacks expects a module that returns logits, seeds the *global* RNG, calls ``.backward()`` (FAB) and
 switches the model to train mode afterwards if the wrapper it was given says so. The adapter hides all
 of that: the model sees eval mode and frozen parameters, the caller's RNG state is restored, and the
-result is projected onto the eps-ball and [0, 1] in the input's dtype. The attack itself runs in float32
+result is projected onto the eps-ball (of the given norm) and [0, 1] in the input's dtype. The attack itself runs in float32
 (on a float32 copy of a float64 model), as torchattacks assumes.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from agkd_bml.attacks.norms import LINF
+from agkd_bml.attacks.norms import LINF, Norm
 from agkd_bml.models.modes import eval_mode, frozen
 
 
@@ -46,6 +46,7 @@ def run_library_attack(
     *,
     eps: float,
     generator: torch.Generator | None,
+    norm: Norm = LINF,
 ) -> torch.Tensor:
     """Build an attack with ``make(logits_model, seed)`` and run it on ``x`` under the guarantees above."""
     if x.shape[0] == 0:
@@ -58,4 +59,4 @@ def run_library_attack(
         torch.manual_seed(seed)
         attack = make(LogitsOnly(model), seed)
         adv = attack(x.detach().float(), y)
-    return LINF.project(adv.detach().to(x.dtype), x.detach(), eps)
+    return norm.project(adv.detach().to(x.dtype), x.detach(), eps)

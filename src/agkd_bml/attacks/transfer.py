@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from agkd_bml.attacks.base import Attack
+from agkd_bml.attacks.norms import Norm
 from agkd_bml.attacks.pgd import PgdAttack
 
 
@@ -28,6 +29,10 @@ class TransferAttack(Attack):
     @property
     def eps(self) -> float:  # type: ignore[override]
         return self.inner.eps
+
+    @property
+    def norm(self) -> Norm:  # type: ignore[override]
+        return self.inner.norm
 
     def settings(self) -> dict[str, Any]:
         return {"attack": "transfer", "source": self.source_path,

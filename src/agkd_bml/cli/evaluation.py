@@ -61,7 +61,9 @@ def _evaluate(
     say = print if job.main else _quiet
     loader = ModelLoader(options)
     # Fail on a bad spec (or source checkpoint) before any work.
-    parse_attacks(attacks, eps=options.eps if options.eps is not None else 8 / 255, load_source=loader.source)
+    parse_attacks(attacks, eps=options.eps if options.eps is not None else 8 / 255, load_source=loader.source,
+                  norm=options.norm)
+    # the threat model is in every point's key (as the attack is), so L-inf and L2 points may share a folder
     settings = {"n": options.n, "eps": options.eps, "seed": options.seed, "batch_size": options.batch_size,
                 "dataset": options.dataset, "weights": options.weights, "step_size": step_size, "restarts": restarts,
                 "targeted": targeted, "last_iterate": last_iterate}
@@ -73,7 +75,7 @@ def _evaluate(
         label, model, data, x, y = loader.model(path)
         parsed = parse_attacks(
             attacks, eps=loader.eps(data), num_classes=data.spec.num_classes, step_size=step_size,
-            restarts=restarts, targeted=targeted, load_source=loader.source,
+            restarts=restarts, targeted=targeted, load_source=loader.source, norm=options.norm,
         )
         if last_iterate:
             parsed = [full_length(a) for a in parsed]
@@ -178,6 +180,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--state", metavar="DIR", default=None,
                    help="save per-sample results here as they are computed (default with --out: OUT/state); the "
                    "same command run again skips finished work; a folder written with other settings is refused")
+    e.add_argument("--norm", choices=("linf", "l2"), default="linf",
+                   help="threat model of every attack: linf (default; eps default the dataset's, 8/255 on CIFAR-10) "
+                   "or l2 (eps default 0.5 on 3x32x32 images, scaled by sqrt(pixels) on others; FGSM is then FGM, "
+                   "PGD / CW / BIM take normalised-gradient steps of eps/4, aa is AutoAttack's L2 version)")
     add_eval_options(e, foreign=True)
     e.set_defaults(handler=command_handler(evaluate_checkpoints))
 

@@ -44,7 +44,7 @@ def add_eval_options(p: argparse.ArgumentParser, n: int | None = None, *, data: 
     if data:
         p.add_argument("--n", type=int, default=n, help=f"use the first N test images (default: {n if n else 'all'})")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--eps", type=number, default=None, help="L-inf budget (default: the dataset's, e.g. 8/255)")
+    p.add_argument("--eps", type=number, default=None, help="the attack budget (default: the dataset's, e.g. 8/255 for L-inf on CIFAR-10)")
     p.add_argument("--seed", type=int, default=0, help="seed of random starts and library attacks")
     if data:
         p.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the checkpoint's")

@@ -45,7 +45,7 @@ def format_table(rows: dict[str, list[AttackResult]], weights: str | None = None
     first = next(iter(rows.values()))
     header = [r.attack.name for r in first] + (["worst-case"] if len(first) > 1 else [])
     lines = ["| model | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
-    norm = "L-inf" if first[0].attack.norm.name == "linf" else first[0].attack.norm.name.upper()
+    norm = first[0].attack.norm.title
     for name, results in rows.items():
         cells = [_cell(r) for r in results]
         if len(results) > 1:
@@ -71,13 +71,14 @@ def records(rows: dict[str, list[AttackResult]], weights: str | None = None) -> 
             lo, hi = r.wilson()
             out.append({
                 "model": name, "attack": r.attack.name, "accuracy": r.accuracy, "ci95_low": lo, "ci95_high": hi,
-                "n": r.n, "seed": r.seed, "eps": r.attack.eps, "settings": r.attack.settings(), **extra,
+                "n": r.n, "seed": r.seed, "eps": r.attack.eps, "norm": r.attack.norm.name, "settings": r.attack.settings(),
+                **extra,
             })
         if len(results) > 1:
             wc = combined(results)
             lo, hi = wc.wilson()
             out.append({"model": name, "attack": "worst-case", "accuracy": wc.accuracy, "ci95_low": lo,
-                        "ci95_high": hi, "n": wc.n, "seed": wc.seed, "eps": wc.attack.eps,
+                        "ci95_high": hi, "n": wc.n, "seed": wc.seed, "eps": wc.attack.eps, "norm": results[0].attack.norm.name,
                         "settings": {"attacks": [r.attack.name for r in results]}, **extra})
     return out
 
