@@ -87,3 +87,18 @@ def test_eval_into_a_state_of_other_settings_is_one_line_and_keeps_it(teacher_ru
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == before  # nothing computed is lost
     assert run("--attacks", "clean,fgsm,pgd-3").returncode == 0  # more attacks, same settings: reused
+
+
+def test_a_resumed_autoattack_keeps_the_per_part_tally_of_every_batch(teacher_run, digits, tmp_path):
+    """The checks read which part broke how many images (Square's flag): a rerun from the state, which runs
+    nothing, must report the first run's tally, not an empty one."""
+    from agkd_bml.models.checkpoint import load_model
+
+    model = load_model(teacher_run)[0]
+    x, y = digits.x_test[:48], digits.y_test[:48]
+    first = parse_attacks("aa", eps=0.08, num_classes=10)
+    _run(model, x, y, first, EvalState(tmp_path))
+    assert sum(first[0].fooled_by.values()) > 0
+    again = parse_attacks("aa", eps=0.08, num_classes=10)
+    _run(model, x, y, again, EvalState(tmp_path))
+    assert again[0].fooled_by == first[0].fooled_by and not again[0].seconds_by  # loaded, not recomputed

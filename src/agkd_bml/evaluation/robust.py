@@ -125,31 +125,45 @@ def _correct(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack
     """Per-sample correctness of ``model`` on ``x`` attacked by ``attack`` (clean when None).
 
     Batches go in rounds of one per rank; after each round every rank holds all results so far, and rank 0
-    saves them (``state``), so a stopped run resumes at its first unfinished round.
+    saves them (``state``), so a stopped run resumes at its first unfinished round. A cascade's per-part
+    tally (which part broke how many images, read by the checks) travels and is saved with each batch, so
+    it covers all batches, also those of other ranks or of an earlier, interrupted run.
     """
     total = math.ceil(x.shape[0] / r.batch_size)
     done = list(point.batches) if point is not None else []
+    tallies = list(point.tallies) if point is not None else []
     r.bar.update(len(done))
     for first in range(len(done) if not (point and point.done) else total, total, r.job.world):
         b = first + r.job.rank
         mine = _batch(model, x, y, attack, b, r) if b < total else None
         got = [t for t in distributed.gather_objects(mine, r.job) if t is not None]
-        done.extend(got)  # type: ignore[arg-type]
+        done.extend(c for c, _ in got)
+        tallies.extend(t for _, t in got)
         r.bar.update(len(got))
         if r.state is not None and point is not None and r.job.main:
-            point.batches, point.done = done, len(done) == total
+            point.batches, point.tallies, point.done = done, tallies, len(done) == total
             r.state.save(point)
     if r.state is not None and point is not None and not point.done and r.job.main:  # nothing to do: mark it done
-        point.batches, point.done = done, True
+        point.batches, point.tallies, point.done = done, tallies, True
         r.state.save(point)
+    counts = getattr(attack, "fooled_by", None)
+    if counts is not None:
+        counts.clear()
+        for tally in tallies:
+            for part, k in tally.items():
+                counts[part] = counts.get(part, 0) + k
     return torch.cat(done) if done else torch.zeros(0, dtype=torch.bool)
 
 
-def _batch(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, b: int, r: _Run) -> torch.Tensor:
-    """Correctness on batch ``b`` (on the CPU, ready to be gathered and saved)."""
+def _batch(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, b: int,
+           r: _Run) -> tuple[torch.Tensor, dict[str, int]]:
+    """Correctness on batch ``b`` (on the CPU, ready to be gathered and saved) and the attack's tally of it."""
     sl = slice(b * r.batch_size, (b + 1) * r.batch_size)
     xb, yb = to_float(x[sl]).to(r.device), y[sl].to(r.device)
-    if attack is not None:
-        return (~attack(model, xb, yb, batch_generator(r.device, r.seed, b)).fooled).cpu()
-    with torch.no_grad():
-        return (model(xb).logits.argmax(1) == yb).cpu()
+    if attack is None:
+        with torch.no_grad():
+            return (model(xb).logits.argmax(1) == yb).cpu(), {}
+    counts = getattr(attack, "fooled_by", None)
+    before = dict(counts) if counts is not None else {}
+    correct = (~attack(model, xb, yb, batch_generator(r.device, r.seed, b)).fooled).cpu()
+    return correct, {k: v - before.get(k, 0) for k, v in (counts or {}).items()}

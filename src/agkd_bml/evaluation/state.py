@@ -51,6 +51,8 @@ class Point:
     key: dict[str, Any]
     batches: list[torch.Tensor] = field(default_factory=list)  #: per-sample results of finished batches
     done: bool = False
+    #: per finished batch, what a cascade's parts broke in it (``AutoAttack.fooled_by``); empty for others
+    tallies: list[dict[str, int]] = field(default_factory=list)
 
 
 class EvalState:
@@ -99,7 +101,7 @@ class EvalState:
             raise UserError(f"evaluation state {path} cannot be read ({exc}); delete it to recompute that point") from exc
         if saved != json.loads(json.dumps(key)):
             raise UserError(f"evaluation state {path} was written with other settings; delete it or use another --state")
-        return Point(key, list(raw["batches"]), bool(raw["done"]))
+        return Point(key, list(raw["batches"]), bool(raw["done"]), list(raw.get("tallies", [])))
 
     def save(self, point: Point, *, force: bool = False) -> None:
         """Write ``point`` atomically (unfinished points at most every :data:`SAVE_EVERY_S` unless ``force``)."""
@@ -108,6 +110,7 @@ class EvalState:
         if not (force or point.done) and now - self._saved_at.get(str(path), 0.0) < SAVE_EVERY_S:
             return
         buf = io.BytesIO()
-        torch.save({"key": json.dumps(point.key, sort_keys=True), "batches": point.batches, "done": point.done}, buf)
+        torch.save({"key": json.dumps(point.key, sort_keys=True), "batches": point.batches, "done": point.done,
+                    "tallies": point.tallies}, buf)
         atomic_write(path, lambda f: f.write(buf.getvalue()))
         self._saved_at[str(path)] = now
