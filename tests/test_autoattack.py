@@ -10,7 +10,7 @@ import torch
 from agkd_bml.attacks import parse_attacks
 from agkd_bml.attacks.apgd import apgd, apgd_multitarget, dlr_targeted, target_classes
 from agkd_bml.attacks.autoattack import confirm_in_fp32, native_components, torchattacks_component
-from agkd_bml.attacks.fab import FabAttack, project_linf
+from agkd_bml.attacks.fab import PROJECTIONS, FabAttack
 from agkd_bml.attacks.norms import LINF
 from agkd_bml.attacks.square import square_fraction
 from agkd_bml.attacks.torchattacks_adapter import run_library_attack
@@ -57,10 +57,12 @@ def test_fab_t_finds_exactly_what_torchattacks_fab_t_finds(digits, trained):
     assert int((ours_wrong != theirs_wrong).sum()) <= 2, (int(ours_wrong.sum()), int(theirs_wrong.sum()))
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("quantised", [False, True])
-def test_fab_projection_equals_the_reference_routine(quantised):
-    """Bisection + Newton gives the reference's sorted solution: on the plane, in the box, same step."""
-    from torchattacks.attacks.fab import projection_linf
+def test_fab_projection_equals_the_reference_routine(quantised, norm):
+    """Our projections (L-inf: bisection + Newton; L2: closed form from the sorted kinks) give the reference's
+    sorted solution: on the plane, in the box, same step."""
+    from torchattacks.attacks import fab as reference
 
     g = torch.Generator().manual_seed(0)
     t = torch.rand(64, 768, generator=g)
@@ -69,7 +71,7 @@ def test_fab_projection_equals_the_reference_routine(quantised):
     w = torch.randn(64, 768, generator=g) * (torch.rand(64, 768, generator=g) > 0.1)
     # gaps from tiny to beyond what the box allows, both orientations
     b = (w * t).sum(1) + torch.randn(64, generator=g) * torch.logspace(-3, 3.5, 64)
-    ours, ref = project_linf(t, w, b), projection_linf(t, w, b)
+    ours, ref = PROJECTIONS[norm](t, w, b), getattr(reference, f"projection_{norm}")(t, w.clone(), b)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
     feasible = (w.abs() * torch.where(w * torch.sign((w * t).sum(1) - b)[:, None] > 0, t, 1 - t)).sum(1) > \
         ((w * t).sum(1) - b).abs()

@@ -18,6 +18,7 @@ on the prepared model of :func:`agkd_bml.models.inference.inference_copy`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,22 +46,27 @@ def _signs(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generato
     return torch.sign(torch.rand(shape, device=like.device, dtype=like.dtype, generator=generator) * 2 - 1)
 
 
-def square(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, queries: int = SQUARE_QUERIES,
-    p_init: float = P_INIT, generator: torch.Generator | None = None,
+#: ``propose(i, xs, best, generator) -> candidate``: query ``i``'s candidate for the images ``xs`` whose
+#: best point so far is ``best`` (both the rows still robust).
+Proposal = Callable[[int, torch.Tensor, torch.Tensor, torch.Generator | None], torch.Tensor]
+
+
+def _random_search(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, queries: int, propose: Proposal,
+    generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(adv, fooled) for a batch of images (N, C, H, W) with true labels ``y``."""
-    n, c, h, w = x.shape
-    out, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
-    if n == 0:
+    """Square's loop, shared by both threat models: keep a candidate where the margin ``z_y - max_{k != y} z_k``
+    went down; an image leaves at its first misclassified point. (adv, fooled)."""
+    out, fooled = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    if x.shape[0] == 0:
         return out, fooled
 
     def margin(xa: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return -cw_margin(model(xa).logits, labels, margin=float("inf"))  # z_y - max other: > 0 while right
 
     with torch.inference_mode():
-        rows = torch.arange(n, device=x.device)
-        xs, best = x, (x + eps * _signs((n, c, 1, w), x, generator)).clamp(0.0, 1.0)
+        rows = torch.arange(x.shape[0], device=x.device)
+        xs, best = x, start
         best_margin = margin(best, y)
         for i in range(queries + 1):
             wrong = best_margin <= 0
@@ -70,17 +76,36 @@ def square(
                 rows, xs, best, best_margin = rows[keep], xs[keep], best[keep], best_margin[keep]
             if i == queries or rows.numel() == 0:
                 break
-            side = max(int(round(math.sqrt(square_fraction(i, queries, p_init) * h * w))), 1)
-            vh, vw = (int(torch.randint(max(size - side, 1), (1,), generator=generator, device=x.device))
-                      for size in (h, w))
-            delta = torch.zeros((c, h, w), device=x.device, dtype=x.dtype)
-            delta[:, vh : vh + side, vw : vw + side] = 2 * eps * _signs((c, 1, 1), x, generator)
-            candidate = LINF.project(best + delta, xs, eps)
+            candidate = propose(i, xs, best, generator)
             m = margin(candidate, y[rows])
             better = m < best_margin
             best = torch.where(better.view(-1, 1, 1, 1), candidate, best)
             best_margin = torch.where(better, m, best_margin)
     return out.clone(), fooled.clone()
+
+
+def _position(size: int, side: int, like: torch.Tensor, generator: torch.Generator | None) -> int:
+    """A random top-left coordinate of a window of ``side`` in ``size`` (one per query, shared by the batch)."""
+    return int(torch.randint(max(size - side, 1), (1,), generator=generator, device=like.device))
+
+
+def square(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, queries: int = SQUARE_QUERIES,
+    p_init: float = P_INIT, generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(adv, fooled) of the L-inf Square attack for images (N, C, H, W) with true labels ``y``."""
+    n, c, h, w = x.shape
+
+    def propose(i: int, xs: torch.Tensor, best: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        side = max(int(round(math.sqrt(square_fraction(i, queries, p_init) * h * w))), 1)
+        vh, vw = _position(h, side, x, g), _position(w, side, x, g)
+        delta = torch.zeros((c, h, w), device=x.device, dtype=x.dtype)
+        delta[:, vh : vh + side, vw : vw + side] = 2 * eps * _signs((c, 1, 1), x, g)
+        return LINF.project(best + delta, xs, eps)
+
+    with torch.inference_mode():
+        start = (x + eps * _signs((n, c, 1, w), x, generator)).clamp(0.0, 1.0)
+    return _random_search(model, x, y, start, queries, propose, generator)
 
 
 def _pyramid(rows: int, cols: int, device: torch.device) -> torch.Tensor:
@@ -124,12 +149,25 @@ def square_l2(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(adv, fooled) of the L2 Square attack (module docstring) for images (N, C, H, W), true labels ``y``."""
     n, c, h, w = x.shape
-    out, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
-    if n == 0:
-        return out, fooled
 
-    def margin(xa: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return -cw_margin(model(xa).logits, labels, margin=float("inf"))
+    def propose(i: int, xs: torch.Tensor, best: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        side = max(int(round(math.sqrt(square_fraction(i, queries, p_init) * h * w))), 3)
+        side = min(side + 1 - side % 2, h, w)  # odd, so the pyramid has a centre
+        vh, vw, vh2, vw2 = (_position(size, side, x, g) for size in (h, w, h, w))
+        delta = best - xs
+        win1 = (slice(None), slice(None), slice(vh, vh + side), slice(vw, vw + side))
+        win2 = (slice(None), slice(None), slice(vh2, vh2 + side), slice(vw2, vw2 + side))
+        both = torch.zeros_like(delta[:1])
+        both[win1] = 1.0
+        both[win2] = 1.0
+        # the norm left unused by the whole perturbation, shared by the channels, plus both windows' mass
+        spare = (eps**2 - L2_NORM.size(delta).pow(2)).clamp_min(0).view(-1, 1, 1, 1) / c
+        new = (_l2_pattern(side, x, g) * _signs((xs.shape[0], c, 1, 1), x, g)
+               + delta[win1] / (_window_norms(delta[win1]) + 1e-12))
+        new = new / (_window_norms(new) + 1e-12) * (spare + _window_norms(delta * both).pow(2)).sqrt()
+        delta[win2] = 0.0
+        delta[win1] = new
+        return _to_sphere(xs, delta, eps)
 
     with torch.inference_mode():
         block = max(h // 5, 1)
@@ -140,39 +178,8 @@ def square_l2(
                 if top + block <= h and left + block <= w:
                     init[:, :, top : top + block, left : left + block] += (
                         _l2_pattern(block, x, generator) * _signs((n, c, 1, 1), x, generator))
-        rows = torch.arange(n, device=x.device)
-        xs, best = x, _to_sphere(x, init, eps)
-        best_margin = margin(best, y)
-        for i in range(queries + 1):
-            wrong = best_margin <= 0
-            if wrong.any():
-                out[rows[wrong]], fooled[rows[wrong]] = best[wrong], True
-                keep = ~wrong
-                rows, xs, best, best_margin = rows[keep], xs[keep], best[keep], best_margin[keep]
-            if i == queries or rows.numel() == 0:
-                break
-            side = max(int(round(math.sqrt(square_fraction(i, queries, p_init) * h * w))), 3)
-            side = min(side + 1 - side % 2, h, w)  # odd, so the pyramid has a centre
-            (vh, vw), (vh2, vw2) = ((int(torch.randint(max(size - side, 1), (1,), generator=generator,
-                                                       device=x.device)) for size in (h, w)) for _ in range(2))
-            delta = best - xs
-            win1 = (slice(None), slice(None), slice(vh, vh + side), slice(vw, vw + side))
-            win2 = (slice(None), slice(None), slice(vh2, vh2 + side), slice(vw2, vw2 + side))
-            both = torch.zeros_like(delta[:1])
-            both[win1] = 1.0
-            both[win2] = 1.0
-            spare = (eps**2 - L2_NORM.size(delta).pow(2)).clamp_min(0).view(-1, 1, 1, 1) / c
-            new = (_l2_pattern(side, x, generator) * _signs((rows.numel(), c, 1, 1), x, generator)
-                   + delta[win1] / (_window_norms(delta[win1]) + 1e-12))
-            new = new / (_window_norms(new) + 1e-12) * (spare + _window_norms(delta * both).pow(2)).sqrt()
-            delta[win2] = 0.0
-            delta[win1] = new
-            candidate = _to_sphere(xs, delta, eps)
-            m = margin(candidate, y[rows])
-            better = m < best_margin
-            best = torch.where(better.view(-1, 1, 1, 1), candidate, best)
-            best_margin = torch.where(better, m, best_margin)
-    return out.clone(), fooled.clone()
+        start = _to_sphere(x, init, eps)
+    return _random_search(model, x, y, start, queries, propose, generator)
 
 
 #: The Square search of each threat model.
