@@ -7,6 +7,13 @@ wall time, the reference's per-part times from its own log, ours from the cascad
 runs alternate (reference, aa, aa-bf16) ``--repeats`` times and each time is the median of its repeats,
 so a burst of load on the shared machine slows all three alike.
 
+For our runs the benchmark also counts each part's network passes (a forward hook on the attacked
+model: images per forward, and whether an input gradient follows) and turns them into FLOPs with
+torch's counter on one image, so each part's GFLOP/s can be set against the machine's peak for the
+same work (the model's fastest convolution alone, forward + backward, as ``benchmarks.train_step``; in
+bf16 for ``aa-bf16``): the share of each part's time spent in passes at that rate, the rest being
+everything else (projections, bookkeeping, Python).
+
     python -m benchmarks.autoattack_reference --checkpoint RUN --n 200
     python -m benchmarks.autoattack_reference --checkpoint RUN --n 200 --norm l2   # AutoAttack-L2, eps 0.5
 """
@@ -27,11 +34,15 @@ from pathlib import Path
 import torch
 
 from agkd_bml.attacks import parse_attacks
+from agkd_bml.attacks.autoattack import AutoAttack
 from agkd_bml.attacks.torchattacks_adapter import LogitsOnly
 from agkd_bml.data import load_dataset, to_float
 from agkd_bml.device import device_name, resolve_device
 from agkd_bml.evaluation import default_budget, evaluate_attacks
+from agkd_bml.models import Classifier
 from agkd_bml.models.checkpoint import load_model
+from agkd_bml.models.inference import channels_last, inference_copy
+from benchmarks.train_step import conv_peak, counted_flops
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "auto-attack"
 PARTS = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -60,13 +71,75 @@ def run_reference(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     return seconds, float(robust.float().mean()), parts
 
 
+class PassCounter:
+    """Counts the attacked model's passes (a global forward hook on :class:`Classifier` calls): images
+    forward only, and images forward with an input gradient to follow, per AutoAttack part."""
+
+    def __init__(self) -> None:
+        self.forward = self.with_grad = 0
+        self.by_part: dict[str, tuple[int, int]] = {}
+
+    def __enter__(self) -> PassCounter:
+        def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _out: object) -> None:
+            if isinstance(module, Classifier):
+                n = inputs[0].shape[0]
+                if torch.is_grad_enabled() and inputs[0].requires_grad:
+                    self.with_grad += n
+                else:
+                    self.forward += n
+
+        self.handle = torch.nn.modules.module.register_module_forward_hook(hook)
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.handle.remove()
+
+    def part_done(self, part: str) -> None:
+        """Attribute the passes since the last call to ``part``."""
+        done = sum(f for f, _ in self.by_part.values()), sum(g for _, g in self.by_part.values())
+        f0, g0 = self.by_part.get(part, (0, 0))
+        self.by_part[part] = (f0 + self.forward - done[0], g0 + self.with_grad - done[1])
+
+
+def per_image_flops(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """(FLOPs of one image's forward, of its forward + input-gradient backward) on the attacked model copy."""
+    fast = inference_copy(model)
+    one = channels_last(to_float(x[:1]).to(next(model.parameters()).device))
+
+    def forward() -> None:
+        with torch.no_grad():
+            fast(one)
+
+    def with_grad() -> None:
+        xi = one.clone().requires_grad_(True)
+        torch.autograd.grad(fast(xi).logits.sum(), xi)
+
+    return counted_flops(forward), counted_flops(with_grad)
+
+
 def run_ours(spec: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, classes: int,
-             device: torch.device, batch: int, norm: str) -> tuple[float, float, dict[str, float]]:
-    """(seconds, robust accuracy, per-part seconds) of one of our AutoAttack specs."""
-    attack = parse_attacks(spec, eps=eps, num_classes=classes, norm=norm)
+             device: torch.device, batch: int, norm: str) -> tuple[float, float, dict[str, float], dict[str, tuple[int, int]]]:
+    """(seconds, robust accuracy, per-part seconds, per-part (forward images, gradient images)) of one spec."""
+    (attack,) = parse_attacks(spec, eps=eps, num_classes=classes, norm=norm)
+    assert isinstance(attack, AutoAttack)
+    counter = PassCounter()
+    counted = _counting(attack, counter)
     start = time.perf_counter()
-    res = evaluate_attacks(model, x, y, attack, batch_size=batch, device=device, seed=0)[0]
-    return time.perf_counter() - start, res.accuracy, dict(attack[0].seconds_by)
+    with counter:
+        res = evaluate_attacks(model, x, y, [counted], batch_size=batch, device=device, seed=0)[0]
+    return time.perf_counter() - start, res.accuracy, dict(counted.seconds_by), counter.by_part
+
+
+def _counting(attack: AutoAttack, counter: PassCounter) -> AutoAttack:
+    """``attack`` that also tells ``counter`` when each part ends (through the cascade's per-part clock)."""
+
+    class Counted(type(attack)):  # type: ignore[misc]
+        def _count(self, part: str, fooled: torch.Tensor, started: float) -> None:
+            super()._count(part, fooled, started)
+            counter.part_done(part)
+
+    fields = {f: getattr(attack, f) for f in attack.__dataclass_fields__ if f not in ("fooled_by", "seconds_by")}
+    return Counted(**fields)
 
 
 def main() -> None:
@@ -87,7 +160,7 @@ def main() -> None:
     data = load_dataset(ckpt.config["dataset"])
     x, y = data.x_test[: args.n], data.y_test[: args.n]
     eps, classes = default_budget(data.spec, args.norm), data.spec.num_classes
-    runs: dict[str, list[tuple[float, float, dict[str, float]]]] = {"reference": [], "aa": [], "aa-bf16": []}
+    runs: dict[str, list[tuple]] = {"reference": [], "aa": [], "aa-bf16": []}
     for _ in range(args.repeats):
         runs["reference"].append(run_reference(model, x, y, eps, device, args.batch, args.norm))
         for spec in ("aa", "aa-bf16"):
@@ -98,8 +171,23 @@ def main() -> None:
                          "accuracies": [r[1] for r in rs],
                          "parts_s": {k: statistics.median(r[2].get(k, 0.0) for r in rs) for k in PARTS}}
     ref = summary["reference"]["seconds"]
+    sample = to_float(x[:128]).to(device).contiguous(memory_format=torch.channels_last)
+    fwd, grad = per_image_flops(model, x)
+    peaks = {"aa": conv_peak(model, sample, device)[0], "aa-bf16": conv_peak(model, sample, device, bf16=True)[0]}
+    passes = {}
+    for spec, peak in peaks.items():
+        passes[spec] = {"peak_gflops": peak / 1e9, "parts": {}}
+        for part in PARTS:
+            f_imgs, g_imgs = runs[spec][0][3].get(part, (0, 0))  # pass counts are the same in every repeat
+            gflop = (f_imgs * fwd + g_imgs * grad) / 1e9
+            secs = summary[spec]["parts_s"][part]
+            passes[spec]["parts"][part] = {"forward_images": f_imgs, "gradient_images": g_imgs, "gflop": gflop,
+                                           "gflops": gflop / secs if secs else 0.0,
+                                           "of_peak": gflop * 1e9 / secs / peak if secs else 0.0}
     result = {"machine": f"{platform.machine()} {device_name(device)}", "torch": torch.__version__,
-              "checkpoint": args.checkpoint, "n": args.n, "eps": eps, "norm": args.norm, "repeats": args.repeats, **summary}
+              "checkpoint": args.checkpoint, "n": args.n, "eps": eps, "norm": args.norm, "repeats": args.repeats,
+              **summary, "passes": passes,
+              "flops_per_image": {"forward": fwd, "forward_and_input_gradient": grad}}
     suffix = "" if args.norm == "linf" else f"-{args.norm}"
     Path(args.out or Path(__file__).with_name(f"results-autoattack{suffix}.json")).write_text(
         json.dumps(result, indent=2) + "\n")
@@ -112,6 +200,14 @@ def main() -> None:
         print(f"| {name} | {100 * s['accuracy']:.2f}% | {s['seconds']:.1f} | {ref / s['seconds']:.2f}x | {parts} |")
     gap = max(abs(s["accuracy"] - summary["reference"]["accuracy"]) for s in summary.values()) * args.n
     print(f"largest difference from the reference: {gap:.0f} image(s) of {args.n}")
+    print(f"\nour parts' network passes (FLOPs per image: forward {fwd / 1e6:.1f} M, with input gradient "
+          f"{grad / 1e6:.1f} M) against the peak for the same work (the model's fastest convolution alone)")
+    print("| run | part | forward images | gradient images | GFLOP | GFLOP/s | of peak |")
+    print("|---|---|---|---|---|---|---|")
+    for spec, info in passes.items():
+        for part, q in info["parts"].items():
+            print(f"| {spec} (peak {info['peak_gflops']:.0f} GFLOP/s) | {part} | {q['forward_images']} | "
+                  f"{q['gradient_images']} | {q['gflop']:.0f} | {q['gflops']:.0f} | {100 * q['of_peak']:.0f}% |")
 
 
 if __name__ == "__main__":

@@ -88,8 +88,10 @@ def timed_in_turns(fns: list[Callable[[], object]], repeats: int, device: torch.
     return [statistics.median(ts) for ts in times]
 
 
-def conv_peak(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> tuple[float, str]:
-    """FLOP/s of the fastest of the model's own convolutions run alone (forward + backward), and which.
+def conv_peak(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *,
+              bf16: bool = False) -> tuple[float, str]:
+    """FLOP/s of the fastest of the model's own convolutions run alone (forward + backward), and which
+    (``bf16``: under bf16 autocast, the yardstick of bf16 passes).
 
     The same kind of work as a training step (these convolutions, this dtype and memory layout), with its
     FLOPs counted by the same counter, so a step's share of it is a fraction of what this machine does
@@ -115,7 +117,9 @@ def conv_peak(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> 
         xi = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last).requires_grad_(True)
 
         def fn(layer=layer, xi=xi):
-            layer(xi).sum().backward()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = layer(xi).float().sum()
+            out.backward()
 
         rate = counted_flops(fn) / timed(fn, 5, device)
         if rate > best:
