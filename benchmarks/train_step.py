@@ -89,9 +89,12 @@ def timed_in_turns(fns: list[Callable[[], object]], repeats: int, device: torch.
 
 
 def conv_peak(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *,
-              bf16: bool = False) -> tuple[float, str]:
-    """FLOP/s of the fastest of the model's own convolutions run alone (forward + backward), and which
-    (``bf16``: under bf16 autocast, the yardstick of bf16 passes).
+              bf16: bool = False, kind: str = "train") -> tuple[float, str]:
+    """FLOP/s of the fastest of the model's own convolutions run alone, and which.
+
+    ``kind`` is the work timed: ``train`` (forward + backward to weights and input, a training step's),
+    ``forward`` (an attack's query) or ``input-gradient`` (forward + backward to the input only, an
+    attack's gradient step); ``bf16``: under bf16 autocast, the yardstick of bf16 passes.
 
     The same kind of work as a training step (these convolutions, this dtype and memory layout), with its
     FLOPs counted by the same counter, so a step's share of it is a fraction of what this machine does
@@ -114,12 +117,19 @@ def conv_peak(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *,
     for name, (conv, shape) in shapes.items():
         layer = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                                 bias=conv.bias is not None).to(device, memory_format=torch.channels_last)
+        layer.requires_grad_(kind == "train")
         xi = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last).requires_grad_(True)
 
         def fn(layer=layer, xi=xi):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                if kind == "forward":
+                    with torch.no_grad():
+                        return layer(xi)
                 out = layer(xi).float().sum()
-            out.backward()
+            if kind == "train":
+                out.backward()
+            else:
+                torch.autograd.grad(out, xi)
 
         rate = counted_flops(fn) / timed(fn, 5, device)
         if rate > best:
