@@ -59,7 +59,7 @@ class Linf(Norm):
         return d.flatten(1).abs().amax(1)
 
     def random_start(self, x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
-        return (torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) * 2 - 1) * eps
+        return self.surface_direction(x, generator) * eps
 
     def surface_direction(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) * 2 - 1
