@@ -17,8 +17,8 @@ no result (up to float rounding):
   that; the reference then keeps shrinking its distance), and later targets skip it; on a GPU the
   targets are stacked in one batch (:func:`~agkd_bml.attacks.apgd.over_targets`);
 - it runs on the prepared model of :func:`agkd_bml.models.inference.inference_copy`;
-- the projections find their step length by bisection instead of a full sort of every row (2.5x
-  faster at the same result, to float rounding).
+- the L-inf projection finds its step length by bisection instead of a full sort of every row (2.5x
+  faster at the same result, to float rounding); the L2 one is the reference's sort, in closed form.
 """
 
 from __future__ import annotations

@@ -44,10 +44,13 @@ class Norm(ABC):
     def project(self, x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
         """The point of the ball around ``x`` intersected with [0, 1] that the attacks of this norm move to."""
 
+    def to_surface(self, x: torch.Tensor, d: torch.Tensor, eps: float) -> torch.Tensor:
+        """``x`` plus ``d`` scaled to norm exactly eps (the ball's surface), clipped to [0, 1]."""
+        return (x + eps * d / (_rows(self.size(d), d) + 1e-12)).clamp(0.0, 1.0)
+
     def surface_start(self, x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
-        """APGD's random start: noise scaled to norm exactly eps (on the ball's surface), clipped to [0, 1]."""
-        t = self.surface_direction(x, generator)
-        return (x + eps * t / (_rows(self.size(t), t) + 1e-12)).clamp(0.0, 1.0)
+        """APGD's random start: noise moved onto the ball's surface (:meth:`to_surface`)."""
+        return self.to_surface(x, self.surface_direction(x, generator), eps)
 
 
 class Linf(Norm):

@@ -133,11 +133,6 @@ def _l2_pattern(side: int, like: torch.Tensor, generator: torch.Generator | None
     return p.to(like.dtype)
 
 
-def _to_sphere(xs: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
-    """``xs`` plus ``delta`` scaled to L2 norm eps, clipped to [0, 1]."""
-    return (xs + eps * delta / (L2_NORM.size(delta).view(-1, 1, 1, 1) + 1e-12)).clamp(0.0, 1.0)
-
-
 def _window_norms(delta: torch.Tensor) -> torch.Tensor:
     """The L2 norm of each image's and channel's part of ``delta``, (N, C, 1, 1)."""
     return delta.pow(2).sum((-2, -1), keepdim=True).sqrt()
@@ -167,7 +162,7 @@ def square_l2(
         new = new / (_window_norms(new) + 1e-12) * (spare + _window_norms(delta * both).pow(2)).sqrt()
         delta[win2] = 0.0
         delta[win1] = new
-        return _to_sphere(xs, delta, eps)
+        return L2_NORM.to_surface(xs, delta, eps)
 
     with torch.inference_mode():
         block = max(h // 5, 1)
@@ -178,7 +173,7 @@ def square_l2(
                 if top + block <= h and left + block <= w:
                     init[:, :, top : top + block, left : left + block] += (
                         _l2_pattern(block, x, generator) * _signs((n, c, 1, 1), x, generator))
-        start = _to_sphere(x, init, eps)
+        start = L2_NORM.to_surface(x, init, eps)
     return _random_search(model, x, y, start, queries, propose, generator)
 
 
