@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from agkd_bml.attacks import parse_attacks
+from agkd_bml.data import to_float
 from agkd_bml.errors import UserError
 from agkd_bml.evaluation import EvalState, evaluate_attacks
 from agkd_bml.evaluation import state as state_mod
@@ -102,3 +103,62 @@ def test_a_resumed_autoattack_keeps_the_per_part_tally_of_every_batch(teacher_ru
     again = parse_attacks("aa", eps=0.08, num_classes=10)
     _run(model, x, y, again, EvalState(tmp_path))
     assert again[0].fooled_by == first[0].fooled_by and not again[0].seconds_by  # loaded, not recomputed
+
+
+def _two_part_cascade():
+    """APGD-CE then APGD-DLR: both start at a random point, so a resume that lost the generator's state
+    would show, and both are cheap (Square's 5,000 queries would triple the suite's AutoAttack time)."""
+    from agkd_bml.attacks.autoattack import AutoAttack
+
+    return AutoAttack(0.05, 10, components=("apgd-ce", "apgd-dlr"))
+
+
+def test_autoattack_resumed_after_a_part_gives_the_uninterrupted_images(teacher_run, digits):
+    """What the cascade reports after a part (images, mask, generator state, tally) is all it needs:
+    resumed from it, it returns bit for bit the images of a call that never stopped."""
+    from agkd_bml.attacks import Progress
+    from agkd_bml.models.checkpoint import load_model
+
+    model = load_model(teacher_run)[0]
+    x, y = to_float(digits.x_test[:24]), digits.y_test[:24]
+    aa = _two_part_cascade()
+    reports: list[dict] = []
+    want = aa(model, x, y, torch.Generator().manual_seed(5), progress=Progress(None, reports.append))
+    assert [r["part"] for r in reports] == [1]  # one report between the two parts, none after the last
+    assert int(reports[0]["robust"].sum()) > int((~want.fooled).sum())  # APGD-DLR breaks more: its draws matter
+    again = _two_part_cascade()
+    got = again(model, x, y, torch.Generator().manual_seed(5), progress=Progress(reports[0], lambda _: None))
+    assert torch.equal(got.images, want.images) and torch.equal(got.fooled, want.fooled)
+    assert again.fooled_by == aa.fooled_by  # the finished part's tally is carried over
+    assert set(again.seconds_by) == {"apgd-dlr"}  # and that part did not run again
+    stale = dict(reports[0], robust=reports[0]["robust"][:3])
+    with pytest.raises(UserError, match="does not fit"):
+        aa(model, x, y, torch.Generator(), progress=Progress(stale, lambda _: None))
+
+
+def test_an_evaluation_killed_inside_an_autoattack_batch_resumes_at_that_part(teacher_run, digits, tmp_path, monkeypatch):
+    from agkd_bml.attacks.autoattack import AutoAttack
+    from agkd_bml.models.checkpoint import load_model
+
+    model = load_model(teacher_run)[0]
+    x, y = digits.x_test[:32], digits.y_test[:32]
+    want = _run(model, x, y, [_two_part_cascade()])
+    monkeypatch.setattr(state_mod, "SAVE_EVERY_S", 0.0)
+    ran: list[str] = []
+    original = AutoAttack._part
+    dying = True
+
+    def part(self, name, *args):
+        ran.append(name)
+        if name == "apgd-dlr" and dying:
+            raise Interrupt  # dies in the first batch's second part, after the first was reported
+        return original(self, name, *args)
+
+    monkeypatch.setattr(AutoAttack, "_part", part)
+    with pytest.raises(Interrupt):
+        _run(model, x, y, [_two_part_cascade()], EvalState(tmp_path))
+    assert ran == ["apgd-ce", "apgd-dlr"]
+    dying, ran[:] = False, []
+    got = _run(model, x, y, [_two_part_cascade()], EvalState(tmp_path))
+    assert ran == ["apgd-dlr", "apgd-ce", "apgd-dlr"]  # the first batch went on at its second part
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

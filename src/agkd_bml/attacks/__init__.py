@@ -6,7 +6,7 @@ in :mod:`.base`; the threat model's parts live in :mod:`.norms`, the shared loss
 
 from agkd_bml.attacks.apgd import ApgdAttack
 from agkd_bml.attacks.autoattack import AutoAttack, TorchattacksAutoAttack
-from agkd_bml.attacks.base import Adversarial, Attack, Clean, fmt_eps
+from agkd_bml.attacks.base import Adversarial, Attack, Clean, Progress, fmt_eps
 from agkd_bml.attacks.fab import FabAttack
 from agkd_bml.attacks.norms import LINF, NORMS, Norm
 from agkd_bml.attacks.ops import LOSSES, ce_loss, cw_margin, most_confusing_class, upcast
@@ -29,6 +29,7 @@ __all__ = [
     "FabAttack",
     "Norm",
     "PgdAttack",
+    "Progress",
     "SpsaAttack",
     "SquareAttack",
     "TorchattacksAutoAttack",

@@ -17,6 +17,9 @@ Two implementations with the same interface:
 - ``aa-torchattacks`` (:class:`TorchattacksAutoAttack`): the same cascade composed from torchattacks'
   classes, kept as the independent reference that tests and the benchmark compare against.
   (torchattacks' own ``AutoAttack`` class runs APGD with 10 iterations, not the reference's 100.)
+
+Both report their progress after each part (:class:`~agkd_bml.attacks.base.Progress`), so a resumable
+evaluation interrupted inside a batch continues at the part it stopped in.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import torchattacks
 from torch import nn
 
 from agkd_bml.attacks.apgd import APGD_STEPS, ApgdAttack, num_targets
-from agkd_bml.attacks.base import Attack, fmt_eps
+from agkd_bml.attacks.base import Attack, Progress, fmt_eps
 from agkd_bml.attacks.fab import FAB_STEPS, FabAttack
 from agkd_bml.attacks.norms import LINF, Norm
 from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
@@ -164,26 +167,78 @@ class AutoAttack(Attack):
     def run(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
-        fast = inference_copy(model)
-        parts = native_components(self.eps, self.num_classes, self.eot, self.norm)
-        xs = channels_last(x.detach())
-        adv = xs.clone()
-        with torch.no_grad():
-            robust = fast(xs).logits.argmax(1) == y
-        search = self._search(xs.device)
-        for name in self.components:
+        return self._cascade(model, x, y, generator, None)
+
+    def run_staged(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+        progress: Progress,
+    ) -> torch.Tensor:
+        """The cascade, reporting after each part: a batch interrupted in Square resumes at Square."""
+        return self._cascade(model, x, y, generator, progress)
+
+    def _prepare(self, model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+        """The model and images the parts attack: the folded, channels-last copy."""
+        return inference_copy(model), channels_last(x.detach())
+
+    def _part(
+        self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(adv, fooled) of part ``name`` on the still-robust images ``x``."""
+        part = native_components(self.eps, self.num_classes, self.eot, self.norm)[name]
+        with self._search(x.device):
+            found, fooled = part.run_prepared(model, x, y, generator)
+        if self.precision != "fp32":
+            found, fooled = confirm_in_fp32(part, model, x, y, found, fooled, generator)
+        return found, fooled
+
+    def _cascade(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+        progress: Progress | None,
+    ) -> torch.Tensor:
+        """Each part on the images no earlier part broke; with ``progress``, resumable between parts.
+
+        What a resume needs after part ``k`` is small: the images found so far, the robust mask, the
+        generator's state (the next part must draw the same numbers) and the tally of this batch.
+        """
+        net, xs = self._prepare(model, x)
+        saved = progress.saved if progress is not None else None
+        if saved is not None:
+            start, adv, robust, tally = self._restore(saved, xs, generator)
+        else:
+            start, adv, tally = 0, xs.clone(), {}
+            with torch.no_grad():
+                robust = net(xs).logits.argmax(1) == y
+        for k in range(start, len(self.components)):
+            name = self.components[k]
             idx = robust.nonzero().squeeze(1)
             if not idx.numel():
                 break
             started = time.perf_counter()
-            with search:
-                found, fooled = parts[name].run_prepared(fast, xs[idx], y[idx], generator)
-            if self.precision != "fp32":
-                found, fooled = confirm_in_fp32(parts[name], fast, xs[idx], y[idx], found, fooled, generator)
+            found, fooled = self._part(name, net, xs[idx], y[idx], generator)
             adv[idx[fooled]] = found[fooled]
             robust[idx[fooled]] = False
             self._count(name, fooled, started)
+            tally[name] = tally.get(name, 0) + int(fooled.sum())
+            if progress is not None and k + 1 < len(self.components):
+                progress.report({"part": k + 1, "adv": adv.to("cpu", copy=True), "robust": robust.to("cpu", copy=True),
+                                 "fooled_by": dict(tally),
+                                 "rng": generator.get_state() if generator is not None else None})
         return adv
+
+    def _restore(
+        self, saved: dict[str, Any], xs: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, int]]:
+        """(next part, adv, robust, tally) from what an interrupted call reported; its tally counts again."""
+        start, adv, robust = int(saved["part"]), saved["adv"], saved["robust"]
+        if not 0 < start < len(self.components) or adv.shape != xs.shape or robust.shape != xs.shape[:1]:
+            raise UserError(f"{self.name}: the saved progress of this batch does not fit it "
+                            f"(part {start}, {tuple(adv.shape)} images for {tuple(xs.shape)}); delete the state")
+        if generator is not None and saved["rng"] is not None:
+            generator.set_state(saved["rng"])
+        tally = {str(k): int(v) for k, v in saved["fooled_by"].items()}
+        for part, count in tally.items():
+            self.fooled_by[part] = self.fooled_by.get(part, 0) + count
+        return start, adv.to(xs.device, xs.dtype), robust.to(xs.device), tally
 
 
 @dataclass(frozen=True)
@@ -193,22 +248,13 @@ class TorchattacksAutoAttack(AutoAttack):
     name: str = "aa-torchattacks"
     library: str = "torchattacks"
 
-    def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        adv = x.clone()
+    def _prepare(self, model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+        return model, x.detach()
+
+    def _part(
+        self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        make = torchattacks_component(name, self.eps, self.num_classes, self.norm)
+        found = run_library_attack(make, model, x, y, eps=self.eps, generator=generator, norm=self.norm)
         with torch.no_grad():
-            robust = model(x).logits.argmax(1) == y
-        for name in self.components:
-            idx = robust.nonzero().squeeze(1)
-            if not idx.numel():
-                break
-            started = time.perf_counter()
-            make = torchattacks_component(name, self.eps, self.num_classes, self.norm)
-            found = run_library_attack(make, model, x[idx], y[idx], eps=self.eps, generator=generator, norm=self.norm)
-            with torch.no_grad():
-                fooled = model(found).logits.argmax(1) != y[idx]
-            adv[idx[fooled]] = found[fooled]
-            robust[idx[fooled]] = False
-            self._count(name, fooled, started)
-        return adv
+            return found, model(found).logits.argmax(1) != y

@@ -10,6 +10,7 @@ fools, decided by one pass of the caller's model (as foolbox 3's attacks return 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, final
 
@@ -38,6 +39,20 @@ class Adversarial(NamedTuple):
     fooled: torch.Tensor  #: bool (N,), the model's prediction on ``images`` differs from the label
 
 
+@dataclass
+class Progress:
+    """Where an interrupted call of a long, staged attack stood, and where it reports its new progress.
+
+    AutoAttack on one batch can run for minutes; an attack made of stages (the cascade's parts) reports
+    what it needs to go on (images, masks, its random generator's state) after each stage, and the caller
+    saves it. Called again with that as ``saved``, the attack skips the finished stages and continues with
+    exactly the state it had, so the result equals an uninterrupted call's. Attacks without stages ignore it.
+    """
+
+    saved: dict[str, Any] | None  #: what an earlier, interrupted call reported last (None: start afresh)
+    report: Callable[[dict[str, Any]], None]  #: called after each finished stage (the caller saves it)
+
+
 class Attack(ABC):
     """One fully specified attack on models that take inputs in [0, 1] and return ``ModelOutput``.
 
@@ -62,15 +77,23 @@ class Attack(ABC):
     def settings(self) -> dict[str, Any]:
         """Every parameter the attack's result depends on (JSON-serialisable)."""
 
+    def run_staged(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+        progress: Progress,
+    ) -> torch.Tensor:
+        """:meth:`run`, resuming from and reporting to ``progress``; an attack without stages just runs."""
+        return self.run(model, x, y, generator)
+
     @final
     def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+        *, progress: Progress | None = None,
     ) -> Adversarial:
-        """Attack ``x`` under the contract of the module docstring."""
+        """Attack ``x`` under the contract of the module docstring (resumable within the call: ``progress``)."""
         net = unwrap(model)
         x = x.detach()
         with eval_mode(net), frozen(net):
-            found = self.run(net, x, y, generator)
+            found = self.run(net, x, y, generator) if progress is None else self.run_staged(net, x, y, generator, progress)
             images = self.norm.project(found.detach().to(x.dtype), x, self.eps).contiguous()
             with torch.no_grad():
                 fooled = net(images).logits.argmax(1) != y

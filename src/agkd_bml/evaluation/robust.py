@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from agkd_bml import distributed
-from agkd_bml.attacks import Attack
+from agkd_bml.attacks import Attack, Progress
 from agkd_bml.data import to_float
 from agkd_bml.evaluation.state import EvalState, Point, model_digest, tensor_digest
 from agkd_bml.models import Classifier
@@ -135,16 +136,17 @@ def _correct(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack
     r.bar.update(len(done))
     for first in range(len(done) if not (point and point.done) else total, total, r.job.world):
         b = first + r.job.rank
-        mine = _batch(model, x, y, attack, b, r) if b < total else None
+        progress = _progress(point, b, r) if b < total else None
+        mine = _batch(model, x, y, attack, b, r, progress) if b < total else None
         got = [t for t in distributed.gather_objects(mine, r.job) if t is not None]
         done.extend(c for c, _ in got)
         tallies.extend(t for _, t in got)
         r.bar.update(len(got))
         if r.state is not None and point is not None and r.job.main:
-            point.batches, point.tallies, point.done = done, tallies, len(done) == total
+            point.batches, point.tallies, point.done, point.partial = done, tallies, len(done) == total, None
             r.state.save(point)
     if r.state is not None and point is not None and not point.done and r.job.main:  # nothing to do: mark it done
-        point.batches, point.tallies, point.done = done, tallies, True
+        point.batches, point.tallies, point.done, point.partial = done, tallies, True, None
         r.state.save(point)
     counts = getattr(attack, "fooled_by", None)
     if counts is not None:
@@ -155,8 +157,27 @@ def _correct(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack
     return torch.cat(done) if done else torch.zeros(0, dtype=torch.bool)
 
 
+def _progress(point: Point | None, b: int, r: _Run) -> Progress | None:
+    """Batch ``b``'s progress within the attack: resumed from and saved to ``point`` (rank 0's batches).
+
+    A report is saved like a finished batch, at most every ``SAVE_EVERY_S``; the finished batches saved
+    with it are the ones before ``b``, so a resume continues batch ``b`` where its last report left it.
+    """
+    if r.state is None or point is None or not r.job.main:
+        return None
+    state = r.state
+    partial = point.partial
+    saved = partial["progress"] if partial is not None and partial.get("batch") == b else None
+
+    def report(progress: dict[str, Any]) -> None:
+        point.partial = {"batch": b, "progress": progress}
+        state.save(point)
+
+    return Progress(saved, report)
+
+
 def _batch(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, b: int,
-           r: _Run) -> tuple[torch.Tensor, dict[str, int]]:
+           r: _Run, progress: Progress | None) -> tuple[torch.Tensor, dict[str, int]]:
     """Correctness on batch ``b`` (on the CPU, ready to be gathered and saved) and the attack's tally of it."""
     sl = slice(b * r.batch_size, (b + 1) * r.batch_size)
     xb, yb = to_float(x[sl]).to(r.device), y[sl].to(r.device)
@@ -165,5 +186,5 @@ def _batch(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack |
             return (model(xb).logits.argmax(1) == yb).cpu(), {}
     counts = getattr(attack, "fooled_by", None)
     before = dict(counts) if counts is not None else {}
-    correct = (~attack(model, xb, yb, batch_generator(r.device, r.seed, b)).fooled).cpu()
+    correct = (~attack(model, xb, yb, batch_generator(r.device, r.seed, b), progress=progress).fooled).cpu()
     return correct, {k: v - before.get(k, 0) for k, v in (counts or {}).items()}

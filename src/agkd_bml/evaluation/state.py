@@ -3,7 +3,8 @@
 AutoAttack on a thousand images takes minutes to hours; a crash, a pre-emption or the end of a session
 must not throw that away. An :class:`EvalState` folder holds one file per point, keyed by everything the
 result depends on (the weights' checksum, the attack's settings, the images, the seed, the batch size),
-written atomically as batches finish. Each batch is seeded by its own index, so a rerun that skips
+written atomically as batches finish, and within a batch as a staged attack (AutoAttack, part by part)
+reports its progress (:class:`~agkd_bml.attacks.base.Progress`). Each batch is seeded by its own index, so a rerun that skips
 finished points and continues an unfinished one at its next batch gets exactly an uninterrupted run's
 result. A file whose key differs from the point asked for is never used: asking for a point under other
 settings makes a new file, and a file that does not match its own name is refused.
@@ -53,6 +54,8 @@ class Point:
     done: bool = False
     #: per finished batch, what a cascade's parts broke in it (``AutoAttack.fooled_by``); empty for others
     tallies: list[dict[str, int]] = field(default_factory=list)
+    #: the unfinished batch after ``batches``: ``{"batch": index, "progress": what the attack reported}``
+    partial: dict[str, Any] | None = None
 
 
 class EvalState:
@@ -101,7 +104,7 @@ class EvalState:
             raise UserError(f"evaluation state {path} cannot be read ({exc}); delete it to recompute that point") from exc
         if saved != json.loads(json.dumps(key)):
             raise UserError(f"evaluation state {path} was written with other settings; delete it or use another --state")
-        return Point(key, list(raw["batches"]), bool(raw["done"]), list(raw.get("tallies", [])))
+        return Point(key, list(raw["batches"]), bool(raw["done"]), list(raw.get("tallies", [])), raw.get("partial"))
 
     def save(self, point: Point, *, force: bool = False) -> None:
         """Write ``point`` atomically (unfinished points at most every :data:`SAVE_EVERY_S` unless ``force``)."""
@@ -111,6 +114,6 @@ class EvalState:
             return
         buf = io.BytesIO()
         torch.save({"key": json.dumps(point.key, sort_keys=True), "batches": point.batches, "done": point.done,
-                    "tallies": point.tallies}, buf)
+                    "tallies": point.tallies, "partial": point.partial}, buf)
         atomic_write(path, lambda f: f.write(buf.getvalue()))
         self._saved_at[str(path)] = now
