@@ -162,3 +162,60 @@ def test_an_evaluation_killed_inside_an_autoattack_batch_resumes_at_that_part(te
     got = _run(model, x, y, [_two_part_cascade()], EvalState(tmp_path))
     assert ran == ["apgd-dlr", "apgd-ce", "apgd-dlr"]  # the first batch went on at its second part
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def _short_square(monkeypatch):
+    """The cascade's parts with Square cut to 300 queries (3 reports), so the test stays cheap."""
+    from agkd_bml.attacks import autoattack
+    from agkd_bml.attacks.square import SquareAttack
+
+    full = autoattack.native_components
+
+    def parts(eps, num_classes, eot=1, norm=autoattack.LINF):
+        return full(eps, num_classes, eot, norm) | {"square": SquareAttack("square", eps, queries=300, norm=norm)}
+
+    monkeypatch.setattr(autoattack, "native_components", parts)
+
+
+def test_square_resumed_from_any_report_gives_the_uninterrupted_search(teacher_run, digits):
+    from agkd_bml.attacks import Progress
+    from agkd_bml.attacks.square import SquareAttack
+    from agkd_bml.models.checkpoint import load_model
+
+    model = load_model(teacher_run)[0]
+    x, y = to_float(digits.x_test[:24]), digits.y_test[:24]
+    sq = SquareAttack("square-300", 0.08, queries=300)
+    reports: list[dict] = []
+    want = sq(model, x, y, torch.Generator().manual_seed(2), progress=Progress(None, reports.append))
+    assert [r["query"] for r in reports] == [100, 200]  # images were still searched at each report
+    assert int(want.fooled.sum()) > int(reports[0]["fooled"].sum())  # and queries after it broke more
+    for saved in reports:
+        got = sq(model, x, y, torch.Generator().manual_seed(2), progress=Progress(saved, lambda _: None))
+        assert torch.equal(got.images, want.images) and torch.equal(got.fooled, want.fooled)
+
+
+def test_an_evaluation_killed_inside_square_resumes_inside_square(teacher_run, digits, tmp_path, monkeypatch):
+    from agkd_bml.attacks import square as square_mod
+    from agkd_bml.models.checkpoint import load_model
+
+    _short_square(monkeypatch)
+    model = load_model(teacher_run)[0]
+    x, y = digits.x_test[:24], digits.y_test[:24]
+    want = _run(model, x, y, parse_attacks("aa-bf16", eps=0.05, num_classes=10))
+    monkeypatch.setattr(state_mod, "SAVE_EVERY_S", 0.0)
+    save, resumed = EvalState.save, []
+
+    def dying_save(self, point, **kw):  # dies right after saving the first batch's Square at query 200
+        save(self, point, **kw)
+        inner = (point.partial or {}).get("progress", {}).get("inner")
+        if inner is not None and inner["query"] == 200 and not resumed:
+            raise Interrupt
+
+    monkeypatch.setattr(EvalState, "save", dying_save)
+    with pytest.raises(Interrupt):
+        _run(model, x, y, parse_attacks("aa-bf16", eps=0.05, num_classes=10), EvalState(tmp_path))
+    resume = square_mod._resume_search
+    monkeypatch.setattr(square_mod, "_resume_search", lambda *a: resumed.append(1) or resume(*a))
+    got = _run(model, x, y, parse_attacks("aa-bf16", eps=0.05, num_classes=10), EvalState(tmp_path))
+    assert resumed == [1]  # Square went on from its saved query 200, through the saved file
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

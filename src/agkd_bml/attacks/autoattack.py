@@ -181,12 +181,16 @@ class AutoAttack(Attack):
         return inference_copy(model), channels_last(x.detach())
 
     def _part(
-        self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+        self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+        progress: Progress | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(adv, fooled) of part ``name`` on the still-robust images ``x``."""
+        """(adv, fooled) of part ``name`` on the still-robust images ``x``; ``progress`` within the part."""
         part = native_components(self.eps, self.num_classes, self.eot, self.norm)[name]
         with self._search(x.device):
-            found, fooled = part.run_prepared(model, x, y, generator)
+            if progress is None:
+                found, fooled = part.run_prepared(model, x, y, generator)
+            else:
+                found, fooled = part.run_prepared_staged(model, x, y, generator, progress)
         if self.precision != "fp32":
             found, fooled = confirm_in_fp32(part, model, x, y, found, fooled, generator)
         return found, fooled
@@ -198,7 +202,8 @@ class AutoAttack(Attack):
         """Each part on the images no earlier part broke; with ``progress``, resumable between parts.
 
         What a resume needs after part ``k`` is small: the images found so far, the robust mask, the
-        generator's state (the next part must draw the same numbers) and the tally of this batch.
+        generator's state (the next part must draw the same numbers) and the tally of this batch. A part
+        that reports within itself (Square) is reported as the next part with its own state (``inner``).
         """
         net, xs = self._prepare(model, x)
         saved = progress.saved if progress is not None else None
@@ -214,26 +219,46 @@ class AutoAttack(Attack):
             if not idx.numel():
                 break
             started = time.perf_counter()
-            found, fooled = self._part(name, net, xs[idx], y[idx], generator)
+            inner = None
+            if progress is not None:
+                inner = Progress(saved["inner"] if saved is not None and k == start and "inner" in saved else None,
+                                 self._reporter(progress, k, adv, robust, tally, generator))
+            found, fooled = self._part(name, net, xs[idx], y[idx], generator, inner)
             adv[idx[fooled]] = found[fooled]
             robust[idx[fooled]] = False
             self._count(name, fooled, started)
             tally[name] = tally.get(name, 0) + int(fooled.sum())
             if progress is not None and k + 1 < len(self.components):
-                progress.report({"part": k + 1, "adv": adv.to("cpu", copy=True), "robust": robust.to("cpu", copy=True),
-                                 "fooled_by": dict(tally),
-                                 "rng": generator.get_state() if generator is not None else None})
+                self._reporter(progress, k + 1, adv, robust, tally, generator)(None)
         return adv
+
+    @staticmethod
+    def _reporter(
+        progress: Progress, part: int, adv: torch.Tensor, robust: torch.Tensor, tally: dict[str, int],
+        generator: torch.Generator | None,
+    ) -> Callable[[dict[str, Any] | None], None]:
+        """Report the cascade before ``part``, with that part's own state (``inner``, which holds the
+        generator's) or, when the part has not started (None), with the generator's state."""
+        def report(inner: dict[str, Any] | None) -> None:
+            state = {"part": part, "adv": adv.to("cpu", copy=True), "robust": robust.to("cpu", copy=True),
+                     "fooled_by": dict(tally)}
+            if inner is not None:
+                state["inner"] = inner
+            else:
+                state["rng"] = generator.get_state() if generator is not None else None
+            progress.report(state)
+
+        return report
 
     def _restore(
         self, saved: dict[str, Any], xs: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, int]]:
         """(next part, adv, robust, tally) from what an interrupted call reported; its tally counts again."""
         start, adv, robust = int(saved["part"]), saved["adv"], saved["robust"]
-        if not 0 < start < len(self.components) or adv.shape != xs.shape or robust.shape != xs.shape[:1]:
+        if not 0 <= start < len(self.components) or adv.shape != xs.shape or robust.shape != xs.shape[:1]:
             raise UserError(f"{self.name}: the saved progress of this batch does not fit it "
                             f"(part {start}, {tuple(adv.shape)} images for {tuple(xs.shape)}); delete the state")
-        if generator is not None and saved["rng"] is not None:
+        if generator is not None and saved.get("rng") is not None:  # else the part's own state holds it
             generator.set_state(saved["rng"])
         tally = {str(k): int(v) for k, v in saved["fooled_by"].items()}
         for part, count in tally.items():
@@ -252,8 +277,10 @@ class TorchattacksAutoAttack(AutoAttack):
         return model, x.detach()
 
     def _part(
-        self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
+        self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+        progress: Progress | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """torchattacks' parts cannot resume within themselves: the cascade resumes between them only."""
         make = torchattacks_component(name, self.eps, self.num_classes, self.norm)
         found = run_library_attack(make, model, x, y, eps=self.eps, generator=generator, norm=self.norm)
         with torch.no_grad():

@@ -12,7 +12,7 @@ from abc import abstractmethod
 import torch
 from torch import nn
 
-from agkd_bml.attacks.base import Attack
+from agkd_bml.attacks.base import Attack, Progress
 from agkd_bml.models.inference import channels_last, inference_copy
 
 
@@ -25,8 +25,22 @@ class InferenceCopyAttack(Attack):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(adversarial images, bool mask of the images that fool ``model``) for a prepared ``model``."""
 
+    def run_prepared_staged(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+        progress: Progress,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`run_prepared`, resumable within the call (Square, every few hundred queries); the others just run."""
+        return self.run_prepared(model, x, y, generator)
+
     def run(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         adv, _ = self.run_prepared(inference_copy(model), channels_last(x), y, generator)
+        return adv
+
+    def run_staged(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+        progress: Progress,
+    ) -> torch.Tensor:
+        adv, _ = self.run_prepared_staged(inference_copy(model), channels_last(x), y, generator, progress)
         return adv

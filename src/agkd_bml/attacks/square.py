@@ -12,7 +12,10 @@ location per query is shared by the batch and each channel gets its own sign, as
   pattern plus the old content, and scales the whole perturbation back to norm eps.
 
 An image leaves at its first misclassified point. Forward passes only, under ``torch.inference_mode``,
-on the prepared model of :func:`agkd_bml.models.inference.inference_copy`.
+on the prepared model of :func:`agkd_bml.models.inference.inference_copy`. Square is AutoAttack's
+longest part (5,000 queries on every image still robust), so with a
+:class:`~agkd_bml.attacks.base.Progress` it reports its search every :data:`REPORT_EVERY` queries and
+resumes from such a report to the uninterrupted call's result.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from agkd_bml.attacks.base import fmt_eps
+from agkd_bml.attacks.base import Progress, fmt_eps
 from agkd_bml.attacks.norms import L2_NORM, LINF, Norm
 from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
 from agkd_bml.attacks.ops import cw_margin
+from agkd_bml.errors import UserError
 
 SQUARE_QUERIES = 5000
+#: With a :class:`Progress`, the search reports after every this many queries (the caller throttles saving).
+REPORT_EVERY = 100
 P_INIT = 0.8
 #: (iteration on a 10,000-query scale, divisor of p_init from there on), the reference schedule.
 _SCHEDULE = ((8000, 512), (6000, 256), (4000, 128), (2000, 64), (1000, 32), (500, 16), (200, 8), (50, 4), (10, 2))
@@ -53,10 +59,15 @@ Proposal = Callable[[int, torch.Tensor, torch.Tensor, torch.Generator | None], t
 
 def _random_search(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, queries: int, propose: Proposal,
-    generator: torch.Generator | None,
+    generator: torch.Generator | None, progress: Progress | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Square's loop, shared by both threat models: keep a candidate where the margin ``z_y - max_{k != y} z_k``
-    went down; an image leaves at its first misclassified point. (adv, fooled)."""
+    went down; an image leaves at its first misclassified point. (adv, fooled).
+
+    With ``progress``, the loop's state (query index, rows still searched, their best points and margins,
+    the results so far, the generator's state) is reported every :data:`REPORT_EVERY` queries, and a saved
+    one is continued: its ``start`` is then not used.
+    """
     out, fooled = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     if x.shape[0] == 0:
         return out, fooled
@@ -65,10 +76,14 @@ def _random_search(
         return -cw_margin(model(xa).logits, labels, margin=float("inf"))  # z_y - max other: > 0 while right
 
     with torch.inference_mode():
-        rows = torch.arange(x.shape[0], device=x.device)
-        xs, best = x, start
-        best_margin = margin(best, y)
-        for i in range(queries + 1):
+        saved = progress.saved if progress is not None else None
+        if saved is not None:
+            first, rows, best, best_margin = _resume_search(saved, out, fooled, generator)
+        else:
+            first, rows, best = 0, torch.arange(x.shape[0], device=x.device), start
+            best_margin = margin(best, y)
+        xs = x[rows]
+        for i in range(first, queries + 1):
             wrong = best_margin <= 0
             if wrong.any():
                 out[rows[wrong]], fooled[rows[wrong]] = best[wrong], True
@@ -76,12 +91,32 @@ def _random_search(
                 rows, xs, best, best_margin = rows[keep], xs[keep], best[keep], best_margin[keep]
             if i == queries or rows.numel() == 0:
                 break
+            if progress is not None and i > first and i % REPORT_EVERY == 0:
+                progress.report({name: t.to("cpu", copy=True) for name, t in
+                                 (("rows", rows), ("best", best), ("margin", best_margin), ("out", out), ("fooled", fooled))}
+                                | {"query": i, "rng": generator.get_state() if generator is not None else None})
             candidate = propose(i, xs, best, generator)
             m = margin(candidate, y[rows])
             better = m < best_margin
             best = torch.where(better.view(-1, 1, 1, 1), candidate, best)
             best_margin = torch.where(better, m, best_margin)
     return out.clone(), fooled.clone()
+
+
+def _resume_search(
+    saved: dict[str, Any], out: torch.Tensor, fooled: torch.Tensor, generator: torch.Generator | None
+) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(next query, rows, best, best margin) of a reported search; its results so far go into ``out``/``fooled``."""
+    if saved["out"].shape != out.shape or saved["best"].shape[0] != saved["rows"].shape[0]:
+        raise UserError(f"the saved Square search ({tuple(saved['out'].shape)} images) does not fit these "
+                        f"{tuple(out.shape)} images; delete the state")
+    out.copy_(saved["out"])
+    fooled.copy_(saved["fooled"])
+    if generator is not None and saved["rng"] is not None:
+        generator.set_state(saved["rng"])
+    device = out.device
+    return (int(saved["query"]), saved["rows"].to(device), saved["best"].to(device, out.dtype),
+            saved["margin"].to(device))
 
 
 def _position(size: int, side: int, like: torch.Tensor, generator: torch.Generator | None) -> int:
@@ -91,7 +126,7 @@ def _position(size: int, side: int, like: torch.Tensor, generator: torch.Generat
 
 def square(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, queries: int = SQUARE_QUERIES,
-    p_init: float = P_INIT, generator: torch.Generator | None = None,
+    p_init: float = P_INIT, generator: torch.Generator | None = None, progress: Progress | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(adv, fooled) of the L-inf Square attack for images (N, C, H, W) with true labels ``y``."""
     n, c, h, w = x.shape
@@ -105,7 +140,7 @@ def square(
 
     with torch.inference_mode():
         start = (x + eps * _signs((n, c, 1, w), x, generator)).clamp(0.0, 1.0)
-    return _random_search(model, x, y, start, queries, propose, generator)
+    return _random_search(model, x, y, start, queries, propose, generator, progress)
 
 
 def _pyramid(rows: int, cols: int, device: torch.device) -> torch.Tensor:
@@ -140,7 +175,7 @@ def _window_norms(delta: torch.Tensor) -> torch.Tensor:
 
 def square_l2(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, queries: int = SQUARE_QUERIES,
-    p_init: float = P_INIT, generator: torch.Generator | None = None,
+    p_init: float = P_INIT, generator: torch.Generator | None = None, progress: Progress | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(adv, fooled) of the L2 Square attack (module docstring) for images (N, C, H, W), true labels ``y``."""
     n, c, h, w = x.shape
@@ -174,7 +209,7 @@ def square_l2(
                     init[:, :, top : top + block, left : left + block] += (
                         _l2_pattern(block, x, generator) * _signs((n, c, 1, 1), x, generator))
         start = L2_NORM.to_surface(x, init, eps)
-    return _random_search(model, x, y, start, queries, propose, generator)
+    return _random_search(model, x, y, start, queries, propose, generator, progress)
 
 
 #: The Square search of each threat model.
@@ -203,3 +238,10 @@ class SquareAttack(InferenceCopyAttack):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(adv, fooled) on a model from :func:`inference_copy`."""
         return SEARCHES[self.norm.name](model, x, y, eps=self.eps, queries=self.queries, generator=generator)
+
+    def run_prepared_staged(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+        progress: Progress,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return SEARCHES[self.norm.name](model, x, y, eps=self.eps, queries=self.queries, generator=generator,
+                                        progress=progress)
