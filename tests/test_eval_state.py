@@ -208,7 +208,7 @@ def test_an_evaluation_killed_inside_square_resumes_inside_square(teacher_run, d
     def dying_save(self, point, **kw):  # dies right after saving the first batch's Square at query 200
         save(self, point, **kw)
         inner = (point.partial or {}).get("progress", {}).get("inner")
-        if inner is not None and inner["query"] == 200 and not resumed:
+        if inner is not None and inner.get("query") == 200 and not resumed:
             raise Interrupt
 
     monkeypatch.setattr(EvalState, "save", dying_save)
@@ -219,3 +219,22 @@ def test_an_evaluation_killed_inside_square_resumes_inside_square(teacher_run, d
     got = _run(model, x, y, parse_attacks("aa-bf16", eps=0.05, num_classes=10), EvalState(tmp_path))
     assert resumed == [1]  # Square went on from its saved query 200, through the saved file
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("part", ["apgd-t", "fab-t"])
+def test_a_multi_target_part_resumed_after_a_target_gives_the_uninterrupted_images(teacher_run, digits, part):
+    """APGD-T and FAB-T report after each target (9 of them, the bulk of AutoAttack's gradient work)."""
+    from agkd_bml.attacks import Progress
+    from agkd_bml.attacks.autoattack import native_components
+    from agkd_bml.models.checkpoint import load_model
+
+    model = load_model(teacher_run)[0]
+    x, y = to_float(digits.x_test[:24]), digits.y_test[:24]
+    attack = native_components(0.03, 10)[part]
+    reports: list[dict] = []
+    want = attack(model, x, y, torch.Generator().manual_seed(4), progress=Progress(None, reports.append))
+    assert [r["target"] for r in reports] == list(range(1, 9))  # after each of the 9 targets but the last
+    assert int(want.fooled.sum()) > int(reports[0]["fooled"].sum())  # later targets broke more
+    for saved in (reports[0], reports[4]):
+        got = attack(model, x, y, torch.Generator().manual_seed(4), progress=Progress(saved, lambda _: None))
+        assert torch.equal(got.images, want.images) and torch.equal(got.fooled, want.fooled)

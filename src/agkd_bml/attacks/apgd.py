@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agkd_bml.attacks.base import fmt_eps
+from agkd_bml.attacks.base import Progress, fmt_eps, restore_rng, rng_state
 from agkd_bml.attacks.norms import LINF, Norm
 from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
+from agkd_bml.errors import UserError
 from agkd_bml.models.inference import channels_last
 
 #: The reference setting of AutoAttack's standard version.
@@ -219,18 +220,23 @@ def target_rows(device: torch.device) -> int:
 
 
 def over_targets(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, count: int, run: TargetedRun, *, max_rows: int | None = None
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, count: int, run: TargetedRun, *, max_rows: int | None = None,
+    generator: torch.Generator | None = None, progress: Progress | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attack each image towards its ``count`` most likely wrong classes; returns (adv, fooled).
 
     Targets go in groups whose rows fit ``max_rows`` (default :func:`target_rows`); only the images no
     earlier group broke join the next one, and within a group an image stops once any target broke it.
+    With ``progress``, each finished group is reported (next target, results so far, the state of the
+    ``generator`` that ``run`` draws from) and a saved report is continued at its next target.
     """
     with torch.no_grad():
         targets = target_classes(model(x).logits, count)
     max_rows = target_rows(x.device) if max_rows is None else max_rows
     out, fooled = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     k = 0
+    if progress is not None and progress.saved is not None:
+        k = _resume_targets(progress.saved, out, fooled, generator)
     while k < count:
         idx = (~fooled).nonzero().squeeze(1)
         if idx.numel() == 0:
@@ -246,18 +252,34 @@ def over_targets(
         out[idx[won]] = adv[first[won]]
         fooled[idx[won]] = True
         k += group
+        if progress is not None and k < count:
+            progress.report({"target": k, "out": out.to("cpu", copy=True), "fooled": fooled.to("cpu", copy=True),
+                             "rng": rng_state(generator)})
     return out, fooled
+
+
+def _resume_targets(saved: dict[str, Any], out: torch.Tensor, fooled: torch.Tensor,
+                    generator: torch.Generator | None) -> int:
+    """Put a reported multi-target run's results into ``out``/``fooled``; its next target."""
+    if saved["out"].shape != out.shape:
+        raise UserError(f"the saved multi-target run ({tuple(saved['out'].shape)} images) does not fit these "
+                        f"{tuple(out.shape)} images; delete the state")
+    out.copy_(saved["out"])
+    fooled.copy_(saved["fooled"])
+    restore_rng(generator, saved["rng"])
+    return int(saved["target"])
 
 
 def apgd_multitarget(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int, count: int,
     generator: torch.Generator | None, max_rows: int | None = None, norm: Norm = LINF,
+    progress: Progress | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """APGD-T: targeted DLR towards each of the ``count`` most likely wrong classes."""
     def run(xs: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return apgd(model, xs, ys, eps=eps, steps=steps, targets=ts, owner=owner, generator=generator, norm=norm)
 
-    return over_targets(model, x, y, count, run, max_rows=max_rows)
+    return over_targets(model, x, y, count, run, max_rows=max_rows, generator=generator, progress=progress)
 
 
 def num_targets(num_classes: int) -> int:
@@ -295,11 +317,24 @@ class ApgdAttack(InferenceCopyAttack):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(adv, fooled) on a model from :func:`inference_copy` (AutoAttack prepares it once for all parts)."""
+        return self._run(model, x, y, generator, None)
+
+    def run_prepared_staged(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+        progress: Progress,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """APGD-T reports after each target; one untargeted run (a tenth of APGD-T's work) just runs."""
+        return self._run(model, x, y, generator, progress)
+
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+        progress: Progress | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.targeted:
             if self.num_classes < 4:
                 raise ValueError("APGD-T's DLR loss needs at least 4 classes")
-            return apgd_multitarget(model, x, y, eps=self.eps, steps=self.steps,
-                                    count=num_targets(self.num_classes), generator=generator, norm=self.norm)
+            return apgd_multitarget(model, x, y, eps=self.eps, steps=self.steps, count=num_targets(self.num_classes),
+                                    generator=generator, norm=self.norm, progress=progress)
         if self.loss == "dlr" and self.num_classes < 3:
             raise ValueError("APGD-DLR needs at least 3 classes")
         return apgd(model, x, y, eps=self.eps, steps=self.steps, generator=generator, loss_name=self.loss, eot=self.eot,

@@ -35,7 +35,7 @@ import torchattacks
 from torch import nn
 
 from agkd_bml.attacks.apgd import APGD_STEPS, ApgdAttack, num_targets
-from agkd_bml.attacks.base import Attack, Progress, fmt_eps
+from agkd_bml.attacks.base import Attack, Progress, fmt_eps, restore_rng, rng_state
 from agkd_bml.attacks.fab import FAB_STEPS, FabAttack
 from agkd_bml.attacks.norms import LINF, Norm
 from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
@@ -245,7 +245,7 @@ class AutoAttack(Attack):
             if inner is not None:
                 state["inner"] = inner
             else:
-                state["rng"] = generator.get_state() if generator is not None else None
+                state["rng"] = rng_state(generator)
             progress.report(state)
 
         return report
@@ -258,8 +258,7 @@ class AutoAttack(Attack):
         if not 0 <= start < len(self.components) or adv.shape != xs.shape or robust.shape != xs.shape[:1]:
             raise UserError(f"{self.name}: the saved progress of this batch does not fit it "
                             f"(part {start}, {tuple(adv.shape)} images for {tuple(xs.shape)}); delete the state")
-        if generator is not None and saved.get("rng") is not None:  # else the part's own state holds it
-            generator.set_state(saved["rng"])
+        restore_rng(generator, saved.get("rng"))  # None with ``inner``: the part's own state holds it
         tally = {str(k): int(v) for k, v in saved["fooled_by"].items()}
         for part, count in tally.items():
             self.fooled_by[part] = self.fooled_by.get(part, 0) + count

@@ -53,6 +53,17 @@ class Progress:
     report: Callable[[dict[str, Any]], None]  #: called after each finished stage (the caller saves it)
 
 
+def rng_state(generator: torch.Generator | None) -> torch.Tensor | None:
+    """The generator's state for a :class:`Progress` report (None for the global generator, not saved)."""
+    return generator.get_state() if generator is not None else None
+
+
+def restore_rng(generator: torch.Generator | None, state: torch.Tensor | None) -> None:
+    """Put a reported generator state back, so the resumed call draws what the interrupted one would have."""
+    if generator is not None and state is not None:
+        generator.set_state(state)
+
+
 class Attack(ABC):
     """One fully specified attack on models that take inputs in [0, 1] and return ``ModelOutput``.
 

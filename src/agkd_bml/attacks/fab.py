@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from agkd_bml.attacks.apgd import num_targets, over_targets
-from agkd_bml.attacks.base import fmt_eps
+from agkd_bml.attacks.base import Progress, fmt_eps
 from agkd_bml.attacks.norms import LINF, Norm
 from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
 from agkd_bml.attacks.ops import upcast
@@ -212,7 +212,18 @@ class FabAttack(InferenceCopyAttack):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(adv, fooled) on a model from :func:`inference_copy`; FAB's first restart is deterministic."""
+        return self._run(model, x, y, None)
+
+    def run_prepared_staged(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+        progress: Progress,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reports after each target (FAB-T draws no random numbers, so only results are saved)."""
+        return self._run(model, x, y, progress)
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             progress: Progress | None) -> tuple[torch.Tensor, torch.Tensor]:
         def run(xs: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return fab_targeted(model, xs, ys, ts, owner, eps=self.eps, steps=self.steps, norm=self.norm)
 
-        return over_targets(model, x, y, num_targets(self.num_classes), run)
+        return over_targets(model, x, y, num_targets(self.num_classes), run, progress=progress)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agkd_bml.attacks.base import Progress, fmt_eps
+from agkd_bml.attacks.base import Progress, fmt_eps, restore_rng, rng_state
 from agkd_bml.attacks.norms import L2_NORM, LINF, Norm
 from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
 from agkd_bml.attacks.ops import cw_margin
@@ -94,7 +94,7 @@ def _random_search(
             if progress is not None and i > first and i % REPORT_EVERY == 0:
                 progress.report({name: t.to("cpu", copy=True) for name, t in
                                  (("rows", rows), ("best", best), ("margin", best_margin), ("out", out), ("fooled", fooled))}
-                                | {"query": i, "rng": generator.get_state() if generator is not None else None})
+                                | {"query": i, "rng": rng_state(generator)})
             candidate = propose(i, xs, best, generator)
             m = margin(candidate, y[rows])
             better = m < best_margin
@@ -112,8 +112,7 @@ def _resume_search(
                         f"{tuple(out.shape)} images; delete the state")
     out.copy_(saved["out"])
     fooled.copy_(saved["fooled"])
-    if generator is not None and saved["rng"] is not None:
-        generator.set_state(saved["rng"])
+    restore_rng(generator, saved["rng"])
     device = out.device
     return (int(saved["query"]), saved["rows"].to(device), saved["best"].to(device, out.dtype),
             saved["margin"].to(device))
