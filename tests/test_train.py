@@ -103,7 +103,7 @@ def test_val_split_keeps_best_and_ema_weights_that_eval_can_pick(tmp_path, capsy
     lines = [json.loads(line) for line in (tmp_path / "pgd-at" / "metrics.jsonl").read_text().splitlines()]
     assert all(m["val_source"] == "held-out training images" and m["val_n"] == 100 for m in lines)
     assert all("ema_val_pgd" in m for m in lines)
-    best_epoch = max(lines, key=lambda m: (m["val_pgd"], -m["epoch"]))["epoch"]
+    best_epoch = max(lines, key=lambda m: (m["val_pgd"], m["val_clean"], -m["epoch"]))["epoch"]
     assert load_checkpoint(tmp_path / "pgd-at" / "best.pt").epoch == best_epoch == lines[-1]["best_epoch"]
     for weights in ("best", "ema"):
         assert main(["eval", str(tmp_path / "pgd-at"), "--weights", weights, "--attacks", "clean", "--n", "16",
@@ -119,6 +119,16 @@ def test_val_split_keeps_best_and_ema_weights_that_eval_can_pick(tmp_path, capsy
     ema.update(model)  # first update: decay min(0.9, 2/11)
     k = next(k for k in before if k.endswith("weight"))
     assert torch.allclose(ema.weights[k], before[k] + (1 - 2 / 11))
+
+
+def test_a_tie_in_held_out_pgd_goes_to_the_epoch_with_more_clean_accuracy():
+    from agkd_bml.train.trainer import improves
+
+    best = {"val_pgd": 0.22, "val_clean": 0.595}
+    assert improves({"val_pgd": 0.22, "val_clean": 0.656}, best, "val_pgd")  # same PGD, more clean: better
+    assert not improves({"val_pgd": 0.22, "val_clean": 0.595}, best, "val_pgd")  # a full tie keeps the earlier
+    assert not improves({"val_pgd": 0.219, "val_clean": 0.9}, best, "val_pgd")  # PGD decides first
+    assert improves({"val_pgd": 0.0, "val_clean": 0.1}, {}, "val_pgd")  # the first epoch always is
 
 
 def test_a_clean_run_keeps_its_best_held_out_clean_accuracy(tmp_path):

@@ -353,11 +353,22 @@ def train(
         distributed.teardown(s.dist)
 
 
+def improves(metrics: dict[str, Any], best: dict[str, Any], key: str) -> bool:
+    """Whether an epoch's held-out accuracies beat ``best.pt``'s: higher ``key``, or the same and higher clean.
+
+    With 1,000 held-out images a robust curve that has flattened ties at one image's resolution; on a
+    tie the earlier epoch is not the better model, the one that also classifies more clean images is
+    (AGKD-BML-7 seed 0 of the medium scale tied at epochs 7 and 15, 59.5% and 65.6% clean).
+    """
+    return (metrics[key], metrics["val_clean"]) > (best.get(key, -1.0), best.get("val_clean", -1.0))
+
+
 def _end_epoch(s: Setup, epoch: int, stats: dict[str, Any], lr: float, log: Callable[[str], None]) -> None:
     """Validate, then write ``best.pt`` (when the held-out accuracy improved), ``last.pt`` and the metrics.
 
-    Adversarially trained runs select by held-out PGD accuracy (Rice et al.'s early stopping), clean runs
-    (``standard``, no training attack) by held-out clean accuracy: their PGD accuracy is noise near zero.
+    Adversarially trained runs select by held-out PGD accuracy (Rice et al.'s early stopping), ties broken
+    by held-out clean accuracy (:func:`improves`); clean runs (``standard``, no training attack) by held-out
+    clean accuracy: their PGD accuracy is noise near zero.
 
     ``best.pt`` goes first: a crash between the two writes leaves ``last.pt`` of the epoch before, and the
     resumed run replays this epoch and writes the same ``best.pt`` again.
@@ -366,10 +377,10 @@ def _end_epoch(s: Setup, epoch: int, stats: dict[str, Any], lr: float, log: Call
     metrics = {"epoch": epoch + 1, "lr": lr, **stats, **_validate(s, epoch), "method": cfg.method,
                "device": device_name(s.device), **s.method.settings()}
     record = dict(arch=cfg.arch, data=s.data.spec, config=cfg.to_dict(), epoch=epoch + 1, model=s.net.state_dict())
-    key = "val_pgd" if cfg.steps else "val_clean"
-    improved = s.val is not None and metrics[key] > s.best.get(key, -1.0)
+    improved = s.val is not None and improves(metrics, s.best, "val_pgd" if cfg.steps else "val_clean")
     if improved:
-        s.best = {"epoch": epoch + 1, "val_pgd": metrics["val_pgd"], "val_clean": metrics["val_clean"], "by": key}
+        s.best = {"epoch": epoch + 1, "val_pgd": metrics["val_pgd"], "val_clean": metrics["val_clean"],
+                  "by": "val_pgd" if cfg.steps else "val_clean"}
         save_best(Checkpoint(**record, metrics=metrics), s.run_dir)
     if s.val is not None:
         metrics["best_epoch"] = s.best["epoch"]
