@@ -31,10 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agkd_bml.attacks.base import Progress, fmt_eps, restore_rng, rng_state
+from agkd_bml.attacks.base import Progress, fmt_eps, found_so_far, restore_found
 from agkd_bml.attacks.norms import LINF, Norm
 from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
-from agkd_bml.errors import UserError
 from agkd_bml.models.inference import channels_last
 
 #: The reference setting of AutoAttack's standard version.
@@ -236,7 +235,8 @@ def over_targets(
     out, fooled = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     k = 0
     if progress is not None and progress.saved is not None:
-        k = _resume_targets(progress.saved, out, fooled, generator)
+        restore_found(progress.saved, out, fooled, generator, "multi-target run")
+        k = int(progress.saved["target"])
     while k < count:
         idx = (~fooled).nonzero().squeeze(1)
         if idx.numel() == 0:
@@ -253,21 +253,8 @@ def over_targets(
         fooled[idx[won]] = True
         k += group
         if progress is not None and k < count:
-            progress.report({"target": k, "out": out.to("cpu", copy=True), "fooled": fooled.to("cpu", copy=True),
-                             "rng": rng_state(generator)})
+            progress.report({"target": k, **found_so_far(out, fooled, generator)})
     return out, fooled
-
-
-def _resume_targets(saved: dict[str, Any], out: torch.Tensor, fooled: torch.Tensor,
-                    generator: torch.Generator | None) -> int:
-    """Put a reported multi-target run's results into ``out``/``fooled``; its next target."""
-    if saved["out"].shape != out.shape:
-        raise UserError(f"the saved multi-target run ({tuple(saved['out'].shape)} images) does not fit these "
-                        f"{tuple(out.shape)} images; delete the state")
-    out.copy_(saved["out"])
-    fooled.copy_(saved["fooled"])
-    restore_rng(generator, saved["rng"])
-    return int(saved["target"])
 
 
 def apgd_multitarget(

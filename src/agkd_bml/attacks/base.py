@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from agkd_bml.attacks.norms import LINF, Norm
+from agkd_bml.errors import UserError
 from agkd_bml.models.base import unwrap
 from agkd_bml.models.modes import eval_mode, frozen
 
@@ -51,6 +52,23 @@ class Progress:
 
     saved: dict[str, Any] | None  #: what an earlier, interrupted call reported last (None: start afresh)
     report: Callable[[dict[str, Any]], None]  #: called after each finished stage (the caller saves it)
+
+
+def found_so_far(out: torch.Tensor, fooled: torch.Tensor, generator: torch.Generator | None) -> dict[str, Any]:
+    """The part of a :class:`Progress` report every search shares: its results so far and the generator's state."""
+    return {"out": out.to("cpu", copy=True), "fooled": fooled.to("cpu", copy=True),
+            "rng": rng_state(generator)}
+
+
+def restore_found(saved: dict[str, Any], out: torch.Tensor, fooled: torch.Tensor,
+                  generator: torch.Generator | None, what: str) -> None:
+    """Put a :func:`found_so_far` report back into ``out``/``fooled`` and the generator (refused if it does not fit)."""
+    if saved["out"].shape != out.shape:
+        raise UserError(f"the saved {what} ({tuple(saved['out'].shape)} images) does not fit these "
+                        f"{tuple(out.shape)} images; delete the state")
+    out.copy_(saved["out"])
+    fooled.copy_(saved["fooled"])
+    restore_rng(generator, saved["rng"])
 
 
 def rng_state(generator: torch.Generator | None) -> torch.Tensor | None:

@@ -28,11 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from agkd_bml.attacks.base import Progress, fmt_eps, restore_rng, rng_state
+from agkd_bml.attacks.base import Progress, fmt_eps, found_so_far, restore_found
 from agkd_bml.attacks.norms import L2_NORM, LINF, Norm
 from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
 from agkd_bml.attacks.ops import cw_margin
-from agkd_bml.errors import UserError
 
 SQUARE_QUERIES = 5000
 #: With a :class:`Progress`, the search reports after every this many queries (the caller throttles saving).
@@ -92,9 +91,8 @@ def _random_search(
             if i == queries or rows.numel() == 0:
                 break
             if progress is not None and i > first and i % REPORT_EVERY == 0:
-                progress.report({name: t.to("cpu", copy=True) for name, t in
-                                 (("rows", rows), ("best", best), ("margin", best_margin), ("out", out), ("fooled", fooled))}
-                                | {"query": i, "rng": rng_state(generator)})
+                progress.report({"query": i, "rows": rows.to("cpu", copy=True), "best": best.to("cpu", copy=True),
+                                 "margin": best_margin.to("cpu", copy=True), **found_so_far(out, fooled, generator)})
             candidate = propose(i, xs, best, generator)
             m = margin(candidate, y[rows])
             better = m < best_margin
@@ -107,12 +105,7 @@ def _resume_search(
     saved: dict[str, Any], out: torch.Tensor, fooled: torch.Tensor, generator: torch.Generator | None
 ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(next query, rows, best, best margin) of a reported search; its results so far go into ``out``/``fooled``."""
-    if saved["out"].shape != out.shape or saved["best"].shape[0] != saved["rows"].shape[0]:
-        raise UserError(f"the saved Square search ({tuple(saved['out'].shape)} images) does not fit these "
-                        f"{tuple(out.shape)} images; delete the state")
-    out.copy_(saved["out"])
-    fooled.copy_(saved["fooled"])
-    restore_rng(generator, saved["rng"])
+    restore_found(saved, out, fooled, generator, "Square search")
     device = out.device
     return (int(saved["query"]), saved["rows"].to(device), saved["best"].to(device, out.dtype),
             saved["margin"].to(device))
