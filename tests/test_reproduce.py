@@ -45,10 +45,18 @@ def test_reproduce_refuses_bad_input(tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_multi_step_comparison_tiny_end_to_end(tmp_path):
+def test_multi_step_comparison_tiny_end_to_end(tmp_path, capsys):
     """table1 / table5 at a multi-step scale: faithful teacher, held-out selection, AA, worst case, McNemar."""
     out = ["--scale", "tiny-medium", "--out", str(tmp_path), "--no-progress"]
     assert main(["reproduce", "table1", *out]) == 0
+    printed = capsys.readouterr().out
+    # the deciding pair is scored, and written as a partial table, before the other rows start training
+    partial = printed.index("(partial: the rows that decide the question")
+    assert printed.index("== AGKD-BML-7 seed 1") < partial < printed.index("== UM seed 0") < printed.index("== SML-7 seed 0")
+    first = printed[printed.rindex("| model |", 0, partial):partial]
+    assert "| AT-7 | " in first and "| AGKD-BML-7 | " in first and "| UM | " not in first
+    assert "**Partial table**: UM, SML-7, TRADES-10, MART-10, AGKD-BML-2 not trained" in first
+    assert "exact McNemar p =" in first
     table = (tmp_path / "table1.md").read_text()
     for label in ("UM", "AT-7", "SML-7", "TRADES-10", "MART-10", "AGKD-BML-2", "AGKD-BML-7"):
         assert f"| {label} |" in table

@@ -85,8 +85,8 @@ def training_step_size(steps: int | None, eps: float) -> float | None:
 
 
 def train_rows(ctx: Context, rows: tuple[RunSpec, ...]) -> dict[tuple[str, int], Path]:
-    """Train (or reuse) every row's runs, the deciding pair first (then scored first as well): a reproduction
-    stopped part-way, hours into a medium run, has the runs that answer the question before the others."""
+    """Train (or reuse) every row's runs, the deciding pair first: a reproduction stopped part-way, hours into
+    a medium run, has the runs that answer the question before the others."""
     order = sorted(rows, key=lambda row: row.label not in DECIDING)  # stable: table order otherwise
     return {(row.label, seed): train_row(ctx, row, seed) for row in order for seed in ctx.scale.seeds[: row.seeds]}
 
@@ -94,11 +94,26 @@ def train_rows(ctx: Context, rows: tuple[RunSpec, ...]) -> dict[tuple[str, int],
 def score_rows(ctx: Context, rows: tuple[RunSpec, ...], specs: str) -> Scores:
     """Every row's accuracy under ``specs`` and AutoAttack, with the per-sample worst case over all of them.
 
-    PGD-20 is also scored at its last iterate (``pgd-20-last``), the paper's and the released code's
-    protocol, so a table shows how much of a PGD gap comes from the protocol rather than the model.
+    The deciding pair is trained and scored before the other rows are trained, and handed to
+    ``ctx.partial`` (a partial table), so a medium reproduction stopped hours in already answers the
+    question. PGD-20 is also scored at its last iterate (``pgd-20-last``), the paper's and the released
+    code's protocol, so a table shows how much of a PGD gap comes from the protocol rather than the model.
     """
+    scores: Scores = {}
+    deciding = tuple(row for row in rows if row.label in DECIDING)
+    rest = tuple(row for row in rows if row.label not in DECIDING)
+    for group in (deciding, rest):
+        if group:
+            _score_group(ctx, group, specs, scores)
+            if group is deciding and rest and ctx.partial is not None:
+                ctx.partial(scores)
+    return scores
+
+
+def _score_group(ctx: Context, rows: tuple[RunSpec, ...], specs: str, scores: Scores) -> None:
+    """Train (or reuse) ``rows`` and add their scores, the last-iterate PGD-20 and the worst case to ``scores``."""
     runs = train_rows(ctx, rows)
-    scores = score_attacks(ctx, runs, specs, aa=True)
+    scores.update(score_attacks(ctx, runs, specs, aa=True))
     last = dataclasses.replace(full_length(ctx.attacks("pgd-20")[0]), name="pgd-20-last")
     for (label, seed), run in runs.items():
         ctx.score(scores, label, seed, ctx.model(run), ctx.scale.eval_n, [last])
@@ -110,7 +125,6 @@ def score_rows(ctx: Context, rows: tuple[RunSpec, ...], specs: str) -> Scores:
         for f in flags[1:]:
             worst &= f
         scores[label].setdefault("worst", []).append(100 * float(worst.float().mean()))
-    return scores
 
 
 def mcnemar(ctx: Context, a: str, b: str) -> str:

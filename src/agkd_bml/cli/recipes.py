@@ -9,6 +9,7 @@ A scale fixes everything that differs between ``small`` (2 CPU cores on the shar
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -94,6 +95,8 @@ class Context:
     trained_s: float = 0.0  #: seconds this call spent training table2's runs (0 when all were finished)
     #: per-sample correctness by (label, seed, attack name), kept by :meth:`score` for paired tests
     flags: dict[tuple[str, int, str], torch.Tensor] = field(default_factory=dict)
+    #: called with the scores so far when a scorer has some rows done and others still to train (a partial table)
+    partial: Callable[[Scores], None] | None = None
 
     @property
     def scale(self) -> Scale:

@@ -79,13 +79,20 @@ class Table:
     first: str = "model"
 
     def render(self, ctx: Context) -> str:
-        scores = self.score(ctx)
+        return self.format(ctx, self.score(ctx))
+
+    def format(self, ctx: Context, scores: Scores) -> str:
+        """The table of the rows scored so far; rows not scored yet are named under it."""
         blank = ("-",) * len(self.paper_headers)
         headers = (self.first, *(c.header for c in self.columns), *self.paper_headers)
         lines = ["| " + " | ".join(headers) + " |", "|---" * len(headers) + "|"]
-        for label in self.rows or tuple(scores):
+        for label in (label for label in self.rows or tuple(scores) if label in scores):
             cells = (label, *(c.cell(label, scores[label]) for c in self.columns), *self.paper.get(label, blank))
             lines.append("| " + " | ".join(cells) + " |")
+        pending = [label for label in self.rows if label not in scores]
+        if pending:
+            lines += ["", f"**Partial table**: {', '.join(pending)} not trained and scored yet; the same command "
+                      "resumes and completes it."]
         return "\n".join([*lines, "", self.note(ctx)])
 
 
@@ -267,11 +274,18 @@ def reproduce(target: str, *, scale: str = "small", out: str = "reproduce", yes:
     tables = {**TABLES, **MULTI_TABLES} if ctx.scale.multi_step else TABLES
     if target not in tables and target not in FIGURES:
         raise UserError(f"{target} is the multi-step comparison: use --scale medium (or tiny-medium)")
+    if target in tables:
+        ctx.partial = lambda scores: _write(ctx, target, tables[target].format(ctx, scores),
+                                            " (partial: the rows that decide the question; the others follow)")
     text = tables[target].render(ctx) if target in tables else FIGURES[target](ctx)
+    _write(ctx, target, text)
+    return text
+
+
+def _write(ctx: Context, target: str, text: str, remark: str = "") -> None:
     write_text(ctx.out / f"{target}.md", text + "\n")
     print(text)
-    print(f"wrote {ctx.out / (target + '.md')}")
-    return text
+    print(f"wrote {ctx.out / (target + '.md')}{remark}")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
