@@ -73,3 +73,13 @@ def cifar_pgd_at(tmp_path_factory, cifar_path):
                       steps=3, val_n=0, device="cpu", out=str(out))
     train(cfg, progress=False, log=lambda _m: None)
     return load_model(out)
+
+
+@pytest.fixture(scope="session")
+def quickstart_runs(tmp_path_factory):
+    """(directory, clean / PGD-20 rows) of the quickstart (`make demo`): its four digits runs, trained once
+    (about 100 s) for the demo's own test and for the tests that need its honest PGD-AT-7 student."""
+    from agkd_bml.cli.quickstart import quickstart
+
+    out = tmp_path_factory.mktemp("quickstart")
+    return out, quickstart(out, device="cpu", aa_n=10, progress=False)

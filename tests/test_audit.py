@@ -30,12 +30,9 @@ def _masked_small_cnn(channels: int) -> tuple[nn.Module, int]:
 
 
 @pytest.fixture(scope="module")
-def pgd_at_run(tmp_path_factory) -> str:
-    """The quickstart's PGD-AT student: robust without masking."""
-    out = tmp_path_factory.mktemp("audit") / "pgd-at"
-    cfg = small_config(out.parent, method="pgd-at", epochs=12, milestones=[10], train_limit=None, val_n=0, out=str(out))
-    train(cfg, progress=False, log=lambda _m: None)
-    return str(out)
+def pgd_at_run(quickstart_runs) -> str:
+    """The quickstart's PGD-AT-7 student: robust without masking."""
+    return str(quickstart_runs[0] / "pgd-at-7")
 
 
 def test_audit_passes_an_honest_pgd_at_model(pgd_at_run, teacher_run, capsys):

@@ -79,11 +79,9 @@ def test_agkd_without_teacher_and_mismatched_teacher_are_user_errors(tmp_path, t
         train(small_config(tmp_path, method="agkd", dataset=f"npz:{cifar_path}", teacher=teacher_run), **QUIET)
 
 
-def test_quickstart_students_are_robust_where_the_standard_model_is_not(tmp_path):
+def test_quickstart_students_are_robust_where_the_standard_model_is_not(quickstart_runs):
     """Acceptance of the core issue: PGD-20 accuracy of AGKD-BML and PGD-AT >= standard + 20 points."""
-    from agkd_bml.cli.quickstart import quickstart
-
-    rows = quickstart(tmp_path, device="cpu", aa_n=10, progress=False)
+    tmp_path, rows = quickstart_runs
     pgd20 = {name: results[1].accuracy for name, results in rows.items()}
     assert rows["teacher"][1].attack.name == "pgd-20"
     assert set(rows) == {"teacher", "agkd-bml-2", "pgd-at-7", "pgd-at-2"}  # each row names its training steps
