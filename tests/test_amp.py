@@ -10,16 +10,33 @@ from agkd_bml.attacks import parse_attacks, pgd
 from agkd_bml.cli import main
 from agkd_bml.data import to_float
 from agkd_bml.train import load_model, train
-from agkd_bml.train.amp import amp_dtype, autocast
+from agkd_bml.train.amp import amp_dtype, autocast, native_bf16
 
 
 def test_bf16_autocast_trains_agkd_bml_on_cpu(tmp_path, teacher_run):
     cfg = small_config(tmp_path, method="agkd-bml", teacher=teacher_run, amp="bf16", epochs=2)
-    train(cfg, progress=False, log=lambda _m: None)
+    lines: list[str] = []
+    train(cfg, progress=False, log=lines.append)
     model, ckpt = load_model(cfg.run_dir())
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(v.dtype == torch.float32 for v in model.state_dict().values() if v.is_floating_point())
     assert ckpt.metrics["loss"]["ce"] < 2.3  # below chance-level CE: it learned under bf16
+    assert ckpt.metrics["precision"] == "bf16"
+    # bf16 on a CPU that only emulates it is slower than float32: the run says so, and only there
+    warned = any("no native bf16" in line for line in lines)
+    assert warned != native_bf16(torch.device("cpu"))
+
+
+def test_native_bf16_follows_the_hardware_and_is_recorded(tmp_path):
+    cpu = torch.device("cpu")
+    expected = torch.bfloat16 if native_bf16(cpu) else None
+    assert amp_dtype("native-bf16", cpu) == expected
+    cfg = small_config(tmp_path, method="standard", amp="native-bf16", epochs=1)
+    lines: list[str] = []
+    train(cfg, progress=False, log=lines.append)
+    _, ckpt = load_model(cfg.run_dir())
+    assert ckpt.metrics["precision"] == ("bf16" if expected else "fp32")
+    assert not any("no native bf16" in line for line in lines)
 
 
 @pytest.mark.parametrize("spec", ["fgsm", "pgd-5", "cw-5", "mim-5"])

@@ -55,7 +55,8 @@ class TrainConfig:
     deterministic: bool = _opt(False, "deterministic kernels: a resumed run ends bit-identical to an uninterrupted one")
     skip_nonfinite: int = _opt(0, "skip up to N steps whose loss or gradient is NaN/inf instead of stopping")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
-    amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA if supported, else fp16; off on CPU), bf16, fp16, off")
+    amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA if supported, else fp16; off on CPU), bf16, "
+                    "native-bf16 (bf16 where the hardware has it: CUDA, CPUs with AVX512-BF16 or AMX; else off), fp16, off")
     compile: bool = _opt(False, "torch.compile the student (CUDA; the first epoch pays the compile time)")
     sync_bn: bool = _opt(False, "under torchrun on CUDA: SyncBatchNorm, so BatchNorm sees the global batch")
     check_sync: bool = _opt(False, "under torchrun: verify after every step that all ranks hold identical weights")

@@ -55,10 +55,11 @@ SCALES = {
     "paper": Scale("cifar10", "wrn-28-10", None, 200, (100, 150), 0.1, 128, (0,), 10000, 10000, "paper-cifar10"),
     "tiny": Scale("digits", "small-cnn", 128, 1, (), 0.05, 64, (0, 1), 32, 8),
     # the multi-step comparison on all 50,000 CIFAR-10 training images less 1,000 held out, trained in bf16
-    # autocast (2.2x faster on these cores, same accuracy: docs/reproduction.md); budget measured to fit
-    # about 6.5 hours of table1 on 2 cores, see docs/reproduction.md
+    # autocast where the cores have it (2.2x faster on AVX512-BF16 cores, same accuracy; on cores without it
+    # bf16 is emulated and slower than float32, so those train in float32: docs/reproduction.md); budget
+    # measured to fit about 6.5 hours of table1 on 2 AVX512-BF16 cores, see docs/reproduction.md
     "medium": Scale("npz:../shared/data/cifar10.npz", "small-cnn", None, 15, (10, 13), 0.05, 128, (0, 1), 1000, 1000,
-                    val_split=1000, ema=0.999, weights="best", teacher_smoothing=0.5, multi_step=True, amp="bf16"),
+                    val_split=1000, ema=0.999, weights="best", teacher_smoothing=0.5, multi_step=True, amp="native-bf16"),
     "tiny-medium": Scale("digits", "small-cnn", 128, 1, (), 0.05, 64, (0, 1), 32, 8, val_split=50, ema=0.9,
                          weights="best", teacher_smoothing=0.5, multi_step=True),
 }

@@ -45,7 +45,7 @@ from agkd_bml.models.checkpoint import (
     save_checkpoint,
 )
 from agkd_bml.models.modes import eval_mode
-from agkd_bml.train.amp import amp_dtype, autocast, grad_scaler
+from agkd_bml.train.amp import amp_dtype, autocast, grad_scaler, native_bf16, precision_name
 from agkd_bml.train.ema import Ema
 from agkd_bml.train.settings import check, complete
 
@@ -325,7 +325,7 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
     *totals, seen = sum_over_ranks([sums[k] for k in keys] + [float(seen)], d, s.device)
     check_in_sync(s.net, d, s.device, f"at the end of epoch {epoch + 1}")
     return {"loss": {k: v / max(seen, 1) for k, v in zip(keys, totals, strict=True)}, "seconds": seconds,
-            "images_per_s": seen / seconds, "images": int(seen), "processes": d.world}
+            "images_per_s": seen / seconds, "images": int(seen), "processes": d.world, "precision": precision_name(s.amp)}
 
 
 def train(
@@ -412,6 +412,9 @@ def _run(s: Setup, *, resume: bool, log: Callable[[str], None], progress: bool) 
     procs = f" x {s.dist.world} processes" if s.dist.enabled else ""
     log(f"training {cfg.method} ({cfg.arch}) on {s.data.spec.name}: {s.data.x_train.shape[0]} images, "
         f"{cfg.epochs} epochs, device {s.device}{procs}, {json.dumps(s.method.settings())}")
+    if s.amp == torch.bfloat16 and not native_bf16(s.device):
+        log(f"warning: --amp {cfg.amp}: this {s.device.type.upper()} has no native bf16 (AVX512-BF16 or AMX), so "
+            "PyTorch emulates it and training is slower than in float32; --amp native-bf16 uses bf16 only where it is native")
     for epoch in range(start_epoch, cfg.epochs):
         stats = train_epoch(s, epoch, progress=progress)
         lr = s.optimizer.param_groups[0]["lr"]
