@@ -35,7 +35,7 @@ def test_paper_scale_uses_the_paper_preset_with_each_methods_own_steps(tmp_path)
     assert at.arch == agkd.arch == "wrn-28-10" and at.epochs == 200 and at.steps is None
     assert agkd.teacher == str(tmp_path / "um") and at.teacher is None
     medium = run_config(SCALES["medium"], "pgd-at", 0, tmp_path / "m", None)
-    assert medium.amp == "bf16" and medium.train_limit is None and medium.val_split == 1000
+    assert medium.amp == "native-bf16" and medium.train_limit is None and medium.val_split == 1000
 
 
 def test_reproduce_refuses_bad_input(tmp_path, capsys):
