@@ -11,24 +11,11 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from agkd_bml.device import native_bf16
 from agkd_bml.errors import UserError
 
 AMP_CHOICES = ("auto", "bf16", "native-bf16", "fp16", "off")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 in hardware: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX-BF16.
-
-    Elsewhere PyTorch emulates bf16 on the CPU, and a bf16 training step costs more than a float32 one
-    (1.7x for the small CNN's PGD-AT-7 on a 2-core Ice Lake without AVX512-BF16, where it is 2.2x faster
-    on a core that has it).
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    caps = torch.cpu.get_capabilities()
-    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+__all__ = ["AMP_CHOICES", "amp_dtype", "autocast", "grad_scaler", "native_bf16", "precision_name"]
 
 
 def amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
