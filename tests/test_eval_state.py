@@ -137,17 +137,20 @@ def _first_eps_where(matters, attack_at, run, eps_values=BUDGETS):
     pytest.fail(f"no budget in {eps_values} where the later work of the attack broke more images")
 
 
-def _weak_first_part(monkeypatch):
-    """The cascade's APGD-CE cut to 2 iterations and APGD-DLR to 20: the second part then has images left to
-    break at most budgets, whatever the fixture model (and both parts stay cheap)."""
+def _cut_parts(monkeypatch, steps: dict[str, int], square_queries: int | None = None):
+    """The cascade's parts with fewer iterations (``steps`` by part name) and Square with fewer queries (3
+    reports at 300), so that later parts have images left to break whatever the fixture model, and cheaply."""
     from agkd_bml.attacks import autoattack
+    from agkd_bml.attacks.square import SquareAttack
 
     full = autoattack.native_components
 
     def parts(eps, num_classes, eot=1, norm=autoattack.LINF):
         out = full(eps, num_classes, eot, norm)
-        return out | {"apgd-ce": dataclasses.replace(out["apgd-ce"], steps=2),
-                      "apgd-dlr": dataclasses.replace(out["apgd-dlr"], steps=20)}
+        out |= {name: dataclasses.replace(out[name], steps=n) for name, n in steps.items()}
+        if square_queries is not None:
+            out["square"] = SquareAttack("square", eps, queries=square_queries, norm=norm)
+        return out
 
     monkeypatch.setattr(autoattack, "native_components", parts)
 
@@ -158,7 +161,7 @@ def test_autoattack_resumed_after_a_part_gives_the_uninterrupted_images(teacher_
     from agkd_bml.attacks import Progress
     from agkd_bml.models.checkpoint import load_model
 
-    _weak_first_part(monkeypatch)
+    _cut_parts(monkeypatch, {"apgd-ce": 2, "apgd-dlr": 20})  # a weak first part leaves the second work
     model = load_model(teacher_run)[0]
     x, y = to_float(digits.x_test[:24]), digits.y_test[:24]
     aa, want, reports = _first_eps_where(
@@ -204,22 +207,6 @@ def test_an_evaluation_killed_inside_an_autoattack_batch_resumes_at_that_part(te
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
-def _short_cascade(monkeypatch):
-    """The cascade's parts cut short: Square to 300 queries (3 reports), the gradient parts to 5 iterations
-    (they left Square little to do and made this the slowest test of the suite: 3 full cascades)."""
-    from agkd_bml.attacks import autoattack
-    from agkd_bml.attacks.square import SquareAttack
-
-    full = autoattack.native_components
-
-    def parts(eps, num_classes, eot=1, norm=autoattack.LINF):
-        short = {name: dataclasses.replace(part, steps=5) for name, part in full(eps, num_classes, eot, norm).items()
-                 if name != "square"}
-        return short | {"square": SquareAttack("square", eps, queries=300, norm=norm)}
-
-    monkeypatch.setattr(autoattack, "native_components", parts)
-
-
 def test_square_resumed_from_any_report_gives_the_uninterrupted_search(teacher_run, digits):
     from agkd_bml.attacks import Progress
     from agkd_bml.attacks.square import SquareAttack
@@ -241,7 +228,8 @@ def test_an_evaluation_killed_inside_square_resumes_inside_square(teacher_run, d
     from agkd_bml.attacks import square as square_mod
     from agkd_bml.models.checkpoint import load_model
 
-    _short_cascade(monkeypatch)
+    # full-length gradient parts left Square little to do and made this the suite's slowest test (3 cascades)
+    _cut_parts(monkeypatch, {"apgd-ce": 5, "apgd-t": 5, "fab-t": 5}, square_queries=300)
     model = load_model(teacher_run)[0]
     x, y = digits.x_test[:24], digits.y_test[:24]
     want = _run(model, x, y, parse_attacks("aa-bf16", eps=0.05, num_classes=10))
