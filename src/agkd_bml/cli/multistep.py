@@ -44,6 +44,8 @@ TABLE5_ROWS = (
     RunSpec("AGKD-BML-10+MART", "agkd-bml", 10, params={"mart": True}, init_from_teacher=True, stop_after_decay=1),
 )
 DECIDING = ("AT-7", "AGKD-BML-7")  #: the pair compared over 2 seeds and image by image
+#: the other adversarial baselines, also compared with AGKD-BML-7 image by image (on their one seed)
+BASELINES = ("SML-7", "TRADES-10", "MART-10")
 
 
 def teacher(ctx: Context, seed: int) -> Path:

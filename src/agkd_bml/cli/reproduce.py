@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agkd_bml.attacks import fmt_eps
 from agkd_bml.cli.analysis import attention, tsne
-from agkd_bml.cli.multistep import DECIDING, TABLE1_ROWS, TABLE5_ROWS, RunSpec, mcnemar, score_rows
+from agkd_bml.cli.multistep import BASELINES, DECIDING, TABLE1_ROWS, TABLE5_ROWS, RunSpec, mcnemar, score_rows
 from agkd_bml.cli.options import add_progress, command_handler
 from agkd_bml.cli.recipes import (
     SCALES,
@@ -198,7 +198,8 @@ def _multi_note(ctx: Context, rows: tuple[RunSpec, ...], specs: str) -> str:
             "TRADES and MART rows are with CAS (channel-wise activation suppressing).\n\n"
             + _describe(ctx, specs + ",aa") + "\n- pgd-20 last it.: the same PGD-20 scored at its last iterate (the "
             "paper's and the released code's protocol; ours keeps each image's first fooling iterate); not in worst"
-            "\n\n" + mcnemar(ctx, *DECIDING))
+            "\n\n" + "\n\n".join(filter(None, (mcnemar(ctx, *DECIDING),
+                                                *(mcnemar(ctx, b, DECIDING[1]) for b in BASELINES)))))
 
 
 MULTI_ATTACKS = "clean,fgsm,bim-7,pgd-20,pgd-100,cw-20,cw-100"
