@@ -67,7 +67,7 @@ def test_multi_step_comparison_tiny_end_to_end(tmp_path, capsys):
     assert "exact McNemar p =" in table and "weights: best" in table and "| worst |" in table.replace("worst |", "worst |")
     runs = tmp_path / "runs"
     assert (runs / "T-s0" / "last.pt").is_file() and (runs / "AGKD-BML-7-s1" / "best.pt").is_file()
-    assert not (runs / "SML-7-s1").exists()  # one seed for the rows that do not decide the question
+    assert not (runs / "SML-7-s1").exists() and (runs / "MART-10-s1" / "best.pt").is_file()  # seeds per row
     started = {r.name: (r / "config.yaml").stat().st_mtime for r in runs.iterdir()}
     assert started["AGKD-BML-7-s1"] < started["SML-7-s0"] < started["AGKD-BML-2-s0"]  # the deciding pair first
     assert len(list((tmp_path / "state").glob("*.pt"))) > 20  # every evaluated point was saved ...
