@@ -182,7 +182,7 @@ def main() -> None:
     summary = {}
     for name, rs in runs.items():
         summary[name] = {"seconds": statistics.median(r[0] for r in rs), "accuracy": rs[0][1],
-                         "accuracies": [r[1] for r in rs],
+                         "accuracies": [r[1] for r in rs], "all_seconds": [r[0] for r in rs],
                          "parts_s": {k: statistics.median(r[2].get(k, 0.0) for r in rs) for k in PARTS}}
     ref = summary["reference"]["seconds"]
     peaks = {spec: {kind: max(p, q) for kind, p, q in zip(KINDS, before[spec], measure_peaks(model, x, device, spec),
@@ -214,6 +214,11 @@ def main() -> None:
     for name, s in summary.items():
         parts = " | ".join(f"{s['parts_s'][k]:.1f}" for k in PARTS)
         print(f"| {name} | {100 * s['accuracy']:.2f}% | {s['seconds']:.1f} | {ref / s['seconds']:.2f}x | {parts} |")
+    if args.repeats > 1:  # the reference's speed drifts between rounds: each round's ratio, measured back to back
+        print("speed-up per round (reference / ours, each round run back to back): " + "; ".join(
+            f"{spec} " + ", ".join(f"{r / o:.2f}x" for r, o in zip(summary["reference"]["all_seconds"],
+                                                                   summary[spec]["all_seconds"], strict=True))
+            for spec in OURS))
     gap = max(abs(s["accuracy"] - summary["reference"]["accuracy"]) for s in summary.values()) * args.n
     print(f"largest difference from the reference: {gap:.0f} image(s) of {args.n}")
     print(f"\nour parts' network passes (FLOPs per image: forward {fwd / 1e6:.1f} M, with input gradient "
