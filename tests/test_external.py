@@ -87,6 +87,7 @@ def foreign(tmp_path_factory, digits):
     example = x[:2]
     torch.export.save(torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)),
                       root / "m.pt2")
+    torch.export.save(torch.export.export(net, (x[:3],)), root / "m_static.pt2")  # torch.export's default: batch fixed
     torch.jit.save(torch.jit.trace(net, example), root / "m_ts.pt")
     return root
 
@@ -112,6 +113,17 @@ def test_factory_export_and_torchscript_give_the_same_table(foreign, tmp_path, c
     summary = json.loads((tmp_path / "py" / "eval.json").read_text())
     rb = summary["models"]["make"]["robustbench"]
     assert rb["dataset"] == "digits" and rb["eps"] == "0.1" and rb["autoattack_acc"] is not None
+
+
+def test_a_program_exported_with_a_fixed_batch_runs_on_any_batch(foreign, tmp_path, capsys):
+    """torch.export fixes the batch size unless told otherwise: such a program runs 3 images at a time (the last
+    chunk padded), with the same table as the factory, and a note says how to export it for whole batches."""
+    common = ["--dataset", "digits", "--normalize", NORM, "--attacks", "clean,pgd-5", "--n", "64", "--no-progress"]
+    assert main(["eval", str(foreign / "m_static.pt2"), *common, "--out", str(tmp_path / "static")]) == 0
+    assert "exported for batches of exactly 3 image(s)" in capsys.readouterr().err
+    assert main(["eval", f"py:{foreign / 'm.py'}:make", "--model-weights", str(foreign / "m.pt"), *common,
+                 "--out", str(tmp_path / "py")]) == 0
+    assert _table_rows(tmp_path / "static") == _table_rows(tmp_path / "py")
 
 
 @pytest.mark.parametrize("factory, needle", [("randomized", "randomized"), ("probabilities", "probabilities")])

@@ -106,13 +106,50 @@ def load_external(source: str, *, weights: str | None = None, device: torch.devi
     elif weights:
         raise UserError("--model-weights applies to py: factories only (an exported or TorchScript model holds its weights)")
     elif source.endswith(".pt2"):
-        net = _read(source, lambda p: torch.export.load(p).module(), "an exported program (torch.export.save)")
+        net = _read(source, _exported_module, "an exported program (torch.export.save)")
     else:
         net = _read(source, lambda p: torch.jit.load(p, map_location="cpu"), "a TorchScript archive")
     if weights:
         _load_weights(net, weights)
     mean, std = normalize if normalize else (None, None)
     return External(net, mean=mean, std=std).to(device).eval()
+
+
+class FixedBatch(nn.Module):
+    """Runs a model that takes exactly ``batch`` images on any number of them, ``batch`` at a time.
+
+    ``torch.export`` fixes every dimension it is not told is dynamic, the batch included, so a program
+    exported with one example image accepts one image per call. Attacks call the model on batches of every
+    size; the last chunk is padded with copies of its last image and the padding's logits are dropped, so
+    each image's logits and input gradient are the ones the program gives it alone.
+    """
+
+    def __init__(self, net: nn.Module, batch: int) -> None:
+        super().__init__()
+        self.net, self.batch = net, batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for chunk in x.split(self.batch):
+            short = self.batch - chunk.shape[0]
+            padded = torch.cat([chunk, chunk[-1:].detach().expand(short, *chunk.shape[1:])]) if short else chunk
+            outs.append(output_logits(self.net(padded))[: chunk.shape[0]])
+        return torch.cat(outs)
+
+
+def _exported_module(path: str) -> nn.Module:
+    """The module of an exported program, wrapped in :class:`FixedBatch` when its batch size is static."""
+    program = torch.export.load(path)
+    net = program.module()
+    first = next((node for node in program.graph.nodes if node.op == "placeholder"
+                  and node.name in program.graph_signature.user_inputs), None)
+    shape = getattr(first.meta.get("val"), "shape", None) if first is not None else None
+    if shape and isinstance(shape[0], int):  # a static batch; a dynamic one is a SymInt
+        print(f"note: {path} was exported for batches of exactly {shape[0]} image(s), so it runs {shape[0]} at a "
+              "time (slower); export with dynamic_shapes=({0: torch.export.Dim('batch')},) to run whole "
+              "batches", file=sys.stderr)
+        return FixedBatch(net, int(shape[0]))
+    return net
 
 
 def _read(path: str, read: Any, what: str) -> nn.Module:
