@@ -121,6 +121,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # not a pickle that names classes or functions: not a pickle at all
+            raise UserError(f"{p} is not an agkd-bml checkpoint, an exported program (.pt2) or a TorchScript "
+                            "archive: the weights-only torch.load cannot read it (nothing in it was run)") from exc
         raise UserError(
             f"refusing to load {p}: it contains pickled objects other than tensors and plain data "
             "(possibly code); only weights-only checkpoints are accepted"
