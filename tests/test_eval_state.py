@@ -86,7 +86,7 @@ def test_eval_into_a_state_of_other_settings_is_one_line_and_keeps_it(teacher_ru
     assert run().returncode == 0
     before = sorted(p.name for p in (tmp_path / "state").iterdir())
     bad = run("--eps", "0.2")
-    assert bad.returncode == 2 and "other settings: eps None (now 0.2)" in bad.stderr
+    assert bad.returncode == 2 and "other settings: eps default (now 0.2)" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == before  # nothing computed is lost
     assert run("--attacks", "clean,fgsm,pgd-3").returncode == 0  # more attacks, same settings: reused

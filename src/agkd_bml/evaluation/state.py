@@ -80,8 +80,11 @@ class EvalState:
                 saved = json.loads(path.read_text())
             except (OSError, ValueError) as exc:
                 raise UserError(f"evaluation state {path} cannot be read ({exc}); delete the folder or use another --state") from exc
-            diff = [f"{k} {saved.get(k)!r} (now {settings.get(k)!r})" for k in sorted(set(saved) | set(settings))
-                    if saved.get(k) != settings.get(k)]
+            def shown(v: Any) -> str:
+                return "default" if v is None else repr(v)
+
+            diff = [f"{k} {shown(saved.get(k))} (now {shown(settings.get(k))})"
+                    for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
             if diff:
                 raise UserError(f"evaluation state {self.folder} was written with other settings: {', '.join(diff)}; "
                                 "use another --state / --out, or delete it to start over")
