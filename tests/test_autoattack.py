@@ -16,7 +16,7 @@ from agkd_bml.attacks.square import square_fraction
 from agkd_bml.attacks.torchattacks_adapter import run_library_attack
 from agkd_bml.data import to_float
 from agkd_bml.evaluation import evaluate_attacks
-from agkd_bml.models.inference import inference_copy
+from agkd_bml.models.inference import ConvReLU, inference_copy
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,28 @@ def test_inference_copy_computes_the_same_function_and_leaves_the_model_alone(di
         out = fast(x.contiguous(memory_format=torch.channels_last))
     for a, b in zip(ref, out, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_conv_relu_passes_match_the_unfused_network(digits, trained):
+    """The inference copy's forward-only passes run conv + ReLU as one oneDNN call; gradient passes do not."""
+    fast = inference_copy(trained)
+    fused = [m for m in fast.modules() if isinstance(m, ConvReLU)]
+    assert fused and not any(isinstance(m, torch.nn.ReLU) for m in fast.modules())
+    plain = copy.deepcopy(fast)
+    for m in plain.modules():  # the same network with each pair as separate modules
+        for name, child in m.named_children():
+            if isinstance(child, ConvReLU):
+                setattr(m, name, torch.nn.Sequential(child.conv, torch.nn.ReLU()))
+    x = to_float(digits.x_test[:64]).contiguous(memory_format=torch.channels_last)
+    for precision in (torch.float32, torch.bfloat16):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
+            torch.testing.assert_close(fast(x).logits, plain(x).logits, rtol=1e-5, atol=1e-5)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(fast(xg).logits[:, 0].sum(), xg)
+    xp = x.clone().requires_grad_(True)
+    (grad_plain,) = torch.autograd.grad(plain(xp).logits[:, 0].sum(), xp)
+    assert grad.abs().sum() > 0
+    torch.testing.assert_close(grad, grad_plain)
 
 
 def test_fab_t_finds_exactly_what_torchattacks_fab_t_finds(digits, trained):

@@ -34,6 +34,21 @@ def test_normalisation_is_inside_the_model():
     assert torch.allclose(m.mean.flatten(), torch.tensor([0.5])) and torch.allclose(m.std.flatten(), torch.tensor([0.25]))
 
 
+def test_a_channels_last_batch_gives_the_same_logits_and_input_gradients_bit_for_bit():
+    """The normalisation follows the batch's layout for speed; the function must not change with it."""
+    torch.manual_seed(0)
+    m = build_model("small-cnn", _spec()).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(4, 3, 32, 32)
+    results = []
+    for batch in (x.clone(), x.contiguous(memory_format=torch.channels_last)):
+        batch.requires_grad_(True)
+        logits = m(batch).logits
+        (grad,) = torch.autograd.grad(logits[:, 0].sum(), batch)
+        results.append((logits.detach(), grad.contiguous()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert results[0][1].abs().sum() > 0
+
+
 @pytest.mark.parametrize("arch", ["wrn-15-2", "vgg16", "wrn-x-2"])
 def test_unknown_arch_is_a_user_error(arch):
     with pytest.raises(UserError):

@@ -21,6 +21,21 @@ class ModelOutput(NamedTuple):
     embedding: torch.Tensor  #: (N, C), global average pool of ``features``
 
 
+def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) / std`` for per-channel ``mean``/``std`` of shape (1, C, 1, 1), in ``x``'s own layout.
+
+    Against a channels-last batch (the layout attacks and training use), broadcasting the (1, C, 1, 1)
+    buffers makes every element-wise loop run over the C = 3 innermost values, forward and backward:
+    about 15x slower than matched layouts here, a few percent of each AutoAttack pass. Expanding the
+    buffers to one channels-last image first keeps the loops flat; the values are bit-identical.
+    """
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        shape = (1, *x.shape[1:])
+        mean = mean.expand(shape).contiguous(memory_format=torch.channels_last)
+        std = std.expand(shape).contiguous(memory_format=torch.channels_last)
+    return (x - mean) / std
+
+
 class Classifier(nn.Module):
     """Normalisation, a convolutional backbone, global average pooling and a linear head.
 
@@ -43,7 +58,7 @@ class Classifier(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        features = self.backbone((x - self.mean) / self.std)
+        features = self.backbone(normalise(x, self.mean, self.std))
         # sum / area rather than mean: mean's backward materialises an NCHW gradient, and against a
         # channels-last feature map the last ReLU's backward then takes a strided path (about 10x slower,
         # ~10% of a whole input-gradient pass of the small CNN); sum's backward is a lazy expand

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from agkd_bml.errors import UserError
-from agkd_bml.models.base import ModelOutput
+from agkd_bml.models.base import ModelOutput, normalise
 
 PY_PREFIX = "py:"
 
@@ -50,7 +50,7 @@ class External(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         if self.normalized:
-            x = (x - self.mean) / self.std
+            x = normalise(x, self.mean, self.std)
         logits = output_logits(self.net(x))
         empty = logits.new_zeros(logits.shape[0], 0)
         return ModelOutput(logits, empty.view(logits.shape[0], 0, 1, 1), empty)
