@@ -68,6 +68,27 @@ def test_fused_conv_relu_passes_match_the_unfused_network(digits, trained):
     torch.testing.assert_close(grad, grad_plain)
 
 
+class _StandardisedConv(torch.nn.Conv2d):
+    """A convolution whose forward differs from its weights' plain use (weight standardisation)."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return torch.nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_the_inference_copy_leaves_subclassed_layers_alone():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(_StandardisedConv(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8).eval(), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
+    fast = inference_copy(net)
+    assert isinstance(fast[0], _StandardisedConv) and isinstance(fast[1], torch.nn.BatchNorm2d)  # not folded
+    assert isinstance(fast[3], ConvReLU)  # the plain pair is fused
+    x = torch.rand(4, 3, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), net.eval()(x))
+
+
 def test_fab_t_finds_exactly_what_torchattacks_fab_t_finds(digits, trained):
     """FAB-T's first restart is deterministic: ours (batched targets, no extra forward) must flip the same images."""
     eps = 0.06

@@ -28,11 +28,11 @@ from agkd_bml.models.base import unwrap
 
 def _fold_batchnorm(module: nn.Module) -> None:
     for child in module.modules():
-        if not isinstance(child, nn.Sequential):
+        if type(child) is not nn.Sequential:
             continue
         for i in range(len(child) - 1):
             conv, bn = child[i], child[i + 1]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+            if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
                 child[i] = fuse_conv_bn_eval(conv, bn)
                 child[i + 1] = nn.Identity()
 
@@ -87,17 +87,21 @@ class ConvReLU(nn.Module):
 
 
 def _fuse_conv_relu(module: nn.Module) -> None:
-    """Replace each ``Conv2d`` followed (past folded-BatchNorm ``Identity``s) by a ``ReLU`` with :class:`ConvReLU`."""
+    """Replace each ``Conv2d`` followed (past folded-BatchNorm ``Identity``s) by a ``ReLU`` with :class:`ConvReLU`.
+
+    Exact types only, here and in :func:`_fold_batchnorm`: a subclass (a weight-standardised convolution,
+    a container with its own ``forward``) may compute something else, which a fused call would skip.
+    """
     for child in list(module.modules()):
-        if not isinstance(child, nn.Sequential):
+        if type(child) is not nn.Sequential:
             continue
         for i, conv in enumerate(child):
-            if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
                 continue
             j = i + 1
             while j < len(child) and isinstance(child[j], nn.Identity):
                 j += 1
-            if j < len(child) and isinstance(child[j], nn.ReLU):
+            if j < len(child) and type(child[j]) is nn.ReLU:
                 child[i], child[j] = ConvReLU(conv), nn.Identity()
 
 
