@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from agkd_bml.attacks.ops import upcast
+from agkd_bml.models.base import is_channels_last
 
 
 def smooth_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
@@ -43,7 +44,7 @@ class _GradInOwnLayout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
-        ctx.channels_last = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.channels_last = is_channels_last(x)
         return x.view_as(x)
 
     @staticmethod

@@ -21,6 +21,11 @@ class ModelOutput(NamedTuple):
     embedding: torch.Tensor  #: (N, C), global average pool of ``features``
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a 4-d batch stored channels-last (and not also plain contiguous, as with 1 channel)."""
+    return x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """``(x - mean) / std`` for per-channel ``mean``/``std`` of shape (1, C, 1, 1), in ``x``'s own layout.
 
@@ -29,7 +34,7 @@ def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     about 15x slower than matched layouts here, a few percent of each AutoAttack pass. Expanding the
     buffers to one channels-last image first keeps the loops flat; the values are bit-identical.
     """
-    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if is_channels_last(x):
         shape = (1, *x.shape[1:])
         mean = mean.expand(shape).contiguous(memory_format=torch.channels_last)
         std = std.expand(shape).contiguous(memory_format=torch.channels_last)

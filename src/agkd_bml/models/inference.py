@@ -1,6 +1,6 @@
 """A frozen, faster copy of a model for attacks that run thousands of passes (AutoAttack).
 
-Two changes that leave the function the same (up to float rounding) and make each pass cheaper:
+Three changes that leave the function the same (up to float rounding) and make each pass cheaper:
 
 - every ``Conv2d`` directly followed by a ``BatchNorm2d`` in an ``nn.Sequential`` gets the BatchNorm folded
   into its weights (eval mode only: running statistics are constants then), which removes one full
@@ -8,7 +8,7 @@ Two changes that leave the function the same (up to float rounding) and make eac
 - weights and inputs in ``channels_last``, the layout oneDNN (CPU) and cuDNN (CUDA) convolutions prefer;
 - a convolution followed by a ReLU becomes :class:`ConvReLU`: on CPU, its passes without an input
   gradient (Square's queries, success checks) run both as one oneDNN call with the ReLU fused in and
-  the weights cast once, not on every pass (bit-identical here; Square 1.1x faster on the small CNN).
+  the weights cast once, not on every pass (bit-identical here; Square about 1.06-1.1x faster on the small CNN).
 
 The copy has frozen parameters (attacks ask autograd for input gradients only) and is in eval mode, so
 the caller's model, its ``.grad`` and its train/eval mode stay untouched.
