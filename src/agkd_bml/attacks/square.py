@@ -32,6 +32,7 @@ from agkd_bml.attacks.base import Progress, fmt_eps, found_so_far, restore_found
 from agkd_bml.attacks.norms import L2_NORM, LINF, Norm
 from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
 from agkd_bml.attacks.ops import cw_margin
+from agkd_bml.models.windowed import Window, WindowedForward
 
 SQUARE_QUERIES = 5000
 #: With a :class:`Progress`, the search reports after every this many queries (the caller throttles saving).
@@ -47,40 +48,55 @@ def square_fraction(i: int, queries: int, p_init: float = P_INIT) -> float:
     return next((p_init / div for start, div in _SCHEDULE if it > start), p_init)
 
 
+def _side(i: int, queries: int, p_init: float, area: int) -> int:
+    """The L-inf square's side at query ``i``."""
+    return max(int(round(math.sqrt(square_fraction(i, queries, p_init) * area))), 1)
+
+
 def _signs(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.sign(torch.rand(shape, device=like.device, dtype=like.dtype, generator=generator) * 2 - 1)
 
 
-#: ``propose(i, xs, best, generator) -> candidate``: query ``i``'s candidate for the images ``xs`` whose
-#: best point so far is ``best`` (both the rows still robust).
-Proposal = Callable[[int, torch.Tensor, torch.Tensor, torch.Generator | None], torch.Tensor]
+#: ``propose(i, xs, best, generator) -> (candidate, window)``: query ``i``'s candidate for the images ``xs``
+#: whose best point so far is ``best`` (both the rows still robust), and the window outside which it equals
+#: ``best`` (rows, then columns; None when it may differ anywhere).
+Proposal = Callable[[int, torch.Tensor, torch.Tensor, torch.Generator | None], tuple[torch.Tensor, Window | None]]
 
 
 def _random_search(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, queries: int, propose: Proposal,
-    generator: torch.Generator | None, progress: Progress | None = None,
+    generator: torch.Generator | None, progress: Progress | None = None, *, window_sides: tuple[int, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Square's loop, shared by both threat models: keep a candidate where the margin ``z_y - max_{k != y} z_k``
     went down; an image leaves at its first misclassified point. (adv, fooled).
 
     With ``progress``, the loop's state (query index, rows still searched, their best points and margins,
     the results so far, the generator's state) is reported every :data:`REPORT_EVERY` queries, and a saved
-    one is continued: its ``start`` is then not used.
+    one is continued: its ``start`` is then not used. ``window_sides``: every proposal comes with its
+    window, of these sides (L-inf), so on a model that :class:`~agkd_bml.models.windowed.WindowedForward`
+    supports and that gives the full passes' logits for them, a query recomputes only what its window reaches.
     """
     out, fooled = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     if x.shape[0] == 0:
         return out, fooled
 
-    def margin(xa: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return -cw_margin(model(xa).logits, labels, margin=float("inf"))  # z_y - max other: > 0 while right
+    def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return -cw_margin(logits, labels, margin=float("inf"))  # z_y - max other: > 0 while right
 
     with torch.inference_mode():
+        # where the proposals change one window and the model is a known chain of convolutions, a candidate
+        # costs only what that window reaches
+        windowed = WindowedForward.of(model) if window_sides else None
+        if windowed is not None and not windowed.matches_full_passes(x[:8], window_sides):
+            windowed = None
         saved = progress.saved if progress is not None else None
         if saved is not None:
             first, rows, best, best_margin = _resume_search(saved, out, fooled, generator)
         else:
             first, rows, best = 0, torch.arange(x.shape[0], device=x.device), start
-            best_margin = margin(best, y)
+            best_margin = margin(model(best).logits, y)
+        if windowed is not None:
+            windowed.start(best)
         xs = x[rows]
         for i in range(first, queries + 1):
             wrong = best_margin <= 0
@@ -88,14 +104,22 @@ def _random_search(
                 out[rows[wrong]], fooled[rows[wrong]] = best[wrong], True
                 keep = ~wrong
                 rows, xs, best, best_margin = rows[keep], xs[keep], best[keep], best_margin[keep]
+                if windowed is not None:
+                    windowed.keep(keep)
             if i == queries or rows.numel() == 0:
                 break
             if progress is not None and i > first and i % REPORT_EVERY == 0:
                 progress.report({"query": i, "rows": rows.to("cpu", copy=True), "best": best.to("cpu", copy=True),
                                  "margin": best_margin.to("cpu", copy=True), **found_so_far(out, fooled, generator)})
-            candidate = propose(i, xs, best, generator)
-            m = margin(candidate, y[rows])
+            candidate, window = propose(i, xs, best, generator)
+            if windowed is not None and window is not None:
+                logits = windowed.logits(candidate, window)
+            else:
+                logits = model(candidate).logits
+            m = margin(logits, y[rows])
             better = m < best_margin
+            if windowed is not None:
+                windowed.accept(better)
             best = torch.where(better.view(-1, 1, 1, 1), candidate, best)
             best_margin = torch.where(better, m, best_margin)
     return out.clone(), fooled.clone()
@@ -123,16 +147,20 @@ def square(
     """(adv, fooled) of the L-inf Square attack for images (N, C, H, W) with true labels ``y``."""
     n, c, h, w = x.shape
 
-    def propose(i: int, xs: torch.Tensor, best: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-        side = max(int(round(math.sqrt(square_fraction(i, queries, p_init) * h * w))), 1)
+    def propose(
+        i: int, xs: torch.Tensor, best: torch.Tensor, g: torch.Generator | None
+    ) -> tuple[torch.Tensor, Window]:
+        side = _side(i, queries, p_init, h * w)
         vh, vw = _position(h, side, x, g), _position(w, side, x, g)
         delta = torch.zeros_like(xs[:1])  # in the batch's layout: a mismatched one slows the additions 7x
         delta[:, :, vh : vh + side, vw : vw + side] = 2 * eps * _signs((c, 1, 1), x, g)
-        return LINF.project(best + delta, xs, eps)
+        # best is inside the eps-ball and the box, so the projection leaves it unchanged outside the square
+        return LINF.project(best + delta, xs, eps), (vh, min(vh + side, h), vw, min(vw + side, w))
 
     with torch.inference_mode():
         start = (x + eps * _signs((n, c, 1, w), x, generator)).clamp(0.0, 1.0)
-    return _random_search(model, x, y, start, queries, propose, generator, progress)
+    sides = tuple(sorted({_side(i, queries, p_init, h * w) for i in range(queries)}))
+    return _random_search(model, x, y, start, queries, propose, generator, progress, window_sides=sides)
 
 
 def _pyramid(rows: int, cols: int, device: torch.device) -> torch.Tensor:
@@ -172,7 +200,9 @@ def square_l2(
     """(adv, fooled) of the L2 Square attack (module docstring) for images (N, C, H, W), true labels ``y``."""
     n, c, h, w = x.shape
 
-    def propose(i: int, xs: torch.Tensor, best: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    def propose(
+        i: int, xs: torch.Tensor, best: torch.Tensor, g: torch.Generator | None
+    ) -> tuple[torch.Tensor, None]:
         side = max(int(round(math.sqrt(square_fraction(i, queries, p_init) * h * w))), 3)
         side = min(side + 1 - side % 2, h, w)  # odd, so the pyramid has a centre
         vh, vw, vh2, vw2 = (_position(size, side, x, g) for size in (h, w, h, w))
@@ -189,7 +219,7 @@ def square_l2(
         new = new / (_window_norms(new) + 1e-12) * (spare + _window_norms(delta * both).pow(2)).sqrt()
         delta[win2] = 0.0
         delta[win1] = new
-        return L2_NORM.to_surface(xs, delta, eps)
+        return L2_NORM.to_surface(xs, delta, eps), None  # rescaled to the sphere: every pixel may change
 
     with torch.inference_mode():
         block = max(h // 5, 1)

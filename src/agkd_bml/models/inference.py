@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from agkd_bml.models.base import unwrap
@@ -78,12 +79,21 @@ class ConvReLU(nn.Module):
         return cached[1], cached[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, self._geometry[0])
+
+    def unpadded(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(conv(x))`` without the convolution's zero padding: for a crop that carries it already
+        (:class:`~agkd_bml.models.windowed.WindowedForward`)."""
+        return self._run(x, [0] * len(self._geometry[0]))
+
+    def _run(self, x: torch.Tensor, padding: list[int]) -> torch.Tensor:
         if _FUSED_CONV_RELU is not None and x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
             dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
             if dtype in _FUSABLE and x.dtype in _FUSABLE:
                 w, b = self._weights(dtype)
-                return _FUSED_CONV_RELU(x.to(dtype), w, b, *self._geometry, "relu", [], "")
-        return torch.relu_(self.conv(x))
+                return _FUSED_CONV_RELU(x.to(dtype), w, b, padding, *self._geometry[1:], "relu", [], "")
+        c = self.conv
+        return torch.relu_(F.conv2d(x, c.weight, c.bias, c.stride, padding, c.dilation, c.groups))
 
 
 def _fuse_conv_relu(module: nn.Module) -> None:
