@@ -12,7 +12,8 @@ model: images per forward, and whether an input gradient follows) and turns them
 torch's counter on one image, so each part's GFLOP/s can be set against the machine's peak for the
 same work (the model's fastest convolution alone, forward + backward, as ``benchmarks.train_step``; in
 bf16 for ``aa-bf16``): the share of each part's time spent in passes at that rate, the rest being
-everything else (projections, bookkeeping, Python).
+everything else (projections, bookkeeping, Python). Square's windowed queries skip the model's forward,
+so their convolutions are counted where each window is computed (output values x inputs each reads).
 
     python -m benchmarks.autoattack_reference --checkpoint RUN --n 200
     python -m benchmarks.autoattack_reference --checkpoint RUN --n 200 --norm l2   # AutoAttack-L2, eps 0.5
@@ -24,12 +25,14 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import platform
 import re
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,6 +44,7 @@ from agkd_bml.device import device_name, resolve_device
 from agkd_bml.evaluation import default_budget, evaluate_attacks
 from agkd_bml.models.checkpoint import load_model
 from agkd_bml.models.inference import channels_last, inference_copy
+from agkd_bml.models.windowed import WindowedForward
 from benchmarks.train_step import conv_peak, counted_flops
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "auto-attack"
@@ -74,12 +78,14 @@ class PassCounter:
     """Counts the attacked model's passes: images forward only, and images forward with an input gradient to
     follow, per AutoAttack part. The hook sits on the model itself, not on every module (a global hook would
     put a Python call on each layer of each pass and slow the timed run); the attacks' inference copy is a
-    deep copy, so it carries the hook."""
+    deep copy, so it carries the hook. Square's windowed queries (:mod:`agkd_bml.models.windowed`) bypass
+    the model's forward: their convolutions' FLOPs are counted where each window is computed, plus the head."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.forward = self.with_grad = 0
-        self.by_part: dict[str, tuple[int, int]] = {}
+        self.windowed_flops = 0.0
+        self.by_part: dict[str, tuple[int, int, float]] = {}
 
     def __enter__(self) -> PassCounter:
         def hook(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _out: object) -> None:
@@ -90,16 +96,37 @@ class PassCounter:
                 self.forward += n
 
         self.handle = self.model.register_forward_hook(hook)
+        convolve, head = WindowedForward._convolve, WindowedForward._head
+
+        def counted_convolve(layer: Any, inp: torch.Tensor, new: torch.Tensor, window: Any) -> Any:
+            out, where = convolve(layer, inp, new, window)
+            if out is not None:  # multiply-adds: each output value reads in_channels / groups x kernel inputs
+                conv = layer.module.conv if hasattr(layer.module, "conv") else layer.module
+                self.windowed_flops += 2 * out.numel() * conv.in_channels // conv.groups * math.prod(conv.kernel_size)
+            return out, where
+
+        def counted_head(windowed: WindowedForward, features: torch.Tensor) -> torch.Tensor:
+            fc = windowed.model.fc
+            self.windowed_flops += 2 * features.shape[0] * fc.in_features * fc.out_features  # as torch's counter: the linear
+            return head(windowed, features)
+
+        self.restore = [(WindowedForward, "_convolve", WindowedForward.__dict__["_convolve"]),
+                        (WindowedForward, "_head", head)]
+        WindowedForward._convolve = staticmethod(counted_convolve)  # type: ignore[method-assign]
+        WindowedForward._head = counted_head  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *args: object) -> None:
         self.handle.remove()
+        for owner, name, original in self.restore:
+            setattr(owner, name, original)
 
     def part_done(self, part: str) -> None:
         """Attribute the passes since the last call to ``part``."""
-        done = sum(f for f, _ in self.by_part.values()), sum(g for _, g in self.by_part.values())
-        f0, g0 = self.by_part.get(part, (0, 0))
-        self.by_part[part] = (f0 + self.forward - done[0], g0 + self.with_grad - done[1])
+        done = [sum(v[i] for v in self.by_part.values()) for i in range(3)]
+        f0, g0, w0 = self.by_part.get(part, (0, 0, 0.0))
+        self.by_part[part] = (f0 + self.forward - done[0], g0 + self.with_grad - done[1],
+                              w0 + self.windowed_flops - done[2])
 
 
 OURS = ("aa", "aa-bf16")
@@ -133,7 +160,8 @@ def per_image_flops(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, flo
 
 def run_ours(spec: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, classes: int,
              device: torch.device, batch: int, norm: str) -> tuple[float, float, dict[str, float], dict[str, tuple[int, int]]]:
-    """(seconds, robust accuracy, per-part seconds, per-part (forward images, gradient images)) of one spec."""
+    """(seconds, robust accuracy, per-part seconds, per-part (forward images, gradient images, windowed FLOPs))
+    of one spec."""
     (attack,) = parse_attacks(spec, eps=eps, num_classes=classes, norm=norm)
     assert isinstance(attack, AutoAttack)
     counter = PassCounter(model)
@@ -193,12 +221,13 @@ def main() -> None:
     for spec, peak in peaks.items():
         passes[spec] = {"peak_gflops": {k: v / 1e9 for k, v in peak.items()}, "parts": {}}
         for part in PARTS:
-            f_imgs, g_imgs = runs[spec][0][3].get(part, (0, 0))  # pass counts are the same in every repeat
-            gflop = (f_imgs * fwd + g_imgs * grad) / 1e9
+            f_imgs, g_imgs, w_flops = runs[spec][0][3].get(part, (0, 0, 0.0))  # the same in every repeat
+            gflop = (f_imgs * fwd + g_imgs * grad + w_flops) / 1e9
             # the time these passes take at the peak rate of their own kind of work
-            ideal = f_imgs * fwd / peak["forward"] + g_imgs * grad / peak["input-gradient"]
+            ideal = (f_imgs * fwd + w_flops) / peak["forward"] + g_imgs * grad / peak["input-gradient"]
             secs = summary[spec]["parts_s"][part]
-            passes[spec]["parts"][part] = {"forward_images": f_imgs, "gradient_images": g_imgs, "gflop": gflop,
+            passes[spec]["parts"][part] = {"forward_images": f_imgs, "gradient_images": g_imgs,
+                                           "windowed_gflop": w_flops / 1e9, "gflop": gflop,
                                            "gflops": gflop / secs if secs else 0.0,
                                            "of_peak": ideal / secs if secs else 0.0}
     result = {"machine": f"{platform.machine()} {device_name(device)}", "torch": torch.__version__,
@@ -224,14 +253,17 @@ def main() -> None:
     print(f"largest difference from the reference: {gap:.0f} image(s) of {args.n}")
     print(f"\nour parts' network passes (FLOPs per image: forward {fwd / 1e6:.1f} M, with input gradient "
           f"{grad / 1e6:.1f} M); of peak: the time they would take at the peak rate of their own kind of work "
-          "(the model's fastest convolution alone, forward / forward + input gradient) over the part's time")
-    print("| run | part | forward images | gradient images | GFLOP | GFLOP/s | of peak |")
-    print("|---|---|---|---|---|---|---|")
+          "(the model's fastest convolution alone, forward / forward + input gradient) over the part's time; "
+          "windowed: the multiply-adds of Square's windowed queries (the changed windows' convolutions and the "
+          "linear head), counted as they run, at the forward peak")
+    print("| run | part | forward images | gradient images | windowed GFLOP | GFLOP | GFLOP/s | of peak |")
+    print("|---|---|---|---|---|---|---|---|")
     for spec, info in passes.items():
         pk = info["peak_gflops"]
         for part, q in info["parts"].items():
             print(f"| {spec} (peaks {pk['forward']:.0f} / {pk['input-gradient']:.0f} GFLOP/s) | {part} | "
-                  f"{q['forward_images']} | {q['gradient_images']} | {q['gflop']:.0f} | {q['gflops']:.0f} | "
+                  f"{q['forward_images']} | {q['gradient_images']} | {q['windowed_gflop']:.0f} | {q['gflop']:.0f} | "
+                  f"{q['gflops']:.0f} | "
                   f"{100 * q['of_peak']:.0f}% |")
 
 
