@@ -55,6 +55,26 @@ def test_windowed_logits_are_the_full_passes_through_accepts_and_dropped_rows(da
     assert 0 < best.shape[0] < images.shape[0]
 
 
+def test_bare_convolutions_and_relus_in_the_chain(digits):
+    """Layers the inference copy leaves unfused: a 1x1 convolution (a pointwise window), a 3x3 one without
+    ReLU, and a ReLU of its own."""
+    torch.manual_seed(0)
+    net = build_model("small-cnn", digits.spec).eval()
+    net.backbone.extend([nn.Conv2d(128, 128, 1), nn.Conv2d(128, 128, 3, padding=1), nn.Sequential(nn.ReLU())])
+    net = inference_copy(net)
+    windowed = WindowedForward.of(net)
+    assert windowed is not None and [type(layer.module) for layer in windowed.layers][-3:] == [
+        nn.Conv2d, nn.Conv2d, nn.ReLU]
+    x = channels_last(to_float(digits.x_test[:16]))
+    with torch.inference_mode():
+        windowed.start(x)
+        for top, left, side in ((0, 0, 1), (7, 3, 2), (13, 13, 3), (4, 9, 5)):
+            candidate = x.clone()
+            candidate[:, :, top : top + side, left : left + side] = 0.5
+            logits = windowed.logits(candidate, (top, top + side, left, left + side))
+            torch.testing.assert_close(logits, net(candidate).logits, rtol=1e-5, atol=1e-5)
+
+
 def _count_windowed_queries(monkeypatch) -> list[int]:
     calls: list[int] = []
     logits = WindowedForward.logits

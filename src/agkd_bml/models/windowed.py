@@ -44,6 +44,8 @@ class _Layer:
 
     @property
     def pointwise(self) -> bool:
+        """Whether each output pixel reads only the same input pixel (a ReLU, a 1x1 convolution of stride 1):
+        the changed window stays as it is and needs no crop."""
         return self.kernel == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
 
     def unpadded(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +57,7 @@ class _Layer:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # never a ReLU in place: ``x`` may be a cached layer input
-        return torch.relu(x) if self.pointwise else self.module(x)
+        return torch.relu(x) if type(self.module) is nn.ReLU else self.module(x)
 
 
 def _chain(module: nn.Module) -> list[_Layer] | None:
