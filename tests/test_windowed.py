@@ -141,3 +141,23 @@ def test_layers_it_cannot_follow_get_full_passes(digits):
         other.backbone.append(layer)
         assert WindowedForward.of(other) is None, layer
     assert WindowedForward.of(nn.Sequential(nn.Conv2d(3, 4, 3))) is None  # not a Classifier: unknown head
+
+
+def test_square_resumed_with_windowed_queries_gives_the_uninterrupted_search(teacher_run, digits, monkeypatch):
+    """A resumed search rebuilds the cache from the saved best points and goes on to the same result."""
+    from agkd_bml.attacks import Progress
+    from agkd_bml.attacks.square import SquareAttack
+    from agkd_bml.train import load_model
+
+    model = load_model(teacher_run)[0]
+    x, y = to_float(digits.x_test[:24]), digits.y_test[:24]
+    sq = SquareAttack("square-300", 0.08, queries=300)
+    calls = _count_windowed_queries(monkeypatch)
+    reports: list[dict] = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = sq(model, x, y, torch.Generator().manual_seed(2), progress=Progress(None, reports.append))
+        assert len(calls) > 250 and [r["query"] for r in reports] == [100, 200]
+        for saved in reports:
+            got = sq(model, x, y, torch.Generator().manual_seed(2), progress=Progress(saved, lambda _: None))
+            assert torch.equal(got.images, want.images) and torch.equal(got.fooled, want.fooled)
+    assert 0 < int(want.fooled.sum()) < x.shape[0]
