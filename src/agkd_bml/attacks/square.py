@@ -96,11 +96,11 @@ def _random_search(
         saved = progress.saved if progress is not None else None
         if saved is not None:
             first, rows, best, best_margin = _resume_search(saved, out, fooled, generator)
+            if windowed is not None:
+                windowed.start(best)
         else:
             first, rows, best = 0, torch.arange(x.shape[0], device=x.device), start
-            best_margin = margin(model(best).logits, y)
-        if windowed is not None:
-            windowed.start(best)
+            best_margin = margin(windowed.start(best) if windowed is not None else model(best).logits, y)
         xs = x[rows]
         for i in range(first, queries + 1):
             wrong = best_margin <= 0

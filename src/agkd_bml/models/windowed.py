@@ -3,8 +3,8 @@
 Each L-inf Square query changes one square of the best point so far, at one position for the whole
 batch, and from query 500 of 5,000 on the square is at most 5 pixels wide on a 32x32 image. Through a
 chain of convolutions only the outputs whose kernels reach the window change; the changed window grows
-by each kernel and shrinks by each stride, so on the small CNN a query recomputes about a third of the
-multiply-adds of a full pass. :class:`WindowedForward` keeps every layer's input for the current best
+by each kernel and shrinks by each stride, so on the small CNN a 5,000-query search recomputes about a
+fifth of the multiply-adds of full passes. :class:`WindowedForward` keeps every layer's input for the current best
 points, recomputes only the changed windows (each on a crop of its layer's input that carries the image
 border's zero padding explicitly) and runs the model's head (global pooling and the linear layer) on
 the whole feature map, as the model's own forward does. Its logits are the full pass's bit for bit
