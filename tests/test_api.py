@@ -59,3 +59,30 @@ def test_api_refuses_bad_input_in_one_line(digits):
             agkd_bml.evaluate(model, **{"attacks": "clean", **kwargs})
     with pytest.raises(UserError, match="outputs per image"):
         agkd_bml.evaluate(model, x, y, attacks="clean", num_classes=3)
+
+
+def test_default_budget_follows_the_images_not_a_constant(tmp_path):
+    """Without eps, the API takes the budget from one rule: MNIST-shaped images get 0.3, CIFAR-shaped 8/255,
+    and benchmark() the dataset's own (the digits' 0.1), as `agkd-bml eval` does."""
+    torch.manual_seed(0)
+    for shape, want in (((1, 28, 28), 0.3), ((3, 32, 32), 8 / 255)):
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(torch.tensor(shape).prod()), 10))
+        x, y = torch.rand(8, *shape), torch.arange(8)
+        got = agkd_bml.evaluate(model, x, y, attacks="clean,fgsm")
+        assert got.results[1].attack.eps == pytest.approx(want)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))
+    got = agkd_bml.benchmark(model, dataset="digits", n=8, attacks="clean,fgsm")
+    assert got.results[1].attack.eps == pytest.approx(0.1)
+
+
+def test_the_import_layers_contract_is_exhaustive():
+    """Every top-level module of the package has its place in the layers contract (a new one fails lint-imports)."""
+    import tomllib
+
+    contract = tomllib.loads((README.parent / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    assert contract.get("exhaustive") is True and contract.get("containers") == ["agkd_bml"]
+    declared = {m.strip() for layer in contract["layers"] for m in layer.split("#")[0].split("|")}
+    package = Path(agkd_bml.__file__).parent
+    modules = {p.stem for p in package.glob("*.py") if p.stem != "__init__"} | {
+        p.name for p in package.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert modules == declared

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from conftest import small_config
 
 from agkd_bml.errors import UserError
@@ -146,3 +147,54 @@ def test_eval_of_missing_best_or_ema_weights_is_one_line(tmp_path, teacher_run):
     r = subprocess.run([sys.executable, "-m", "agkd_bml", "eval", teacher_run, "--weights", "ema", "--n", "8"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--ema" in r.stderr
+
+
+def test_an_adversarial_run_without_steps_selects_by_held_out_pgd(tmp_path):
+    """`--method pgd-at --val-split N` without `--steps`: the method's own 7 steps train on AEs, so best.pt
+    follows held-out PGD accuracy (it followed clean accuracy while selection read the unresolved --steps)."""
+    cfg = small_config(tmp_path, method="pgd-at", epochs=2, val_split=100)
+    assert cfg.steps is None
+    train(cfg, **QUIET)
+    assert load_checkpoint(tmp_path / "pgd-at" / "last.pt").best["by"] == "val_pgd"
+
+
+def test_config_yaml_records_the_resolved_training_attack_with_one_step_rule(tmp_path):
+    """config.yaml holds the attack the run trained with; `train` and `reproduce` share one step-size rule."""
+    from agkd_bml.cli.multistep import RunSpec, train_row
+    from agkd_bml.cli.recipes import Context
+    from agkd_bml.methods.base import default_step_size
+
+    train(small_config(tmp_path, method="pgd-at", steps=2), **QUIET)
+    saved = yaml.safe_load((tmp_path / "pgd-at" / "config.yaml").read_text())
+    eps = 0.1  # the digits' budget
+    assert (saved["eps"], saved["steps"], saved["step_size"], saved["label_smoothing"]) == (eps, 2, eps, 0.0)
+    assert default_step_size(2, eps) == eps and default_step_size(7, eps) == eps / 4  # 2.5 eps/steps capped at eps
+    line = json.loads((tmp_path / "pgd-at" / "metrics.jsonl").read_text().splitlines()[0])
+    assert (line["step_size"], line["targeted"], line["attack_loss"]) == (eps, False, "ce")
+    # reproduce's runs resolve through the same rule, not a rule of their own
+    ctx = Context("tiny-medium", tmp_path / "rep", progress=False)
+    run = train_row(ctx, RunSpec("AT-2", "pgd-at", 2), 0)
+    assert yaml.safe_load((run / "config.yaml").read_text())["step_size"] == saved["step_size"]
+
+
+def test_resume_continues_the_saved_attack_when_a_default_changes(tmp_path, monkeypatch):
+    """A changed default never changes what --resume continues; runs saved before the attack was recorded
+    (step_size null) continue with eps/4, the default they trained with."""
+    import agkd_bml.methods.base as base
+
+    train(small_config(tmp_path, method="pgd-at", steps=2), **QUIET)
+    monkeypatch.setattr(base, "default_step_size", lambda steps, eps: eps / 8)
+    train(small_config(tmp_path, method="pgd-at", steps=2, epochs=2), resume=True, **QUIET)
+    lines = [json.loads(x) for x in (tmp_path / "pgd-at" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step_size"] for m in lines] == [0.1, 0.1]
+    # a run from before: its config.yaml and checkpoint say step_size null
+    run = tmp_path / "pgd-at"
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["config"].update(step_size=None, eps=None, label_smoothing=None)
+    torch.save(ckpt, run / "last.pt")
+    (run / "prev.pt").unlink(missing_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(ckpt["config"]))
+    monkeypatch.undo()
+    train(small_config(tmp_path, method="pgd-at", steps=2, epochs=3), resume=True, **QUIET)
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["epoch"] == 3 and last["step_size"] == 0.1 / 4

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from agkd_bml.attacks import parse_attacks
-from agkd_bml.attacks.norms import NORMS, default_l2_eps
+from agkd_bml.attacks.norms import NORMS, dataset_eps, default_eps
 from agkd_bml.data import load_dataset, to_float
 from agkd_bml.device import resolve_device
 from agkd_bml.errors import UserError
-from agkd_bml.evaluation import AttackResult, EvalState, default_budget, format_table, write_tables
+from agkd_bml.evaluation import AttackResult, EvalState, format_table, write_tables
 from agkd_bml.evaluation.checks import checked_evaluation
 from agkd_bml.evaluation.table import combined, robustbench_record
 from agkd_bml.models.base import Classifier
@@ -94,8 +94,9 @@ def evaluate(
     """Attack ``model`` on images ``x`` (N, C, H, W; uint8, or float in [0, 1]) with labels ``y``.
 
     ``attacks``: specs as on the command line (``clean``, ``fgsm``, ``pgd-20``, ``cw-20``, ``aa``, ...).
-    ``norm``: the threat model, ``linf`` or ``l2``; ``eps`` defaults to 8/255 (L-inf) or, for L2, to 0.5 on
-    3x32x32 images (scaled by the square root of the number of pixel values on others).
+    ``norm``: the threat model, ``linf`` or ``l2``; ``eps`` defaults by the images' shape (:func:`~agkd_bml.attacks.norms.default_eps`): L-inf 0.3 on
+    1x28x28 (MNIST-like) images and 8/255 on others, L2 0.5 on 3x32x32 images (scaled by the square root of the
+    number of pixel values on others); :func:`benchmark` takes the dataset's own.
     ``normalize=(mean, std)`` wraps a model that expects normalised inputs. ``state``: a folder where
     per-sample results are saved as they come, so a rerun after a crash continues (same result).
     ``out``: also write the tables. The checks' warnings (randomized model, probabilities instead of
@@ -116,7 +117,7 @@ def evaluate(
     if int(y.max()) >= classes:
         raise UserError(f"label {int(y.max())} does not exist for a model of {classes} outputs")
     if eps is None:
-        eps = default_l2_eps(x.shape[1], x.shape[2]) if norm == "l2" else 8 / 255
+        eps = default_eps(norm, channels=x.shape[1], size=x.shape[2])
     parsed = parse_attacks(specs, eps=eps, num_classes=classes, norm=norm)
     results, flags = checked_evaluation(net, x, y, parsed, num_classes=classes, label=name, device=dev,
                                         batch_size=batch_size, seed=seed, progress=progress,
@@ -135,7 +136,7 @@ def benchmark(
     test images (all with ``None``). ``options`` are :func:`evaluate`'s."""
     data = load_dataset(dataset, data_dir=data_dir)
     count = data.x_test.shape[0] if n is None else min(n, data.x_test.shape[0])
-    options.setdefault("eps", default_budget(data.spec, str(options.get("norm", "linf"))))
+    options.setdefault("eps", dataset_eps(data.spec, str(options.get("norm", "linf"))))
     return evaluate(model, data.x_test[:count], data.y_test[:count], dataset=data.spec.name,
                     num_classes=data.spec.num_classes, **options)  # type: ignore[arg-type]
 

@@ -42,7 +42,7 @@ class TrainConfig:
     milestones: list[int] = _opt([], "epochs at which the learning rate is multiplied by --gamma", nargs="*")
     gamma: float = _opt(0.1, "learning-rate decay factor at each milestone")
     eps: float | None = _opt(None, "L-inf budget of training attacks in [0,1] units (default: the dataset's, 8/255 for CIFAR)")
-    step_size: float | None = _opt(None, "attack step size (default eps/4, i.e. 2/255 at eps 8/255)")
+    step_size: float | None = _opt(None, "attack step size (default eps/4, i.e. 2/255 at eps 8/255; with fewer than 4 steps 2.5*eps/steps, at most eps, so the steps can cross the ball)")
     steps: int | None = _opt(None, "attack steps", per_method="default_steps")
     label_smoothing: float | None = _opt(None, "Feature-Scattering label smoothing", per_method="default_smoothing")
     val_n: int = _opt(500, "without --val-split: the first N test images give the per-epoch clean / PGD accuracy (a trace only: the test set never selects weights)")

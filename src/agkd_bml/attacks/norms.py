@@ -12,6 +12,9 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from agkd_bml.data import DataSpec
+from agkd_bml.data.datasets import image_linf_eps
+
 
 def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A per-image value shaped to broadcast over images like ``like``."""
@@ -118,3 +121,20 @@ def default_l2_eps(channels: int, size: int) -> float:
     per-pixel budget of CIFAR-10's standard 0.5 (0.072 on 1x8x8 digits).
     """
     return L2_EPS_CIFAR * math.sqrt(channels * size * size / (3 * 32 * 32))
+
+
+def default_eps(norm: str, *, channels: int, size: int, linf: float | None = None) -> float:
+    """The default budget of a threat model: the one place every command and the API take it from.
+
+    L-inf: ``linf`` (a dataset's own budget) where known, else the convention of the image shape
+    (:func:`~agkd_bml.data.datasets.image_linf_eps`: 0.3 on MNIST-like images, 8/255 otherwise); L2:
+    :func:`default_l2_eps` of the image size.
+    """
+    if norm == "l2":
+        return default_l2_eps(channels, size)
+    return linf if linf is not None else image_linf_eps(channels, size)
+
+
+def dataset_eps(spec: DataSpec, norm: str = "linf") -> float:
+    """The default budget on a dataset: its own L-inf eps (8/255 on CIFAR-10), or the L2 one of its image size."""
+    return default_eps(norm, channels=spec.channels, size=spec.size, linf=spec.default_eps)

@@ -61,7 +61,8 @@ def _evaluate(
     say = print if job.main else _quiet
     loader = ModelLoader(options)
     # Fail on a bad spec (or source checkpoint) before any work.
-    parse_attacks(attacks, eps=options.eps if options.eps is not None else 8 / 255, load_source=loader.source,
+    # (any budget checks the specs: each model's own is resolved below, from its dataset)
+    parse_attacks(attacks, eps=options.eps if options.eps is not None else 1.0, load_source=loader.source,
                   norm=options.norm)
     # the threat model is in every point's key (as the attack is), so L-inf and L2 points may share a folder
     settings = {"n": options.n, "eps": options.eps, "seed": options.seed, "batch_size": options.batch_size,

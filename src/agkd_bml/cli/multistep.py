@@ -68,23 +68,10 @@ def train_row(ctx: Context, row: RunSpec, seed: int) -> Path:
     epochs = cfg.epochs
     if row.stop_after_decay is not None and cfg.milestones:
         epochs = min(cfg.epochs, cfg.milestones[0] + row.stop_after_decay)
-    cfg = dataclasses.replace(cfg, steps=row.steps, init_from_teacher=row.init_from_teacher, epochs=epochs,
-                              step_size=training_step_size(row.steps, ctx.eps))
+    # the step size is the library's default for the row's steps (methods.base.default_step_size), as with `train`
+    cfg = dataclasses.replace(cfg, steps=row.steps, init_from_teacher=row.init_from_teacher, epochs=epochs)
     ctx.train(row.label, seed, cfg.with_params(**row.params))
     return run
-
-
-def training_step_size(steps: int | None, eps: float) -> float | None:
-    """The training attack's step: the usual ``2.5 * eps / steps`` rule, capped at eps, where eps/4 is too short.
-
-    With eps/4 (the default, the paper's 2/255 for 7 and 10 steps) two steps move at most eps/2 past the
-    random start, so 2-step methods would train against about half the budget of the 7-step ones; at the
-    small scale, AGKD-BML-2 with step eps kept 17.3% under PGD-20 and 8.6% under AA against 10.9% and 5.8%
-    with eps/4 (docs/reproduction.md). None keeps the default where eps/4 * steps already spans eps.
-    """
-    if steps is None or steps == 0 or steps / 4 >= 1:
-        return None
-    return min(eps, 2.5 * eps / steps)
 
 
 def train_rows(ctx: Context, rows: tuple[RunSpec, ...]) -> dict[tuple[str, int], Path]:

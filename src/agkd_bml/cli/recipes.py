@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from agkd_bml.attacks import Attack, TransferAttack, full_length, parse_attacks
+from agkd_bml.attacks.norms import dataset_eps
 from agkd_bml.config import TrainConfig
 from agkd_bml.data import Dataset, load_dataset
 from agkd_bml.evaluation import EvalState, evaluate_attacks
@@ -136,7 +137,7 @@ class Context:
 
     @property
     def eps(self) -> float:
-        return self.data.spec.default_eps
+        return dataset_eps(self.data.spec)
 
     def attacks(self, specs: str) -> list[Attack]:
         return parse_attacks(specs, eps=self.eps, num_classes=self.data.spec.num_classes)

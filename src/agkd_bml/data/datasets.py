@@ -123,14 +123,17 @@ def from_arrays(
     x_test: np.ndarray,
     y_test: np.ndarray,
     *,
-    default_eps: float,
+    default_eps: float | None = None,
     augment: Augment,
     class_names: tuple[str, ...] | None = None,
     num_classes: int | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
 ) -> Dataset:
-    """Validate numpy arrays (uint8 NHW / NHWC images, integer labels) and wrap them as a :class:`Dataset`."""
+    """Validate numpy arrays (uint8 NHW / NHWC images, integer labels) and wrap them as a :class:`Dataset`.
+
+    ``default_eps``: the dataset's L-inf budget; ``None``: the convention of its image shape (:func:`image_linf_eps`).
+    """
     xs = {}
     ys = {}
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
@@ -168,7 +171,7 @@ def from_arrays(
         size=int(h),
         mean=tuple(mean),
         std=tuple(std),
-        default_eps=default_eps,
+        default_eps=default_eps if default_eps is not None else image_linf_eps(int(c), int(h)),
         class_names=tuple(class_names) if class_names else tuple(str(i) for i in range(k)),
         augment=augment,
     )
@@ -202,6 +205,12 @@ def load_digits(size: int = 16) -> Dataset:
     )
 
 
+def image_linf_eps(channels: int, size: int) -> float:
+    """The field's L-inf budget for images of this shape when no dataset says: 0.3 on MNIST-like images
+    (1x28x28), 8/255 otherwise (CIFAR-10, SVHN, Tiny ImageNet)."""
+    return 0.3 if (channels, size) == (1, 28) else 8 / 255
+
+
 def load_npz(path: str) -> Dataset:
     """Any ``.npz`` with ``x_train, y_train, x_test, y_test`` (uint8 NHW or NHWC, integer labels).
 
@@ -223,14 +232,12 @@ def load_npz(path: str) -> Dataset:
     except (OSError, ValueError, EOFError) as exc:
         raise UserError(f"{path}: not a readable .npz file ({exc})") from exc
     x = arrays["x_train"]
-    mnist_like = x.ndim == 3 and x.shape[1:] == (28, 28) or x.ndim == 4 and x.shape[1:] == (28, 28, 1)
     if names is None and "cifar10" in p.stem.lower() and "cifar100" not in p.stem.lower():
         names = CIFAR10_CLASSES
     is_cifar_like = x.ndim == 4 and x.shape[1] in (32, 64) and x.shape[-1] == 3
     return from_arrays(
         f"npz:{path}",
         arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
-        default_eps=0.3 if mnist_like else 8 / 255,
         augment=Augment(crop_padding=4, flip=True) if is_cifar_like else Augment(),
         class_names=names,
         num_classes=len(names) if names else None,

@@ -2,7 +2,7 @@
 
 from agkd_bml.evaluation.audit import Check, audit, verdict, write_audit
 from agkd_bml.evaluation.curves import Curves, accuracy_curves, write_curves
-from agkd_bml.evaluation.loader import EvalOptions, ModelLoader, default_budget, require_positive
+from agkd_bml.evaluation.loader import EvalOptions, ModelLoader, require_positive
 from agkd_bml.evaluation.robust import AttackResult, evaluate_attacks
 from agkd_bml.evaluation.state import EvalState
 from agkd_bml.evaluation.table import format_table, write_tables
@@ -16,7 +16,6 @@ __all__ = [
     "ModelLoader",
     "accuracy_curves",
     "audit",
-    "default_budget",
     "evaluate_attacks",
     "format_table",
     "require_positive",

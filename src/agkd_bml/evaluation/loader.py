@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from agkd_bml.attacks.norms import default_l2_eps
+from agkd_bml.attacks.norms import dataset_eps
 from agkd_bml.data import Dataset, DataSpec, load_dataset, to_float
 from agkd_bml.device import resolve_device
 from agkd_bml.errors import UserError
@@ -29,7 +29,7 @@ class EvalOptions:
 
     n: int | None = None  #: the first N test images (None: all)
     batch_size: int = 256
-    eps: float | None = None  #: the budget (None: the dataset's, see :func:`default_budget`)
+    eps: float | None = None  #: the budget (None: the dataset's, see :func:`~agkd_bml.attacks.norms.dataset_eps`)
     seed: int = 0  #: random starts and library attacks
     dataset: str | None = None  #: evaluate on this dataset instead of the checkpoint's
     data_dir: str | None = None
@@ -39,11 +39,6 @@ class EvalOptions:
     model_weights: str | None = None  #: a state dict for a ``py:`` factory's model
     normalize: str | None = None  #: wrap a foreign model in this normalisation (``dataset``, ``M,S``, per channel)
     norm: str = "linf"  #: the threat model of the attacks: ``linf`` or ``l2``
-
-
-def default_budget(spec: DataSpec, norm: str) -> float:
-    """The dataset's eps for ``norm``: its own L-inf budget (8/255 on CIFAR-10), or the L2 one of its image size."""
-    return default_l2_eps(spec.channels, spec.size) if norm == "l2" else spec.default_eps
 
 
 def require_positive(**values: float | None) -> None:
@@ -161,4 +156,4 @@ class ModelLoader:
         check_compatible(path, self.sources[path][1], spec)
 
     def eps(self, data: Dataset) -> float:
-        return self.options.eps if self.options.eps is not None else default_budget(data.spec, self.options.norm)
+        return self.options.eps if self.options.eps is not None else dataset_eps(data.spec, self.options.norm)

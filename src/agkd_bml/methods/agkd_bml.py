@@ -41,6 +41,7 @@ class AgkdBml(Method):
     name = "agkd-bml"
     default_steps = 2
     default_smoothing = 0.5
+    attack_targeted = True  # forward AEs towards the most confusing class, backward AEs back to the source class
     use_agkd: ClassVar[bool] = True
     use_bml: ClassVar[bool] = True
     needs_teacher = True

@@ -7,6 +7,7 @@ the resolved attack budget) is handed over once in :class:`MethodContext`.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -14,11 +15,68 @@ from typing import ClassVar
 import torch
 
 from agkd_bml.attacks import pgd
+from agkd_bml.attacks.norms import dataset_eps
 from agkd_bml.config import HyperParam, TrainConfig
-from agkd_bml.data import ImageSampler
+from agkd_bml.data import DataSpec, ImageSampler
 from agkd_bml.models import Classifier
 
 LossTerms = dict[str, torch.Tensor]
+
+
+def default_step_size(steps: int, eps: float) -> float:
+    """The training attack's step when ``--step-size`` is not given: eps/4, or ``2.5 * eps / steps`` (capped at
+    eps) where eps/4 steps cannot cross the ball.
+
+    eps/4 is the paper's 2/255 for 7 and 10 steps. With it, two steps move at most eps/2 past the random
+    start, so a 2-step method would train against about half the budget of the 7-step ones; at the small
+    scale, AGKD-BML-2 with step eps kept 17.3% under PGD-20 and 8.6% under AA against 10.9% and 5.8% with
+    eps/4 (docs/reproduction.md). One rule for ``train``, ``reproduce`` and the API.
+    """
+    if steps <= 0 or steps >= 4:
+        return eps / 4
+    return min(eps, 2.5 * eps / steps)
+
+
+@dataclass(frozen=True)
+class TrainingAttack:
+    """A run's training attack, resolved once from its config, its method and its dataset.
+
+    The trainer, the held-out validation and ``reproduce`` all read this record, and a run's
+    ``config.yaml`` stores its values, so a default changed later can never change what ``--resume``
+    continues.
+    """
+
+    eps: float  #: L-inf budget (the dataset's default unless set)
+    steps: int  #: 0: the method trains on clean images only
+    step_size: float
+    targeted: bool  #: towards a chosen class (AGKD-BML's most confusing class) rather than away from the label
+    loss: str  #: what the attack ascends: ``ce`` or ``kl`` (TRADES)
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether the method trains on adversarial examples (then held-out PGD selects its weights)."""
+        return self.steps > 0
+
+
+def resolve_attack(cfg: TrainConfig, spec: DataSpec) -> TrainingAttack:
+    """The training attack of ``cfg`` on data ``spec``: the config's values, else the method's and dataset's defaults."""
+    from agkd_bml.methods import METHODS  # the registry imports this module
+
+    cls = METHODS[cfg.method]
+    eps = cfg.eps if cfg.eps is not None else dataset_eps(spec)
+    steps = cls.default_steps if cfg.steps is None else cfg.steps
+    step_size = cfg.step_size if cfg.step_size is not None else default_step_size(steps, eps)
+    return TrainingAttack(eps, steps, step_size, cls.attack_targeted, cls.attack_loss)
+
+
+def resolved(cfg: TrainConfig, spec: DataSpec) -> TrainConfig:
+    """``cfg`` with the training attack and the label smoothing written out (what ``config.yaml`` stores)."""
+    from agkd_bml.methods import METHODS
+
+    attack = resolve_attack(cfg, spec)
+    smoothing = METHODS[cfg.method].default_smoothing if cfg.label_smoothing is None else cfg.label_smoothing
+    return dataclasses.replace(cfg, eps=attack.eps, steps=attack.steps, step_size=attack.step_size,
+                               label_smoothing=smoothing)
 
 
 @dataclass
@@ -26,7 +84,7 @@ class MethodContext:
     """What the trainer provides to a method besides the batch."""
 
     num_classes: int
-    eps: float  #: resolved training budget (the dataset's default unless set)
+    attack: TrainingAttack  #: the resolved training attack
     teacher: Classifier | None = None  #: frozen, eval mode; only for methods with ``needs_teacher``
     sampler: ImageSampler | None = None  #: draws training images of given classes (backward samples)
 
@@ -48,6 +106,8 @@ class Method(ABC):
     summary: ClassVar[str] = ""  #: one line for `agkd-bml methods`
     default_steps: ClassVar[int] = 0  #: attack steps when ``--steps`` is not given
     default_smoothing: ClassVar[float] = 0.0  #: label smoothing when ``--label-smoothing`` is not given
+    attack_targeted: ClassVar[bool] = False  #: whether its training attack is targeted
+    attack_loss: ClassVar[str] = "ce"  #: the loss its training attack ascends
     needs_teacher: ClassVar[bool] = False
     needs_sampler: ClassVar[bool] = False
     #: the method's own hyper-parameters: each becomes a ``--name`` option and a config key
@@ -58,14 +118,16 @@ class Method(ABC):
         self.ctx = ctx
         #: resolved values of :attr:`params` (``self.hp.beta``); the config's, else the declared default
         self.hp = HyperValues({p.name: cfg.params.get(p.name, p.default) for p in self.params})
-        self.eps = ctx.eps
-        self.steps = self.default_steps if cfg.steps is None else cfg.steps
-        self.step_size = cfg.step_size if cfg.step_size is not None else self.eps / 4
+        self.eps = ctx.attack.eps
+        self.steps = ctx.attack.steps
+        self.step_size = ctx.attack.step_size
         self.smoothing = self.default_smoothing if cfg.label_smoothing is None else cfg.label_smoothing
 
     def settings(self) -> dict[str, float | int | bool]:
         """The resolved hyper-parameters, recorded in the run's metrics so every number says what made it."""
-        return {"eps": self.eps, "step_size": self.step_size, "steps": self.steps, "label_smoothing": self.smoothing}
+        a = self.ctx.attack  # "loss" in the metrics is the loss terms, so the attack's is "attack_loss"
+        return {"eps": a.eps, "step_size": a.step_size, "steps": a.steps, "targeted": a.targeted,
+                "attack_loss": a.loss, "label_smoothing": self.smoothing}
 
     def attack(
         self, model: Classifier, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None,

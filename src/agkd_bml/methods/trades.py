@@ -22,6 +22,7 @@ class Trades(Method):
     summary = "TRADES: clean CE + beta * KL(clean || adversarial)."
     name = "trades"
     default_steps = 10
+    attack_loss = "kl"  # ascends KL(clean || adversarial), not the CE of the label
     params = (BETA,)
 
     def loss(

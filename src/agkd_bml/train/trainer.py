@@ -8,6 +8,7 @@ a run resumed from the checkpoint of epoch ``e`` replays epoch ``e + 1`` exactly
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,14 +26,16 @@ from tqdm.auto import tqdm
 
 from agkd_bml import distributed
 from agkd_bml.attacks import parse_attacks
+from agkd_bml.attacks.norms import dataset_eps
 from agkd_bml.config import TrainConfig
-from agkd_bml.data import Dataset, ImageSampler, iterate_batches, load_dataset
+from agkd_bml.data import Dataset, DataSpec, ImageSampler, iterate_batches, load_dataset
 from agkd_bml.device import device_name, resolve_device
 from agkd_bml.distributed import Dist, any_rank, check_in_sync, sum_over_ranks
 from agkd_bml.errors import UserError
 from agkd_bml.evaluation import evaluate_attacks
 from agkd_bml.fileio import write_text
 from agkd_bml.methods import METHODS, Method, MethodContext
+from agkd_bml.methods.base import resolve_attack, resolved
 from agkd_bml.models import Classifier, build_model
 from agkd_bml.models.checkpoint import (
     BEST,
@@ -165,6 +168,9 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
     if cfg.val_split:  # held out before --train-limit, so that every run of the dataset holds out the same
         data, *val = data.hold_out(cfg.val_split, HOLD_OUT_SEED)
     data = data.limit_train(cfg.train_limit, cfg.seed)
+    if resume:
+        cfg = _continue_saved(cfg, run_dir, data.spec)
+    cfg = resolved(cfg, data.spec)  # config.yaml and the checkpoints record the values the run trains with
     torch.manual_seed(cfg.seed)  # weight initialisation
     # channels-last on every device: cuDNN and oneDNN convolutions both prefer it (on 2 CPU cores a
     # training step is 14% (WRN-16-4) to 28% (small CNN) faster than in NCHW)
@@ -178,8 +184,7 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
             sampler = ImageSampler(data.x_train, data.y_train, data.spec.num_classes, data.spec.augment, device)
         except ValueError as exc:
             raise UserError(str(exc)) from exc
-    eps = cfg.eps if cfg.eps is not None else data.spec.default_eps
-    method = method_cls(cfg, MethodContext(data.spec.num_classes, eps, teacher, sampler))
+    method = method_cls(cfg, MethodContext(data.spec.num_classes, resolve_attack(cfg, data.spec), teacher, sampler))
     if cfg.sync_bn:
         if not (d.enabled and device.type == "cuda"):
             raise UserError("--sync-bn needs torchrun with several processes on CUDA (PyTorch's SyncBatchNorm is GPU-only)")
@@ -198,6 +203,31 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
                  grad_scaler(device, dtype), val=tuple(val) if val else None, ema=ema, ema_model=ema_model)
 
 
+#: Config keys that ``build`` resolves (the training attack and the label smoothing): ``None`` in a saved run
+#: means "the default then", which :func:`_continue_saved` takes over.
+RESOLVED = ("eps", "steps", "step_size", "label_smoothing")
+
+
+def _continue_saved(cfg: TrainConfig, run_dir: Path, spec: DataSpec) -> TrainConfig:
+    """``cfg`` with the resolved values of the run being resumed where the command leaves them to defaults.
+
+    A run records the training attack it resolved in ``config.yaml``; resuming continues that attack even
+    if a default has changed since. Runs saved before the attack was recorded (``step_size: null``) all
+    trained with steps of eps/4, the only default then, so that is what they continue with.
+    """
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return cfg
+    saved = yaml.safe_load(path.read_text()) or {}
+    if saved.get("method") != cfg.method:
+        return cfg  # another run: _restore reports the difference
+    values = {k: saved.get(k) for k in RESOLVED if getattr(cfg, k) is None and saved.get(k) is not None}
+    if cfg.step_size is None and saved.get("step_size") is None:
+        eps = cfg.eps if cfg.eps is not None else saved.get("eps")
+        values["step_size"] = (eps if eps is not None else dataset_eps(spec)) / 4
+    return dataclasses.replace(cfg, **values)
+
+
 def _restore(s: Setup, log: Callable[[str], None]) -> int:
     """Load the newest valid checkpoint of the run directory into ``s``; return its finished epochs."""
     ckpt = newest_valid(s.run_dir, log)
@@ -207,7 +237,9 @@ def _restore(s: Setup, log: Callable[[str], None]) -> int:
     # a key the saved run predates (an option added since) had its default value then
     saved = {**complete(TrainConfig()).to_dict(), **ckpt.config}
     now = s.cfg.to_dict()
-    changed = {k for k, v in now.items() if saved.get(k) != v} - RESUMABLE_CHANGES
+    # a resolved key saved as None (a run from before the values were recorded) was filled from it in build
+    changed = {k for k, v in now.items() if saved.get(k) != v and not (k in RESOLVED and saved.get(k) is None)}
+    changed -= RESUMABLE_CHANGES
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in sorted(changed))
         raise UserError(f"cannot resume {s.run_dir}: the config differs from the saved run ({diffs}); use --overwrite or another --out")
@@ -377,10 +409,10 @@ def _end_epoch(s: Setup, epoch: int, stats: dict[str, Any], lr: float, log: Call
     metrics = {"epoch": epoch + 1, "lr": lr, **stats, **_validate(s, epoch), "method": cfg.method,
                "device": device_name(s.device), **s.method.settings()}
     record = dict(arch=cfg.arch, data=s.data.spec, config=cfg.to_dict(), epoch=epoch + 1, model=s.net.state_dict())
-    improved = s.val is not None and improves(metrics, s.best, "val_pgd" if cfg.steps else "val_clean")
+    by = "val_pgd" if s.method.ctx.attack.adversarial else "val_clean"
+    improved = s.val is not None and improves(metrics, s.best, by)
     if improved:
-        s.best = {"epoch": epoch + 1, "val_pgd": metrics["val_pgd"], "val_clean": metrics["val_clean"],
-                  "by": "val_pgd" if cfg.steps else "val_clean"}
+        s.best = {"epoch": epoch + 1, "val_pgd": metrics["val_pgd"], "val_clean": metrics["val_clean"], "by": by}
         save_best(Checkpoint(**record, metrics=metrics), s.run_dir)
     if s.val is not None:
         metrics["best_epoch"] = s.best["epoch"]
