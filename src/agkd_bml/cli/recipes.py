@@ -8,6 +8,7 @@ A scale fixes everything that differs between ``small`` (2 CPU cores on the shar
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from agkd_bml.config import TrainConfig
 from agkd_bml.data import Dataset, load_dataset
 from agkd_bml.evaluation import EvalState, evaluate_attacks
 from agkd_bml.models.checkpoint import load_model
-from agkd_bml.train import resolve, train
+from agkd_bml.train import finished_without_checkpoint, resolve, train
 
 Scores = dict[str, dict[str, list[float]]]  #: model label -> column key -> value per seed
 
@@ -99,10 +100,12 @@ class Context:
     flags: dict[tuple[str, int, str], torch.Tensor] = field(default_factory=dict)
     #: called with the scores so far when a scorer has some rows done and others still to train (a partial table)
     partial: Callable[[Scores], None] | None = None
+    arch: str | None = None  #: train this architecture instead of the scale's (the capacity study)
 
     @property
     def scale(self) -> Scale:
-        return SCALES[self.scale_name]
+        scale = SCALES[self.scale_name]
+        return dataclasses.replace(scale, arch=self.arch) if self.arch else scale
 
     @cached_property
     def runs(self) -> dict[tuple[str, int], Path]:
@@ -123,6 +126,9 @@ class Context:
 
     def train(self, label: str, seed: int, cfg: TrainConfig) -> None:
         print(f"== {label} seed {seed} -> {cfg.out}")
+        if finished_without_checkpoint(cfg):
+            print(f"{cfg.out}: finished (its results are kept, not its training checkpoints); reused")
+            return
         train(cfg, resume=True, progress=self.progress)
 
     @cached_property

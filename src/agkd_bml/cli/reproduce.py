@@ -15,6 +15,7 @@ from pathlib import Path
 
 from agkd_bml.attacks import fmt_eps
 from agkd_bml.cli.analysis import attention, tsne
+from agkd_bml.cli.capacity import capacity
 from agkd_bml.cli.multistep import BASELINES, DECIDING, TABLE1_ROWS, TABLE5_ROWS, RunSpec, mcnemar, score_rows
 from agkd_bml.cli.options import add_progress, command_handler
 from agkd_bml.cli.recipes import (
@@ -260,10 +261,11 @@ def figure5(ctx: Context) -> str:
 
 
 FIGURES: dict[str, Callable[[Context], str]] = {"figure3": figure3, "figure4": figure4, "figure5": figure5}
-TARGETS = (*TABLES, "table5", *FIGURES)
+TARGETS = (*TABLES, "table5", *FIGURES, "capacity")
 
 
-def reproduce(target: str, *, scale: str = "small", out: str = "reproduce", yes: bool = False, progress: bool = True) -> str:
+def reproduce(target: str, *, scale: str = "small", out: str = "reproduce", yes: bool = False, progress: bool = True,
+              only: str | None = None) -> str:
     """``agkd-bml reproduce``: build one target, write ``OUT/TARGET.md`` and return its text."""
     if target not in TARGETS:
         raise unknown_choice("reproduction target", target, TARGETS)
@@ -271,7 +273,15 @@ def reproduce(target: str, *, scale: str = "small", out: str = "reproduce", yes:
         raise unknown_choice("scale", scale, SCALES)
     if scale == "paper" and not yes:
         raise UserError("--scale paper trains WRN-28-10 for 200 epochs per run (days on one GPU); add --yes to start")
+    if only and target != "capacity":
+        raise UserError("--only chooses rows of the capacity study; other targets train all their rows")
     ctx = Context(scale, Path(out), progress)
+    if target == "capacity":
+        if not ctx.scale.multi_step:
+            raise UserError("capacity is a multi-step comparison: use --scale medium (or tiny-medium)")
+        text = capacity(Path(out), scale, progress=progress, only=only)
+        _write(ctx, target, text)
+        return text
     tables = {**TABLES, **MULTI_TABLES} if ctx.scale.multi_step else TABLES
     if target not in tables and target not in FIGURES:
         raise UserError(f"{target} is the multi-step comparison: use --scale medium (or tiny-medium)")
@@ -298,7 +308,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "(k-NN), figure3 (t-SNE), figure4 (attention maps, Grad-CAM), figure5 (accuracy curves); all "
                         "share table2's runs. At --scale medium, table1 is the multi-step comparison (UM, AT-7, SML-7, "
                         "TRADES-10, MART-10, AGKD-BML-2, AGKD-BML-7 with AutoAttack on held-out-selected weights) and "
-                        "table5 the released code's AGKD-BML-10+MART against AT-7. Scales: small (2 CPU cores, about "
+                        "table5 the released code's AGKD-BML-10+MART against AT-7; capacity trains AT-7 and AGKD-BML-7 at "
+                        "four widths of the small CNN (0.06 M to 3.8 M parameters) and asks whether the gap under "
+                        "AutoAttack shrinks with capacity (a GPU job at --scale medium). Scales: small (2 CPU cores, about "
                         "an hour of training for table2, on npz:../shared/data/cifar10.npz), medium (all 50,000 "
                         "training images; hours, resumable: run it in the background), paper (WRN-28-10, 200 epochs; "
                         "GPUs), tiny and tiny-medium (smoke tests of the recipes on digits).")
@@ -306,5 +318,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--scale", default="small", help=f"{', '.join(SCALES)} (default: small)")
     rp.add_argument("--out", default="reproduce", help="folder for the runs and the tables (default: ./reproduce)")
     rp.add_argument("--yes", action="store_true", help="confirm a --scale paper run")
+    rp.add_argument("--only", metavar="SIZE:ROW,...", help="capacity only: train and score just these rows (e.g. "
+                    "w128:AT-7,w128:AGKD-BML-7), so parallel processes can share one GPU; a run without it "
+                    "reuses their runs and evaluation and writes the whole table")
     add_progress(rp)
     rp.set_defaults(handler=command_handler(reproduce))

@@ -3,7 +3,7 @@
 from agkd_bml.evaluation.audit import Check, audit, verdict, write_audit
 from agkd_bml.evaluation.curves import Curves, accuracy_curves, write_curves
 from agkd_bml.evaluation.loader import EvalOptions, ModelLoader, require_positive
-from agkd_bml.evaluation.robust import AttackResult, evaluate_attacks
+from agkd_bml.evaluation.robust import AttackResult, evaluate_attacks, wilson_interval
 from agkd_bml.evaluation.state import EvalState
 from agkd_bml.evaluation.table import format_table, write_tables
 
@@ -20,6 +20,7 @@ __all__ = [
     "format_table",
     "require_positive",
     "verdict",
+    "wilson_interval",
     "write_audit",
     "write_curves",
     "write_tables",

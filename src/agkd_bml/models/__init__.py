@@ -1,4 +1,5 @@
-"""Model registry: ``build_model(arch, spec)`` for ``small-cnn``, ``wrn-D-K``, ``preact-resnet18``, ``resnet50``."""
+"""Model registry: ``build_model(arch, spec)`` for ``small-cnn`` (``small-cnn-wN``: base width N instead of 32), ``wrn-D-K``,
+``preact-resnet18``, ``resnet50``."""
 
 from __future__ import annotations
 
@@ -21,12 +22,19 @@ MODELS: dict[str, Callable[[int], tuple[nn.Module, int]]] = {
     "resnet50": resnet50_64,
 }
 _WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
-ARCH_CHOICES = (*MODELS, "wrn-D-K (e.g. wrn-16-4, wrn-28-10, wrn-34-10)")
+#: the small CNN with base width N (32 is ``small-cnn``; parameters grow as N squared): the capacity study's models
+_WIDE_CNN = re.compile(r"^small-cnn-w(\d+)$")
+ARCH_CHOICES = (*MODELS, "small-cnn-wN (base width N; small-cnn is w32, e.g. small-cnn-w64)", "wrn-D-K (e.g. wrn-16-4, wrn-28-10, wrn-34-10)")
 
 
 def check_arch(arch: str) -> None:
     """Raise :class:`UserError` unless ``arch`` names a buildable architecture."""
     if arch in MODELS:
+        return
+    wide = _WIDE_CNN.match(arch)
+    if wide:
+        if int(wide.group(1)) < 1:
+            raise UserError(f"architecture {arch!r}: the base width N of small-cnn-wN must be >= 1")
         return
     m = _WRN.match(arch)
     if not m:
@@ -40,6 +48,8 @@ def build_model(arch: str, spec: DataSpec) -> Classifier:
     check_arch(arch)
     if arch in MODELS:
         backbone, out_channels = MODELS[arch](spec.channels)
+    elif _WIDE_CNN.match(arch):
+        backbone, out_channels = small_cnn(spec.channels, width=int(_WIDE_CNN.match(arch).group(1)))
     else:
         depth, widen = (int(v) for v in _WRN.match(arch).groups())
         backbone, out_channels = wide_resnet(spec.channels, depth, widen)

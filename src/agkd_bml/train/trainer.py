@@ -228,6 +228,34 @@ def _continue_saved(cfg: TrainConfig, run_dir: Path, spec: DataSpec) -> TrainCon
     return dataclasses.replace(cfg, **values)
 
 
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> set[str]:
+    """The config keys in which a run asked for now differs from a saved one (beyond what may change on resume)."""
+    # a resolved key saved as None (a run from before the values were recorded), or left None now (a default
+    # not yet resolved), is not a difference: resolution fills it from the saved run
+    changed = {k for k, v in now.items()
+               if saved.get(k) != v and not (k in RESOLVED and (saved.get(k) is None or v is None))}
+    return changed - RESUMABLE_CHANGES
+
+
+def finished_without_checkpoint(cfg: TrainConfig) -> bool:
+    """Whether ``cfg``'s run finished and kept only its results (a committed reproduction keeps ``best.pt``,
+    ``config.yaml`` and ``metrics.jsonl``, not the training checkpoints), so there is nothing to train or resume.
+
+    Raises :class:`UserError` when the folder holds a run of another config.
+    """
+    run = cfg.run_dir()
+    if any((run / f).exists() for f in (LAST, PREV)) or not (run / "config.yaml").is_file():
+        return False
+    saved = {**complete(TrainConfig()).to_dict(), **(yaml.safe_load((run / "config.yaml").read_text()) or {})}
+    changed = _differences(saved, complete(cfg).to_dict())
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {complete(cfg).to_dict()[k]!r}" for k in sorted(changed))
+        raise UserError(f"{run} holds a finished run of another config ({diffs}); use another --out")
+    metrics = run / "metrics.jsonl"
+    epochs = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+    return epochs >= cfg.epochs
+
+
 def _restore(s: Setup, log: Callable[[str], None]) -> int:
     """Load the newest valid checkpoint of the run directory into ``s``; return its finished epochs."""
     ckpt = newest_valid(s.run_dir, log)
@@ -237,9 +265,7 @@ def _restore(s: Setup, log: Callable[[str], None]) -> int:
     # a key the saved run predates (an option added since) had its default value then
     saved = {**complete(TrainConfig()).to_dict(), **ckpt.config}
     now = s.cfg.to_dict()
-    # a resolved key saved as None (a run from before the values were recorded) was filled from it in build
-    changed = {k for k, v in now.items() if saved.get(k) != v and not (k in RESOLVED and saved.get(k) is None)}
-    changed -= RESUMABLE_CHANGES
+    changed = _differences(saved, now)
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in sorted(changed))
         raise UserError(f"cannot resume {s.run_dir}: the config differs from the saved run ({diffs}); use --overwrite or another --out")
