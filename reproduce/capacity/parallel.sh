@@ -7,11 +7,12 @@
 set -u
 OUT=${1:-reproduce/capacity}
 AGKD=${AGKD:-agkd-bml}
+SCALE=${SCALE:-medium}  # tiny-medium: a smoke test on digits
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}  # eight processes share the cores
 mkdir -p "$OUT"
 for item in w128:AGKD-BML-7 w128:AT-7 w64:AGKD-BML-7 w64:AT-7 w32:AGKD-BML-7 w32:AT-7 w16:AGKD-BML-7 w16:AT-7; do
-  $AGKD reproduce capacity --scale medium --out "$OUT" --only "$item" --no-progress > "$OUT/${item/:/-}.log" 2>&1 &
+  $AGKD reproduce capacity --scale "$SCALE" --out "$OUT" --only "$item" --no-progress > "$OUT/${item/:/-}.log" 2>&1 &
 done
 wait
-$AGKD reproduce capacity --scale medium --out "$OUT" --no-progress > "$OUT/capacity.log" 2>&1
+$AGKD reproduce capacity --scale "$SCALE" --out "$OUT" --no-progress > "$OUT/capacity.log" 2>&1
 tail -n 40 "$OUT/capacity.log"
