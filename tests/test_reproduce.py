@@ -82,3 +82,42 @@ def test_multi_step_comparison_tiny_end_to_end(tmp_path, capsys):
     assert "AGKD-BML-10+MART" in (tmp_path / "table5.md").read_text()
     assert load_checkpoint(runs / "AGKD-BML-10+MART-s0").config["init_from_teacher"] is True
     assert main(["reproduce", "table5", "--scale", "tiny", "--out", str(tmp_path)]) == 2
+
+
+def test_capacity_rows_train_score_and_are_reused_without_training_checkpoints(tmp_path, capsys):
+    """`reproduce capacity --only` trains and scores chosen rows (a partial table); a committed study keeps
+    best.pt, config.yaml and metrics.jsonl only, and the same command then reuses those runs and their
+    evaluation instead of training again."""
+    from agkd_bml.data import load_dataset
+    from agkd_bml.errors import UserError
+    from agkd_bml.models import build_model, check_arch
+
+    args = ["reproduce", "capacity", "--scale", "tiny-medium", "--out", str(tmp_path), "--no-progress"]
+    assert main([*args, "--only", "w16:AT-7,w16:AGKD-BML-7"]) == 0
+    table = (tmp_path / "capacity.md").read_text()
+    assert "| w16 | 0.06 M | AT-7 |" in table and "| w16 | 0.06 M | AGKD-BML-7 |" in table
+    assert "**Partial table**: w32:AT-7" in table and "exact McNemar" in table
+    assert (tmp_path / "capacity.png").stat().st_size > 0 and "w16,small-cnn-w16" in (tmp_path / "capacity.csv").read_text()
+    runs = tmp_path / "w16" / "runs"
+    assert {p.name for p in runs.iterdir()} == {"T-s0", "AT-7-s0", "AGKD-BML-7-s0"}
+    before = {p: p.read_text() for p in runs.glob("*/metrics.jsonl")}
+    for p in [*runs.glob("*/last.pt"), *runs.glob("*/prev.pt")]:
+        p.unlink()
+    capsys.readouterr()
+    assert main([*args, "--only", "w16:AT-7,w16:AGKD-BML-7"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("reused") == 3 and "\ntraining " not in out  # the trainer's "training METHOD ..." line
+    assert {p: p.read_text() for p in runs.glob("*/metrics.jsonl")} == before and not list(runs.glob("*/last.pt"))
+    assert (tmp_path / "capacity.md").read_text() == table
+    assert main([*args, "--only", "w17:AT-7"]) == 2 and "SIZE:ROW" in capsys.readouterr().err
+    assert main(["reproduce", "table2", "--scale", "tiny", "--out", str(tmp_path), "--only", "w16:AT-7"]) == 2
+    # the widths are real models: parameters grow as the base width squared; a zero width is refused
+    spec = load_dataset("digits").spec
+    sizes = [sum(p.numel() for p in build_model(f"small-cnn-w{w}", spec).parameters()) for w in (16, 32, 64)]
+    assert sizes[1] == sum(p.numel() for p in build_model("small-cnn", spec).parameters())
+    assert 3.5 < sizes[2] / sizes[1] < 4.1 and 3.5 < sizes[1] / sizes[0] < 4.1
+    try:
+        check_arch("small-cnn-w0")
+        raise AssertionError("small-cnn-w0 was accepted")
+    except UserError as exc:
+        assert "base width" in str(exc)

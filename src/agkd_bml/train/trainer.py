@@ -234,6 +234,10 @@ def _differences(saved: dict[str, Any], now: dict[str, Any]) -> set[str]:
     # not yet resolved), is not a difference: resolution fills it from the saved run
     changed = {k for k, v in now.items()
                if saved.get(k) != v and not (k in RESOLVED and (saved.get(k) is None or v is None))}
+    # the same teacher reached by another path (a reproduction folder linked to another) is the same teacher
+    if "teacher" in changed and saved.get("teacher") and now.get("teacher") and \
+            Path(saved["teacher"]).resolve() == Path(now["teacher"]).resolve():
+        changed.discard("teacher")
     return changed - RESUMABLE_CHANGES
 
 
