@@ -221,3 +221,22 @@ def test_last_iterate_protocol_is_never_stronger_than_first_fooling_iterate(teac
         return float(row.split("|")[3].split()[0])
 
     assert pgd_acc(first) <= pgd_acc(last)
+
+
+def test_evaluation_attacks_with_cudnn_benchmark_off_and_restores_it(digits, model):
+    """Attacks run on shrinking batches (PGD drops fooled images, AutoAttack attacks the survivors): with
+    cuDNN's benchmark mode on, each new shape would be timed anew, so evaluation turns it off while it runs
+    (training, with its fixed batch, keeps it) and restores it after."""
+    from agkd_bml.evaluation import evaluate_attacks
+
+    seen: list[bool] = []
+    hook = model.register_forward_hook(lambda *_: seen.append(torch.backends.cudnn.benchmark))
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        evaluate_attacks(model, digits.x_test[:40], digits.y_test[:40], parse_attacks("pgd-3", eps=0.1))
+        assert seen and not any(seen)
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = before
+        hook.remove()

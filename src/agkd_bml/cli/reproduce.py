@@ -134,7 +134,9 @@ TABLES: dict[str, Table] = {
             f"Robust accuracy (%) on the first {ctx.scale.eval_n} test images (AutoAttack: first {ctx.scale.aa_n}); "
             f"L-inf eps {fmt_eps(ctx.eps)}. FGSM: one step of eps; PGD-20 / CW-20: 20 steps of eps/4 from a random "
             "start, 1 restart; AA: standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square-5000). Each method trains "
-            "with its paper attack steps (AT and SML 7, BML, AGKD and AGKD-BML 2). The AGKD teacher is the UM run "
+            "with its paper attack steps (AT and SML 7, BML, AGKD and AGKD-BML 2), of eps/4, or of 2.5 eps/steps "
+            "capped at eps below 4 steps (runs trained before 2026-12-04: eps/4; each run's config.yaml says). The "
+            "AGKD teacher is the UM run "
             f"of the same seed. Training took {ctx.trained_s / 60:.1f} min here (0 when all runs were already finished)."),
     ),
     "table3": Table(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +55,24 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+@contextmanager
+def no_cudnn_benchmark() -> Iterator[None]:
+    """cuDNN's benchmark mode off while attacking, restored after.
+
+    Training turns it on (fixed batch shapes: each shape is timed once, then the fastest kernels run). An
+    evaluation's batch shapes vary without end: attacks run on the clean-correct images only, PGD drops
+    each image as it is fooled, AutoAttack's parts take the survivors of the last. With benchmark mode on,
+    every new shape is timed anew, forward and backward, in every layer; a ``reproduce`` process that
+    trains and then evaluates would spend most of its time there.
+    """
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def evaluate_attacks(
     model: Classifier,
     x: torch.Tensor,
@@ -77,7 +97,7 @@ def evaluate_attacks(
     job = distributed.current()
     digest = model_digest(model) if state is not None else ""
     results = []
-    with eval_mode(model):
+    with eval_mode(model), no_cudnn_benchmark():
         def run(attack: Attack | None, xs: torch.Tensor, ys: torch.Tensor, label: str) -> torch.Tensor:
             point = None
             if state is not None:
