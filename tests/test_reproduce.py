@@ -17,8 +17,10 @@ def test_reproduce_table2_tiny_end_to_end_and_reuses_runs(tmp_path, capsys):
     for seed in SCALES["tiny"].seeds:
         assert (tmp_path / "runs" / f"AGKD-BML-s{seed}" / "last.pt").is_file()
     capsys.readouterr()
+    configs = {p: p.read_bytes() for p in (tmp_path / "runs").glob("*/config.yaml")}
     assert main(["reproduce", "table2", "--scale", "tiny", "--out", str(tmp_path), "--no-progress"]) == 0
     assert capsys.readouterr().out.count("already finished 1 epoch") == len(TABLE2) * len(SCALES["tiny"].seeds)
+    assert {p: p.read_bytes() for p in configs} == configs  # a finished run's files are left as they are
     for target, marker in (("table1", "pgd-100"), ("table3", "black-box"), ("table6", "GC-false"), ("table7", "s/epoch"), ("table9", "k-NN"),
                            ("figure3", "figure3/tsne.png"), ("figure4", "figure4/attention.png"),
                            ("figure5", "figure5.png")):

@@ -465,12 +465,12 @@ def _run(s: Setup, *, resume: bool, log: Callable[[str], None], progress: bool) 
     """The epochs of :func:`train`; under torchrun only rank 0 writes files (``log`` is silent elsewhere)."""
     cfg, main = s.cfg, s.dist.main
     start_epoch = _restore(s, log) if resume else 0
+    if start_epoch >= cfg.epochs:  # a finished run's files stay as they are (its config.yaml says what made it)
+        log(f"{s.run_dir} already finished {start_epoch} epoch(s)")
+        return s.run_dir / LAST
     if main:
         write_text(s.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         _truncate_metrics(s.run_dir / "metrics.jsonl", start_epoch)
-    if start_epoch >= cfg.epochs:
-        log(f"{s.run_dir} already finished {start_epoch} epoch(s)")
-        return s.run_dir / LAST
     procs = f" x {s.dist.world} processes" if s.dist.enabled else ""
     log(f"training {cfg.method} ({cfg.arch}) on {s.data.spec.name}: {s.data.x_train.shape[0]} images, "
         f"{cfg.epochs} epochs, device {s.device}{procs}, {json.dumps(s.method.settings())}")
