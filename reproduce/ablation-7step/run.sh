@@ -10,7 +10,12 @@ COMMON=(--dataset npz:../shared/data/cifar10.npz --arch small-cnn --train-limit 
         --lr 0.05 --batch-size 128 --val-split 500 --amp native-bf16 --seed 0 --no-progress)
 run() {  # run NAME [train options...]
   local name=$1; shift
-  local resume=(); [ -f "$OUT/runs/$name/last.pt" ] && resume=(--resume)
+  local dir="$OUT/runs/$name"
+  # a finished run committed without its training checkpoints (best.pt, config.yaml, metrics.jsonl): reuse it
+  if [ ! -f "$dir/last.pt" ] && [ -f "$dir/best.pt" ] && [ "$(wc -l < "$dir/metrics.jsonl")" -ge 8 ]; then
+    echo "$dir: finished (its training checkpoints are not kept); reused"; return
+  fi
+  local resume=(); [ -f "$dir/last.pt" ] && resume=(--resume)
   .venv/bin/agkd-bml train "${COMMON[@]}" "$@" --out "$OUT/runs/$name" "${resume[@]}"
 }
 run T --method standard --label-smoothing 0.5                         # the AGKD teacher (released code: LS 0.5)
