@@ -198,3 +198,14 @@ def test_resume_continues_the_saved_attack_when_a_default_changes(tmp_path, monk
     train(small_config(tmp_path, method="pgd-at", steps=2, epochs=3), resume=True, **QUIET)
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["epoch"] == 3 and last["step_size"] == 0.1 / 4
+
+
+def test_a_run_kept_without_training_checkpoints_points_to_its_best_weights(tmp_path):
+    """A committed reproduction keeps best.pt only: asking for its last weights says which to ask for."""
+    train(small_config(tmp_path, method="pgd-at", steps=1, val_split=100), **QUIET)
+    run = tmp_path / "pgd-at"
+    for name in ("last.pt", "prev.pt"):
+        (run / name).unlink(missing_ok=True)
+    with pytest.raises(UserError, match="--weights best"):
+        load_model(run)
+    assert load_model(run, weights="best")[1].epoch == 1

@@ -109,6 +109,9 @@ def resolve_path(path: str | Path) -> Path:
         for name in (LAST, PREV):
             if (p / name).is_file():
                 return p / name
+        if (p / BEST).is_file():  # a committed reproduction keeps the evaluated weights only
+            raise UserError(f"run directory {str(path)!r} keeps only its best weights ({BEST}, not {LAST}): "
+                            "use --weights best, or give the file")
         raise UserError(f"run directory {str(path)!r} holds no checkpoint ({LAST} or {PREV})")
     if not p.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist")
