@@ -39,10 +39,11 @@ import torch
 from agkd_bml.attacks import parse_attacks
 from agkd_bml.attacks.autoattack import AutoAttack
 from agkd_bml.attacks.torchattacks_adapter import LogitsOnly
-from agkd_bml.data import load_dataset, to_float
-from agkd_bml.device import device_name, resolve_device
-from agkd_bml.evaluation import default_budget, evaluate_attacks
-from agkd_bml.models.checkpoint import load_model
+from agkd_bml.data import to_float
+from agkd_bml.device import device_name
+from agkd_bml.evaluation import evaluate_attacks
+from agkd_bml.evaluation.loader import EvalOptions, ModelLoader
+from agkd_bml.models import windowed as windowed_mod
 from agkd_bml.models.inference import channels_last, inference_copy
 from agkd_bml.models.windowed import WindowedForward
 from benchmarks.train_step import conv_peak, counted_flops
@@ -79,7 +80,8 @@ class PassCounter:
     follow, per AutoAttack part. The hook sits on the model itself, not on every module (a global hook would
     put a Python call on each layer of each pass and slow the timed run); the attacks' inference copy is a
     deep copy, so it carries the hook. Square's windowed queries (:mod:`agkd_bml.models.windowed`) bypass
-    the model's forward: their convolutions' FLOPs are counted where each window is computed, plus the head."""
+    the model's forward: their convolutions' FLOPs are counted where each window is computed, plus the
+    convolutions and linear layers they run on whole values."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -96,24 +98,29 @@ class PassCounter:
                 self.forward += n
 
         self.handle = self.model.register_forward_hook(hook)
-        convolve, head = WindowedForward._convolve, WindowedForward._head
+        call, unpadded = WindowedForward._call, windowed_mod._unpadded
 
-        def counted_convolve(layer: Any, inp: torch.Tensor, new: torch.Tensor, window: Any) -> Any:
-            out, where = convolve(layer, inp, new, window)
-            if out is not None:  # multiply-adds: each output value reads in_channels / groups x kernel inputs
-                conv = layer.module.conv if hasattr(layer.module, "conv") else layer.module
+        def conv_flops(module: torch.nn.Module, out: torch.Tensor) -> None:
+            conv = windowed_mod._windowable_conv(module)
+            if conv is not None:  # multiply-adds: each output value reads in_channels / groups x kernel inputs
                 self.windowed_flops += 2 * out.numel() * conv.in_channels // conv.groups * math.prod(conv.kernel_size)
-            return out, where
+            elif type(module) is torch.nn.Linear:  # as torch's counter
+                self.windowed_flops += 2 * out.numel() * module.in_features
 
-        def counted_head(windowed: WindowedForward, features: torch.Tensor) -> torch.Tensor:
-            fc = windowed.model.fc
-            self.windowed_flops += 2 * features.shape[0] * fc.in_features * fc.out_features  # as torch's counter: the linear
-            return head(windowed, features)
+        def counted_unpadded(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+            out = unpadded(module, x)
+            conv_flops(module, out)
+            return out
 
-        self.restore = [(WindowedForward, "_convolve", WindowedForward.__dict__["_convolve"]),
-                        (WindowedForward, "_head", head)]
-        WindowedForward._convolve = staticmethod(counted_convolve)  # type: ignore[method-assign]
-        WindowedForward._head = counted_head  # type: ignore[method-assign]
+        def counted_call(windowed: WindowedForward, node: Any, args: Any, kwargs: Any) -> Any:
+            out = call(windowed, node, args, kwargs)
+            if node.op == "call_module":
+                conv_flops(windowed.modules[str(node.target)], out)
+            return out
+
+        self.restore = [(WindowedForward, "_call", call), (windowed_mod, "_unpadded", unpadded)]
+        WindowedForward._call = counted_call  # type: ignore[method-assign]
+        windowed_mod._unpadded = counted_unpadded
         return self
 
     def __exit__(self, *args: object) -> None:
@@ -186,7 +193,13 @@ def _counting(attack: AutoAttack, counter: PassCounter) -> AutoAttack:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="a run directory or checkpoint of this project")
+    p.add_argument("--checkpoint", required=True, metavar="MODEL",
+                   help="a run directory or checkpoint of this project, or a model from elsewhere (py:FILE.py:FACTORY, "
+                        ".pt2, TorchScript) with --dataset, --model-weights and --normalize, as `agkd-bml eval` takes")
+    p.add_argument("--weights", default="last", choices=("last", "best", "ema"), help="of a run of this project")
+    p.add_argument("--dataset", default=None, help="the data of a model from elsewhere (e.g. npz:../shared/data/cifar10.npz)")
+    p.add_argument("--model-weights", default=None, help="a state dict for a py: factory's model")
+    p.add_argument("--normalize", default=None, help="normalisation in front of a model from elsewhere (dataset, M,S, ...)")
     p.add_argument("--n", type=int, default=200, help="first N test images (default 200)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=1)
@@ -197,11 +210,11 @@ def main() -> None:
     if not (REFERENCE / "autoattack" / "autoattack.py").is_file():
         print(f"skipped: the reference auto-attack is not at {REFERENCE} (see ../shared/reference/auto-attack/README.md)")
         return
-    device = resolve_device(args.device)
-    model, ckpt = load_model(args.checkpoint, device)
-    data = load_dataset(ckpt.config["dataset"])
-    x, y = data.x_test[: args.n], data.y_test[: args.n]
-    eps, classes = default_budget(data.spec, args.norm), data.spec.num_classes
+    loader = ModelLoader(EvalOptions(n=args.n, device=args.device, weights=args.weights, dataset=args.dataset,
+                                     model_weights=args.model_weights, normalize=args.normalize, norm=args.norm))
+    device = loader.device
+    _, model, data, x, y = loader.model(args.checkpoint)
+    eps, classes = loader.eps(data), data.spec.num_classes
     before = {spec: measure_peaks(model, x, device, spec) for spec in OURS}
     runs: dict[str, list[tuple]] = {"reference": [], "aa": [], "aa-bf16": []}
     for _ in range(args.repeats):

@@ -14,7 +14,7 @@ from agkd_bml.attacks.fab import PROJECTIONS, FabAttack
 from agkd_bml.attacks.norms import LINF
 from agkd_bml.attacks.square import square_fraction
 from agkd_bml.attacks.torchattacks_adapter import run_library_attack
-from agkd_bml.data import to_float
+from agkd_bml.data import load_dataset, to_float
 from agkd_bml.evaluation import evaluate_attacks
 from agkd_bml.models.inference import ConvReLU, inference_copy
 
@@ -217,3 +217,32 @@ def test_eot_on_a_deterministic_model_finds_what_one_pass_finds(model, digits):
     one = apgd(model, x, y, eps=0.1, steps=10, loss_name="dlr", generator=torch.Generator().manual_seed(1))
     five = apgd(model, x, y, eps=0.1, steps=10, loss_name="dlr", eot=5, generator=torch.Generator().manual_seed(1))
     assert torch.equal(one[1], five[1]) and torch.allclose(one[0], five[0], atol=1e-6)
+
+
+def test_the_inference_copy_folds_and_fuses_through_a_models_own_forward(cifar_path):
+    """A PreAct ResNet-18 from outside (its own forward: functional ReLUs, a ``+=`` shortcut) is traced: each
+    BatchNorm that only a convolution feeds is folded into it and each such ReLU fused, with the same logits and
+    input gradients; the BatchNorms after a residual sum stay."""
+    from agkd_bml.models.external import load_external
+
+    torch.manual_seed(0)
+    data = load_dataset(f"npz:{cifar_path}")
+    net = load_external("py:benchmarks/preact_resnet18.py:make_w16", normalize=(data.spec.mean, data.spec.std))
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    fast = inference_copy(net)
+    batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert sum(isinstance(m, ConvReLU) for m in fast.modules()) == 8 and batchnorms == 9  # of 17: 8 folded
+    x = to_float(data.x_test[:16])
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)).logits, net(x).logits,
+                                   rtol=1e-4, atol=1e-4)
+    grads = []
+    for model, layout in ((net, torch.contiguous_format), (fast, torch.channels_last)):
+        xg = x.clone().contiguous(memory_format=layout).requires_grad_(True)
+        grads.append(torch.autograd.grad(model(xg).logits.gather(1, data.y_test[:16, None]).sum(), xg)[0])
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)

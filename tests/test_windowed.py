@@ -1,4 +1,5 @@
-"""Square's windowed queries: only what the changed square reaches is recomputed, with the full pass's logits."""
+"""Square's windowed queries: only what the changed square reaches is recomputed, with the full pass's logits,
+on plain chains, residual networks and models from outside the project."""
 
 from __future__ import annotations
 
@@ -11,8 +12,13 @@ from torch import nn
 from agkd_bml.attacks import square as square_mod
 from agkd_bml.data import load_dataset, to_float
 from agkd_bml.models import build_model
-from agkd_bml.models.inference import channels_last, inference_copy
-from agkd_bml.models.windowed import WindowedForward
+from agkd_bml.models import windowed as windowed_mod
+from agkd_bml.models.external import load_external
+from agkd_bml.models.inference import ConvReLU, channels_last, inference_copy
+from agkd_bml.models.windowed import CONV, WindowedForward
+
+#: a PreAct ResNet-18 written as outside code bases write it (its own forward), loaded through py:
+OUTSIDE_RESNET = "py:benchmarks/preact_resnet18.py:make_w16"
 
 
 def _images(name: str, cifar_path: str) -> tuple[object, torch.Tensor]:
@@ -20,16 +26,37 @@ def _images(name: str, cifar_path: str) -> tuple[object, torch.Tensor]:
     return data.spec, channels_last(to_float(data.x_test[:24]))
 
 
-@pytest.mark.parametrize("data", ["digits", "cifar"])
+def _random_batchnorms(net: nn.Module) -> nn.Module:
+    """Running statistics and affine parameters away from the identity, so folding them is not a no-op."""
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def _model(arch: str, spec) -> nn.Module:
+    if arch == "outside-resnet":
+        return _random_batchnorms(load_external(OUTSIDE_RESNET, normalize=(spec.mean, spec.std)))
+    return _random_batchnorms(build_model(arch, spec))
+
+
+@pytest.mark.parametrize(("data", "arch"), [("digits", "small-cnn"), ("cifar", "small-cnn"),
+                                            ("cifar", "preact-resnet18-w8"), ("cifar", "outside-resnet")])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_windowed_logits_are_the_full_passes_through_accepts_and_dropped_rows(data, precision, cifar_path):
+def test_windowed_logits_are_the_full_passes_through_accepts_and_dropped_rows(data, arch, precision, cifar_path):
     """Random windows (borders, 1 pixel to the whole image), random acceptances and rows leaving, as in Square:
     bit for bit where the probe says so, else to float rounding (then Square would not use them)."""
     torch.manual_seed(0)
     spec, images = _images(data, cifar_path)
-    net = inference_copy(build_model("small-cnn", spec).eval())
-    windowed = WindowedForward.of(net)
-    assert windowed is not None and len(windowed.layers) == 4
+    if arch == "outside-resnet" and spec.channels != 3:
+        pytest.skip("the outside model is built for 3 channels")
+    net = inference_copy(_model(arch, spec))
+    windowed = WindowedForward.of(net, images)
+    convs = {"small-cnn": 4, "preact-resnet18-w8": 20, "outside-resnet": 20}[arch]
+    assert windowed is not None and list(windowed.kinds.values()).count(CONV) == convs
     size = images.shape[-1]
     rng = random.Random(0)
     best = images.clone()
@@ -37,7 +64,7 @@ def test_windowed_logits_are_the_full_passes_through_accepts_and_dropped_rows(da
         exact = windowed.matches_full_passes(images[:8], tuple(range(1, size + 1)))
         check = torch.equal if exact else lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-5)
         assert torch.equal(windowed.start(best), net(best).logits)
-        for query in range(60):
+        for query in range(40):
             side = rng.randint(1, size)
             top, left = rng.randrange(size + 1 - side), rng.randrange(size + 1 - side)
             candidate = best.clone()
@@ -56,16 +83,17 @@ def test_windowed_logits_are_the_full_passes_through_accepts_and_dropped_rows(da
 
 
 def test_bare_convolutions_and_relus_in_the_chain(digits):
-    """Layers the inference copy leaves unfused: a 1x1 convolution (a pointwise window), a 3x3 one without
-    ReLU, and a ReLU of its own."""
+    """A bare 1x1 convolution (a pointwise window) and a 3x3 one whose ReLU sits in another ``nn.Sequential``:
+    the traced copy fuses that pair too."""
     torch.manual_seed(0)
     net = build_model("small-cnn", digits.spec).eval()
     net.backbone.extend([nn.Conv2d(128, 128, 1), nn.Conv2d(128, 128, 3, padding=1), nn.Sequential(nn.ReLU())])
     net = inference_copy(net)
-    windowed = WindowedForward.of(net)
-    assert windowed is not None and [type(layer.module) for layer in windowed.layers][-3:] == [
-        nn.Conv2d, nn.Conv2d, nn.ReLU]
     x = channels_last(to_float(digits.x_test[:16]))
+    windowed = WindowedForward.of(net, x)
+    assert windowed is not None
+    convs = [windowed.modules[str(n.target)] for n, kind in windowed.kinds.items() if kind == CONV]
+    assert [type(m) for m in convs[-2:]] == [nn.Conv2d, ConvReLU]
     with torch.inference_mode():
         windowed.start(x)
         for top, left, side in ((0, 0, 1), (7, 3, 2), (13, 13, 3), (4, 9, 5)):
@@ -95,7 +123,7 @@ def test_square_with_windowed_queries_finds_what_full_passes_find(teacher_run, d
     runs, counts = [], []
     for windows in (True, False):
         if not windows:
-            monkeypatch.setattr(WindowedForward, "of", classmethod(lambda cls, model: None))
+            monkeypatch.setattr(WindowedForward, "of", classmethod(lambda cls, model, example: None))
         with torch.autocast("cpu", dtype=torch.bfloat16):  # bit-exact windows here (the probe would say if not)
             runs.append(square_mod.square(net, x, y, eps=0.1, queries=300, generator=torch.Generator().manual_seed(0)))
         counts.append(len(calls))
@@ -106,13 +134,12 @@ def test_square_with_windowed_queries_finds_what_full_passes_find(teacher_run, d
 
 
 def test_square_falls_back_to_full_passes_when_windows_round_differently(teacher_run, digits, monkeypatch):
-    from agkd_bml.models import windowed as windowed_mod
     from agkd_bml.train import load_model
 
     net = inference_copy(load_model(teacher_run)[0])
     x, y = channels_last(to_float(digits.x_test[:16])), digits.y_test[:16]
-    unpadded = windowed_mod._Layer.unpadded
-    monkeypatch.setattr(windowed_mod._Layer, "unpadded", lambda self, h: unpadded(self, h) * (1 + 2**-20))
+    unpadded = windowed_mod._unpadded
+    monkeypatch.setattr(windowed_mod, "_unpadded", lambda module, h: unpadded(module, h) * (1 + 2**-20))
     calls = _count_windowed_queries(monkeypatch)
     square_mod.square(net, x, y, eps=0.1, queries=50, generator=torch.Generator().manual_seed(0))
     assert calls and len(calls) <= 1  # the probe's first window differed, then full passes only
@@ -127,20 +154,55 @@ class _Dilated(nn.Module):
         return self.conv(x)
 
 
-@pytest.mark.parametrize("arch", ["wrn-10-1", "preact-resnet18"])
-def test_networks_that_are_not_a_plain_chain_get_full_passes(arch, digits):
-    assert WindowedForward.of(inference_copy(build_model(arch, digits.spec).eval())) is None
+class _ValueBranch(nn.Module):
+    """Control flow on values: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 10, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return (h if h.mean() > 0 else -h).mean((2, 3))
 
 
-def test_layers_it_cannot_follow_get_full_passes(digits):
-    net = inference_copy(build_model("small-cnn", digits.spec).eval())
-    assert WindowedForward.of(net) is not None
+@pytest.mark.parametrize("arch", ["wrn-10-1", "preact-resnet18-w8"])
+def test_residual_networks_are_windowed_exactly(arch, cifar_path):
+    """The residual sum is element-wise: its window is the union of its branches' (the probe is bit for bit)."""
+    spec, images = _images("cifar", cifar_path)
+    net = inference_copy(_model(arch, spec))
+    windowed = WindowedForward.of(net, images)
+    assert windowed is not None
+    with torch.inference_mode():
+        assert windowed.matches_full_passes(images[:4], (1, 3, 5, 16))
+
+
+def test_layers_it_cannot_follow_are_computed_whole(digits):
+    """Past a layer it does not know (or a dilated or reflect-padded convolution) the rest runs on whole values:
+    the logits stay the full pass's."""
+    torch.manual_seed(0)
+    x = channels_last(to_float(digits.x_test[:8]))
     for layer in (nn.MaxPool2d(2), nn.Conv2d(128, 128, 3, padding=2, dilation=2), nn.Conv2d(128, 128, 1, stride=2),
-                  nn.Conv2d(128, 128, 3, padding=1, padding_mode="reflect"), _Dilated()):
-        other = inference_copy(net)
-        other.backbone.append(layer)
-        assert WindowedForward.of(other) is None, layer
-    assert WindowedForward.of(nn.Sequential(nn.Conv2d(3, 4, 3))) is None  # not a Classifier: unknown head
+                  nn.Conv2d(128, 128, 3, padding=1, padding_mode="reflect")):
+        net = build_model("small-cnn", digits.spec).eval()
+        net.backbone.append(layer)
+        net = inference_copy(net)
+        windowed = WindowedForward.of(net, x)
+        assert windowed is not None, layer
+        with torch.inference_mode():
+            windowed.start(x)
+            candidate = x.clone()
+            candidate[:, :, 3:6, 4:7] = 0.5
+            torch.testing.assert_close(windowed.logits(candidate, (3, 6, 4, 7)), net(candidate).logits)
+
+
+def test_models_it_cannot_window_get_full_passes():
+    x = channels_last(torch.rand(4, 3, 16, 16))
+    assert WindowedForward.of(inference_copy(_ValueBranch()), x) is None  # not traceable
+    first_layer_whole = nn.Sequential(_Dilated(), nn.Flatten(), nn.LazyLinear(10))
+    first_layer_whole(x)
+    assert WindowedForward.of(inference_copy(first_layer_whole), x) is None  # no convolution on a window
+    assert WindowedForward.of(inference_copy(nn.Sequential(nn.Conv2d(3, 4, 3))), x) is None  # no logits out
 
 
 def test_square_resumed_with_windowed_queries_gives_the_uninterrupted_search(teacher_run, digits, monkeypatch):

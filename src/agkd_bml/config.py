@@ -31,7 +31,7 @@ class TrainConfig:
     data_dir: str = _opt("./data", "where torchvision / Tiny ImageNet files live")
     download: bool = _opt(False, "let torchvision download the dataset into --data-dir")
     train_limit: int | None = _opt(None, "train on this many training images, a fixed random subset (default: all)")
-    arch: str = _opt("small-cnn", "small-cnn (small-cnn-wN: base width N, 32 by default), wrn-D-K (wrn-16-4, wrn-28-10, wrn-34-10), preact-resnet18, resnet50")
+    arch: str = _opt("small-cnn", "small-cnn (small-cnn-wN: base width N, 32 by default), wrn-D-K (wrn-16-4, wrn-28-10, wrn-34-10), preact-resnet18 (preact-resnet18-wN: first-stage width N, 64 by default), resnet50")
     teacher: str | None = _opt(None, "checkpoint (or run directory) of a `standard` model: the frozen teacher of AGKD (required by the methods that distil)")
     init_from_teacher: bool = _opt(False, "start the student from the teacher's weights (the released code does)")
     epochs: int = _opt(10, "number of training epochs")

@@ -12,10 +12,10 @@ location per query is shared by the batch and each channel gets its own sign, as
   pattern plus the old content, and scales the whole perturbation back to norm eps.
 
 An image leaves at its first misclassified point. Forward passes only, under ``torch.inference_mode``,
-on the prepared model of :func:`agkd_bml.models.inference.inference_copy`. On the CPU, an L-inf query on
-a plain chain of convolutions (the small CNN, VGG-style networks) recomputes only what its square
-reaches (:class:`~agkd_bml.models.windowed.WindowedForward`: the same logits bit for bit, about 2x fewer
-seconds per query on the small CNN on 2 cores); other models, L2 queries and GPUs get full passes.
+on the prepared model of :func:`agkd_bml.models.inference.inference_copy`. On the CPU, an L-inf query
+recomputes only what its square reaches through the model's convolutions, residual blocks included
+(:class:`~agkd_bml.models.windowed.WindowedForward`: the same logits bit for bit, about 2x fewer seconds
+per query on the small CNN on 2 cores); models it cannot trace, L2 queries and GPUs get full passes.
 Square is AutoAttack's longest part (5,000 queries on every image still robust), so with a
 :class:`~agkd_bml.attacks.base.Progress` it reports its search every :data:`REPORT_EVERY` queries and
 resumes from such a report to the uninterrupted call's result.
@@ -87,10 +87,10 @@ def _random_search(
         return -cw_margin(logits, labels, margin=float("inf"))  # z_y - max other: > 0 while right
 
     with torch.inference_mode():
-        # where the proposals change one window and the model is a known chain of convolutions, a candidate
-        # costs only what that window reaches; on the CPU only, where it was measured (a GPU runs a small
-        # CNN's full pass as a few kernel launches, and a windowed one as several times as many)
-        windowed = WindowedForward.of(model) if window_sides and x.device.type == "cpu" else None
+        # where the proposals change one window, a candidate costs only what that window reaches through
+        # the model's convolutions; on the CPU only, where it was measured (a GPU runs a small CNN's full
+        # pass as a few kernel launches, and a windowed one as several times as many)
+        windowed = WindowedForward.of(model, x) if window_sides and x.device.type == "cpu" else None
         if windowed is not None and not windowed.matches_full_passes(x[:8], window_sides):
             windowed = None
         saved = progress.saved if progress is not None else None

@@ -1,5 +1,5 @@
 """Model registry: ``build_model(arch, spec)`` for ``small-cnn`` (``small-cnn-wN``: base width N instead of 32), ``wrn-D-K``,
-``preact-resnet18``, ``resnet50``."""
+``preact-resnet18`` (``preact-resnet18-wN``: first-stage width N instead of 64), ``resnet50``."""
 
 from __future__ import annotations
 
@@ -24,18 +24,26 @@ MODELS: dict[str, Callable[[int], tuple[nn.Module, int]]] = {
 _WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
 #: the small CNN with base width N (32 is ``small-cnn``; parameters grow as N squared): the capacity study's models
 _WIDE_CNN = re.compile(r"^small-cnn-w(\d+)$")
-ARCH_CHOICES = (*MODELS, "small-cnn-wN (base width N; small-cnn is w32, e.g. small-cnn-w64)", "wrn-D-K (e.g. wrn-16-4, wrn-28-10, wrn-34-10)")
+#: PreAct ResNet-18 with first-stage width N (64 is ``preact-resnet18``): a residual model that fits a CPU at N = 16
+_WIDE_RESNET18 = re.compile(r"^preact-resnet18-w(\d+)$")
+#: width-parameterised families: pattern -> backbone builder taking (input channels, width)
+_WIDTHS: dict[re.Pattern[str], Callable[..., tuple[nn.Module, int]]] = {_WIDE_CNN: small_cnn,
+                                                                      _WIDE_RESNET18: preact_resnet18}
+ARCH_CHOICES = (*MODELS, "small-cnn-wN (base width N; small-cnn is w32, e.g. small-cnn-w64)",
+                "preact-resnet18-wN (first-stage width N; preact-resnet18 is w64, e.g. preact-resnet18-w16)",
+                "wrn-D-K (e.g. wrn-16-4, wrn-28-10, wrn-34-10)")
 
 
 def check_arch(arch: str) -> None:
     """Raise :class:`UserError` unless ``arch`` names a buildable architecture."""
     if arch in MODELS:
         return
-    wide = _WIDE_CNN.match(arch)
-    if wide:
-        if int(wide.group(1)) < 1:
-            raise UserError(f"architecture {arch!r}: the base width N of small-cnn-wN must be >= 1")
-        return
+    for pattern in _WIDTHS:
+        wide = pattern.match(arch)
+        if wide:
+            if int(wide.group(1)) < 1:
+                raise UserError(f"architecture {arch!r}: the width N of {arch[: arch.rindex('-w')]}-wN must be >= 1")
+            return
     m = _WRN.match(arch)
     if not m:
         raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCH_CHOICES)}")
@@ -48,8 +56,9 @@ def build_model(arch: str, spec: DataSpec) -> Classifier:
     check_arch(arch)
     if arch in MODELS:
         backbone, out_channels = MODELS[arch](spec.channels)
-    elif _WIDE_CNN.match(arch):
-        backbone, out_channels = small_cnn(spec.channels, width=int(_WIDE_CNN.match(arch).group(1)))
+    elif _WRN.match(arch) is None:
+        pattern, build = next((p, b) for p, b in _WIDTHS.items() if p.match(arch))
+        backbone, out_channels = build(spec.channels, width=int(pattern.match(arch).group(1)))
     else:
         depth, widen = (int(v) for v in _WRN.match(arch).groups())
         backbone, out_channels = wide_resnet(spec.channels, depth, widen)

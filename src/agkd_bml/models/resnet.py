@@ -7,15 +7,16 @@ from torch import nn
 from agkd_bml.models.wrn import PreActBlock
 
 
-def preact_resnet18(in_channels: int) -> tuple[nn.Module, int]:
-    """PreAct ResNet-18; the pre-activation design needs one final BN-ReLU, which ends the backbone."""
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)]
-    cin = 64
-    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+def preact_resnet18(in_channels: int, width: int = 64) -> tuple[nn.Module, int]:
+    """PreAct ResNet-18 with stage widths ``width`` x (1, 2, 4, 8) (64: the usual one); the pre-activation
+    design needs one final BN-ReLU, which ends the backbone."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)]
+    cin = width
+    for cout, stride in ((width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)):
         layers += [PreActBlock(cin, cout, stride), PreActBlock(cout, cout, 1)]
         cin = cout
-    layers += [nn.BatchNorm2d(512), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers), 512
+    layers += [nn.BatchNorm2d(cin), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers), cin
 
 
 def resnet50_64(in_channels: int) -> tuple[nn.Module, int]:

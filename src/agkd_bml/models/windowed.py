@@ -1,86 +1,61 @@
 """Forward passes of images that differ from cached ones in one window: Square's L-inf queries, cheaper.
 
 Each L-inf Square query changes one square of the best point so far, at one position for the whole
-batch, and from query 500 of 5,000 on the square is at most 5 pixels wide on a 32x32 image. Through a
-chain of convolutions only the outputs whose kernels reach the window change; the changed window grows
-by each kernel and shrinks by each stride, so on the small CNN a 5,000-query search recomputes about a
-fifth of the multiply-adds of full passes. :class:`WindowedForward` keeps every layer's input for the current best
-points, recomputes only the changed windows (each on a crop of its layer's input that carries the image
-border's zero padding explicitly) and runs the model's head (global pooling and the linear layer) on
-the whole feature map, as the model's own forward does. Its logits are the full pass's bit for bit
-wherever :meth:`WindowedForward.matches_full_passes` says so (it checks each window size a search will
-use; Square falls back to full passes otherwise), so a search takes the same path either way.
+batch, and from query 500 of 5,000 on the square is at most 5 pixels wide on a 32x32 image. Through
+convolutions and element-wise layers only the outputs whose inputs reach the window change: the changed
+window grows by each kernel and shrinks by each stride. :class:`WindowedForward` keeps every intermediate
+value of the model's ``torch.fx`` graph (:func:`~agkd_bml.models.inference.trace`) for the current best
+points and recomputes, for a query, only the changed window of each value, as far as the graph lets it:
 
-It applies only where the model's computation is known to be such a chain: a :class:`Classifier` (exact
-type, after :func:`~agkd_bml.models.inference.inference_copy`) whose backbone is a nest of ``nn.Sequential``
-holding only convolutions (zeros padding, no dilation, stride at most the kernel), ReLUs and identities:
-the small CNN and VGG-style networks. Residual networks and models from outside the project get
-``None`` from :meth:`WindowedForward.of` and full passes. Square uses it on the CPU only, where it was
-measured: on the small CNN a query takes about half the time of a full pass on 2 cores.
+- a convolution (zeros padding, no dilation) runs on a crop of its cached input
+  that carries the image border's zero padding explicitly;
+- an element-wise layer (ReLU, an eval-mode BatchNorm: affine per channel, the normalisation, the sum of a
+  residual block and its shortcut) runs on the union of its inputs' windows, the cached values filling in
+  where one input did not change;
+- anything else (the pooling and linear head, a ``view``, an operation it does not know) runs on the whole
+  value, the cached one with the window written in, as the model's own forward does; from there on the
+  rest of the graph runs on whole values.
+
+So on a plain chain (the small CNN) a 5,000-query search recomputes about a fifth of the multiply-adds of
+full passes; on a PreAct ResNet-18 the window covers a 32x32 stage in part, a 16x16 one mostly and the later
+ones whole. Its logits are the full pass's bit for bit wherever :meth:`WindowedForward.matches_full_passes`
+says so (it checks each window size a search will use; Square falls back to full passes otherwise), so a
+search takes the same path either way. Square uses it on the CPU only, where it was measured.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import operator
+from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.nn import functional as F
 
-from agkd_bml.models.base import Classifier, normalise
-from agkd_bml.models.inference import ConvReLU
+from agkd_bml.models.base import normalise
+from agkd_bml.models.external import output_logits
+from agkd_bml.models.inference import ConvReLU, trace
 
 #: A window of a feature map: rows [top, bottom), columns [left, right).
 Window = tuple[int, int, int, int]
 
+#: Functions whose output pixel depends on the same pixel of each input (and on per-channel constants).
+_ELEMENTWISE_FUNCTIONS: set[Callable[..., Any]] = {
+    torch.relu, F.relu, torch.sigmoid, torch.tanh, F.silu, F.gelu, F.leaky_relu, F.hardtanh, F.relu6,
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg,
+    torch.add, torch.sub, torch.mul, torch.div, normalise,
+}
+_ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh", "add", "sub", "mul", "div", "neg"}
+_ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
+                        nn.Identity, nn.Dropout)
+#: Calls whose result depends on a tensor's shape or type, never on its values.
+_SHAPE_METHODS = {"size", "dim"}
+_SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}
 
-@dataclass(frozen=True)
-class _Layer:
-    module: nn.Module
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-
-    @property
-    def pointwise(self) -> bool:
-        """Whether each output pixel reads only the same input pixel (a ReLU, a 1x1 convolution of stride 1):
-        the changed window stays as it is and needs no crop."""
-        return self.kernel == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
-
-    def unpadded(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer on a crop that already holds its zero padding."""
-        m = self.module
-        if isinstance(m, ConvReLU):
-            return m.unpadded(x)
-        return F.conv2d(x, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)  # a bare nn.Conv2d
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # never a ReLU in place: ``x`` may be a cached layer input
-        return torch.relu(x) if type(self.module) is nn.ReLU else self.module(x)
-
-
-def _chain(module: nn.Module) -> list[_Layer] | None:
-    """``module``'s layers in order, or None if it is not a plain chain of supported layers."""
-    if type(module) is nn.Sequential:
-        layers: list[_Layer] = []
-        for child in module:
-            sub = _chain(child)
-            if sub is None:
-                return None
-            layers += sub
-        return layers
-    conv = module.conv if type(module) is ConvReLU else module if type(module) is nn.Conv2d else None
-    if conv is not None:
-        if (conv.padding_mode != "zeros" or isinstance(conv.padding, str) or conv.dilation != (1, 1)
-                or any(s > k for s, k in zip(conv.stride, conv.kernel_size, strict=True))):
-            return None
-        return [_Layer(module, conv.kernel_size, conv.stride, conv.padding)]  # type: ignore[arg-type]
-    if type(module) is nn.Identity:  # BatchNorms folded away, ReLUs fused: nothing to compute
-        return []
-    if type(module) is nn.ReLU:
-        return [_Layer(module, (1, 1), (1, 1), (0, 0))]
-    return None
+#: How a node is recomputed for a query.
+CONV, ELEMENTWISE, WHOLE, SHAPE = "conv", "elementwise", "whole", "shape"
 
 
 def _reach(lo: int, hi: int, kernel: int, stride: int, padding: int, size: int) -> tuple[int, int]:
@@ -89,27 +64,150 @@ def _reach(lo: int, hi: int, kernel: int, stride: int, padding: int, size: int) 
     return max(0, math.ceil((lo + padding - kernel + 1) / stride)), min(out, (hi - 1 + padding) // stride + 1)
 
 
+def _windowable_conv(module: nn.Module) -> nn.Conv2d | None:
+    conv = module.conv if type(module) is ConvReLU else module if type(module) is nn.Conv2d else None
+    if conv is None or conv.padding_mode != "zeros" or isinstance(conv.padding, str) or conv.dilation != (1, 1):
+        return None
+    return conv
+
+
+def _unpadded(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The convolution ``module`` on a crop that already holds its zero padding."""
+    if type(module) is ConvReLU:
+        return module.unpadded(x)
+    return F.conv2d(x, module.weight, module.bias, module.stride, 0, module.dilation, module.groups)
+
+
+def _spatial(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim == 4
+
+
+def _batch_rows(value: Any, rows: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == rows
+
+
 class WindowedForward:
     """Logits of a batch whose images differ from the cached best points in one window only.
 
-    ``start(best)`` runs a full pass and caches each layer's input; ``logits(candidate, window)`` gives the
+    ``start(best)`` runs a full pass and caches each node's value; ``logits(candidate, window)`` gives the
     logits of ``candidate`` (equal to the best points outside ``window``); ``accept(better)`` makes the
     last candidate the best point of the rows in ``better``; ``keep(rows)`` drops the other rows.
     """
 
-    def __init__(self, model: Classifier, layers: list[_Layer]) -> None:
-        self.model, self.layers = model, layers
-        self.inputs: list[torch.Tensor] = []  # layer i's input for the best points; the last: the features
+    def __init__(self, graph: fx.GraphModule) -> None:
+        self.graph = graph
+        self.modules = dict(graph.named_modules())
+        self.nodes = [n for n in graph.graph.nodes if n.op != "output"]
+        (self.output,) = (n for n in graph.graph.nodes if n.op == "output")
+        (self.input,) = (n for n in self.nodes if n.op == "placeholder")
+        self.varying = self._varying()
+        self.kinds: dict[fx.Node, str] = {}
+        self.cache: dict[fx.Node, Any] = {}
         self.best_logits = torch.empty(0)
-        self._pending: list[tuple[int, Window, torch.Tensor]] = []
+        self._pending: dict[fx.Node, tuple[Window | None, Any]] = {}
 
     @classmethod
-    def of(cls, model: nn.Module) -> WindowedForward | None:
-        """A windowed forward for ``model``, or None when its computation is not a known chain."""
-        if type(model) is not Classifier:
+    def of(cls, model: nn.Module, example: torch.Tensor) -> WindowedForward | None:
+        """A windowed forward for ``model`` (its images like ``example``), or None when no convolution of it
+        can be computed on a window (a model it cannot trace, a head on the raw image)."""
+        if not isinstance(model, nn.Module) or (graph := trace(model)) is None:
             return None
-        layers = _chain(model.backbone)
-        return None if not layers else cls(model, layers)
+        if sum(n.op == "placeholder" for n in graph.graph.nodes) != 1:
+            return None
+        windowed = cls(graph)
+        try:
+            with torch.inference_mode():
+                windowed.start(example[:1])
+        except Exception:  # noqa: BLE001 - the graph fails where the model did not (or gives no logits): full passes
+            return None
+        return windowed if windowed.useful() else None
+
+    def _varying(self) -> set[fx.Node]:
+        """The nodes whose value depends on the input images."""
+        varying: set[fx.Node] = set()
+        for node in self.nodes:
+            if node.op == "placeholder" or any(a in varying for a in node.all_input_nodes):
+                varying.add(node)
+        return varying
+
+    def _kind(self, node: fx.Node) -> str:
+        """How ``node`` is recomputed (from the values of a full pass, which give the shapes)."""
+        args = [self.cache[a] for a in node.all_input_nodes if a in self.varying]
+        if node.op == "call_method" and node.target in _SHAPE_METHODS:
+            return SHAPE
+        if node.op == "call_function" and node.target is getattr and node.args[1] in _SHAPE_ATTRIBUTES:
+            return SHAPE
+        out = self.cache[node]
+        if not _spatial(out) or not all(_spatial(a) for a in args):
+            return WHOLE
+        if node.op == "call_module":
+            module = self.modules[str(node.target)]
+            if _windowable_conv(module) is not None and len(node.args) == 1 and not node.kwargs:
+                return CONV
+            eval_bn = type(module) is nn.BatchNorm2d and not module.training and module.track_running_stats
+            if not (eval_bn or type(module) in _ELEMENTWISE_MODULES):
+                return WHOLE
+        elif not ((node.op == "call_function" and node.target in _ELEMENTWISE_FUNCTIONS)
+                  or (node.op == "call_method" and node.target in _ELEMENTWISE_METHODS)):
+            return WHOLE
+        # element-wise: varying inputs the output's own shape, constants one value per channel at most
+        constants: list[torch.Tensor] = []
+        fx.node.map_aggregate((node.args, node.kwargs),
+                              lambda v: constants.append(v) if isinstance(v, torch.Tensor) else None)
+        constants += [self.cache[a] for a in node.all_input_nodes if a not in self.varying and isinstance(self.cache[a], torch.Tensor)]
+        if any(a.shape != out.shape for a in args) or any(c.ndim > 0 and (c.ndim < 3 or c.shape[-2:] != (1, 1)) for c in constants):
+            return WHOLE
+        return ELEMENTWISE
+
+    def useful(self) -> bool:
+        """Whether some convolution is computed on windows: its input changes in a window, never as a whole."""
+        windowed = {self.input}
+        for node in self.nodes:
+            if node in self.varying and self.kinds.get(node) in (CONV, ELEMENTWISE) and all(
+                    a in windowed for a in node.all_input_nodes if a in self.varying):
+                windowed.add(node)
+                if self.kinds[node] == CONV:
+                    return True
+        return False
+
+    def _call(self, node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``node``'s operation on the given values, never in place (an input may be a cached value)."""
+        if "inplace" in kwargs:
+            kwargs = {**kwargs, "inplace": False}
+        name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+        if name.endswith("_") and not name.startswith("_") and args and isinstance(args[0], torch.Tensor):
+            args = (args[0].clone(), *args[1:])  # x.relu_(), x.add_(y): on a copy
+        if node.op == "call_module":
+            module = self.modules[str(node.target)]
+            return torch.relu(args[0]) if type(module) is nn.ReLU else module(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        return node.target(*args, **kwargs)  # type: ignore[operator]
+
+    def _run(self, node: fx.Node, value: Callable[[fx.Node], Any]) -> Any:
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), value)
+        return self._call(node, args, kwargs)
+
+    def start(self, best: torch.Tensor) -> torch.Tensor:
+        """The logits of ``best``, whose intermediate values are cached."""
+        cache: dict[fx.Node, Any] = {}
+        for node in self.nodes:
+            if node.op == "placeholder":
+                cache[node] = best.clone()  # its own copy: accept() writes into it
+            elif node.op == "get_attr":
+                cache[node] = _attr(self.graph, str(node.target))
+            else:
+                cache[node] = self._run(node, cache.__getitem__)
+        self.cache = cache
+        if not self.kinds:
+            self.kinds = {node: self._kind(node) for node in self.nodes if node in self.varying and node is not self.input}
+        self.best_logits = self._logits(fx.node.map_arg(self.output.args[0], cache.__getitem__))
+        self._pending = {}
+        return self.best_logits
+
+    @staticmethod
+    def _logits(out: Any) -> torch.Tensor:
+        return output_logits(out)
 
     def matches_full_passes(self, x: torch.Tensor, sides: tuple[int, ...]) -> bool:
         """Whether windowed logits equal full passes bit for bit on images ``x`` (a few are enough) for windows
@@ -122,94 +220,138 @@ class WindowedForward:
         model gets full passes.
         """
         height, width = x.shape[-2:]
+        full = self._logits(self.graph(x))
         self.start(x)
-        full = self.model(x).logits
         for side in sides:
             rows, cols = min(side, height), min(side, width)
             for top, left in {(0, 0), (1, 1), ((height - rows) // 2, (width - cols) // 2),
                               (height - rows - 1, width - cols - 1), (height - rows, width - cols)}:
-                if top < 0 or left < 0:
+                if top < 0 or left < 0 or top + rows > height or left + cols > width:
                     continue
                 candidate = x.clone()
                 candidate[:, :, top : top + rows, left : left + cols] = 1 - candidate[:, :, top : top + rows,
                                                                                       left : left + cols]
                 if not torch.equal(self.logits(candidate, (top, top + rows, left, left + cols)),
-                                   self.model(candidate).logits):
+                                   self._logits(self.graph(candidate))):
                     return False
-        self._pending = []
+        self._pending = {}
         return torch.equal(self.best_logits, full)
-
-    def _head(self, features: torch.Tensor) -> torch.Tensor:
-        # Classifier.forward's head, on the whole feature map
-        return self.model.fc(features.sum(dim=(2, 3)) / (features.shape[2] * features.shape[3]))
-
-    def start(self, best: torch.Tensor) -> torch.Tensor:
-        """The logits of ``best``, whose layer inputs are cached."""
-        h = normalise(best, self.model.mean, self.model.std)
-        self.inputs = [h]
-        for layer in self.layers:
-            h = layer(h)
-            self.inputs.append(h)
-        self.best_logits = self._head(h)
-        self._pending = []
-        return self.best_logits
 
     def logits(self, candidate: torch.Tensor, window: Window) -> torch.Tensor:
         """The logits of ``candidate``, equal to the best points outside ``window`` (rows, then columns)."""
         top, bottom, left, right = window
-        new = normalise(candidate[:, :, top:bottom, left:right], self.model.mean, self.model.std)
-        self._pending = [(0, window, new)]
-        for i, layer in enumerate(self.layers):
-            inp = self.inputs[i]
-            if not layer.pointwise:
-                new, window = self._convolve(layer, inp, new, window)
-                if new is None:  # the window reaches no output of this layer: nothing downstream changes
-                    self._pending = []
-                    return self.best_logits
+        changed: dict[fx.Node, tuple[Window | None, Any]] = {
+            self.input: (window, candidate[:, :, top:bottom, left:right])}
+        for node, kind in self.kinds.items():
+            if kind == SHAPE or not any(a in changed for a in node.all_input_nodes):
+                continue
+            if kind == CONV and changed[node.args[0]][0] is not None:  # type: ignore[index]
+                change = self._convolve(node, changed[node.args[0]])  # type: ignore[index]
+                if change is not None:
+                    changed[node] = change
+            elif kind == ELEMENTWISE and all(changed[a][0] is not None for a in node.all_input_nodes if a in changed):
+                changed[node] = self._elementwise(node, changed)
             else:
-                new = layer(new)
-            self._pending.append((i + 1, window, new))
-        top, bottom, left, right = window
-        features = self.inputs[-1].clone()
-        features[:, :, top:bottom, left:right] = new
-        self._pending.append((-1, window, self._head(features)))
-        return self._pending[-1][2]
+                changed[node] = (None, self._run(node, lambda a: self._whole(a, changed)))
+        self._pending = changed
+        if not any(a in changed for a in self.output.all_input_nodes):  # the window reached no output
+            return self.best_logits
+        return self._logits(fx.node.map_arg(self.output.args[0], lambda a: self._whole(a, changed)))
 
-    @staticmethod
-    def _convolve(layer: _Layer, inp: torch.Tensor, new: torch.Tensor, window: Window
-                  ) -> tuple[torch.Tensor | None, Window]:
-        """(the layer's output on its changed window, that window), given its input's changed window ``new``."""
-        (kh, kw), (sh, sw), (ph, pw) = layer.kernel, layer.stride, layer.padding
-        height, width = inp.shape[-2:]
+    def _whole(self, node: fx.Node, changed: dict[fx.Node, tuple[Window | None, Any]]) -> Any:
+        """``node``'s value for the candidate: the cached one with its changed window written in."""
+        if node not in changed:
+            return self.cache[node]
+        window, new = changed[node]
+        if window is None:
+            return new
         top, bottom, left, right = window
+        cached = self.cache[node]
+        if (bottom - top, right - left) == tuple(cached.shape[-2:]):
+            return new
+        value = cached.clone()
+        value[:, :, top:bottom, left:right] = new
+        return value
+
+    def _elementwise(self, node: fx.Node, changed: dict[fx.Node, tuple[Window | None, Any]]
+                     ) -> tuple[Window, torch.Tensor]:
+        """An element-wise node on the union of its inputs' changed windows."""
+        windows = [changed[a][0] for a in node.all_input_nodes if a in changed]
+        top, bottom = min(w[0] for w in windows), max(w[1] for w in windows)  # type: ignore[index]
+        left, right = min(w[2] for w in windows), max(w[3] for w in windows)  # type: ignore[index]
+
+        def value(a: fx.Node) -> Any:
+            if a not in self.varying:
+                return self.cache[a]
+            if a in changed and changed[a][0] == (top, bottom, left, right):
+                return changed[a][1]
+            crop = self.cache[a][:, :, top:bottom, left:right]
+            if a not in changed:
+                return crop
+            crop = crop.clone()
+            (t, b, lo, r), new = changed[a]  # type: ignore[misc]
+            crop[:, :, t - top : b - top, lo - left : r - left] = new
+            return crop
+
+        return (top, bottom, left, right), self._run(node, value)
+
+    def _convolve(self, node: fx.Node, change: tuple[Window | None, Any]) -> tuple[Window, torch.Tensor] | None:
+        """(the changed window of a convolution's output, its values), given its input's changed window, or None
+        when the window reaches no output."""
+        module = self.modules[str(node.target)]
+        conv = _windowable_conv(module)
+        assert conv is not None
+        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+        inp = self.cache[node.args[0]]  # type: ignore[index]
+        height, width = inp.shape[-2:]
+        (top, bottom, left, right), new = change  # type: ignore[misc]
         o_top, o_bottom = _reach(top, bottom, kh, sh, ph, height)
         o_left, o_right = _reach(left, right, kw, sw, pw, width)
         if o_top >= o_bottom or o_left >= o_right:
-            return None, window
+            return None
+        out_h, out_w = self.cache[node].shape[-2:]
+        if (o_top, o_bottom, o_left, o_right) == (0, out_h, 0, out_w):  # the whole output: a plain pass
+            return (0, out_h, 0, out_w), self._call(node, (self._whole(node.args[0], {node.args[0]: change}),), {})  # type: ignore[dict-item, index]
         # the input rows/columns these outputs read, in padded coordinates, and their part inside the image
         r0, r1 = o_top * sh - ph, (o_bottom - 1) * sh - ph + kh
         c0, c1 = o_left * sw - pw, (o_right - 1) * sw - pw + kw
         i0, i1, j0, j1 = max(r0, 0), min(r1, height), max(c0, 0), min(c1, width)
         crop = inp[:, :, i0:i1, j0:j1].clone()
         a0, a1, b0, b1 = max(top, i0), min(bottom, i1), max(left, j0), min(right, j1)
-        crop[:, :, a0 - i0 : a1 - i0, b0 - j0 : b1 - j0] = new[:, :, a0 - top : a1 - top, b0 - left : b1 - left]
+        if a0 < a1 and b0 < b1:
+            crop[:, :, a0 - i0 : a1 - i0, b0 - j0 : b1 - j0] = new[:, :, a0 - top : a1 - top, b0 - left : b1 - left]
         if (i0, i1, j0, j1) != (r0, r1, c0, c1):
             crop = F.pad(crop, (j0 - c0, c1 - j1, i0 - r0, r1 - i1))
-        return layer.unpadded(crop), (o_top, o_bottom, o_left, o_right)
+        return (o_top, o_bottom, o_left, o_right), _unpadded(module, crop)
 
     def accept(self, better: torch.Tensor) -> None:
         """Make the last :meth:`logits` candidate the best point of the rows where ``better`` is true."""
-        mask = better.view(-1, 1, 1, 1)
-        for i, (top, bottom, left, right), new in self._pending:
-            if i < 0:
-                self.best_logits = torch.where(better[:, None], new, self.best_logits)
-                continue
-            view = self.inputs[i][:, :, top:bottom, left:right]
-            view.copy_(torch.where(mask, new, view))
-        self._pending = []
+        pending, self._pending = self._pending, {}
+        if not pending or not bool(better.any()):  # most late queries: nothing to write
+            return
+        rows = better.nonzero().squeeze(1)
+        for node, (window, new) in pending.items():
+            cached = self.cache[node]
+            if window is not None:
+                top, bottom, left, right = window
+                cached[:, :, top:bottom, left:right][rows] = new[rows]
+            elif _batch_rows(new, better.shape[0]) and _batch_rows(cached, better.shape[0]) and new.shape == cached.shape:
+                cached = cached.clone() if cached is new else cached
+                cached[rows] = new[rows]
+                self.cache[node] = cached
+        if any(a in pending for a in self.output.all_input_nodes):
+            out = fx.node.map_arg(self.output.args[0], lambda a: self._whole(a, pending))
+            self.best_logits[rows] = self._logits(out)[rows]
 
     def keep(self, rows: torch.Tensor) -> None:
-        """Keep only the rows in ``rows`` (a boolean mask or indices) of the cache."""
-        self.inputs = [t[rows] for t in self.inputs]
-        self.best_logits = self.best_logits[rows]
-        self._pending = []
+        """Keep only the rows in ``rows`` (a boolean mask or indices) of the cache: a full pass on the best
+        points left, so that values that follow the batch's size (a ``view``) follow it too."""
+        self.start(self.cache[self.input][rows])
+
+
+def _attr(module: nn.Module, target: str) -> Any:
+    """The attribute ``target`` (dotted) of ``module``: a ``get_attr`` node's value."""
+    value: Any = module
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
