@@ -4,7 +4,7 @@ It stands for an outside model: its own ``forward`` code (functional ReLUs, a ``
 pool and a ``view``), no normalisation inside (load it with ``--normalize dataset``), logits out. The
 AutoAttack benchmark attacks it through ``py:benchmarks/preact_resnet18.py:make_w16`` (first-stage width 16:
 about 0.7 M parameters, a CPU-sized model) with weights converted from one of our own checkpoints
-(:func:`state_dict_from_checkpoint`).
+(:func:`state_dict_from_checkpoint`; `python -m benchmarks.preact_resnet18 RUN OUT.pt`).
 """
 
 from __future__ import annotations
@@ -78,3 +78,19 @@ def state_dict_from_checkpoint(path: str) -> dict[str, torch.Tensor]:
         new = names[prefix] + key[len(prefix):]
         out[new.replace(".shortcut.", ".shortcut.0.")] = value
     return out
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Write the state dict of this file's model from one of our "
+                                            "preact-resnet18-wN checkpoints (for --model-weights).")
+    p.add_argument("checkpoint", help="a preact-resnet18-wN run directory or checkpoint of this project")
+    p.add_argument("out", help="the state dict file to write")
+    args = p.parse_args()
+    torch.save(state_dict_from_checkpoint(args.checkpoint), args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

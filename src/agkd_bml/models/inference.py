@@ -141,6 +141,10 @@ def trace(model: nn.Module) -> fx.GraphModule | None:
         graph = tracer.trace(model)
     except Exception:  # control flow on values, unsupported Python: such a model keeps its own code
         return None
+    for node in list(graph.nodes):  # the Identity left by each folded BatchNorm and fused ReLU: no call at all
+        if node.op == "call_module" and type(tracer.root.get_submodule(str(node.target))) is nn.Identity:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 

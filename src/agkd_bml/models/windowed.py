@@ -101,7 +101,10 @@ class WindowedForward:
         (self.output,) = (n for n in graph.graph.nodes if n.op == "output")
         (self.input,) = (n for n in self.nodes if n.op == "placeholder")
         self.varying = self._varying()
+        #: each node's inputs that depend on the images
+        self.inputs = {n: tuple(a for a in n.all_input_nodes if a in self.varying) for n in [*self.nodes, self.output]}
         self.kinds: dict[fx.Node, str] = {}
+        self.read: set[fx.Node] = set()  #: the nodes whose cached values a query reads (the others need no update)
         self.cache: dict[fx.Node, Any] = {}
         self.best_logits = torch.empty(0)
         self._pending: dict[fx.Node, tuple[Window | None, Any]] = {}
@@ -201,6 +204,11 @@ class WindowedForward:
         self.cache = cache
         if not self.kinds:
             self.kinds = {node: self._kind(node) for node in self.nodes if node in self.varying and node is not self.input}
+            # a one-input element-wise node reads only its input's new window, never its cached value
+            self.read = {self.input, *self.inputs[self.output]}
+            for node, kind in self.kinds.items():
+                if kind != SHAPE and not (kind == ELEMENTWISE and len(self.inputs[node]) == 1):
+                    self.read.update(self.inputs[node])
         self.best_logits = self._logits(fx.node.map_arg(self.output.args[0], cache.__getitem__))
         self._pending = {}
         return self.best_logits
@@ -243,18 +251,18 @@ class WindowedForward:
         changed: dict[fx.Node, tuple[Window | None, Any]] = {
             self.input: (window, candidate[:, :, top:bottom, left:right])}
         for node, kind in self.kinds.items():
-            if kind == SHAPE or not any(a in changed for a in node.all_input_nodes):
+            if kind == SHAPE or not any(a in changed for a in self.inputs[node]):
                 continue
             if kind == CONV and changed[node.args[0]][0] is not None:  # type: ignore[index]
                 change = self._convolve(node, changed[node.args[0]])  # type: ignore[index]
                 if change is not None:
                     changed[node] = change
-            elif kind == ELEMENTWISE and all(changed[a][0] is not None for a in node.all_input_nodes if a in changed):
+            elif kind == ELEMENTWISE and all(changed[a][0] is not None for a in self.inputs[node] if a in changed):
                 changed[node] = self._elementwise(node, changed)
             else:
                 changed[node] = (None, self._run(node, lambda a: self._whole(a, changed)))
         self._pending = changed
-        if not any(a in changed for a in self.output.all_input_nodes):  # the window reached no output
+        if not any(a in changed for a in self.inputs[self.output]):  # the window reached no output
             return self.best_logits
         return self._logits(fx.node.map_arg(self.output.args[0], lambda a: self._whole(a, changed)))
 
@@ -276,7 +284,7 @@ class WindowedForward:
     def _elementwise(self, node: fx.Node, changed: dict[fx.Node, tuple[Window | None, Any]]
                      ) -> tuple[Window, torch.Tensor]:
         """An element-wise node on the union of its inputs' changed windows."""
-        windows = [changed[a][0] for a in node.all_input_nodes if a in changed]
+        windows = [changed[a][0] for a in self.inputs[node] if a in changed]
         top, bottom = min(w[0] for w in windows), max(w[1] for w in windows)  # type: ignore[index]
         left, right = min(w[2] for w in windows), max(w[3] for w in windows)  # type: ignore[index]
 
@@ -331,6 +339,8 @@ class WindowedForward:
             return
         rows = better.nonzero().squeeze(1)
         for node, (window, new) in pending.items():
+            if node not in self.read:
+                continue
             cached = self.cache[node]
             if window is not None:
                 top, bottom, left, right = window
@@ -339,7 +349,7 @@ class WindowedForward:
                 cached = cached.clone() if cached is new else cached
                 cached[rows] = new[rows]
                 self.cache[node] = cached
-        if any(a in pending for a in self.output.all_input_nodes):
+        if any(a in pending for a in self.inputs[self.output]):
             out = fx.node.map_arg(self.output.args[0], lambda a: self._whole(a, pending))
             self.best_logits[rows] = self._logits(out)[rows]
 
