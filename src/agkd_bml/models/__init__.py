@@ -42,7 +42,9 @@ def check_arch(arch: str) -> None:
         wide = pattern.match(arch)
         if wide:
             if int(wide.group(1)) < 1:
-                raise UserError(f"architecture {arch!r}: the width N of {arch[: arch.rindex('-w')]}-wN must be >= 1")
+                family = arch[: arch.rindex("-w")]
+                raise UserError(f"architecture {arch!r}: the {'base' if family == 'small-cnn' else 'first-stage'} "
+                                f"width N of {family}-wN must be >= 1")
             return
     m = _WRN.match(arch)
     if not m:
