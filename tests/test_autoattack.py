@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agkd_bml.attacks import parse_attacks
-from agkd_bml.attacks.apgd import apgd, apgd_multitarget, dlr_targeted, target_classes
+from agkd_bml.attacks.apgd import CPU_BF16_ROWS, apgd, apgd_multitarget, dlr_targeted, target_classes
 from agkd_bml.attacks.autoattack import confirm_in_fp32, native_components, torchattacks_component
 from agkd_bml.attacks.fab import PROJECTIONS, FabAttack
 from agkd_bml.attacks.norms import LINF
@@ -155,6 +155,25 @@ def test_apgd_early_stop_and_target_batching_change_nothing_but_cost(digits, tra
     torch.testing.assert_close(half[same], full[30:][same], atol=1e-5, rtol=0)
     adv, hit = apgd_multitarget(model, x, y, eps=0.03, steps=20, count=3, generator=torch.Generator().manual_seed(1))
     assert torch.equal(hit, _wrong(model, adv, y)) and int(hit.sum()) > 0
+
+
+def test_multi_target_batches_stack_targets_under_bf16_on_a_cpu(digits, trained):
+    """A bf16 pass of a few dozen rows is short of work on a CPU: under bf16 autocast the targets go in groups
+    of about CPU_BF16_ROWS rows (float32 keeps one target at a time); each image is still broken or not."""
+    model = inference_copy(trained)
+    x, y = to_float(digits.x_test[:40]), digits.y_test[:40]
+    for precision, group in ((torch.float32, 1), (torch.bfloat16, CPU_BF16_ROWS // 40)):
+        rows: list[int] = []
+        hook = model.register_forward_hook(lambda m, args, out, seen=rows: seen.append(args[0].shape[0]))
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
+                adv, hit = apgd_multitarget(model, x, y, eps=0.03, steps=5, count=9,
+                                            generator=torch.Generator().manual_seed(1))
+                wrong = _wrong(model, adv, y)  # in the precision it searched in
+        finally:
+            hook.remove()
+        assert rows[1] == group * 40  # the first group's first pass, after the pass that picks the targets
+        assert torch.equal(hit, wrong) and 0 < int(hit.sum()) < 40
 
 
 def test_dlr_targeted_and_targets_follow_the_reference_definitions():

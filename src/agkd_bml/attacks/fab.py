@@ -14,8 +14,8 @@ no result (up to float rounding):
   adversarial, the logits of the next gradient pass are that check (only the iterates pulled back then
   get a second, smaller pass), and it switches back to the reference's order when many do;
 - an image leaves as soon as a target found an adversarial example within eps (AutoAttack counts only
-  that; the reference then keeps shrinking its distance), and later targets skip it; on a GPU the
-  targets are stacked in one batch (:func:`~agkd_bml.attacks.apgd.over_targets`);
+  that; the reference then keeps shrinking its distance), and later targets skip it; on a GPU (and
+  in bf16 on a CPU) several targets are stacked in one batch (:func:`~agkd_bml.attacks.apgd.over_targets`);
 - it runs on the prepared model of :func:`agkd_bml.models.inference.inference_copy`;
 - the L-inf projection finds its step length by bisection instead of a full sort of every row (2.5x
   faster at the same result, to float rounding); the L2 one is the reference's sort, in closed form.
