@@ -209,3 +209,16 @@ def test_a_run_kept_without_training_checkpoints_points_to_its_best_weights(tmp_
     with pytest.raises(UserError, match="--weights best"):
         load_model(run)
     assert load_model(run, weights="best")[1].epoch == 1
+
+
+def test_a_teacher_kept_without_its_last_epoch_says_how_to_go_on(tmp_path):
+    """A finished teacher of a committed reproduction keeps best.pt only; its student cannot distil the last
+    epoch then, and the error names the three ways on instead of suggesting an option `train` lacks."""
+    train(small_config(tmp_path, method="standard", val_split=100), **QUIET)
+    teacher = tmp_path / "standard"
+    for name in ("last.pt", "prev.pt"):
+        (teacher / name).unlink(missing_ok=True)
+    with pytest.raises(UserError, match=r"keeps only its best weights.*git add -f.*move .* away.*--teacher"):
+        train(small_config(tmp_path, method="agkd", teacher=str(teacher)), **QUIET)
+    train(small_config(tmp_path, method="agkd", teacher=str(teacher / "best.pt")), **QUIET)
+    assert load_checkpoint(tmp_path / "agkd").epoch == 1

@@ -94,6 +94,15 @@ class Setup:
 
 def _load_teacher(cfg: TrainConfig, student: Classifier, data: Dataset, device: torch.device) -> Classifier:
     """Load and check the frozen teacher: same dataset shape, classes and last-feature-map size."""
+    run = Path(cfg.teacher)
+    if run.is_dir() and (run / BEST).is_file() and not any((run / f).is_file() for f in (LAST, PREV)):
+        # a committed reproduction drops a finished run's training checkpoints; a teacher's last epoch must
+        # outlive them until its students have trained, and when it did not, say what the ways on are
+        raise UserError(
+            f"teacher {cfg.teacher} keeps only its best weights ({BEST}), not the last epoch ({LAST}) that a "
+            f"student distils: restore {LAST} where the teacher trained (commit it with `git add -f` until its "
+            f"students finish), move {cfg.teacher} away to train the teacher again, or give --teacher "
+            f"{run / BEST} to distil its best epoch instead")
     teacher, ckpt = load_model(cfg.teacher, device)
     t_spec, s = ckpt.data, data.spec
     if (t_spec.num_classes, t_spec.channels, t_spec.size) != (s.num_classes, s.channels, s.size):
