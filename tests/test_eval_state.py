@@ -10,7 +10,7 @@ import torch
 from agkd_bml.attacks import parse_attacks
 from agkd_bml.data import to_float
 from agkd_bml.errors import UserError
-from agkd_bml.evaluation import EvalState, evaluate_attacks
+from agkd_bml.evaluation import EvalState, NotSaved, evaluate_attacks
 from agkd_bml.evaluation import state as state_mod
 
 
@@ -48,6 +48,11 @@ def test_interrupted_evaluation_resumes_to_the_same_flags(teacher_run, digits, t
     saved = list((tmp_path / "state").glob("*.pt"))
     assert len(saved) == 2  # the clean point (done) and the unfinished PGD point
     object.__setattr__(attacks[0], "run", original)
+    # read-only (a table of what other processes computed): an unfinished or missing point computes nothing
+    for folder in (tmp_path / "state", tmp_path / "empty"):
+        with pytest.raises(NotSaved):
+            _run(model, x, y, attacks, EvalState(folder, saved_only=True))
+    assert len(list((tmp_path / "state").glob("*.pt"))) == 2 and not (tmp_path / "empty").exists()
     got = _run(model, x, y, attacks, EvalState(tmp_path / "state"))
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
@@ -55,6 +60,8 @@ def test_interrupted_evaluation_resumes_to_the_same_flags(teacher_run, digits, t
     object.__setattr__(attacks[0], "run", dying_run)
     calls["n"] = 2
     again = _run(model, x, y, attacks, EvalState(tmp_path / "state"))
+    assert all(torch.equal(a, b) for a, b in zip(again, want, strict=True))
+    again = _run(model, x, y, attacks, EvalState(tmp_path / "state", saved_only=True))
     assert all(torch.equal(a, b) for a, b in zip(again, want, strict=True))
 
 

@@ -112,6 +112,20 @@ def test_capacity_rows_train_score_and_are_reused_without_training_checkpoints(t
     assert out.count("reused") == 3 and "\ntraining " not in out  # the trainer's "training METHOD ..." line
     assert {p: p.read_text() for p in runs.glob("*/metrics.jsonl")} == before and not list(runs.glob("*/last.pt"))
     assert (tmp_path / "capacity.md").read_text() == table
+    # a call for other rows keeps the rows another call finished and scored, without training or attacking them
+    assert main([*args, "--only", "w16:AT-7"]) == 0
+    out = capsys.readouterr().out
+    assert "AGKD-BML-7: finished and scored before" in out and "== T seed" not in out
+    assert (tmp_path / "capacity.md").read_text() == table
+    # ...and leaves out (as still to do) a row whose run has not finished
+    metrics = runs / "AGKD-BML-7-s0" / "metrics.jsonl"
+    finished = metrics.read_text()
+    metrics.write_text("")  # no epoch finished
+    assert main([*args, "--only", "w16:AT-7"]) == 0
+    partial = (tmp_path / "capacity.md").read_text()
+    assert "| w16 | 0.06 M | AT-7 |" in partial and "| AGKD-BML-7 |" not in partial
+    assert "**Partial table**: w16:AGKD-BML-7, w32:AT-7" in partial and "\ntraining " not in capsys.readouterr().out
+    metrics.write_text(finished)
     assert main([*args, "--only", "w17:AT-7"]) == 2 and "SIZE:ROW" in capsys.readouterr().err
     assert main(["reproduce", "table2", "--scale", "tiny", "--out", str(tmp_path), "--only", "w16:AT-7"]) == 2
     # the widths are real models: parameters grow as the base width squared; a zero width is refused

@@ -23,7 +23,7 @@ from agkd_bml.analysis.timing import run_timing
 from agkd_bml.cli.multistep import RunSpec, mcnemar, score_rows
 from agkd_bml.cli.recipes import Context, Scores
 from agkd_bml.errors import UserError
-from agkd_bml.evaluation import wilson_interval
+from agkd_bml.evaluation import NotSaved, wilson_interval
 from agkd_bml.evaluation.table import WEIGHTS_NOTE
 from agkd_bml.fileio import write_text
 from agkd_bml.models import build_model
@@ -32,6 +32,7 @@ from agkd_bml.models import build_model
 SIZES = (("w16", "small-cnn-w16"), ("w32", "small-cnn"), ("w64", "small-cnn-w64"), ("w128", "small-cnn-w128"))
 ROWS = (RunSpec("AT-7", "pgd-at", 7), RunSpec("AGKD-BML-7", "agkd-bml", 7))
 PAIR = ("AT-7", "AGKD-BML-7")
+SPECS = "clean,pgd-20"  #: scored besides AutoAttack
 
 
 @dataclass
@@ -61,18 +62,42 @@ def parse_only(only: str | None) -> set[tuple[str, str]] | None:
 
 
 def score_sizes(out: Path, scale: str, progress: bool, only: set[tuple[str, str]] | None) -> list[SizeScores]:
-    """Train (or reuse) and score the chosen rows of every width; widths with nothing chosen are skipped."""
+    """Train (or reuse) and score the chosen rows of every width.
+
+    The rows ``--only`` leaves out are shown too where another call has already finished and scored them
+    (nothing of theirs is trained or attacked here), so the table a call writes never drops a row that
+    was done; widths with no row chosen or done are left out.
+    """
     done = []
     for size, arch in SIZES:
-        rows = tuple(r for r in ROWS if only is None or (size, r.label) in only)
-        if not rows:
-            continue
         ctx = Context(scale, out / size, progress, arch=arch)
-        print(f"== capacity: {size} ({arch}), {', '.join(r.label for r in rows)}")
-        scores = score_rows(ctx, rows, "clean,pgd-20")
-        params = sum(p.numel() for p in build_model(arch, ctx.data.spec).parameters())
-        done.append(SizeScores(size, arch, params, ctx, scores))
+        rows = tuple(r for r in ROWS if only is None or (size, r.label) in only)
+        scores: Scores = {}
+        if rows:
+            print(f"== capacity: {size} ({arch}), {', '.join(r.label for r in rows)}")
+            scores = score_rows(ctx, rows, SPECS)
+        for row in ROWS:
+            if row not in rows:
+                scores.update(_saved_scores(ctx, row))
+        if scores:
+            params = sum(p.numel() for p in build_model(arch, ctx.data.spec).parameters())
+            done.append(SizeScores(size, arch, params, ctx, scores))
     return done
+
+
+def _saved_scores(ctx: Context, row: RunSpec) -> Scores:
+    """``row``'s scores when its runs have finished and all its results are saved; nothing otherwise."""
+    ctx.saved_only = True
+    try:
+        scores = score_rows(ctx, (row,), SPECS)
+        print(f"== capacity: {ctx.out.name} {row.label}: finished and scored before; shown as saved")
+        return scores
+    except NotSaved:
+        for key in [k for k in ctx.flags if k[0] == row.label]:  # the points it had before one was missing
+            del ctx.flags[key]
+        return {}
+    finally:
+        ctx.saved_only = False
 
 
 def _cell(flags: torch.Tensor) -> str:

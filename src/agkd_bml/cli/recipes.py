@@ -21,7 +21,7 @@ from agkd_bml.attacks import Attack, TransferAttack, full_length, parse_attacks
 from agkd_bml.attacks.norms import dataset_eps
 from agkd_bml.config import TrainConfig
 from agkd_bml.data import Dataset, load_dataset
-from agkd_bml.evaluation import EvalState, evaluate_attacks
+from agkd_bml.evaluation import EvalState, NotSaved, evaluate_attacks
 from agkd_bml.models.checkpoint import load_model
 from agkd_bml.train import finished_without_checkpoint, resolve, train
 
@@ -101,6 +101,8 @@ class Context:
     #: called with the scores so far when a scorer has some rows done and others still to train (a partial table)
     partial: Callable[[Scores], None] | None = None
     arch: str | None = None  #: train this architecture instead of the scale's (the capacity study)
+    #: train and attack nothing: use finished runs and saved results only, raising :class:`NotSaved` for the rest
+    saved_only: bool = False
 
     @property
     def scale(self) -> Scale:
@@ -125,6 +127,11 @@ class Context:
         return self.out / "runs" / f"{label}-s{seed}"
 
     def train(self, label: str, seed: int, cfg: TrainConfig) -> None:
+        if self.saved_only:
+            metrics = cfg.run_dir() / "metrics.jsonl"
+            if not metrics.is_file() or len(metrics.read_text().splitlines()) < cfg.epochs:
+                raise NotSaved(f"{cfg.out} has not finished")
+            return
         print(f"== {label} seed {seed} -> {cfg.out}")
         if finished_without_checkpoint(cfg):
             print(f"{cfg.out}: finished (its results are kept, not its training checkpoints); reused")
@@ -158,7 +165,7 @@ class Context:
         x, y, _ = self.test(n)
         # every point is saved as it is computed (OUT/state), so a stopped target resumes its evaluation too
         for r in evaluate_attacks(model, x, y, attacks, seed=seed, progress=self.progress, desc=f"{label}-s{seed} ",
-                                  state=EvalState(self.out / "state")):
+                                  state=EvalState(self.out / "state", saved_only=self.saved_only)):
             scores.setdefault(label, {}).setdefault(r.attack.name, []).append(100 * r.accuracy)
             self.flags[(label, seed, r.attack.name)] = r.correct
 

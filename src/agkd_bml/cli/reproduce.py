@@ -321,7 +321,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--out", default="reproduce", help="folder for the runs and the tables (default: ./reproduce)")
     rp.add_argument("--yes", action="store_true", help="confirm a --scale paper run")
     rp.add_argument("--only", metavar="SIZE:ROW,...", help="capacity only: train and score just these rows (e.g. "
-                    "w128:AT-7,w128:AGKD-BML-7), so parallel processes can share one GPU; a run without it "
-                    "reuses their runs and evaluation and writes the whole table")
+                    "w128:AT-7,w128:AGKD-BML-7), so parallel processes can share one GPU; its table also shows "
+                    "the other rows already finished and scored (read from their saved results, nothing rerun); "
+                    "a run without it trains and scores every row left and writes the whole table")
     add_progress(rp)
     rp.set_defaults(handler=command_handler(reproduce))

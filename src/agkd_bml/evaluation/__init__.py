@@ -4,7 +4,7 @@ from agkd_bml.evaluation.audit import Check, audit, verdict, write_audit
 from agkd_bml.evaluation.curves import Curves, accuracy_curves, write_curves
 from agkd_bml.evaluation.loader import EvalOptions, ModelLoader, require_positive
 from agkd_bml.evaluation.robust import AttackResult, evaluate_attacks, wilson_interval
-from agkd_bml.evaluation.state import EvalState
+from agkd_bml.evaluation.state import EvalState, NotSaved
 from agkd_bml.evaluation.table import format_table, write_tables
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "EvalOptions",
     "EvalState",
     "ModelLoader",
+    "NotSaved",
     "accuracy_curves",
     "audit",
     "evaluate_attacks",

@@ -45,6 +45,10 @@ def model_digest(model: nn.Module) -> str:
     return tensor_digest(*model.state_dict().values())
 
 
+class NotSaved(UserError):
+    """A point asked of a read-only :class:`EvalState` (``saved_only``) that is not saved finished."""
+
+
 @dataclass
 class Point:
     """The saved progress of one (model, attack, images) point."""
@@ -64,11 +68,14 @@ class EvalState:
     ``settings`` (the command's eps, images, seed, batch size...) are written to ``settings.json`` on first
     use; a later evaluation with other settings is refused with a one-line error rather than left to fill
     the folder with points no table of the first one would read. Other attacks or models with the same
-    settings share the folder (finished points are reused).
+    settings share the folder (finished points are reused). With ``saved_only``, it hands out finished
+    points only and raises :class:`NotSaved` for any other, so a table can show what another process has
+    already computed without computing anything itself.
     """
 
-    def __init__(self, folder: str | Path, settings: dict[str, Any] | None = None) -> None:
+    def __init__(self, folder: str | Path, settings: dict[str, Any] | None = None, *, saved_only: bool = False) -> None:
         self.folder = Path(folder)
+        self.saved_only = saved_only
         self._saved_at: dict[str, float] = {}
         if settings is not None:
             self._check_settings(json.loads(json.dumps(settings)))
@@ -99,6 +106,8 @@ class EvalState:
         """The saved progress of ``key`` (empty when none is saved)."""
         path = self._path(key)
         if not path.exists():
+            if self.saved_only:
+                raise NotSaved(f"no saved result in {self.folder} for attack {key.get('attack')!r}")
             return Point(key)
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -107,6 +116,8 @@ class EvalState:
             raise UserError(f"evaluation state {path} cannot be read ({exc}); delete it to recompute that point") from exc
         if saved != json.loads(json.dumps(key)):
             raise UserError(f"evaluation state {path} was written with other settings; delete it or use another --state")
+        if self.saved_only and not raw["done"]:
+            raise NotSaved(f"the saved result {path} is not finished")
         return Point(key, list(raw["batches"]), bool(raw["done"]), list(raw.get("tallies", [])), raw.get("partial"))
 
     def save(self, point: Point, *, force: bool = False) -> None:
