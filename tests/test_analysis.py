@@ -99,3 +99,45 @@ def test_bad_analysis_input_is_a_one_line_error(teacher_run, capsys):
     assert main(["tsne", teacher_run, "--classes", "unicorn", "--out", "/tmp/never"]) == 2
     assert main(["attention", teacher_run, "--attack", "pgd-20,fgsm"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_paired_gap_and_its_line_through_log_parameters_match_independent_computations():
+    """The gap's standard error is that of the mean per-image difference; the line is numpy's weighted fit
+    with known variances; a line's own points give no residual scatter, and it carries on beyond them."""
+    import math
+
+    import numpy as np
+
+    from agkd_bml.analysis.trend import log_linear_trend, paired_gap
+
+    g = torch.Generator().manual_seed(0)
+    gaps, params = [], [60_000, 240_000, 960_000]
+    for p in (0.30, 0.20, 0.15):  # AT robust everywhere it is, AGKD-BML on a subset plus a few of its own
+        a = torch.rand(1000, generator=g) < 0.3
+        b = (a & (torch.rand(1000, generator=g) > p)) | (torch.rand(1000, generator=g) < 0.02)
+        gap = paired_gap(a, b)
+        d = a.double() - b.double()
+        assert gap.value == pytest.approx(float(d.mean()))
+        assert gap.se == pytest.approx(float(d.std(unbiased=False)) / math.sqrt(1000))
+        assert (gap.only_a, gap.only_b) == (int((a & ~b).sum()), int((b & ~a).sum()))
+        gaps.append(gap)
+    trend = log_linear_trend(params, gaps)
+    x = np.log(params) / np.log(4)
+    se = np.array([gp.se for gp in gaps])
+    coef, cov = np.polyfit(x, [gp.value for gp in gaps], 1, w=1 / se, cov="unscaled")
+    assert trend.slope == pytest.approx(coef[0]) and trend.slope_se == pytest.approx(math.sqrt(cov[0, 0]))
+    assert trend.at(params[0])[0] == pytest.approx(coef[0] * x[0] + coef[1])
+    assert trend.residual_p is not None and 0 <= trend.residual_p <= 1
+    # points on a line: zero scatter, and the line's value four times beyond the last size is one more slope
+    on_line = [type(gp)(0.2 - 0.03 * i, 0.01, 0, 0, 1000) for i, gp in enumerate(gaps)]
+    line = log_linear_trend(params, on_line)
+    assert line.chi2 == pytest.approx(0, abs=1e-20) and line.residual_p == pytest.approx(1)
+    gap, lo, hi = line.at(4 * params[-1])
+    assert gap == pytest.approx(0.2 - 0.09) and lo < gap < hi
+    # two sizes: the slope's error is the two gaps' errors over their distance in log4
+    two = log_linear_trend(params[:2], gaps[:2])
+    assert two.residual_p is None
+    assert two.slope_se == pytest.approx(math.hypot(gaps[0].se, gaps[1].se) / (x[1] - x[0]))
+    assert log_linear_trend(params[:1], gaps[:1]) is None
+    with pytest.raises(ValueError):
+        paired_gap(torch.ones(3, dtype=torch.bool), torch.ones(4, dtype=torch.bool))

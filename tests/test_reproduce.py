@@ -100,6 +100,7 @@ def test_capacity_rows_train_score_and_are_reused_without_training_checkpoints(t
     table = (tmp_path / "capacity.md").read_text()
     assert "| w16 | 0.06 M | AT-7 |" in table and "| w16 | 0.06 M | AGKD-BML-7 |" in table
     assert "**Partial table**: w32:AT-7" in table and "exact McNemar" in table
+    assert "**The AA gap (AT-7 - AGKD-BML-7, points) by width**" in table and "per 4-fold" not in table  # one width: no line
     assert (tmp_path / "capacity.png").stat().st_size > 0 and "w16,small-cnn-w16" in (tmp_path / "capacity.csv").read_text()
     runs = tmp_path / "w16" / "runs"
     assert {p.name for p in runs.iterdir()} == {"T-s0", "AT-7-s0", "AGKD-BML-7-s0"}

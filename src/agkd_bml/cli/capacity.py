@@ -15,11 +15,13 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from agkd_bml.analysis.plotting import pyplot, save_figure
 from agkd_bml.analysis.timing import run_timing
+from agkd_bml.analysis.trend import Gap, Trend, log_linear_trend, paired_gap
 from agkd_bml.cli.multistep import RunSpec, mcnemar, score_rows
 from agkd_bml.cli.recipes import Context, Scores
 from agkd_bml.errors import UserError
@@ -33,6 +35,7 @@ SIZES = (("w16", "small-cnn-w16"), ("w32", "small-cnn"), ("w64", "small-cnn-w64"
 ROWS = (RunSpec("AT-7", "pgd-at", 7), RunSpec("AGKD-BML-7", "agkd-bml", 7))
 PAIR = ("AT-7", "AGKD-BML-7")
 SPECS = "clean,pgd-20"  #: scored besides AutoAttack
+PAPER_ARCH = "wrn-28-10"  #: the paper's model, where the gap's trend is carried for comparison
 
 
 @dataclass
@@ -109,11 +112,10 @@ def render(done: list[SizeScores]) -> str:
     """The capacity table (clean, PGD-20, AA with Wilson intervals, the AA gap, McNemar) and its note."""
     lines = ["| size | parameters | model | clean | PGD-20 | AA | AA gap (AT-7 - AGKD-BML-7) | image by image under AA |",
              "|---" * 8 + "|"]
+    gaps = {s.size: g for s, g in aa_gaps(done)}
     for s in done:
         seed = s.ctx.scale.seeds[0]
-        aa = {label: s.ctx.flags.get((label, seed, "aa")) for label in PAIR}
-        gap = (f"{100 * (float(aa[PAIR[0]].float().mean()) - float(aa[PAIR[1]].float().mean())):+.1f} points"
-               if all(f is not None for f in aa.values()) else "-")
+        gap = f"{100 * gaps[s.size].value:+.1f} points" if s.size in gaps else "-"
         test = mcnemar(s.ctx, *PAIR).removeprefix(f"AutoAttack, image by image, {PAIR[0]} vs {PAIR[1]}: ") or "-"
         for label in PAIR:
             if label not in s.scores:
@@ -126,7 +128,65 @@ def render(done: list[SizeScores]) -> str:
     if pending:
         lines += ["", f"**Partial table**: {', '.join(pending)} not trained and scored yet; "
                   "`agkd-bml reproduce capacity --scale SCALE --out OUT` resumes and completes it."]
-    return "\n".join([*lines, "", note(done)])
+    trend = trend_text(done)
+    return "\n".join([*lines, *(["", trend] if trend else []), "", note(done)])
+
+
+def aa_gaps(done: list[SizeScores]) -> list[tuple[SizeScores, Gap]]:
+    """Each width's AutoAttack gap (AT-7 - AGKD-BML-7, the same images), where both rows are scored."""
+    out = []
+    for s in done:
+        seed = s.ctx.scale.seeds[0]
+        a, b = (s.ctx.flags.get((label, seed, "aa")) for label in PAIR)
+        if a is not None and b is not None:
+            out.append((s, paired_gap(a, b)))
+    return out
+
+
+def _points(gap: Gap) -> str:
+    lo, hi = gap.ci95
+    return f"{100 * gap.value:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def trend_text(done: list[SizeScores]) -> str:
+    """The AA gap per width with its paired interval, the line through log-parameters and where it leads.
+
+    Says in words whether the gap shrinks, stays or grows (the slope's interval below, across or above 0),
+    and carries the line to the paper's WRN-28-10 as a labelled extrapolation.
+    """
+    gaps = aa_gaps(done)
+    if not gaps:
+        return ""
+    per = ", ".join(f"{s.size} {_points(g)}" for s, g in gaps)
+    text = (f"**The AA gap ({PAIR[0]} - {PAIR[1]}, points) by width**, [95% interval of the paired difference over "
+            f"the same test images]: {per}.")
+    trend = log_linear_trend([s.params for s, _ in gaps], [g for _, g in gaps])
+    if trend is None:
+        return text
+    return f"{text} {_trend_sentences(trend, gaps)}"
+
+
+def _trend_sentences(trend: Trend, gaps: list[tuple[SizeScores, Gap]]) -> str:
+    lo, hi = trend.slope_ci95
+    verdict = ("the gap shrinks as the models grow" if hi < 0 else "the gap grows as the models grow" if lo > 0
+               else "no change of the gap with size can be told apart from the images' sampling at this precision")
+    params = [s.params for s, _ in gaps]
+    span = max(params) / min(params)
+    text = (f"A straight line in log-parameters through the {trend.sizes} widths (each gap weighted by its inverse "
+            f"variance): {100 * trend.slope:+.1f} points per 4-fold parameters [{100 * lo:+.1f}, {100 * hi:+.1f}], "
+            f"so {verdict}.")
+    if trend.residual_p is not None:
+        text += (f" The gaps scatter about the line with chi-square {trend.chi2:.1f} on {trend.sizes - 2} degree(s) of "
+                 f"freedom (p = {trend.residual_p:.2g}; a small p says the widths differ by more than a line and "
+                 "image sampling explain: seed-to-seed variation, or a bend).")
+    paper = sum(p.numel() for p in build_model(PAPER_ARCH, gaps[0][0].ctx.data.spec).parameters())
+    g, g_lo, g_hi = trend.at(paper)
+    text += (f" Carried to the paper's {PAPER_ARCH} ({paper / 1e6:.1f} M parameters, {paper / max(params):.0f} times the "
+             f"largest width here), the line gives {100 * g:+.1f} points [{100 * g_lo:+.1f}, "
+             f"{100 * g_hi:+.1f}]: an extrapolation of a line fitted over a {span:.0f}-fold span, and another "
+             "architecture, so a guide to what larger widths should show, not a prediction of the paper's number. "
+             "The intervals count the test images' sampling only: each width is one training seed.")
+    return text
 
 
 def note(done: list[SizeScores]) -> str:
@@ -149,10 +209,11 @@ def note(done: list[SizeScores]) -> str:
 
 
 def write_figure(done: list[SizeScores], out: Path) -> list[Path]:
-    """``capacity.png`` / ``.pdf`` (clean and AA accuracy against parameters, both models, Wilson intervals) and
-    ``capacity.csv`` (the points)."""
+    """``capacity.png`` / ``.pdf`` (left: clean and AA accuracy against parameters, both models, Wilson intervals;
+    right: the AA gap with its paired interval and the line of :func:`trend_text` over the widths measured) and
+    ``capacity.csv`` (the accuracy points)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(11, 4))
     rows = io.StringIO()
     w = csv.writer(rows)
     w.writerow(["size", "arch", "parameters", "model", "attack", "accuracy", "ci95_low", "ci95_high", "n"])
@@ -175,11 +236,33 @@ def write_figure(done: list[SizeScores], out: Path) -> list[Path]:
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("CIFAR-10, small CNN at four widths: clean and AutoAttack accuracy")
+    ax.set_title("CIFAR-10, small CNN by width: clean and AutoAttack accuracy", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    _gap_panel(gap_ax, aa_gaps(done))
     write_text(out / "capacity.csv", rows.getvalue())
     return [out / "capacity.csv", *save_figure(fig, out / "capacity")]
+
+
+def _gap_panel(ax: Any, gaps: list[tuple[SizeScores, Gap]]) -> None:
+    """The AA gap per width (95% paired interval) and, from two widths on, the fitted line over their span."""
+    if gaps:
+        x = [s.params for s, _ in gaps]
+        y = [100 * g.value for _, g in gaps]
+        err = [[100 * (g.value - g.ci95[0]) for _, g in gaps], [100 * (g.ci95[1] - g.value) for _, g in gaps]]
+        ax.errorbar(x, y, yerr=err, fmt="o", color="black", capsize=3, label="measured (95% paired interval)")
+        trend = log_linear_trend(x, [g for _, g in gaps])
+        if trend is not None:
+            ends = [min(x), max(x)]
+            ax.plot(ends, [100 * trend.at(p)[0] for p in ends], "--", color="grey",
+                    label=f"line: {100 * trend.slope:+.1f} points per 4x parameters")
+        ax.legend(fontsize=8)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel(f"AA gap, {PAIR[0]} - {PAIR[1]} (points)")
+    ax.set_title("AutoAttack gap by width", fontsize=10)
+    ax.grid(alpha=0.3)
 
 
 def capacity(out: Path, scale: str, *, progress: bool, only: str | None) -> str:
