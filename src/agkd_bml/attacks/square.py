@@ -14,8 +14,9 @@ location per query is shared by the batch and each channel gets its own sign, as
 An image leaves at its first misclassified point. Forward passes only, under ``torch.inference_mode``,
 on the prepared model of :func:`agkd_bml.models.inference.inference_copy`. On the CPU, an L-inf query
 recomputes only what its square reaches through the model's convolutions, residual blocks included
-(:class:`~agkd_bml.models.windowed.WindowedForward`: the same logits bit for bit, about 2x fewer seconds
-per query on the small CNN on 2 cores); models it cannot trace, L2 queries and GPUs get full passes.
+(:class:`~agkd_bml.models.windowed.WindowedForward`: the same logits, bit for bit where its probe says so,
+about 2x fewer seconds per query on the small CNN on 2 cores); models it cannot trace, L2 queries and GPUs
+get full passes. A success seen through such queries counts once a full pass agrees.
 Square is AutoAttack's longest part (5,000 queries on every image still robust), so with a
 :class:`~agkd_bml.attacks.base.Progress` it reports its search every :data:`REPORT_EVERY` queries and
 resumes from such a report to the uninterrupted call's result.
@@ -104,6 +105,11 @@ def _random_search(
         xs = x[rows]
         for i in range(first, queries + 1):
             wrong = best_margin <= 0
+            if windowed is not None and wrong.any():
+                # a success seen through windowed queries counts once a full pass of the batch agrees: the
+                # probe tries a few windows, this every success, so no crop's kernel can fake one
+                best_margin = torch.where(wrong, margin(model(best).logits, y[rows]), best_margin)
+                wrong = best_margin <= 0
             if wrong.any():
                 out[rows[wrong]], fooled[rows[wrong]] = best[wrong], True
                 keep = ~wrong

@@ -20,11 +20,13 @@ So on a plain chain (the small CNN) a 5,000-query search recomputes about a fift
 full passes; on a PreAct ResNet-18 the window covers a 32x32 stage in part, a 16x16 one mostly and the later
 ones whole. Its logits are the full pass's bit for bit wherever :meth:`WindowedForward.matches_full_passes`
 says so (it checks each window size a search will use; Square falls back to full passes otherwise), so a
-search takes the same path either way. Square uses it on the CPU only, where it was measured.
+float32 search takes the same path either way; in bf16 oneDNN's AMX kernels may round a crop of a batch size
+the probe did not try one bf16 unit away, so Square confirms each success with a full pass. Square uses it on the CPU only, where it was measured.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from collections.abc import Callable
@@ -219,7 +221,8 @@ class WindowedForward:
 
     def matches_full_passes(self, x: torch.Tensor, sides: tuple[int, ...]) -> bool:
         """Whether windowed logits equal full passes bit for bit on images ``x`` (a few are enough) for windows
-        of each of ``sides`` at the corners, next to them and in the middle.
+        of each of ``sides`` at the four corners, the middle of each edge, the centre, and next to two corners:
+        a crop at one border and not at the other may take another kernel than a crop at both.
 
         Call it in the precision the queries will run in. A convolution on a crop may be computed by
         another kernel than on the whole image (oneDNN chooses by shape) and round differently: a
@@ -232,8 +235,8 @@ class WindowedForward:
         self.start(x)
         for side in sides:
             rows, cols = min(side, height), min(side, width)
-            for top, left in {(0, 0), (1, 1), ((height - rows) // 2, (width - cols) // 2),
-                              (height - rows - 1, width - cols - 1), (height - rows, width - cols)}:
+            tops, lefts = (0, (height - rows) // 2, height - rows), (0, (width - cols) // 2, width - cols)
+            for top, left in {*itertools.product(tops, lefts), (1, 1), (height - rows - 1, width - cols - 1)}:
                 if top < 0 or left < 0 or top + rows > height or left + cols > width:
                     continue
                 candidate = x.clone()
@@ -318,6 +321,10 @@ class WindowedForward:
         if o_top >= o_bottom or o_left >= o_right:
             return None
         out_h, out_w = self.cache[node].shape[-2:]
+        if (sh, sw) != (1, 1) and o_right - o_left < 2 <= out_w:
+            # a strided convolution one output column wide is what oneDNN's AMX bf16 kernel gets wrong (output
+            # garbage: 3x3, stride 2, 3-4 input columns; PyTorch 2.14.1, 2026-12-06): two columns are exact
+            o_left, o_right = (o_left, o_right + 1) if o_right < out_w else (o_left - 1, o_right)
         if (o_top, o_bottom, o_left, o_right) == (0, out_h, 0, out_w):  # the whole output: a plain pass
             return (0, out_h, 0, out_w), self._call(node, (self._whole(node.args[0], {node.args[0]: change}),), {})  # type: ignore[dict-item, index]
         # the input rows/columns these outputs read, in padded coordinates, and their part inside the image
