@@ -21,7 +21,8 @@ full passes; on a PreAct ResNet-18 the window covers a 32x32 stage in part, a 16
 ones whole. Its logits are the full pass's bit for bit wherever :meth:`WindowedForward.matches_full_passes`
 says so (it checks each window size a search will use; Square falls back to full passes otherwise), so a
 float32 search takes the same path either way; in bf16 oneDNN's AMX kernels may round a crop of a batch size
-the probe did not try one bf16 unit away, so Square confirms each success with a full pass. Square uses it on the CPU only, where it was measured.
+the probe did not try one bf16 unit away, so Square confirms each success with a full pass. Square uses it
+on the CPU only, where it was measured.
 """
 
 from __future__ import annotations
