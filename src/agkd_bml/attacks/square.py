@@ -105,9 +105,10 @@ def _random_search(
         xs = x[rows]
         for i in range(first, queries + 1):
             wrong = best_margin <= 0
-            if windowed is not None and wrong.any():
+            if windowed is not None and i > first and wrong.any():
                 # a success seen through windowed queries counts once a full pass of the batch agrees: the
-                # probe tries a few windows, this every success, so no crop's kernel can fake one
+                # probe tries a few windows, this every success, so no crop's kernel can fake one (the first
+                # margins are a full pass's already, and a resumed search's saved rows are all still right)
                 best_margin = torch.where(wrong, margin(model(best).logits, y[rows]), best_margin)
                 wrong = best_margin <= 0
             if wrong.any():
