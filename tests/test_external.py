@@ -115,6 +115,30 @@ def test_factory_export_and_torchscript_give_the_same_table(foreign, tmp_path, c
     assert rb["dataset"] == "digits" and rb["eps"] == "0.1" and rb["autoattack_acc"] is not None
 
 
+def test_the_table_says_which_weights_and_inputs_a_foreign_model_had(foreign, tmp_path, capsys):
+    """A figure must say which weights it scored: a factory's row names its weights file (with a checksum) and
+    its normalisation; without --model-weights the row says so, and a note warns before any attack runs."""
+    import hashlib
+
+    factory = f"py:{foreign / 'm.py'}:make"
+    common = ["--dataset", "digits", "--attacks", "clean", "--n", "16", "--no-progress"]
+    assert main(["eval", factory, "--model-weights", str(foreign / "m.pt"), "--normalize", NORM, *common,
+                 "--out", str(tmp_path / "given")]) == 0
+    digest = hashlib.sha256((foreign / "m.pt").read_bytes()).hexdigest()[:12]
+    said = f"Model make: {factory}, weights {foreign / 'm.pt'} (sha256 {digest}), inputs normalised in front with mean (0.5) and std (0.25)."
+    assert said in (tmp_path / "given" / "eval.md").read_text()
+    summary = json.loads((tmp_path / "given" / "eval.json").read_text())
+    assert summary["models"]["make"]["source"] == said[len("Model make: "):-1]
+    assert {r["source"] for r in summary["results"]} == {said[len("Model make: "):-1]}
+    assert "note:" not in capsys.readouterr().err
+    assert main(["eval", factory, *common, "--out", str(tmp_path / "bare")]) == 0
+    assert "note: make: no --model-weights" in capsys.readouterr().err
+    assert (f"Model make: {factory}, the weights its factory gives it (no --model-weights), inputs in [0, 1] as they "
+            "are (no --normalize).") in (tmp_path / "bare" / "eval.md").read_text()
+    assert main(["eval", str(foreign / "m_ts.pt"), *common, "--out", str(tmp_path / "ts")]) == 0
+    assert f"Model m_ts: {foreign / 'm_ts.pt'}, the weights saved in it," in (tmp_path / "ts" / "eval.md").read_text()
+
+
 def test_a_program_exported_with_a_fixed_batch_runs_on_any_batch(foreign, tmp_path, capsys):
     """torch.export fixes the batch size unless told otherwise: such a program runs 3 images at a time (the last
     chunk padded), with the same table as the factory, and a note says how to export it for whole batches."""
@@ -214,6 +238,7 @@ def test_audit_and_curves_take_foreign_models_and_the_audit_warns(foreign, tmp_p
                  "--no-progress"])
     out = capsys.readouterr().out
     assert code in (0, 1) and "WARN  the outputs look like probabilities" in out
+    assert f"audit of probabilities (py:{m}:probabilities, the weights its factory gives it (no --model-weights)" in out
     assert main(["curves", str(foreign / "m.pt2"), "--dataset", "digits", "--normalize", NORM, "--n", "16",
                  "--no-progress", "--out", str(tmp_path)]) == 0
     assert main(["knn", str(foreign / "m.pt2"), "--dataset", "digits"]) == 2  # needs embeddings: one line, exit 2

@@ -59,7 +59,7 @@ def _evaluate(
     last_iterate: bool, out: str | None, state: str | None, options: EvalOptions, job: distributed.Dist,
 ) -> dict[str, list[AttackResult]]:
     say = print if job.main else _quiet
-    loader = ModelLoader(options)
+    loader = ModelLoader(options, **({} if job.main else {"note": _quiet}))
     # Fail on a bad spec (or source checkpoint) before any work.
     # (any budget checks the specs: each model's own is resolved below, from its dataset)
     parse_attacks(attacks, eps=options.eps if options.eps is not None else 1.0, load_source=loader.source,
@@ -93,9 +93,9 @@ def _evaluate(
         say(f"{label}: evaluated in {time.perf_counter() - start:.1f}s on {loader.device}{ranks}")
     # foreign models have only the weights they were given: the last / best / EMA note is about our runs
     weights = options.weights if not all(is_external(p) for p in checkpoints) else None
-    say(format_table(rows, weights))
+    say(format_table(rows, weights, loader.foreign))
     if out and job.main:
-        for f in write_tables(rows, out, weights=weights, flags=flags, datasets=where):
+        for f in write_tables(rows, out, weights=weights, flags=flags, datasets=where, foreign=loader.foreign):
             print(f"wrote {f}")
     return rows
 
@@ -146,7 +146,8 @@ def audit_checkpoint(
                    tolerance=tolerance, batch_size=options.batch_size, device=loader.device, seed=options.seed,
                    progress=options.progress)
     flags = model_flags(model, x, y, num_classes=data.spec.num_classes, device=loader.device)
-    lines = [f"audit of {label} ({checkpoint}), {time.perf_counter() - start:.0f}s on {loader.device}:"]
+    lines = [f"audit of {label} ({loader.foreign.get(label, checkpoint)}), {time.perf_counter() - start:.0f}s on "
+             f"{loader.device}:"]
     lines += [c.line() for c in checks] + [f"WARN  {f}" for f in flags] + [verdict(checks, x.shape[0], eps)]
     text = "\n".join(lines)
     print(text)

@@ -9,6 +9,9 @@ factory, an exported program, TorchScript); it is checked against the data befor
 
 from __future__ import annotations
 
+import hashlib
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +71,29 @@ def _label(path: str, taken: set[str]) -> str:
     return name
 
 
+def describe_foreign(source: str, weights: str | None,
+                     normalize: tuple[Sequence[float], Sequence[float]] | None) -> str:
+    """What a foreign model's row is, for the table's footnote: a figure must say which weights it scored, and a
+    factory's model without ``--model-weights`` has whatever weights the factory gives it (random ones, often)."""
+    if weights:
+        digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:12]
+        held = f"weights {weights} (sha256 {digest})"
+    elif source.startswith("py:"):
+        held = "the weights its factory gives it (no --model-weights)"
+    else:
+        held = "the weights saved in it"
+    if normalize is None:
+        inputs = "inputs in [0, 1] as they are (no --normalize)"
+    else:
+        mean, std = (", ".join(f"{v:.4g}" for v in values) for values in normalize)
+        inputs = f"inputs normalised in front with mean ({mean}) and std ({std})"
+    return f"{source}, {held}, {inputs}"
+
+
+def _note_stderr(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
+
+
 def check_fits(label: str, model: torch.nn.Module, data: Dataset, device: torch.device) -> None:
     """A foreign model takes the data's images and gives one logit per class, or a one-line error says why."""
     spec = data.spec
@@ -93,9 +119,12 @@ class ModelLoader:
     which only this project's models provide.
     """
 
-    def __init__(self, options: EvalOptions, *, features: bool = False) -> None:
+    def __init__(self, options: EvalOptions, *, features: bool = False,
+                 note: Callable[[str], None] = _note_stderr) -> None:
         self.options = options
         self.features = features
+        self.note = note  #: where a remark on a model goes (not an error: the run goes on)
+        self.foreign: dict[str, str] = {}  #: each foreign model's row label -> :func:`describe_foreign`
         self.device = resolve_device(options.device)
         self.datasets: dict[str, Dataset] = {}
         self.sources: dict[str, tuple[Classifier, DataSpec]] = {}
@@ -142,6 +171,10 @@ class ModelLoader:
         target = path[3:].rpartition(":")[2] if path.startswith("py:") else Path(path).stem
         label = _label(target, self.taken)
         check_fits(label, model, data, self.device)
+        self.foreign[label] = describe_foreign(path, self.options.model_weights, normalize)
+        if path.startswith("py:") and not self.options.model_weights:
+            self.note(f"{label}: no --model-weights, so {path} is evaluated with the weights its factory gives it "
+                      "(random ones unless the factory loads some)")
         return label, model, data
 
     def source(self, path: str) -> Classifier:

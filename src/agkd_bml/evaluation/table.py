@@ -37,10 +37,12 @@ WEIGHTS_NOTE = {
 }
 
 
-def format_table(rows: dict[str, list[AttackResult]], weights: str | None = None) -> str:
+def format_table(rows: dict[str, list[AttackResult]], weights: str | None = None,
+                 foreign: dict[str, str] | None = None) -> str:
     """A Markdown table of accuracies (%), with a footnote line per attack giving its settings.
 
-    ``weights`` (last, best, ema) adds a line saying which weights of the runs were evaluated.
+    ``weights`` (last, best, ema) adds a line saying which weights of the runs were evaluated; ``foreign``
+    (row label -> description) says the same of models from elsewhere: their source, weights and inputs.
     """
     first = next(iter(rows.values()))
     header = [r.attack.name for r in first] + (["worst-case"] if len(first) > 1 else [])
@@ -57,16 +59,21 @@ def format_table(rows: dict[str, list[AttackResult]], weights: str | None = None
         f"{fmt_eps(first[0].attack.eps)}; a point counts only if it is right clean and attacked; worst-case: "
         "right under every attack. [low, high]: 95% Wilson interval."
         + (f" Weights: {WEIGHTS_NOTE[weights]}." if weights else "")
+        + "".join(f" Model {label}: {text}." for label, text in (foreign or {}).items() if label in rows)
     )
     lines += [f"- {r.attack.describe()}" for r in first]
     return "\n".join(lines)
 
 
-def records(rows: dict[str, list[AttackResult]], weights: str | None = None) -> list[dict]:
-    """One flat record per (model, attack) with every setting and the 95% Wilson interval."""
+def records(rows: dict[str, list[AttackResult]], weights: str | None = None,
+            foreign: dict[str, str] | None = None) -> list[dict]:
+    """One flat record per (model, attack) with every setting and the 95% Wilson interval (and, for a model
+    from elsewhere, its ``source``: what :func:`format_table` says of it)."""
     out = []
-    extra = {"weights": weights} if weights else {}
     for name, results in rows.items():
+        extra = {"weights": weights} if weights else {}
+        if foreign and name in foreign:
+            extra["source"] = foreign[name]
         for r in results:
             lo, hi = r.wilson()
             out.append({
@@ -106,6 +113,7 @@ def robustbench_record(name: str, results: list[AttackResult], dataset: str = ""
 def write_tables(
     rows: dict[str, list[AttackResult]], out_dir: str | Path, stem: str = "eval", weights: str | None = None,
     flags: dict[str, list[str]] | None = None, datasets: dict[str, str] | None = None,
+    foreign: dict[str, str] | None = None,
 ) -> list[Path]:
     """Write the table as Markdown, CSV and JSON (atomically) into ``out_dir``.
 
@@ -113,9 +121,11 @@ def write_tables(
     summary and the warnings of :mod:`agkd_bml.evaluation.checks` under ``models``.
     """
     out = Path(out_dir)
-    recs = records(rows, weights)
+    recs = records(rows, weights, foreign)
     models = {name: {"robustbench": robustbench_record(name, results, (datasets or {}).get(name, "")),
-                     "flags": (flags or {}).get(name, [])} for name, results in rows.items()}
+                     "flags": (flags or {}).get(name, []),
+                     **({"source": foreign[name]} if foreign and name in foreign else {})}
+              for name, results in rows.items()}
     summary = {"format": "agkd-bml-eval/2", "results": recs, "models": models}
     buf = io.StringIO()
     keys = list(dict.fromkeys(k for r in recs for k in r))
@@ -123,7 +133,7 @@ def write_tables(
     writer.writeheader()
     writer.writerows({**r, "settings": json.dumps(r["settings"], sort_keys=True)} for r in recs)
     warnings = [f"- {name}: {flag}" for name, m in models.items() for flag in m["flags"]]
-    md = format_table(rows, weights) + ("\n\nWarnings (checks before and after the attacks):\n" + "\n".join(warnings)
+    md = format_table(rows, weights, foreign) + ("\n\nWarnings (checks before and after the attacks):\n" + "\n".join(warnings)
                                          if warnings else "")
     files = {f"{stem}.md": md + "\n", f"{stem}.csv": buf.getvalue(), f"{stem}.json": json.dumps(summary, indent=2) + "\n"}
     for name, text in files.items():
