@@ -177,6 +177,8 @@ def test_bad_foreign_input_is_one_line_and_exit_code_2(foreign, tmp_path, capsys
         ([f"py:{m}:make"], "--dataset"),
         ([f"py:{m}:three_classes", "--model-weights", str(foreign / "m.pt"), "--dataset", "digits"], "does not fit"),
         ([f"py:{m}:make", "--dataset", "digits", "--normalize", "1,2,3"], "--normalize"),
+        ([str(foreign / "m.pt"), "--dataset", "digits"], "holds bare weights (a state dict), not an agkd-bml "
+                                                        "checkpoint: give the model as py:FILE.py:FACTORY"),
     ]
     for args, needle in cases:  # in-process (the CLI's own error path), so the torch import is paid once
         code = main(["eval", *args, "--attacks", "clean", "--n", "8", "--no-progress"])

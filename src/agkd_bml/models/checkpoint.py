@@ -134,6 +134,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise UserError(f"cannot read checkpoint {p}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        weights = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+        if isinstance(weights, dict) and weights and all(isinstance(v, torch.Tensor) for v in weights.values()):
+            raise UserError(f"{p} holds bare weights (a state dict), not an agkd-bml checkpoint: give the model as "
+                            f"py:FILE.py:FACTORY (a function that builds it) with --model-weights {p} and --dataset")
         raise UserError(f"{p} is not an agkd-bml checkpoint (no '{FORMAT}' format tag)")
     if ckpt.get("checksum") != weights_checksum(ckpt["model"]):
         raise UserError(f"checkpoint {p} is corrupt: its weights do not match their SHA-256 checksum")
