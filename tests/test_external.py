@@ -139,6 +139,23 @@ def test_the_table_says_which_weights_and_inputs_a_foreign_model_had(foreign, tm
     assert f"Model m_ts: {foreign / 'm_ts.pt'}, the weights saved in it," in (tmp_path / "ts" / "eval.md").read_text()
 
 
+def test_weights_saved_from_dataparallel_load_and_a_misfit_names_its_keys(foreign, tmp_path, capsys):
+    """Most robustness code saves ``model.state_dict()`` of an ``nn.DataParallel``: every key starts with
+    ``module.``. Such weights give the same table as the plain ones; weights that do not fit say which keys."""
+    plain = torch.load(foreign / "m.pt", weights_only=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in plain.items()}}, tmp_path / "dp.pt")
+    torch.save({k: v for k, v in plain.items() if k != "head.bias"} | {"extra.weight": torch.zeros(1)},
+               tmp_path / "misfit.pt")
+    common = [f"py:{foreign / 'm.py'}:make", "--dataset", "digits", "--normalize", NORM, "--attacks", "clean,pgd-5",
+              "--n", "32", "--no-progress"]
+    for name, weights in (("plain", foreign / "m.pt"), ("dp", tmp_path / "dp.pt")):
+        assert main(["eval", *common, "--model-weights", str(weights), "--out", str(tmp_path / name)]) == 0
+    assert _table_rows(tmp_path / "dp") == _table_rows(tmp_path / "plain")
+    capsys.readouterr()
+    assert main(["eval", *common, "--model-weights", str(tmp_path / "misfit.pt")]) == 2
+    assert "does not fit the model: 1 key(s) missing: head.bias; 1 unexpected: extra.weight" in capsys.readouterr().err
+
+
 def test_a_program_exported_with_a_fixed_batch_runs_on_any_batch(foreign, tmp_path, capsys):
     """torch.export fixes the batch size unless told otherwise: such a program runs 3 images at a time (the last
     chunk padded), with the same table as the factory, and a note says how to export it for whole batches."""

@@ -203,8 +203,38 @@ def _from_factory(spec: str) -> nn.Module:
     return net
 
 
+#: Key prefixes that wrappers add: ``nn.DataParallel`` / DDP (``module.``) and ``torch.compile`` (``_orig_mod.``).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _unwrapped(state: dict[str, Any], expected: set[str]) -> dict[str, Any]:
+    """``state`` with the prefix that a wrapper added to every key removed, when the model's own keys lack it
+    (weights saved from a DataParallel model, as most robustness code bases save them)."""
+    stripped = True
+    while stripped and state:
+        stripped = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
+                state, stripped = {k[len(prefix):]: v for k, v in state.items()}, True
+    return state
+
+
+def _mismatch(state: dict[str, Any], expected: set[str], error: RuntimeError) -> str:
+    """Why a state dict does not fit, in one line: the keys it lacks and has in excess, a few of each."""
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    if not missing and not extra:  # the same keys: a shape differs
+        return next((ln.strip() for ln in str(error).splitlines()[1:] if "size mismatch" in ln), str(error).splitlines()[0])
+    return "; ".join(part for part in (f"{len(missing)} key(s) missing: {some(missing)}" if missing else "",
+                                       f"{len(extra)} unexpected: {some(extra)}" if extra else "") if part)
+
+
 def _load_weights(net: nn.Module, path: str) -> None:
-    """Load a state dict (``weights_only=True``; a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped)."""
+    """Load a state dict (``weights_only=True``; a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped,
+    and so is the ``module.`` prefix of weights saved from a DataParallel model)."""
     if not Path(path).is_file():
         raise UserError(f"--model-weights: file not found: {path}")
     try:
@@ -216,10 +246,12 @@ def _load_weights(net: nn.Module, path: str) -> None:
             state = state[key]
     if not isinstance(state, dict):
         raise UserError(f"--model-weights {path} holds {type(state).__name__}, not a state dict")
+    expected = set(net.state_dict())
+    state = _unwrapped(state, expected)
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
-        raise UserError(f"--model-weights {path} does not fit the model: {str(exc).splitlines()[0]}") from exc
+        raise UserError(f"--model-weights {path} does not fit the model: {_mismatch(state, expected, exc)}") from exc
 
 
 def parse_normalize(text: str, dataset_stats: tuple[Sequence[float], Sequence[float]]) -> tuple[list[float], list[float]]:
