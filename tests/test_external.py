@@ -58,6 +58,44 @@ def probabilities():
 
 def broken():
     raise RuntimeError("no weights here")
+
+
+class Tupled(Net):
+    """Returns (feature map, logits), as much research code does (the paper authors' returns three outputs)."""
+
+    def forward(self, x):
+        return self.features[:3](x), super().forward(x)
+
+
+def tupled():
+    return Tupled()
+
+
+class LogitsOf(nn.Module):
+    """What a factory writes for such a model: a wrapper whose forward picks the logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = Tupled()
+
+    def forward(self, x):
+        return self.net(x)[1]
+
+
+def wrapped():
+    return LogitsOf()
+
+
+class SelfTraining(Net):
+    """Switches itself to training mode in its forward, as the paper authors' WideResNet does unless told not to."""
+
+    def forward(self, x):
+        self.train()
+        return super().forward(x)
+
+
+def self_training():
+    return SelfTraining()
 '''
 NORM = "0.5,0.25"
 
@@ -130,7 +168,8 @@ def test_the_table_says_which_weights_and_inputs_a_foreign_model_had(foreign, tm
     summary = json.loads((tmp_path / "given" / "eval.json").read_text())
     assert summary["models"]["make"]["source"] == said[len("Model make: "):-1]
     assert {r["source"] for r in summary["results"]} == {said[len("Model make: "):-1]}
-    assert "note:" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "note:" not in err and "warning:" not in err  # an eval-mode model with its weights: nothing to say
     assert main(["eval", factory, *common, "--out", str(tmp_path / "bare")]) == 0
     assert "note: make: no --model-weights" in capsys.readouterr().err
     assert (f"Model make: {factory}, the weights its factory gives it (no --model-weights), inputs in [0, 1] as they "
@@ -141,19 +180,43 @@ def test_the_table_says_which_weights_and_inputs_a_foreign_model_had(foreign, tm
 
 def test_weights_saved_from_dataparallel_load_and_a_misfit_names_its_keys(foreign, tmp_path, capsys):
     """Most robustness code saves ``model.state_dict()`` of an ``nn.DataParallel``: every key starts with
-    ``module.``. Such weights give the same table as the plain ones; weights that do not fit say which keys."""
+    ``module.``, often inside ``{"net": ...}`` (the paper authors' code too). Such weights give the same table as
+    the plain ones, also into a factory's wrapper that picks the logits out of a tuple (its keys start with
+    ``net.``); a tuple that does not start with the logits, and weights that do not fit, say what to do."""
     plain = torch.load(foreign / "m.pt", weights_only=True)
     torch.save({"state_dict": {f"module.{k}": v for k, v in plain.items()}}, tmp_path / "dp.pt")
+    torch.save({"net": {f"module.{k}": v for k, v in plain.items()}, "acc": 90.0, "epoch": 10}, tmp_path / "ckpt.t7")
     torch.save({k: v for k, v in plain.items() if k != "head.bias"} | {"extra.weight": torch.zeros(1)},
                tmp_path / "misfit.pt")
-    common = [f"py:{foreign / 'm.py'}:make", "--dataset", "digits", "--normalize", NORM, "--attacks", "clean,pgd-5",
-              "--n", "32", "--no-progress"]
-    for name, weights in (("plain", foreign / "m.pt"), ("dp", tmp_path / "dp.pt")):
-        assert main(["eval", *common, "--model-weights", str(weights), "--out", str(tmp_path / name)]) == 0
-    assert _table_rows(tmp_path / "dp") == _table_rows(tmp_path / "plain")
+    m = foreign / "m.py"
+    common = ["--dataset", "digits", "--normalize", NORM, "--attacks", "clean,pgd-5", "--n", "32", "--no-progress"]
+    for name, factory, weights in (("plain", "make", foreign / "m.pt"), ("dp", "make", tmp_path / "dp.pt"),
+                                   ("wrapped", "wrapped", tmp_path / "ckpt.t7")):
+        assert main(["eval", f"py:{m}:{factory}", *common, "--model-weights", str(weights),
+                     "--out", str(tmp_path / name)]) == 0
+    assert _table_rows(tmp_path / "dp") == _table_rows(tmp_path / "plain") == _table_rows(tmp_path / "wrapped")
     capsys.readouterr()
-    assert main(["eval", *common, "--model-weights", str(tmp_path / "misfit.pt")]) == 2
+    assert main(["eval", f"py:{m}:make", *common, "--model-weights", str(tmp_path / "misfit.pt")]) == 2
     assert "does not fit the model: 1 key(s) missing: head.bias; 1 unexpected: extra.weight" in capsys.readouterr().err
+    assert main(["eval", f"py:{m}:tupled", *common, "--model-weights", str(foreign / "m.pt")]) == 2
+    assert ("the model returned a tuple of (2, 16, 16, 16), (2, 10); its first element must be the logits"
+            in capsys.readouterr().err)
+
+
+def test_a_factory_imports_the_code_beside_it(tmp_path, monkeypatch, capsys):
+    """A factory file imports the model code next to it (its folder goes on sys.path, as for a script), and
+    py:module:FACTORY finds a module in the working directory (as python -m does), not only installed ones."""
+    (tmp_path / "sibling_netdef.py").write_text(
+        "from torch import nn\n\n\ndef build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(256, 10))\n")
+    (tmp_path / "sibling_factory.py").write_text("from sibling_netdef import build\n\n\ndef make():\n    return build()\n")
+    original = list(sys.path)
+    for spec, cwd in ((f"py:{tmp_path / 'sibling_factory.py'}:make", Path.cwd()), ("py:sibling_factory:make", tmp_path)):
+        monkeypatch.setattr(sys, "path", list(original))  # each call starts from the path the test had
+        for name in ("sibling_netdef", "sibling_factory"):
+            monkeypatch.delitem(sys.modules, name, raising=False)
+        monkeypatch.chdir(cwd)
+        code = main(["eval", spec, "--dataset", "digits", "--attacks", "clean", "--n", "8", "--no-progress"])
+        assert code == 0, (spec, capsys.readouterr().err)
 
 
 def test_a_program_exported_with_a_fixed_batch_runs_on_any_batch(foreign, tmp_path, capsys):
@@ -167,7 +230,8 @@ def test_a_program_exported_with_a_fixed_batch_runs_on_any_batch(foreign, tmp_pa
     assert _table_rows(tmp_path / "static") == _table_rows(tmp_path / "py")
 
 
-@pytest.mark.parametrize("factory, needle", [("randomized", "randomized"), ("probabilities", "probabilities")])
+@pytest.mark.parametrize("factory, needle", [("randomized", "randomized"), ("probabilities", "probabilities"),
+                                             ("self_training", "puts its layers in training mode (BatchNorm2d)")])
 def test_randomized_and_softmax_models_are_flagged_before_autoattack(foreign, tmp_path, factory, needle, capsys):
     assert main(["eval", f"py:{foreign / 'm.py'}:{factory}", "--dataset", "digits", "--attacks", "clean,aa",
                  "--n", "16", "--no-progress", "--out", str(tmp_path)]) == 0

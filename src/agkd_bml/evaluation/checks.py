@@ -2,7 +2,8 @@
 
 Each check is cheap (a few passes on one batch) and returns a one-line warning or nothing. They catch the
 classic ways a robustness number is inflated without any attack being wrong: a randomized model (two
-forwards differ, so a deterministic attack chases noise), probabilities instead of logits (the losses
+forwards differ, so a deterministic attack chases noise), a forward that switches itself to training mode
+(BatchNorm on batch statistics), probabilities instead of logits (the losses
 saturate), input gradients that are zero or not finite (gradient attacks are blind there), too few classes
 for the targeted parts, and a black-box attack (Square) that finds what the white-box parts missed.
 """
@@ -23,6 +24,8 @@ from agkd_bml.data import to_float
 from agkd_bml.evaluation.robust import AttackResult, evaluate_attacks
 from agkd_bml.models.modes import eval_mode
 
+#: Layers that compute something else in training mode (batch statistics, random dropping).
+_MODE_DEPENDENT = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)
 #: Relative change of the logits between two forwards of the same images above which a model is randomized.
 RANDOM_TOLERANCE = 1e-4
 #: Share of the test points Square may break after the white-box parts before the run is flagged (auto-attack's).
@@ -37,6 +40,12 @@ def model_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, num_class
     flags = []
     with eval_mode(model), torch.no_grad():
         outs = [model(xb).logits.float() for _ in range(3)]
+        switched = sorted({type(m).__name__ for m in model.modules() if m.training and isinstance(m, _MODE_DEPENDENT)})
+    if switched:
+        flags.append(f"the model's forward puts its layers in training mode ({', '.join(switched)}): BatchNorm "
+                     "then normalises each batch by its own statistics, so a prediction depends on the other images "
+                     "in its batch, and updates its running statistics while it is attacked; make the forward keep "
+                     "eval mode (the paper authors' WideResNet: call it with _eval=True)")
     scale = outs[0].norm(dim=1).clamp_min(1e-10)
     diff = max(float(((o - outs[0]).norm(dim=1) / scale).max()) for o in outs[1:])
     if diff > RANDOM_TOLERANCE:

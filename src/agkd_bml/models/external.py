@@ -73,6 +73,10 @@ def output_logits(out: Any) -> torch.Tensor:
         logits = out["logits"]
     elif isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         logits = out[0]
+        if logits.ndim != 2:
+            shapes = ", ".join(str(tuple(o.shape)) if isinstance(o, torch.Tensor) else type(o).__name__ for o in out)
+            raise UserError(f"the model returned a tuple of {shapes}; its first element must be the logits (batch, "
+                            "classes): wrap the network in a module in your factory whose forward returns them")
     else:
         raise UserError(f"the model returned {type(out).__name__}; it must return logits (a tensor), a tuple "
                         "that starts with them, or an object with .logits")
@@ -168,6 +172,14 @@ def _read(path: str, read: Any, what: str) -> nn.Module:
         quiet.setLevel(level)
 
 
+def _importable(folder: Path) -> None:
+    """Put ``folder`` first on ``sys.path`` (once), as Python does for a script's folder and ``python -m`` for the
+    working directory: a factory file imports the model code beside it, and is left able to (lazy imports)."""
+    entry = str(folder.resolve())
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+
 def _from_factory(spec: str) -> nn.Module:
     """Import ``FILE.py:FACTORY`` or ``module:FACTORY`` and call the factory (user code runs here)."""
     target, sep, name = spec.rpartition(":")
@@ -177,6 +189,7 @@ def _from_factory(spec: str) -> nn.Module:
         path = Path(target)
         if not path.is_file():
             raise UserError(f"py:{spec}: no such file {target}")
+        _importable(path.parent)
         mod_spec = importlib.util.spec_from_file_location(f"agkd_bml_user_{path.stem}", path)
         if mod_spec is None or mod_spec.loader is None:
             raise UserError(f"py:{spec}: {target} cannot be imported")
@@ -187,6 +200,7 @@ def _from_factory(spec: str) -> nn.Module:
         except Exception as exc:
             raise UserError(f"py:{spec}: importing {target} failed: {type(exc).__name__}: {exc}") from exc
     else:
+        _importable(Path.cwd())
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
@@ -208,14 +222,21 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def _unwrapped(state: dict[str, Any], expected: set[str]) -> dict[str, Any]:
-    """``state`` with the prefix that a wrapper added to every key removed, when the model's own keys lack it
-    (weights saved from a DataParallel model, as most robustness code bases save them)."""
+    """``state`` with its keys re-rooted to fit the model's: the prefix that a wrapper added to every key removed
+    when the model's own keys lack it (weights saved from a DataParallel model, as most robustness code bases
+    save them), and, when the factory wraps the network in a module of its own (to pick the logits out of a
+    tuple, say) so that every key of the model starts with one attribute name, that name put in front."""
     stripped = True
     while stripped and state:
         stripped = False
         for prefix in _WRAPPER_PREFIXES:
             if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
                 state, stripped = {k[len(prefix):]: v for k, v in state.items()}, True
+    roots = {k.partition(".")[0] for k in expected}
+    if set(state) != expected and len(roots) == 1 and all("." in k for k in expected):
+        rooted = {f"{next(iter(roots))}.{k}": v for k, v in state.items()}
+        if set(rooted) == expected:
+            return rooted
     return state
 
 
@@ -233,15 +254,15 @@ def _mismatch(state: dict[str, Any], expected: set[str], error: RuntimeError) ->
 
 
 def _load_weights(net: nn.Module, path: str) -> None:
-    """Load a state dict (``weights_only=True``; a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped,
-    and so is the ``module.`` prefix of weights saved from a DataParallel model)."""
+    """Load a state dict (``weights_only=True``; a ``{"state_dict": ...}``, ``{"model": ...}`` or ``{"net": ...}``
+    wrapper is unwrapped, and the keys re-rooted by :func:`_unwrapped`)."""
     if not Path(path).is_file():
         raise UserError(f"--model-weights: file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UserError(f"--model-weights {path} is not a state dict saved with torch.save: {exc}") from exc
-    for key in ("state_dict", "model"):
+    for key in ("state_dict", "model", "net"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
