@@ -3,9 +3,9 @@
 Each check is cheap (a few passes on one batch) and returns a one-line warning or nothing. They catch the
 classic ways a robustness number is inflated without any attack being wrong: a randomized model (two
 forwards differ, so a deterministic attack chases noise), a forward that switches itself to training mode
-(BatchNorm on batch statistics), probabilities instead of logits (the losses
-saturate), input gradients that are zero or not finite (gradient attacks are blind there), too few classes
-for the targeted parts, and a black-box attack (Square) that finds what the white-box parts missed.
+(BatchNorm on batch statistics), probabilities instead of logits (the losses saturate), input gradients
+that are zero or not finite (gradient attacks are blind there), too few classes for the targeted parts,
+and a black-box attack (Square) that finds what the white-box parts missed.
 """
 
 from __future__ import annotations
@@ -42,10 +42,11 @@ def model_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, num_class
         outs = [model(xb).logits.float() for _ in range(3)]
         switched = sorted({type(m).__name__ for m in model.modules() if m.training and isinstance(m, _MODE_DEPENDENT)})
     if switched:
-        flags.append(f"the model's forward puts its layers in training mode ({', '.join(switched)}): BatchNorm "
-                     "then normalises each batch by its own statistics, so a prediction depends on the other images "
-                     "in its batch, and updates its running statistics while it is attacked; make the forward keep "
-                     "eval mode (the paper authors' WideResNet: call it with _eval=True)")
+        flags.append(f"the model's forward puts its layers in training mode ({', '.join(switched)}): a BatchNorm "
+                     "there normalises each batch by its own statistics, so a prediction depends on the other images "
+                     "in its batch, and updates its running statistics while it is attacked (a Dropout drops at "
+                     "random); make the forward keep eval mode (the paper authors' WideResNet: call it with "
+                     "_eval=True)")
     scale = outs[0].norm(dim=1).clamp_min(1e-10)
     diff = max(float(((o - outs[0]).norm(dim=1) / scale).max()) for o in outs[1:])
     if diff > RANDOM_TOLERANCE:
