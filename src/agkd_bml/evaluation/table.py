@@ -59,7 +59,7 @@ def format_table(rows: dict[str, list[AttackResult]], weights: str | None = None
         f"{fmt_eps(first[0].attack.eps)}; a point counts only if it is right clean and attacked; worst-case: "
         "right under every attack. [low, high]: 95% Wilson interval."
         + (f" Weights: {WEIGHTS_NOTE[weights]}." if weights else "")
-        + "".join(f" Model {label}: {text}." for label, text in (foreign or {}).items() if label in rows)
+        + "".join(f" Model {label}: {text}." for label, text in (foreign or {}).items())
     )
     lines += [f"- {r.attack.describe()}" for r in first]
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from agkd_bml.data import DataSpec
 from agkd_bml.errors import UserError
 from agkd_bml.fileio import atomic_write
 from agkd_bml.models import Classifier, build_model
+from agkd_bml.models.external import bare_state_dict
 
 FORMAT = "agkd-bml/1"
 LAST, PREV, BEST = "last.pt", "prev.pt", "best.pt"
@@ -134,8 +135,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise UserError(f"cannot read checkpoint {p}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        weights = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-        if isinstance(weights, dict) and weights and all(isinstance(v, torch.Tensor) for v in weights.values()):
+        if bare_state_dict(ckpt) is not None:
             raise UserError(f"{p} holds bare weights (a state dict), not an agkd-bml checkpoint: give the model as "
                             f"py:FILE.py:FACTORY (a function that builds it) with --model-weights {p} and --dataset")
         raise UserError(f"{p} is not an agkd-bml checkpoint (no '{FORMAT}' format tag)")

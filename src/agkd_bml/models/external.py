@@ -217,6 +217,20 @@ def _from_factory(spec: str) -> nn.Module:
     return net
 
 
+#: The keys under which training scripts commonly save a state dict, with epoch, accuracy and optimizer beside it.
+_STATE_KEYS = ("state_dict", "model", "net")
+
+
+def bare_state_dict(saved: Any) -> dict[str, torch.Tensor] | None:
+    """The state dict in what ``torch.load`` read (itself, or under one of :data:`_STATE_KEYS`), or None."""
+    for key in _STATE_KEYS:
+        if isinstance(saved, dict) and isinstance(saved.get(key), dict):
+            saved = saved[key]
+    if isinstance(saved, dict) and saved and all(isinstance(v, torch.Tensor) for v in saved.values()):
+        return saved
+    return None
+
+
 #: Key prefixes that wrappers add: ``nn.DataParallel`` / DDP (``module.``) and ``torch.compile`` (``_orig_mod.``).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -254,19 +268,18 @@ def _mismatch(state: dict[str, Any], expected: set[str], error: RuntimeError) ->
 
 
 def _load_weights(net: nn.Module, path: str) -> None:
-    """Load a state dict (``weights_only=True``; a ``{"state_dict": ...}``, ``{"model": ...}`` or ``{"net": ...}``
-    wrapper is unwrapped, and the keys re-rooted by :func:`_unwrapped`)."""
+    """Load a state dict (``weights_only=True``; found by :func:`bare_state_dict`, its keys re-rooted by
+    :func:`_unwrapped`)."""
     if not Path(path).is_file():
         raise UserError(f"--model-weights: file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UserError(f"--model-weights {path} is not a state dict saved with torch.save: {exc}") from exc
-    for key in ("state_dict", "model", "net"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
+    found = bare_state_dict(state)
+    if found is None:
         raise UserError(f"--model-weights {path} holds {type(state).__name__}, not a state dict")
+    state = found
     expected = set(net.state_dict())
     state = _unwrapped(state, expected)
     try:
