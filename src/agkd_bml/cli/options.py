@@ -56,7 +56,8 @@ def add_eval_options(p: argparse.ArgumentParser, n: int | None = None, *, data: 
                    "default: last")
     if foreign:
         p.add_argument("--model-weights", metavar="FILE", default=None,
-                       help="a state dict (torch.save, loaded with weights_only=True) for a py: factory's model")
+                       help="a state dict (torch.save, loaded with weights_only=True) for a py: factory's model; "
+                            "also under a state_dict/model/net key, and saved from nn.DataParallel (module. keys)")
         p.add_argument("--normalize", metavar="MEAN,STD", default=None,
                        help="for a foreign model that expects normalised inputs: `dataset` (the data's own mean "
                        "and std), MEAN,STD, or one mean per channel then one std per channel")
