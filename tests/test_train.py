@@ -11,6 +11,7 @@ import torch
 import yaml
 from conftest import small_config
 
+from agkd_bml.data import load_dataset
 from agkd_bml.errors import UserError
 from agkd_bml.methods import METHODS
 from agkd_bml.models import build_model
@@ -222,3 +223,39 @@ def test_a_teacher_kept_without_its_last_epoch_says_how_to_go_on(tmp_path):
         train(small_config(tmp_path, method="agkd", teacher=str(teacher)), **QUIET)
     train(small_config(tmp_path, method="agkd", teacher=str(teacher / "best.pt")), **QUIET)
     assert load_checkpoint(tmp_path / "agkd").epoch == 1
+
+
+def test_cyclic_schedule_rises_to_the_peak_at_two_fifths_and_ends_at_zero(tmp_path):
+    # 256 images in batches of 64: 4 steps an epoch, 5 epochs; the peak is after epoch 2 (5 * 2 // 5)
+    cfg = small_config(tmp_path, method="standard", epochs=5, lr=0.2, lr_schedule="cyclic", val_n=0)
+    train(cfg, **QUIET)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "standard" / "metrics.jsonl").read_text().splitlines()]
+    # the lr of an epoch's last step: 4/8, 8/8 of the way up, then 4/12, 8/12, 12/12 of the way down
+    assert lrs == pytest.approx([0.1, 0.2, 0.2 * 8 / 12, 0.2 * 4 / 12, 0.0])
+    assert load_checkpoint(tmp_path / "standard").scheduler["last_epoch"] == 20  # stepped per batch
+
+
+def test_cyclic_schedule_rejects_milestones(tmp_path):
+    with pytest.raises(UserError, match="milestones"):
+        train(small_config(tmp_path, lr_schedule="cyclic", milestones=[2]), **QUIET)
+
+
+def test_fast_at_attacks_with_batchnorm_in_train_mode(tmp_path):
+    """Wong et al.'s FGSM-RS: one step of 1.25 eps, and the attack's forward pass sees batch statistics
+    (so BatchNorm's running statistics move during the attack, which an eval-mode attack never does)."""
+    from agkd_bml.methods.base import MethodContext, resolve_attack
+
+    cfg = small_config(tmp_path, method="fast-at")
+    data = load_dataset("digits")
+    attack = resolve_attack(cfg, data.spec)
+    assert (attack.steps, attack.step_size) == (1, pytest.approx(1.25 * attack.eps))
+    x, y = data.x_train[:32].float() / 255, data.y_train[:32].long()
+    for name, moves in (("fast-at", True), ("pgd-at", False)):
+        torch.manual_seed(0)
+        model = build_model("small-cnn", data.spec).train()
+        method = METHODS[name](cfg, MethodContext(data.spec.num_classes, attack))
+        before = [b.clone() for b in model.buffers() if b.dtype.is_floating_point]
+        method.attack(model, x, y, torch.Generator().manual_seed(0))
+        after = [b for b in model.buffers() if b.dtype.is_floating_point]
+        assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True)) is moves, name
+        assert model.training  # the mode is given back either way

@@ -22,6 +22,10 @@ def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - "help" read
     return field(default=default, metadata={"help": help, **kw})
 
 
+#: ``--lr-schedule`` values (see :func:`agkd_bml.train.schedule.lr_scheduler`)
+LR_SCHEDULES = ("multistep", "cyclic")
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a training run (saved as the run's ``config.yaml``)."""
@@ -41,6 +45,9 @@ class TrainConfig:
     weight_decay: float = _opt(2e-4, "SGD weight decay")
     milestones: list[int] = _opt([], "epochs at which the learning rate is multiplied by --gamma", nargs="*")
     gamma: float = _opt(0.1, "learning-rate decay factor at each milestone")
+    lr_schedule: str = _opt("multistep", "multistep (--lr, times --gamma at each of --milestones) or cyclic (per step, "
+                            "linear from 0 up to --lr at 2/5 of the epochs and back to 0: Wong et al. 2020's fast AT)",
+                            choices=("multistep", "cyclic"))
     eps: float | None = _opt(None, "L-inf budget of training attacks in [0,1] units (default: the dataset's, 8/255 for CIFAR)")
     step_size: float | None = _opt(None, "attack step size (default eps/4, i.e. 2/255 at eps 8/255; with fewer than 4 steps 2.5*eps/steps, at most eps, so the steps can cross the ball)")
     steps: int | None = _opt(None, "attack steps", per_method="default_steps")
@@ -89,6 +96,10 @@ class TrainConfig:
             raise UserError(f"--ema is a decay in [0, 1) (e.g. 0.999; 0 turns it off); got {self.ema}")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive; got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"unknown --lr-schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
+        if self.lr_schedule == "cyclic" and self.milestones:
+            raise UserError("--milestones apply to --lr-schedule multistep; the cyclic schedule has none")
         for name in ("eps", "step_size"):
             v = getattr(self, name)
             if v is not None and v < 0:

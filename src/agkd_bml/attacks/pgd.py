@@ -9,6 +9,7 @@ projection) come from :class:`~agkd_bml.attacks.norms.Norm`.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ def pgd(
     generator: torch.Generator | None = None,
     stop_when_fooled: bool = False,
     norm: Norm = LINF,
+    keep_mode: bool = False,
 ) -> torch.Tensor:
     """Return adversarial examples of ``x`` (in [0, 1]) inside the ``norm`` ball of radius ``eps``.
 
@@ -50,6 +52,10 @@ def pgd(
     ``stop_when_fooled`` (untargeted evaluation) drops an image from the batch at the first iterate the
     model misclassifies and returns that iterate: the attack is at least as strong (a point counts as
     broken at its worst iterate, not only at the last) and later steps run on fewer images.
+
+    ``keep_mode`` runs the model in the mode it is in instead of eval mode: a training attack of a model in
+    train mode then sees BatchNorm on batch statistics (and updates its running statistics), as the fast
+    adversarial training of Wong et al. (2020) does; evaluation never wants it.
     """
     if stop_when_fooled and targeted:
         raise ValueError("stop_when_fooled needs the true labels (an untargeted attack)")
@@ -68,7 +74,7 @@ def pgd(
     velocity = torch.zeros_like(x) if momentum else None
     # stop_when_fooled: indices still attacked; a fooled image keeps the iterate that fooled it
     idx = torch.arange(x.shape[0], device=x.device) if stop_when_fooled else None
-    with eval_mode(model):
+    with nullcontext() if keep_mode else eval_mode(model):
         for _ in range(steps):
             cur = (x_adv if idx is None else x_adv[idx]).detach().requires_grad_(True)
             lab = labels if idx is None else labels[idx]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from agkd_bml.config import HyperParam
 from agkd_bml.methods.agkd_bml import Agkd, AgkdBml, Bml
 from agkd_bml.methods.base import LossTerms, Method, MethodContext
+from agkd_bml.methods.fast_at import FastAt
 from agkd_bml.methods.mart import Mart
 from agkd_bml.methods.pgd_at import PgdAt
 from agkd_bml.methods.sml import Sml
@@ -13,7 +14,7 @@ from agkd_bml.methods.trades import Trades
 
 #: Registry: ``--method NAME`` -> class.
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Standard, PgdAt, Trades, Mart, Sml, Bml, Agkd, AgkdBml)
+    cls.name: cls for cls in (Standard, PgdAt, FastAt, Trades, Mart, Sml, Bml, Agkd, AgkdBml)
 }
 
 #: Every hyper-parameter some method declares, by name (one CLI option and config key each).

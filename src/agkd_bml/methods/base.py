@@ -65,7 +65,12 @@ def resolve_attack(cfg: TrainConfig, spec: DataSpec) -> TrainingAttack:
     cls = METHODS[cfg.method]
     eps = cfg.eps if cfg.eps is not None else dataset_eps(spec)
     steps = cls.default_steps if cfg.steps is None else cfg.steps
-    step_size = cfg.step_size if cfg.step_size is not None else default_step_size(steps, eps)
+    if cfg.step_size is not None:
+        step_size = cfg.step_size
+    elif cls.default_step is not None:
+        step_size = cls.default_step * eps
+    else:
+        step_size = default_step_size(steps, eps)
     return TrainingAttack(eps, steps, step_size, cls.attack_targeted, cls.attack_loss)
 
 
@@ -105,11 +110,15 @@ class Method(ABC):
     name: ClassVar[str]
     summary: ClassVar[str] = ""  #: one line for `agkd-bml methods`
     default_steps: ClassVar[int] = 0  #: attack steps when ``--steps`` is not given
+    #: the attack step as a multiple of eps when ``--step-size`` is not given (None: :func:`default_step_size`)
+    default_step: ClassVar[float | None] = None
     default_smoothing: ClassVar[float] = 0.0  #: label smoothing when ``--label-smoothing`` is not given
     attack_targeted: ClassVar[bool] = False  #: whether its training attack is targeted
     attack_loss: ClassVar[str] = "ce"  #: the loss its training attack ascends
     needs_teacher: ClassVar[bool] = False
     needs_sampler: ClassVar[bool] = False
+    #: whether the training attack runs the model in train mode (BatchNorm on batch statistics) instead of eval
+    attack_in_train_mode: ClassVar[bool] = False
     #: the method's own hyper-parameters: each becomes a ``--name`` option and a config key
     params: ClassVar[tuple[HyperParam, ...]] = ()
 
@@ -136,7 +145,7 @@ class Method(ABC):
         """The method's training attack: L-inf PGD with a uniform random start and its resolved budget."""
         return pgd(
             model, x, labels, eps=self.eps, step_size=self.step_size, steps=self.steps,
-            targeted=targeted, generator=generator,
+            targeted=targeted, generator=generator, keep_mode=self.attack_in_train_mode,
         )
 
     @abstractmethod

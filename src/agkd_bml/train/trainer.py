@@ -50,6 +50,7 @@ from agkd_bml.models.checkpoint import (
 from agkd_bml.models.modes import eval_mode
 from agkd_bml.train.amp import amp_dtype, autocast, grad_scaler, native_bf16, precision_name
 from agkd_bml.train.ema import Ema
+from agkd_bml.train.schedule import lr_scheduler, per_step
 from agkd_bml.train.settings import check, complete
 
 RUN_FILES = (LAST, PREV, BEST, "metrics.jsonl", "config.yaml")
@@ -62,6 +63,11 @@ RESUMABLE_CHANGES = {"epochs", "device", "threads", "out", "val_n", "val_steps",
 
 class TrainingDiverged(UserError):
     """A loss term or gradient became non-finite; the last checkpoint is left intact."""
+
+
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch: full batches only (a last partial batch is dropped), at least one."""
+    return max(1, images // batch_size)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -199,7 +205,7 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
             raise UserError("--sync-bn needs torchrun with several processes on CUDA (PyTorch's SyncBatchNorm is GPU-only)")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, same state_dict keys
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+    scheduler = lr_scheduler(cfg, optimizer, steps_per_epoch(data.x_train.shape[0], cfg.batch_size))
     dtype = amp_dtype(cfg.amp, device)
     net = model
     if d.enabled:
@@ -335,20 +341,21 @@ def _truncate_metrics(path: Path, epochs: int) -> None:
 
 
 def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any]:
-    """Train one epoch; return its mean loss terms and throughput. Raises :class:`TrainingDiverged`."""
+    """Train one epoch; return its mean loss terms, its last step's lr and throughput. Raises :class:`TrainingDiverged`."""
     cfg, model, d = s.cfg, s.model, s.dist
     seed = epoch_seed(cfg.seed, epoch)
     order = torch.Generator().manual_seed(seed)  # the same data order on every rank...
     gen = torch.Generator(device=s.device).manual_seed((seed + d.rank * 2**32) % 2**63)  # ...other draws per rank
     x, y = s.data.x_train, s.data.y_train
     batch = cfg.batch_size // d.world
-    n_batches = max(1, x.shape[0] // cfg.batch_size)
+    n_batches = steps_per_epoch(x.shape[0], cfg.batch_size)
     batches = iterate_batches(
         x, y, batch, device=s.device, order=order, augment=s.data.spec.augment,
         augment_generator=gen, drop_last=x.shape[0] >= cfg.batch_size, shard=(d.rank, d.world),
     )
     sums: dict[str, float] = {}
     seen = 0
+    lr = s.optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
     model.train()
     # disable=None: tqdm turns itself off when stderr is not a terminal (no carriage returns in logs)
@@ -380,8 +387,11 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
             s.optimizer.zero_grad(set_to_none=True)
             bar.write(f"skipping step: {where} ({s.skipped}/{cfg.skip_nonfinite} skips used)")
             continue
+        lr = s.optimizer.param_groups[0]["lr"]
         s.scaler.step(s.optimizer)
         s.scaler.update()
+        if per_step(cfg):
+            s.scheduler.step()
         if s.ema is not None:
             s.ema.update(s.net)
         if cfg.check_sync:
@@ -395,7 +405,7 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
     keys = sorted(sums)
     *totals, seen = sum_over_ranks([sums[k] for k in keys] + [float(seen)], d, s.device)
     check_in_sync(s.net, d, s.device, f"at the end of epoch {epoch + 1}")
-    return {"loss": {k: v / max(seen, 1) for k, v in zip(keys, totals, strict=True)}, "seconds": seconds,
+    return {"loss": {k: v / max(seen, 1) for k, v in zip(keys, totals, strict=True)}, "lr": lr, "seconds": seconds,
             "images_per_s": seen / seconds, "images": int(seen), "processes": d.world, "precision": precision_name(s.amp)}
 
 
@@ -488,8 +498,9 @@ def _run(s: Setup, *, resume: bool, log: Callable[[str], None], progress: bool) 
             "PyTorch emulates it and training is slower than in float32; --amp native-bf16 uses bf16 only where it is native")
     for epoch in range(start_epoch, cfg.epochs):
         stats = train_epoch(s, epoch, progress=progress)
-        lr = s.optimizer.param_groups[0]["lr"]
-        s.scheduler.step()
+        lr = stats.pop("lr")  # the lr of the epoch's last step
+        if not per_step(cfg):
+            s.scheduler.step()
         if main:
             _end_epoch(s, epoch, stats, lr, log)
         distributed.barrier(s.dist)  # no rank races ahead of a checkpoint it might have to resume from
