@@ -83,3 +83,13 @@ def quickstart_runs(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("quickstart")
     return out, quickstart(out, device="cpu", aa_n=10, progress=False)
+
+
+@pytest.fixture(scope="session")
+def reference_autoattack() -> Path:
+    """The reference AutoAttack's source folder (``AGKD_REFERENCE_AUTOATTACK``, else the shared copy beside the
+    project); tests that compare with it skip where it is absent."""
+    path = Path(os.environ.get("AGKD_REFERENCE_AUTOATTACK", SHARED.parent / "reference" / "auto-attack"))
+    if not (path / "autoattack" / "__init__.py").is_file():
+        pytest.skip(f"reference AutoAttack not found at {path} (set AGKD_REFERENCE_AUTOATTACK)")
+    return path

@@ -63,7 +63,7 @@ def test_api_refuses_bad_input_in_one_line(digits):
 
 def test_default_budget_follows_the_images_not_a_constant(tmp_path):
     """Without eps, the API takes the budget from one rule: MNIST-shaped images get 0.3, CIFAR-shaped 8/255,
-    and benchmark() the dataset's own (the digits' 0.1), as `agkd-bml eval` does."""
+    and evaluate_dataset() the dataset's own (the digits' 0.1), as `agkd-bml eval` does."""
     torch.manual_seed(0)
     for shape, want in (((1, 28, 28), 0.3), ((3, 32, 32), 8 / 255)):
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(torch.tensor(shape).prod()), 10))
@@ -71,7 +71,7 @@ def test_default_budget_follows_the_images_not_a_constant(tmp_path):
         got = agkd_bml.evaluate(model, x, y, attacks="clean,fgsm")
         assert got.results[1].attack.eps == pytest.approx(want)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))
-    got = agkd_bml.benchmark(model, dataset="digits", n=8, attacks="clean,fgsm")
+    got = agkd_bml.evaluate_dataset(model, dataset="digits", n=8, attacks="clean,fgsm")
     assert got.results[1].attack.eps == pytest.approx(0.1)
 
 

@@ -107,7 +107,7 @@ def test_l2_through_the_api_and_what_l2_refuses(trained, digits):
     got = agkd_bml.evaluate(trained, x, y, attacks="clean,pgd-5", norm="l2")
     assert got.results[1].attack.norm is L2_NORM and got.results[1].attack.eps == pytest.approx(
         default_l2_eps(digits.spec.channels, digits.spec.size))
-    bench = agkd_bml.benchmark(trained, dataset="digits", n=40, attacks="clean,pgd-5", norm="l2")
+    bench = agkd_bml.evaluate_dataset(trained, dataset="digits", n=40, attacks="clean,pgd-5", norm="l2")
     assert torch.equal(bench.robust["pgd-5"], got.robust["pgd-5"])  # the same default budget by both entries
     assert bench.robustbench()["threat_model"] == "L2"
     with pytest.raises(UserError, match="L-inf threat model only"):

@@ -2,8 +2,8 @@
 
 The same attacks, per-sample worst case, Wilson intervals, checks and resumable state as ``agkd-bml
 eval``, without the command line: the model is any module from images in [0, 1] to logits (or wrapped
-with ``normalize``), the data are tensors. :func:`benchmark` is the RobustBench-style entry that loads a
-dataset by name or ``.npz`` path first.
+with ``normalize``), the data are tensors. :func:`attack` returns the adversarial images of one attack;
+:func:`evaluate_dataset` loads a dataset by name or ``.npz`` path first.
 """
 
 from __future__ import annotations
@@ -15,18 +15,101 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from agkd_bml.attacks import parse_attacks
+from agkd_bml.attacks import AutoAttack, parse_attacks
 from agkd_bml.attacks.norms import NORMS, dataset_eps, default_eps
 from agkd_bml.data import load_dataset, to_float
 from agkd_bml.device import resolve_device
 from agkd_bml.errors import UserError
 from agkd_bml.evaluation import AttackResult, EvalState, format_table, write_tables
 from agkd_bml.evaluation.checks import checked_evaluation
+from agkd_bml.evaluation.robust import batch_generator
 from agkd_bml.evaluation.table import combined, robustbench_record
 from agkd_bml.models.base import Classifier
-from agkd_bml.models.external import External
+from agkd_bml.models.external import External, as_model
+from agkd_bml.models.modes import eval_mode
 
 DEFAULT_ATTACKS = ("clean", "pgd-20", "aa")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackOutput:
+    """What :func:`attack` returns: the adversarial images and, per image, what became of it."""
+
+    images: torch.Tensor  #: (N, C, H, W) float in [0, 1] on the CPU; an image the model got wrong clean stays clean
+    clean_correct: torch.Tensor  #: bool (N,): the model is right on the clean image
+    fooled: torch.Tensor  #: bool (N,): the model is wrong on ``images``
+    broken_by: list[str | None] | None  #: AutoAttack only: the part that broke each image (None: none did)
+    attack: str  #: the attack's full description (steps, step size, eps, restarts)
+
+    @property
+    def robust(self) -> torch.Tensor:
+        """bool (N,): right clean and right on the adversarial image (the robust-accuracy convention)."""
+        return self.clean_correct & ~self.fooled
+
+    @property
+    def accuracy(self) -> float:
+        """Robust accuracy: the fraction of images that are :attr:`robust`."""
+        return float(self.robust.float().mean()) if self.robust.numel() else float("nan")
+
+
+def attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: str = "pgd-20",
+    *,
+    eps: float | None = None,
+    norm: str = "linf",
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    device: str | torch.device = "auto",
+    batch_size: int = 256,
+    seed: int = 0,
+) -> AttackOutput:
+    """Attack ``model`` on images ``x`` with labels ``y`` and return the adversarial images.
+
+    ``model``: any module from images in [0, 1] to logits (a tensor, a tuple or list led by the logits, a
+    dict or an object with ``logits``); ``normalize=(mean, std)`` for one that expects normalised inputs.
+    ``attack``: one spec as on the command line (``fgsm``, ``pgd-20``, ``cw-20``, ``aa``, ``aa-bf16``, ...).
+    Only the images the model classifies right are attacked, in batches seeded as :func:`evaluate` seeds
+    them, so ``attack(...).robust`` equals ``evaluate(...).robust`` for the same attack, seed and batch size.
+
+    >>> import torch, agkd_bml
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    >>> out = agkd_bml.attack(net, torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]), "pgd-5", eps=8 / 255)
+    >>> out.images.shape, out.fooled.dtype
+    (torch.Size([4, 3, 8, 8]), torch.bool)
+    """
+    if norm not in NORMS:
+        raise UserError(f"norm {norm!r} is not available; use 'linf' or 'l2'")
+    x, y = _check_data(x, y)
+    dev = resolve_device(str(device))
+    net = as_model(model, normalize=normalize).to(dev)
+    images = to_float(x)
+    clean = torch.zeros_like(y, dtype=torch.bool)
+    with torch.no_grad(), eval_mode(net):
+        for start in range(0, x.shape[0], batch_size):
+            logits = net(images[start:start + batch_size].to(dev)).logits
+            clean[start:start + batch_size] = (logits.argmax(1) == y[start:start + batch_size].to(dev)).cpu()
+    classes = int(logits.shape[1])
+    if int(y.max()) >= classes:
+        raise UserError(f"label {int(y.max())} does not exist for a model of {classes} outputs")
+    if eps is None:
+        eps = default_eps(norm, channels=x.shape[1], size=x.shape[2])
+    parsed = parse_attacks(attack, eps=eps, num_classes=classes, norm=norm)
+    if len(parsed) != 1:
+        raise UserError(f"attack() takes one attack; got {attack!r} (use evaluate() for several)")
+    atk = parsed[0]
+    fooled, broken = ~clean, [None] * x.shape[0]
+    idx = clean.nonzero().squeeze(1)
+    for b, start in enumerate(range(0, idx.numel(), batch_size)):
+        rows = idx[start:start + batch_size]
+        out = atk(net, images[rows].to(dev), y[rows].to(dev), batch_generator(dev, seed, b))
+        images[rows], fooled[rows] = out.images.cpu().to(images.dtype), out.fooled.cpu()
+        if isinstance(atk, AutoAttack):
+            for i, part in zip(rows.tolist(), atk.broken_by(), strict=True):
+                broken[i] = part
+    return AttackOutput(images=images, clean_correct=clean, fooled=fooled,
+                        broken_by=broken if isinstance(atk, AutoAttack) else None, attack=atk.describe())
 
 
 @dataclass
@@ -96,7 +179,7 @@ def evaluate(
     ``attacks``: specs as on the command line (``clean``, ``fgsm``, ``pgd-20``, ``cw-20``, ``aa``, ...).
     ``norm``: the threat model, ``linf`` or ``l2``; ``eps`` defaults by the images' shape (:func:`~agkd_bml.attacks.norms.default_eps`): L-inf 0.3 on
     1x28x28 (MNIST-like) images and 8/255 on others, L2 0.5 on 3x32x32 images (scaled by the square root of the
-    number of pixel values on others); :func:`benchmark` takes the dataset's own.
+    number of pixel values on others); :func:`evaluate_dataset` takes the dataset's own.
     ``normalize=(mean, std)`` wraps a model that expects normalised inputs. ``state``: a folder where
     per-sample results are saved as they come, so a rerun after a crash continues (same result).
     ``out``: also write the tables. The checks' warnings (randomized model, probabilities instead of
@@ -128,12 +211,12 @@ def evaluate(
     return result
 
 
-def benchmark(
+def evaluate_dataset(
     model: nn.Module, *, dataset: str = "cifar10", n: int | None = 1000, data_dir: str = "./data",
     **options: object,
 ) -> Evaluation:
-    """RobustBench-style: load ``dataset`` (a name such as ``cifar10``, or ``npz:PATH``), evaluate the first ``n``
-    test images (all with ``None``). ``options`` are :func:`evaluate`'s."""
+    """:func:`evaluate` on a dataset by name (``cifar10``, ...) or ``npz:PATH``: the first ``n`` test images
+    (all with ``None``). ``options`` are :func:`evaluate`'s. (RobustBench's ``benchmark``: :mod:`agkd_bml.compat`.)"""
     data = load_dataset(dataset, data_dir=data_dir)
     count = data.x_test.shape[0] if n is None else min(n, data.x_test.shape[0])
     options.setdefault("eps", dataset_eps(data.spec, str(options.get("norm", "linf"))))

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
-class UserError(Exception):
-    """A problem with the user's input (a bad option, a missing file): shown without a traceback."""
+class UserError(ValueError):
+    """A problem with the user's input (a bad option, a missing file): shown without a traceback.
+
+    A :class:`ValueError`, so that code calling the library catches it as it catches any bad argument.
+    """
 
 
 def unknown_choice(kind: str, value: str, choices: Iterable[str]) -> UserError:

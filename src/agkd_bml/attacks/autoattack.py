@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torchattacks
 from torch import nn
 
 from agkd_bml.attacks.apgd import APGD_STEPS, ApgdAttack, num_targets
@@ -40,7 +39,7 @@ from agkd_bml.attacks.fab import FAB_STEPS, FabAttack
 from agkd_bml.attacks.norms import LINF, Norm
 from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
 from agkd_bml.attacks.square import SQUARE_QUERIES, SquareAttack
-from agkd_bml.attacks.torchattacks_adapter import run_library_attack
+from agkd_bml.attacks.torchattacks_adapter import run_library_attack, torchattacks
 from agkd_bml.errors import UserError
 from agkd_bml.models.inference import channels_last, inference_copy
 
@@ -58,20 +57,20 @@ def torchattacks_component(name: str, eps: float, num_classes: int, norm: Norm =
     """``make(logits_model, seed)`` for one part, built from torchattacks with the reference parameters."""
     lp = {"linf": "Linf", "l2": "L2"}[norm.name]
     if name == "apgd-ce":
-        return lambda m, seed: torchattacks.APGD(
+        return lambda m, seed: torchattacks().APGD(
             m, norm=lp, eps=eps, steps=APGD_STEPS, n_restarts=1, seed=seed, loss="ce", rho=0.75
         )
     if name == "apgd-t":
-        return lambda m, seed: _targets(torchattacks.APGDT(
+        return lambda m, seed: _targets(torchattacks().APGDT(
             m, norm=lp, eps=eps, steps=APGD_STEPS, n_restarts=1, seed=seed, rho=0.75, n_classes=num_classes
         ), num_classes)
     if name == "fab-t":
-        return lambda m, seed: _targets(torchattacks.FAB(
+        return lambda m, seed: _targets(torchattacks().FAB(
             m, norm=lp, eps=eps, steps=FAB_STEPS, n_restarts=1, seed=seed, multi_targeted=True,
             n_classes=num_classes,
         ), num_classes)
     if name == "square":
-        return lambda m, seed: torchattacks.Square(
+        return lambda m, seed: torchattacks().Square(
             m, norm=lp, eps=eps, n_queries=SQUARE_QUERIES, n_restarts=1, p_init=0.8, loss="margin",
             resc_schedule=True, seed=seed,
         )
@@ -127,6 +126,13 @@ class AutoAttack(Attack):
     fooled_by: dict[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
     #: wall seconds spent in each part, summed over calls (the benchmark's per-part times)
     seconds_by: dict[str, float] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    #: the last call's ``"part"``: per image, the index in :attr:`components` of the part that broke it (-1: none)
+    last: dict[str, torch.Tensor] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def broken_by(self) -> list[str | None]:
+        """For each image of the last call, the name of the part that broke it (None: no part did)."""
+        part = self.last.get("part")
+        return [] if part is None else [self.components[k] if k >= 0 else None for k in part.tolist()]
 
     def _count(self, part: str, fooled: torch.Tensor, started: float) -> None:
         self.fooled_by[part] = self.fooled_by.get(part, 0) + int(fooled.sum())
@@ -209,10 +215,13 @@ class AutoAttack(Attack):
         saved = progress.saved if progress is not None else None
         if saved is not None:
             start, adv, robust, tally = self._restore(saved, xs, generator)
+            part = saved.get("part_of", torch.full_like(y, -1)).to(y.device)
         else:
             start, adv, tally = 0, xs.clone(), {}
             with torch.no_grad():
                 robust = net(xs).logits.argmax(1) == y
+            part = torch.full_like(y, -1)
+        self.last["part"] = part
         for k in range(start, len(self.components)):
             name = self.components[k]
             idx = robust.nonzero().squeeze(1)
@@ -222,26 +231,27 @@ class AutoAttack(Attack):
             inner = None
             if progress is not None:
                 inner = Progress(saved["inner"] if saved is not None and k == start and "inner" in saved else None,
-                                 self._reporter(progress, k, adv, robust, tally, generator))
+                                 self._reporter(progress, k, adv, robust, part, tally, generator))
             found, fooled = self._part(name, net, xs[idx], y[idx], generator, inner)
             adv[idx[fooled]] = found[fooled]
             robust[idx[fooled]] = False
+            part[idx[fooled]] = k
             self._count(name, fooled, started)
             tally[name] = tally.get(name, 0) + int(fooled.sum())
             if progress is not None and k + 1 < len(self.components):
-                self._reporter(progress, k + 1, adv, robust, tally, generator)(None)
+                self._reporter(progress, k + 1, adv, robust, part, tally, generator)(None)
         return adv
 
     @staticmethod
     def _reporter(
-        progress: Progress, part: int, adv: torch.Tensor, robust: torch.Tensor, tally: dict[str, int],
-        generator: torch.Generator | None,
+        progress: Progress, part: int, adv: torch.Tensor, robust: torch.Tensor, part_of: torch.Tensor,
+        tally: dict[str, int], generator: torch.Generator | None,
     ) -> Callable[[dict[str, Any] | None], None]:
         """Report the cascade before ``part``, with that part's own state (``inner``, which holds the
         generator's) or, when the part has not started (None), with the generator's state."""
         def report(inner: dict[str, Any] | None) -> None:
             state = {"part": part, "adv": adv.to("cpu", copy=True), "robust": robust.to("cpu", copy=True),
-                     "fooled_by": dict(tally)}
+                     "part_of": part_of.to("cpu", copy=True), "fooled_by": dict(tally)}
             if inner is not None:
                 state["inner"] = inner
             else:

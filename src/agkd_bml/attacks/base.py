@@ -20,6 +20,7 @@ from torch import nn
 from agkd_bml.attacks.norms import LINF, Norm
 from agkd_bml.errors import UserError
 from agkd_bml.models.base import unwrap
+from agkd_bml.models.external import as_model
 from agkd_bml.models.modes import eval_mode, frozen
 
 
@@ -118,8 +119,12 @@ class Attack(ABC):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
         *, progress: Progress | None = None,
     ) -> Adversarial:
-        """Attack ``x`` under the contract of the module docstring (resumable within the call: ``progress``)."""
-        net = unwrap(model)
+        """Attack ``x`` under the contract of the module docstring (resumable within the call: ``progress``).
+
+        ``model`` may be any module from images in [0, 1] to logits (a tensor, a tuple led by them, a dict or
+        an object with ``logits``): :func:`~agkd_bml.models.external.as_model` adapts it.
+        """
+        net = as_model(unwrap(model))
         x = x.detach()
         with eval_mode(net), frozen(net):
             found = self.run(net, x, y, generator) if progress is None else self.run_staged(net, x, y, generator, progress)

@@ -20,6 +20,7 @@ from agkd_bml.attacks.base import Attack, fmt_eps
 from agkd_bml.attacks.norms import LINF, Norm
 from agkd_bml.attacks.ops import LOSSES, TARGETED_LOSSES, LossFn, most_confusing_class
 from agkd_bml.models.base import unwrap
+from agkd_bml.models.external import as_model
 from agkd_bml.models.modes import eval_mode
 
 
@@ -62,7 +63,7 @@ def pgd(
     if eps < 0 or steps < 0:
         raise ValueError(f"eps and steps must be non-negative; got eps={eps}, steps={steps}")
     loss_fn = (TARGETED_LOSSES if targeted else LOSSES)[loss] if isinstance(loss, str) else loss
-    model = unwrap(model)
+    model = as_model(unwrap(model))
     x = x.detach()
     if init is not None:
         x_adv = norm.project(x + init.to(x), x, eps)

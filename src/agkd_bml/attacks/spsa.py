@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torchattacks
 from torch import nn
 
 from agkd_bml.attacks.base import Attack
-from agkd_bml.attacks.torchattacks_adapter import run_library_attack
+from agkd_bml.attacks.torchattacks_adapter import run_library_attack, torchattacks
 
 
 @dataclass(frozen=True)
@@ -35,8 +34,8 @@ class SpsaAttack(Attack):
     def run(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
-        def make(m: nn.Module, seed: int) -> torchattacks.SPSA:
-            return torchattacks.SPSA(m, eps=self.eps, delta=self.delta, lr=self.lr, nb_iter=self.steps,
+        def make(m: nn.Module, seed: int) -> nn.Module:
+            return torchattacks().SPSA(m, eps=self.eps, delta=self.delta, lr=self.lr, nb_iter=self.steps,
                                      nb_sample=self.samples, max_batch_size=min(64, self.samples))
 
         return run_library_attack(make, model, x, y, eps=self.eps, generator=generator)

@@ -11,12 +11,25 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 from torch import nn
 
 from agkd_bml.attacks.norms import LINF, Norm
+from agkd_bml.errors import UserError
 from agkd_bml.models.modes import eval_mode, frozen
+
+
+def torchattacks() -> ModuleType:
+    """The torchattacks package, an optional dependency (it pins ``requests~=2.25``, a downgrade for most
+    environments): only ``aa-torchattacks``, ``spsa`` and the cross-check tests need it."""
+    try:
+        import torchattacks as library
+    except ImportError as exc:
+        raise UserError("this attack runs torchattacks, an optional dependency: pip install 'agkd-bml[torchattacks]'"
+                        ) from exc
+    return library
 
 
 class LogitsOnly(nn.Module):

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from agkd_bml.errors import UserError
-from agkd_bml.models.base import ModelOutput, normalise
+from agkd_bml.models.base import Classifier, ModelOutput, normalise
 
 PY_PREFIX = "py:"
 
@@ -49,6 +49,7 @@ class External(nn.Module):
             self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
+        """The wrapped model's logits (see :func:`output_logits`), with empty features and embedding."""
         if self.normalized:
             x = normalise(x, self.mean, self.std)
         logits = output_logits(self.net(x))
@@ -61,6 +62,21 @@ class External(nn.Module):
         with contextlib.suppress(NotImplementedError):  # torch.export programs refuse .train() / .eval()
             self.net.train(mode)
         return self
+
+
+def as_model(model: nn.Module, *, normalize: tuple[Sequence[float], Sequence[float]] | None = None) -> nn.Module:
+    """The one adapter at the attack boundary: any module becomes one whose forward returns ``ModelOutput``.
+
+    Our own models (and ones already adapted) pass through unchanged; anything else (a module returning a
+    tensor, a tuple or list led by the logits, a dict or an object with ``logits``) is wrapped in
+    :class:`External`, so attacks read ``model(x).logits`` whatever the user's model returns.
+    ``normalize=(mean, std)`` puts a normalisation in front of a model that expects normalised inputs.
+    """
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if normalize is None and (isinstance(inner, (Classifier, External)) or getattr(inner, "returns_model_output", False)):
+        return model
+    mean, std = normalize if normalize is not None else (None, None)
+    return External(inner, mean=mean, std=std)
 
 
 def output_logits(out: Any) -> torch.Tensor:

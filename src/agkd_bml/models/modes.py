@@ -14,13 +14,18 @@ from torch import nn
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode (BatchNorm frozen) and restore its train/eval mode afterwards."""
-    was_training = model.training
+    """Run ``model`` in eval mode (BatchNorm frozen) and restore the train/eval mode of each of its modules.
+
+    Each module's own mode comes back, not the top module's for all: a user's wrapper left in train mode
+    (any fresh ``nn.Module`` is) around a model in eval mode must not put that model into train mode.
+    """
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
 
 
 @contextmanager
