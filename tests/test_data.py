@@ -89,6 +89,8 @@ def test_npz_roundtrip_nhw_and_nhwc(tmp_path):
         ({"x_test": np.zeros((0, 8, 8), np.uint8), "y_test": np.zeros(0, np.int64)}, "empty"),
         ({"y_train": np.array([0, 1, -1, 1])}, "outside"),
         ({"x_train": np.zeros((4, 8, 9), np.uint8), "x_test": np.zeros((2, 8, 9), np.uint8)}, "square"),
+        # labels 20-29 silently made a 30-class model
+        ({"y_train": np.array([20, 21, 20, 21]), "y_test": np.array([20, 21])}, "no training images"),
     ],
 )
 def test_bad_npz_files_are_clear_user_errors(tmp_path, arrays, match):

@@ -3,6 +3,7 @@ AutoAttack and RobustBench, and an import that changes nothing in the host proce
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -144,3 +145,29 @@ def test_robustbench_benchmark_drop_in_returns_clean_and_robust_accuracy(teacher
     assert (tmp_path / "model_info" / "digits" / "Linf" / "teacher.json").is_file()
     with pytest.raises(ValueError, match="threat_model"):
         agkd_bml.benchmark(model, threat_model="Linf-corruptions", dataset="digits")
+
+
+def test_results_say_what_produced_them_and_store_counts(teacher_run, digits, tmp_path):
+    """metrics.jsonl and eval.json had no versions, device, commit or data fingerprint, and accuracies carried
+    float32 noise (0.10222221910953522 for 46/450)."""
+    import agkd_bml.provenance as prov
+
+    line = json.loads((Path(teacher_run) / "metrics.jsonl").read_text().splitlines()[-1])
+    model = load_model(teacher_run)[0].eval()
+    x, y = digits.x_test[:45], digits.y_test[:45]
+    agkd_bml.evaluate(model, x, y, attacks="clean,fgsm", eps=0.1, out=tmp_path)
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    for made in (line["provenance"], summary["provenance"]):
+        assert made["agkd_bml"] == agkd_bml.__version__ and made["torch"] == str(torch.__version__)
+        assert made["device"].startswith("cpu") and made["commit"] == prov.source_commit()
+    assert line["provenance"]["data_sha256"] == prov.tensor_digest(*load_dataset_train("digits"))
+    assert summary["provenance"]["data_sha256"] == prov.tensor_digest(x, y.long())
+    fgsm = next(r for r in summary["results"] if r["attack"] == "fgsm")
+    assert fgsm["n"] == 45 and fgsm["accuracy"] == round(fgsm["correct"] / 45, 3)
+
+
+def load_dataset_train(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from agkd_bml.data import load_dataset
+
+    data = load_dataset(name)
+    return data.x_train, data.y_train

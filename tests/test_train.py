@@ -259,3 +259,21 @@ def test_fast_at_attacks_with_batchnorm_in_train_mode(tmp_path):
         after = [b for b in model.buffers() if b.dtype.is_floating_point]
         assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True)) is moves, name
         assert model.training  # the mode is given back either way
+
+
+def test_resume_without_a_checkpoint_is_an_error_unless_asked_to_start(tmp_path):
+    """`--resume` on a folder with no checkpoint trained from scratch with exit code 0."""
+    cfg = small_config(tmp_path, method="standard")
+    with pytest.raises(UserError, match="nothing to resume .* --start-if-none"):
+        train(cfg, resume=True, **QUIET)
+    assert not (tmp_path / "standard" / "last.pt").exists()
+    train(cfg, resume=True, start_if_none=True, **QUIET)
+    assert load_checkpoint(tmp_path / "standard").epoch == 1
+
+
+def test_the_header_says_how_many_images_an_epoch_trains_on(tmp_path):
+    """`--train-limit 200` said "200 images" and trained on 128 a epoch (full batches only)."""
+    messages = []
+    train(small_config(tmp_path, method="standard", train_limit=200, batch_size=128), progress=False,
+          log=messages.append)
+    assert any("200 images (128 an epoch in full batches of 128" in m for m in messages)

@@ -8,9 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 dataset=${1:?usage: train.sh DATASET (e.g. npz:cifar10.npz)}
 run=reproduce/known-answer/runs/fast-at-preact-resnet18
-resume=()
-[ -f "$run/config.yaml" ] && resume=(--resume)
 exec nice -n 19 .venv/bin/agkd-bml train --method fast-at --arch preact-resnet18 --dataset "$dataset" \
     --epochs 15 --lr-schedule cyclic --lr 0.2 --momentum 0.9 --weight-decay 5e-4 --batch-size 128 \
     --eps 8/255 --step-size 10/255 --amp native-bf16 --val-n 500 --val-steps 10 --seed 0 \
-    --out "$run" --no-progress "${resume[@]}"
+    --out "$run" --no-progress --resume --start-if-none

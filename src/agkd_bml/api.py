@@ -27,6 +27,7 @@ from agkd_bml.evaluation.table import combined, robustbench_record
 from agkd_bml.models.base import Classifier
 from agkd_bml.models.external import External, as_model
 from agkd_bml.models.modes import eval_mode
+from agkd_bml.provenance import provenance, tensor_digest
 
 DEFAULT_ATTACKS = ("clean", "pgd-20", "aa")
 
@@ -120,6 +121,7 @@ class Evaluation:
     results: list[AttackResult]
     flags: list[str] = field(default_factory=list)  #: warnings of the checks (randomized model, probabilities, ...)
     dataset: str = ""
+    provenance: dict = field(default_factory=dict)  #: versions, device, commit and the images' fingerprint
 
     @property
     def accuracy(self) -> dict[str, float]:
@@ -152,7 +154,7 @@ class Evaluation:
     def write(self, out: str | Path) -> list[Path]:
         """Write ``eval.md``, ``eval.csv`` and ``eval.json`` into ``out``, as ``agkd-bml eval --out`` does."""
         return write_tables({self.name: self.results}, out, flags={self.name: self.flags},
-                            datasets={self.name: self.dataset})
+                            datasets={self.name: self.dataset}, provenance=self.provenance or None)
 
 
 def evaluate(
@@ -205,7 +207,7 @@ def evaluate(
     results, flags = checked_evaluation(net, x, y, parsed, num_classes=classes, label=name, device=dev,
                                         batch_size=batch_size, seed=seed, progress=progress,
                                         state=EvalState(state) if state else None)
-    result = Evaluation(name, results, flags, dataset)
+    result = Evaluation(name, results, flags, dataset, provenance(dev, tensor_digest(x, y)))
     if out is not None:
         result.write(out)
     return result

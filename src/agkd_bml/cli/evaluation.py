@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from collections.abc import Sequence
 
@@ -28,6 +29,7 @@ from agkd_bml.evaluation import (
 )
 from agkd_bml.evaluation.checks import checked_evaluation, model_flags, warn_stderr
 from agkd_bml.models.external import is_external
+from agkd_bml.provenance import provenance, tensor_digest
 
 
 def evaluate_checkpoints(
@@ -72,8 +74,10 @@ def _evaluate(
     rows: dict[str, list[AttackResult]] = {}
     flags: dict[str, list[str]] = {}
     where: dict[str, str] = {}  #: the dataset of each row
+    images: dict[str, str] = {}  #: the fingerprint of each row's test images and labels
     for path in checkpoints:
         label, model, data, x, y = loader.model(path)
+        images[label] = tensor_digest(x, y)
         parsed = parse_attacks(
             attacks, eps=loader.eps(data), num_classes=data.spec.num_classes, step_size=step_size,
             restarts=restarts, targeted=targeted, load_source=loader.source, norm=options.norm,
@@ -95,8 +99,10 @@ def _evaluate(
     weights = options.weights if not all(is_external(p) for p in checkpoints) else None
     say(format_table(rows, weights, loader.foreign))
     if out and job.main:
-        for f in write_tables(rows, out, weights=weights, flags=flags, datasets=where, foreign=loader.foreign):
-            print(f"wrote {f}")
+        made_by = provenance(loader.device, ",".join(sorted(set(images.values()))))
+        for f in write_tables(rows, out, weights=weights, flags=flags, datasets=where, foreign=loader.foreign,
+                              provenance=made_by):
+            print(f"wrote {f}", file=sys.stderr)
     return rows
 
 

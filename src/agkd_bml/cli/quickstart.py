@@ -47,7 +47,7 @@ def quickstart(
     configs = quickstart_configs(out, device)
     for cfg in configs:
         print(f"== {cfg.method} -> {cfg.run_dir()}")
-        train(cfg, resume=True, progress=progress)
+        train(cfg, resume=True, start_if_none=True, progress=progress)
     runs = [str(c.run_dir()) for c in configs]
     options = EvalOptions(device=device, progress=progress)
     rows = evaluate_checkpoints(runs, attacks="clean,pgd-20", out=str(out), options=options)

@@ -136,7 +136,7 @@ class Context:
         if finished_without_checkpoint(cfg):
             print(f"{cfg.out}: finished (its results are kept, not its training checkpoints); reused")
             return
-        train(cfg, resume=True, progress=self.progress)
+        train(cfg, resume=True, start_if_none=True, progress=self.progress)
 
     @cached_property
     def data(self) -> Dataset:

@@ -55,12 +55,13 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(
-    *, preset: str | None, config: str | None, overrides: dict[str, Any], resume: bool = False, overwrite: bool = False,
-    progress: bool = True, dry_run: bool = False,
+    *, preset: str | None, config: str | None, overrides: dict[str, Any], resume: bool = False, start_if_none: bool = False,
+    overwrite: bool = False, progress: bool = True, dry_run: bool = False,
 ) -> Path:
     """``agkd-bml train``: resolve the config (defaults < preset < file < overrides) and train it."""
     cfg = resolve(preset, config, overrides)
-    path = train(cfg, resume=resume, overwrite=overwrite, progress=progress, dry_run=dry_run)
+    path = train(cfg, resume=resume or start_if_none, start_if_none=start_if_none, overwrite=overwrite,
+                 progress=progress, dry_run=dry_run)
     if not dry_run and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"checkpoint: {path}")
     return path
@@ -70,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
     names = [n for n in (*FIELDS, *PARAMS) if n != "params"]
     overrides = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     run_train(preset=args.preset, config=args.config, overrides=overrides, resume=args.resume,
-              overwrite=args.overwrite, progress=not args.no_progress, dry_run=args.dry_run)
+              start_if_none=args.start_if_none, overwrite=args.overwrite, progress=not args.no_progress, dry_run=args.dry_run)
     return 0
 
 
@@ -97,7 +98,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--preset", help="a shipped preset (see `agkd-bml presets`)")
     t.add_argument("--config", metavar="FILE", help="a YAML file of options (keys as below, with _ or -)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest checkpoint (an error where it has none)")
+    t.add_argument("--start-if-none", action="store_true",
+                   help="with or without --resume: resume the run in --out, or start it where it has no checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
     add_progress(t, "no progress bar (log lines only)")
     t.add_argument("--dry-run", action="store_true", help="check config, data, teacher and run directory, then stop")

@@ -162,6 +162,12 @@ def from_arrays(
             raise UserError(f"{name}: y_{split} has labels in [{lo}, {hi}], outside 0..{k - 1}")
     if k < 2:
         raise UserError(f"{name}: needs at least 2 classes; found {k}")
+    if num_classes is None:  # classes inferred from the labels: each of 0..K-1 must have training images
+        absent = sorted(set(range(k)) - set(np.unique(ys["train"]).tolist()))
+        if absent:
+            shown = ", ".join(map(str, absent[:8])) + (", ..." if len(absent) > 8 else "")
+            raise UserError(f"{name}: labels must be the class indices 0..K-1, but {len(absent)} of 0..{k - 1} have "
+                            f"no training images ({shown}); renumber them, or give the classes as a class_names array")
     if mean is None or std is None:
         mean, std = _channel_stats(xs["train"])
     spec = DataSpec(

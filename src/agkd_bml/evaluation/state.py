@@ -25,19 +25,10 @@ from torch import nn
 
 from agkd_bml.errors import UserError
 from agkd_bml.fileio import atomic_write
+from agkd_bml.provenance import tensor_digest
 
 #: Save an unfinished point at most this often (seconds); every batch of a slow attack is saved.
 SAVE_EVERY_S = 30.0
-
-
-def tensor_digest(*tensors: torch.Tensor) -> str:
-    """SHA-256 of tensors' dtypes, shapes and bytes: the identity of a model's weights or of test images."""
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def model_digest(model: nn.Module) -> str:

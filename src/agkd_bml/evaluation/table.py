@@ -12,6 +12,7 @@ import torch
 from agkd_bml.attacks import fmt_eps
 from agkd_bml.evaluation.robust import AttackResult
 from agkd_bml.fileio import write_text
+from agkd_bml.provenance import provenance as made_by
 
 
 def combined(results: list[AttackResult]) -> AttackResult:
@@ -65,6 +66,12 @@ def format_table(rows: dict[str, list[AttackResult]], weights: str | None = None
     return "\n".join(lines)
 
 
+def _rounded(n: int, **fractions: float) -> dict[str, float]:
+    """Fractions rounded to what ``n`` images resolve (one digit past 1/n: 46/450 is 0.1022, not 0.10222221910953522)."""
+    digits = len(str(max(n, 1))) + 1
+    return {k: round(v, digits) if v == v else v for k, v in fractions.items()}
+
+
 def records(rows: dict[str, list[AttackResult]], weights: str | None = None,
             foreign: dict[str, str] | None = None) -> list[dict]:
     """One flat record per (model, attack) with every setting and the 95% Wilson interval (and, for a model
@@ -77,15 +84,15 @@ def records(rows: dict[str, list[AttackResult]], weights: str | None = None,
         for r in results:
             lo, hi = r.wilson()
             out.append({
-                "model": name, "attack": r.attack.name, "accuracy": r.accuracy, "ci95_low": lo, "ci95_high": hi,
-                "n": r.n, "seed": r.seed, "eps": r.attack.eps, "norm": r.attack.norm.name, "settings": r.attack.settings(),
+                "model": name, "attack": r.attack.name, "correct": int(r.correct.sum()), "n": r.n,
+                **_rounded(r.n, accuracy=r.accuracy, ci95_low=lo, ci95_high=hi), "seed": r.seed, "eps": r.attack.eps, "norm": r.attack.norm.name, "settings": r.attack.settings(),
                 **extra,
             })
         if len(results) > 1:
             wc = combined(results)
             lo, hi = wc.wilson()
-            out.append({"model": name, "attack": "worst-case", "accuracy": wc.accuracy, "ci95_low": lo,
-                        "ci95_high": hi, "n": wc.n, "seed": wc.seed, "eps": wc.attack.eps, "norm": results[0].attack.norm.name,
+            out.append({"model": name, "attack": "worst-case", "correct": int(wc.correct.sum()), "n": wc.n,
+                        **_rounded(wc.n, accuracy=wc.accuracy, ci95_low=lo, ci95_high=hi), "seed": wc.seed, "eps": wc.attack.eps, "norm": results[0].attack.norm.name,
                         "settings": {"attacks": [r.attack.name for r in results]}, **extra})
     return out
 
@@ -113,12 +120,13 @@ def robustbench_record(name: str, results: list[AttackResult], dataset: str = ""
 def write_tables(
     rows: dict[str, list[AttackResult]], out_dir: str | Path, stem: str = "eval", weights: str | None = None,
     flags: dict[str, list[str]] | None = None, datasets: dict[str, str] | None = None,
-    foreign: dict[str, str] | None = None,
+    foreign: dict[str, str] | None = None, provenance: dict | None = None,
 ) -> list[Path]:
     """Write the table as Markdown, CSV and JSON (atomically) into ``out_dir``.
 
-    The JSON holds every (model, attack) record under ``results`` and, per model, a RobustBench-style
-    summary and the warnings of :mod:`agkd_bml.evaluation.checks` under ``models``.
+    The JSON holds every (model, attack) record under ``results``, per model a RobustBench-style summary
+    and the warnings of :mod:`agkd_bml.evaluation.checks` under ``models``, and what produced it (versions,
+    device, commit, the images' fingerprint: :func:`agkd_bml.provenance.provenance`) under ``provenance``.
     """
     out = Path(out_dir)
     recs = records(rows, weights, foreign)
@@ -126,7 +134,8 @@ def write_tables(
                      "flags": (flags or {}).get(name, []),
                      **({"source": foreign[name]} if foreign and name in foreign else {})}
               for name, results in rows.items()}
-    summary = {"format": "agkd-bml-eval/2", "results": recs, "models": models}
+    summary = {"format": "agkd-bml-eval/3", "results": recs, "models": models,
+               "provenance": provenance if provenance is not None else made_by()}
     buf = io.StringIO()
     keys = list(dict.fromkeys(k for r in recs for k in r))
     writer = csv.DictWriter(buf, fieldnames=keys)

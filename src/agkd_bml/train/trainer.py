@@ -48,6 +48,7 @@ from agkd_bml.models.checkpoint import (
     save_checkpoint,
 )
 from agkd_bml.models.modes import eval_mode
+from agkd_bml.provenance import provenance, tensor_digest
 from agkd_bml.train.amp import amp_dtype, autocast, grad_scaler, native_bf16, precision_name
 from agkd_bml.train.ema import Ema
 from agkd_bml.train.schedule import lr_scheduler, per_step
@@ -96,6 +97,8 @@ class Setup:
     ema: Ema | None = None
     ema_model: Classifier | None = None  #: a network the EMA weights are loaded into for validation
     best: dict[str, Any] = field(default_factory=dict)  #: epoch and held-out PGD accuracy of ``best.pt``
+    #: what produces the run (versions, device, commit, the training data's fingerprint), in every metrics line
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def _load_teacher(cfg: TrainConfig, student: Classifier, data: Dataset, device: torch.device) -> Classifier:
@@ -214,8 +217,10 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
     if cfg.ema:
         ema = Ema(net, cfg.ema)
         ema_model = build_model(cfg.arch, data.spec).to(device, memory_format=torch.channels_last)
+    made_by = provenance(device, tensor_digest(data.x_train, data.y_train)) if d.main else {}
     return Setup(cfg, device, data, model, method, optimizer, scheduler, run_dir, net, d, dtype,
-                 grad_scaler(device, dtype), val=tuple(val) if val else None, ema=ema, ema_model=ema_model)
+                 grad_scaler(device, dtype), val=tuple(val) if val else None, ema=ema, ema_model=ema_model,
+                 provenance=made_by)
 
 
 #: Config keys that ``build`` resolves (the training attack and the label smoothing): ``None`` in a saved run
@@ -275,10 +280,17 @@ def finished_without_checkpoint(cfg: TrainConfig) -> bool:
     return epochs >= cfg.epochs
 
 
-def _restore(s: Setup, log: Callable[[str], None]) -> int:
-    """Load the newest valid checkpoint of the run directory into ``s``; return its finished epochs."""
+def _restore(s: Setup, log: Callable[[str], None], *, start_if_none: bool) -> int:
+    """Load the newest valid checkpoint of the run directory into ``s``; return its finished epochs.
+
+    With no checkpoint to resume, ``start_if_none`` starts the run; otherwise that is an error: a ``--resume``
+    that silently trained from scratch (a mistyped folder, a config read from elsewhere) costs hours.
+    """
     ckpt = newest_valid(s.run_dir, log)
     if ckpt is None:
+        if not start_if_none:
+            raise UserError(f"nothing to resume in {s.run_dir} (no checkpoint there); run without --resume to start "
+                            "it, or add --start-if-none to resume a run or start it when it has none")
         log(f"nothing to resume in {s.run_dir}; starting fresh")
         return 0
     # a key the saved run predates (an option added since) had its default value then
@@ -413,12 +425,16 @@ def train(
     cfg: TrainConfig,
     *,
     resume: bool = False,
+    start_if_none: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Train ``cfg`` into its run directory; return the path of the final checkpoint.
+
+    ``resume`` continues the run's newest checkpoint and is an error where there is none, unless
+    ``start_if_none`` (what scripts that rerun the same command want).
 
     ``dry_run`` checks everything (config, data, teacher, run directory) and stops before training.
     """
@@ -429,7 +445,8 @@ def train(
         log(f"dry run: {cfg.method} ({cfg.arch}) on {s.data.spec.name} with {json.dumps(s.method.settings())} is ready to train into {s.run_dir}")
         return s.run_dir / LAST
     try:
-        return _run(s, resume=resume, log=log if s.dist.main else (lambda _m: None), progress=progress)
+        return _run(s, resume=resume, start_if_none=start_if_none, log=log if s.dist.main else (lambda _m: None),
+                    progress=progress)
     finally:
         distributed.teardown(s.dist)
 
@@ -456,7 +473,7 @@ def _end_epoch(s: Setup, epoch: int, stats: dict[str, Any], lr: float, log: Call
     """
     cfg = s.cfg
     metrics = {"epoch": epoch + 1, "lr": lr, **stats, **_validate(s, epoch), "method": cfg.method,
-               "device": device_name(s.device), **s.method.settings()}
+               "device": device_name(s.device), **s.method.settings(), "provenance": s.provenance}
     record = dict(arch=cfg.arch, data=s.data.spec, config=cfg.to_dict(), epoch=epoch + 1, model=s.net.state_dict())
     by = "val_pgd" if s.method.ctx.attack.adversarial else "val_clean"
     improved = s.val is not None and improves(metrics, s.best, by)
@@ -480,10 +497,10 @@ def _end_epoch(s: Setup, epoch: int, stats: dict[str, Any], lr: float, log: Call
     log(f"epoch {epoch + 1}/{cfg.epochs}: {loss}, {stats['seconds']:.1f}s ({stats['images_per_s']:.0f} img/s){val}")
 
 
-def _run(s: Setup, *, resume: bool, log: Callable[[str], None], progress: bool) -> Path:
+def _run(s: Setup, *, resume: bool, start_if_none: bool, log: Callable[[str], None], progress: bool) -> Path:
     """The epochs of :func:`train`; under torchrun only rank 0 writes files (``log`` is silent elsewhere)."""
     cfg, main = s.cfg, s.dist.main
-    start_epoch = _restore(s, log) if resume else 0
+    start_epoch = _restore(s, log, start_if_none=start_if_none) if resume else 0
     if start_epoch >= cfg.epochs:  # a finished run's files stay as they are (its config.yaml says what made it)
         log(f"{s.run_dir} already finished {start_epoch} epoch(s)")
         return s.run_dir / LAST
@@ -491,7 +508,9 @@ def _run(s: Setup, *, resume: bool, log: Callable[[str], None], progress: bool) 
         write_text(s.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         _truncate_metrics(s.run_dir / "metrics.jsonl", start_epoch)
     procs = f" x {s.dist.world} processes" if s.dist.enabled else ""
-    log(f"training {cfg.method} ({cfg.arch}) on {s.data.spec.name}: {s.data.x_train.shape[0]} images, "
+    n, used = s.data.x_train.shape[0], s.data.x_train.shape[0] // cfg.batch_size * cfg.batch_size or s.data.x_train.shape[0]
+    images = f"{n} images" if used == n else f"{n} images ({used} an epoch in full batches of {cfg.batch_size}, a new draw each epoch)"
+    log(f"training {cfg.method} ({cfg.arch}) on {s.data.spec.name}: {images}, "
         f"{cfg.epochs} epochs, device {s.device}{procs}, {json.dumps(s.method.settings())}")
     if s.amp == torch.bfloat16 and not native_bf16(s.device):
         log(f"warning: --amp {cfg.amp}: this {s.device.type.upper()} has no native bf16 (AVX512-BF16 or AMX), so "
