@@ -171,3 +171,12 @@ def load_dataset_train(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
     data = load_dataset(name)
     return data.x_train, data.y_train
+
+
+def test_readme_attack_example_runs(capsys):
+    import re
+
+    block = re.search(r"<!-- attack-example -->\n```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block, "README lost its attack-example block"
+    exec(compile(block.group(1), "README attack-example", "exec"), {})
+    assert "torch.Size([8, 3, 32, 32])" in capsys.readouterr().out
