@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from agkd_bml.cli import main
 from agkd_bml.cli.recipes import SCALES, TABLE2, run_config
 from agkd_bml.cli.reproduce import TABLES
@@ -139,3 +141,38 @@ def test_capacity_rows_train_score_and_are_reused_without_training_checkpoints(t
         raise AssertionError("small-cnn-w0 was accepted")
     except UserError as exc:
         assert "base width" in str(exc)
+
+
+def test_reproduce_takes_the_dataset_from_the_user_and_checks_it_before_making_folders(tmp_path, capsys):
+    """`reproduce table1 --out X` read a file only this workplace had and left an empty folder behind."""
+    out = tmp_path / "out"
+    assert main(["reproduce", "table2", "--scale", "small", "--out", str(out), "--no-progress"]) == 2
+    assert "--dataset" in capsys.readouterr().err and not out.exists()
+    missing = f"npz:{tmp_path / 'nowhere.npz'}"
+    assert main(["reproduce", "table2", "--scale", "small", "--dataset", missing, "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not out.exists()
+    # the tiny scale's digits can be swapped for any dataset too: here the same digits as an .npz file
+    from agkd_bml.data import load_dataset
+
+    d = load_dataset("digits")
+    path = tmp_path / "digits.npz"
+    np.savez(path, x_train=d.x_train.permute(0, 2, 3, 1).numpy(), y_train=d.y_train.numpy(),
+             x_test=d.x_test.permute(0, 2, 3, 1).numpy(), y_test=d.y_test.numpy())
+    assert main(["reproduce", "table2", "--scale", "tiny", "--dataset", f"npz:{path}", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert f"npz:{path}" in (out / "runs" / "UM-s0" / "config.yaml").read_text()
+    assert "on npz:digits.npz" in (out / "table2.md").read_text()  # the note names the file, not its path
+
+
+def test_the_same_npz_reached_by_another_path_is_the_same_run(tmp_path):
+    from agkd_bml.train.trainer import same_npz
+
+    a, b = tmp_path / "a" / "c.npz", tmp_path / "b" / "c.npz"
+    for p, v in ((a, 1), (b, 1)):
+        p.parent.mkdir()
+        np.savez(p, v=np.array([v]))
+    assert same_npz(f"npz:{a}", f"npz:{b}")  # same contents
+    np.savez(b, v=np.array([2]))
+    assert not same_npz(f"npz:{a}", f"npz:{b}")
+    assert same_npz("npz:../elsewhere/c.npz", f"npz:{b}")  # a path of another machine: the file name decides
+    assert not same_npz("cifar10", f"npz:{b}")

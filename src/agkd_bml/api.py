@@ -214,7 +214,7 @@ def evaluate(
 
 
 def evaluate_dataset(
-    model: nn.Module, *, dataset: str = "cifar10", n: int | None = 1000, data_dir: str = "./data",
+    model: nn.Module, *, dataset: str = "cifar10", n: int | None = 1000, data_dir: str | None = None,
     **options: object,
 ) -> Evaluation:
     """:func:`evaluate` on a dataset by name (``cifar10``, ...) or ``npz:PATH``: the first ``n`` test images

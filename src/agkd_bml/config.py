@@ -32,7 +32,7 @@ class TrainConfig:
 
     method: str = _opt("agkd-bml", "training method (see `agkd-bml methods`)")
     dataset: str = _opt("digits", "digits (embedded), npz:PATH, cifar10, cifar100, svhn, mnist, fashion-mnist, tiny-imagenet")
-    data_dir: str = _opt("./data", "where torchvision / Tiny ImageNet files live")
+    data_dir: str | None = _opt(None, "where datasets by name live (default: $AGKD_BML_DATA, else ~/.cache/agkd-bml/data)")
     download: bool = _opt(False, "let torchvision download the dataset into --data-dir")
     train_limit: int | None = _opt(None, "train on this many training images, a fixed random subset (default: all)")
     arch: str = _opt("small-cnn", "small-cnn (small-cnn-wN: base width N, 32 by default), wrn-D-K (wrn-16-4, wrn-28-10, wrn-34-10), preact-resnet18 (preact-resnet18-wN: first-stage width N, 64 by default), resnet50")

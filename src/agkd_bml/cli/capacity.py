@@ -23,7 +23,7 @@ from agkd_bml.analysis.plotting import pyplot, save_figure
 from agkd_bml.analysis.timing import run_timing
 from agkd_bml.analysis.trend import Gap, Trend, log_linear_trend, paired_gap
 from agkd_bml.cli.multistep import RunSpec, mcnemar, score_rows
-from agkd_bml.cli.recipes import Context, Scores
+from agkd_bml.cli.recipes import Context, DataChoice, Scores
 from agkd_bml.errors import UserError
 from agkd_bml.evaluation import NotSaved, wilson_interval
 from agkd_bml.evaluation.table import WEIGHTS_NOTE
@@ -64,7 +64,8 @@ def parse_only(only: str | None) -> set[tuple[str, str]] | None:
     return chosen
 
 
-def score_sizes(out: Path, scale: str, progress: bool, only: set[tuple[str, str]] | None) -> list[SizeScores]:
+def score_sizes(out: Path, scale: str, progress: bool, only: set[tuple[str, str]] | None,
+                data: DataChoice = DataChoice()) -> list[SizeScores]:
     """Train (or reuse) and score the chosen rows of every width.
 
     The rows ``--only`` leaves out are shown too where another call has already finished and scored them
@@ -73,7 +74,7 @@ def score_sizes(out: Path, scale: str, progress: bool, only: set[tuple[str, str]
     """
     done = []
     for size, arch in SIZES:
-        ctx = Context(scale, out / size, progress, arch=arch)
+        ctx = Context(scale, out / size, progress, data, arch=arch)
         rows = tuple(r for r in ROWS if only is None or (size, r.label) in only)
         scores: Scores = {}
         if rows:
@@ -199,7 +200,7 @@ def note(done: list[SizeScores]) -> str:
     images = f"{sc.train_limit} training images" if sc.train_limit else "all training images"
     attacks = "\n".join(f"- {a.describe()}" for a in ctx.attacks("clean,pgd-20,aa"))
     return (f"Scale `{ctx.scale_name}` at each width: the small CNN (4 conv-BN-ReLU layers, base width 16 to 128) on "
-            f"{sc.dataset} ({images} after holding out {sc.val_split} for selection), {sc.epochs} epochs (lr {sc.lr} "
+            f"{ctx.data_name} ({images} after holding out {sc.val_split} for selection), {sc.epochs} epochs (lr {sc.lr} "
             f"decayed x0.1 at {list(sc.milestones)}), batch {sc.batch_size}, training precision `{sc.amp}`, seed "
             f"{sc.seeds[0]}; trained on {', '.join(devices) or '?'}. Weights: {sc.weights} ({WEIGHTS_NOTE[sc.weights]}). "
             "AT-7 and AGKD-BML-7 train with 7 steps of eps/4; the AGKD teacher is a clean run of the same width with "
@@ -265,9 +266,9 @@ def _gap_panel(ax: Any, gaps: list[tuple[SizeScores, Gap]]) -> None:
     ax.grid(alpha=0.3)
 
 
-def capacity(out: Path, scale: str, *, progress: bool, only: str | None) -> str:
+def capacity(out: Path, scale: str, *, progress: bool, only: str | None, data: DataChoice = DataChoice()) -> str:
     """Train and score the capacity study (or the ``--only`` rows of it); write ``OUT/capacity.md`` and the figure."""
-    done = score_sizes(out, scale, progress, parse_only(only))
+    done = score_sizes(out, scale, progress, parse_only(only), data)
     text = render(done) + "\n\n![capacity](capacity.png)\n\nData: `capacity.csv`."
     write_figure(done, out)
     return text

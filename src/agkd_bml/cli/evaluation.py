@@ -173,7 +173,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="robust accuracy of checkpoints under attacks (Table 1)",
                        description="Evaluate checkpoints on the test set of the dataset they were trained on. "
                        "A point counts as robust only if it is right clean and under the attack; the table "
-                       "gives each accuracy with its 95%% Wilson interval and every attack's settings.")
+                       "gives each accuracy with its 95% Wilson interval and every attack's settings.")
     e.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=CHECKPOINTS_HELP)
     e.add_argument("--attacks", default="clean,fgsm,pgd-20", help=f"comma-separated specs. {spec_help()}")
     e.add_argument("--step-size", type=number, default=None, help="override the gradient attacks' step size")

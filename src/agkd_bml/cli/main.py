@@ -8,6 +8,7 @@ line and the exit code is 2 (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -42,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"agkd-bml: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `agkd-bml presets | head`: the reader left; nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("agkd-bml: interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)
         return 130

@@ -54,7 +54,7 @@ def teacher(ctx: Context, seed: int) -> Path:
     if ctx.scale.teacher_smoothing is None:
         return train_row(ctx, RunSpec("UM", "standard"), seed)
     run = ctx.run_dir("T", seed)
-    cfg = dataclasses.replace(run_config(ctx.scale, "standard", seed, run, None),
+    cfg = dataclasses.replace(run_config(ctx.scale, "standard", seed, run, None, ctx.data_choice),
                               label_smoothing=ctx.scale.teacher_smoothing)
     ctx.train("T (teacher)", seed, cfg)
     return run
@@ -64,7 +64,7 @@ def train_row(ctx: Context, row: RunSpec, seed: int) -> Path:
     """Train (or reuse) one row's run of one seed; return its directory."""
     distils = METHODS[row.method].needs_teacher or row.init_from_teacher
     run = ctx.run_dir(row.label, seed)
-    cfg = run_config(ctx.scale, row.method, seed, run, teacher(ctx, seed) if distils else None)
+    cfg = run_config(ctx.scale, row.method, seed, run, teacher(ctx, seed) if distils else None, ctx.data_choice)
     epochs = cfg.epochs
     if row.stop_after_decay is not None and cfg.milestones:
         epochs = min(cfg.epochs, cfg.milestones[0] + row.stop_after_decay)

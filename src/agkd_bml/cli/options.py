@@ -19,8 +19,23 @@ from agkd_bml.evaluation import EvalOptions
 from agkd_bml.models.checkpoint import WEIGHTS
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and not isinstance(action.default, bool)
+        if shown and action.option_strings and "default" not in text and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line (and exit code 2)."""
+    """argparse, but usage errors are one line (and exit code 2), and every option shows its default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -43,7 +58,7 @@ def add_eval_options(p: argparse.ArgumentParser, n: int | None = None, *, data: 
     ``foreign``: with --model-weights and --normalize, for commands that take models of any origin)."""
     if data:
         p.add_argument("--n", type=int, default=n, help=f"use the first N test images (default: {n if n else 'all'})")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images per attacked batch")
     p.add_argument("--eps", type=number, default=None, help="the attack budget (default: the dataset's, e.g. 8/255 for L-inf on CIFAR-10)")
     p.add_argument("--seed", type=int, default=0, help="seed of random starts and library attacks")
     if data:
@@ -70,8 +85,23 @@ def eval_options(args: argparse.Namespace) -> EvalOptions:
     return EvalOptions(**given, progress=not args.no_progress)
 
 
+#: parsed arguments that are not a command function's parameters: the parser's own, and those :func:`call` maps
+GLOBAL_OPTIONS = frozenset({"command", "handler", "debug", "no_progress"})
+
+
+def unmatched_options(fn: Callable[..., Any], dests: set[str]) -> set[str]:
+    """The options (argparse ``dest`` names) that no parameter of ``fn`` takes: each would be parsed and then
+    silently dropped, so the command ran with the parameter's default instead of what the user asked for."""
+    params = set(inspect.signature(fn).parameters)
+    shared = {f.name for f in dataclasses.fields(EvalOptions)} if "options" in params else set()
+    return dests - params - shared - GLOBAL_OPTIONS
+
+
 def call(fn: Callable[..., Any], args: argparse.Namespace) -> Any:
-    """Call a command function with the parsed arguments its parameters name."""
+    """Call a command function with the parsed arguments its parameters name (every option must name one)."""
+    unmatched = unmatched_options(fn, set(vars(args)))
+    if unmatched:  # a programming error, not the user's: say which option lost its parameter
+        raise TypeError(f"{fn.__name__} takes no parameter for option(s) {', '.join(sorted(unmatched))}")
     params = inspect.signature(fn).parameters
     kwargs = {name: getattr(args, name) for name in params if hasattr(args, name)}
     if "progress" in params:
@@ -88,4 +118,5 @@ def command_handler(fn: Callable[..., Any], *, status: bool = False) -> Callable
         result = call(fn, args)
         return int(result) if status else 0
 
+    handler.command = fn  # type: ignore[attr-defined]  # for the test that every option has its parameter
     return handler

@@ -64,7 +64,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Trains a standard teacher, an AGKD-BML student (2-step attacks) and PGD-AT "
                        "students (7 and 2 steps) on scikit-learn's digits (no download), then evaluates clean, "
                        "PGD-20 and AutoAttack accuracy.")
-    q.add_argument("--out", default="runs/quickstart", help="folder for the three runs (reused when finished)")
+    q.add_argument("--out", default="runs/quickstart", help="folder for the four runs: teacher, agkd-bml-2, pgd-at-7, pgd-at-2 (reused when finished)")
     q.add_argument("--device", default="auto")
     q.add_argument("--aa-n", type=int, default=AA_N, help=f"test images for AutoAttack (default: {AA_N}, to stay "
                    "under 3 minutes on 2 cores; all 450 take about 5)")

@@ -21,6 +21,7 @@ from agkd_bml.attacks import Attack, TransferAttack, full_length, parse_attacks
 from agkd_bml.attacks.norms import dataset_eps
 from agkd_bml.config import TrainConfig
 from agkd_bml.data import Dataset, load_dataset
+from agkd_bml.errors import UserError
 from agkd_bml.evaluation import EvalState, NotSaved, evaluate_attacks
 from agkd_bml.models.checkpoint import load_model
 from agkd_bml.train import finished_without_checkpoint, resolve, train
@@ -32,7 +33,7 @@ Scores = dict[str, dict[str, list[float]]]  #: model label -> column key -> valu
 class Scale:
     """Everything that differs between the small, the paper and the smoke-test scale."""
 
-    dataset: str
+    dataset: str | None  #: None: CIFAR-10, from wherever the user has it (``reproduce --dataset``)
     arch: str
     train_limit: int | None
     epochs: int
@@ -53,14 +54,14 @@ class Scale:
 
 SCALES = {
     # about an hour of training on 2 CPU cores for table2 (12 runs), see docs/reproduction.md
-    "small": Scale("npz:../shared/data/cifar10.npz", "small-cnn", 10000, 8, (6,), 0.05, 128, (0, 1), 1000, 500),
+    "small": Scale(None, "small-cnn", 10000, 8, (6,), 0.05, 128, (0, 1), 1000, 500),
     "paper": Scale("cifar10", "wrn-28-10", None, 200, (100, 150), 0.1, 128, (0,), 10000, 10000, "paper-cifar10"),
     "tiny": Scale("digits", "small-cnn", 128, 1, (), 0.05, 64, (0, 1), 32, 8),
     # the multi-step comparison on all 50,000 CIFAR-10 training images less 1,000 held out, trained in bf16
     # autocast where the cores have it (2.2x faster on AVX512-BF16 cores, same accuracy; on cores without it
     # bf16 is emulated and slower than float32, so those train in float32: docs/reproduction.md); budget
     # measured to fit about 6.5 hours of table1 on 2 AVX512-BF16 cores, see docs/reproduction.md
-    "medium": Scale("npz:../shared/data/cifar10.npz", "small-cnn", None, 15, (10, 13), 0.05, 128, (0, 1), 1000, 1000,
+    "medium": Scale(None, "small-cnn", None, 15, (10, 13), 0.05, 128, (0, 1), 1000, 1000,
                     val_split=1000, ema=0.999, weights="best", teacher_smoothing=0.5, multi_step=True, amp="native-bf16"),
     "tiny-medium": Scale("digits", "small-cnn", 128, 1, (), 0.05, 64, (0, 1), 32, 8, val_split=50, ema=0.9,
                          weights="best", teacher_smoothing=0.5, multi_step=True),
@@ -72,12 +73,23 @@ TABLE2 = [("UM", "standard"), ("AT", "pgd-at"), ("SML", "sml"), ("BML", "bml"), 
 DISTILLING = ("AGKD", "AGKD-BML")  #: the models whose teacher is the UM run of their seed
 
 
-def run_config(scale: Scale, method: str, seed: int, out: Path, teacher: Path | None) -> TrainConfig:
+@dataclass(frozen=True, kw_only=True)
+class DataChoice:
+    """Where a reproduction's data come from: ``reproduce --dataset / --data-dir / --download``."""
+
+    dataset: str | None = None  #: overrides the scale's (required where the scale has none: CIFAR-10 scales)
+    data_dir: str | None = None
+    download: bool = False
+
+
+def run_config(scale: Scale, method: str, seed: int, out: Path, teacher: Path | None,
+               data: DataChoice = DataChoice()) -> TrainConfig:
     """The training config of one run of a recipe."""
     base = resolve(scale.preset).to_dict() if scale.preset else {}
     if scale.preset:  # the paper preset is AGKD-BML's: other methods keep their own steps and smoothing
         base.update(steps=None, label_smoothing=None)
-    base.update(method=method, seed=seed, out=str(out), teacher=str(teacher) if teacher else None)
+    base.update(method=method, seed=seed, out=str(out), teacher=str(teacher) if teacher else None,
+                data_dir=data.data_dir, download=data.download)
     if not scale.preset:
         base.update(dataset=scale.dataset, arch=scale.arch, train_limit=scale.train_limit, epochs=scale.epochs,
                     milestones=list(scale.milestones), lr=scale.lr, batch_size=scale.batch_size,
@@ -94,6 +106,7 @@ class Context:
     scale_name: str
     out: Path
     progress: bool = True
+    data_choice: DataChoice = DataChoice()  #: ``--dataset`` / ``--data-dir`` / ``--download``
     device: str = ""  #: where the runs trained (set by :func:`score_timing`)
     trained_s: float = 0.0  #: seconds this call spent training table2's runs (0 when all were finished)
     #: per-sample correctness by (label, seed, attack name), kept by :meth:`score` for paired tests
@@ -107,6 +120,11 @@ class Context:
     @property
     def scale(self) -> Scale:
         scale = SCALES[self.scale_name]
+        if self.data_choice.dataset:
+            scale = dataclasses.replace(scale, dataset=self.data_choice.dataset)
+        elif scale.dataset is None:
+            raise UserError(f"--scale {self.scale_name} trains on CIFAR-10: give --dataset cifar10 (torchvision's files "
+                            "in --data-dir; --download fetches them) or --dataset npz:PATH (docs/data.md builds one)")
         return dataclasses.replace(scale, arch=self.arch) if self.arch else scale
 
     @cached_property
@@ -118,7 +136,7 @@ class Context:
             um = self.run_dir("UM", seed)  # the clean model is also the AGKD teacher of its seed
             for label, method in TABLE2:
                 self.train(label, seed, run_config(self.scale, method, seed, self.run_dir(label, seed),
-                                                   um if label in DISTILLING else None))
+                                                   um if label in DISTILLING else None, self.data_choice))
                 found[(label, seed)] = self.run_dir(label, seed)
         self.trained_s = time.perf_counter() - start
         return found
@@ -138,9 +156,16 @@ class Context:
             return
         train(cfg, resume=True, start_if_none=True, progress=self.progress)
 
+    @property
+    def data_name(self) -> str:
+        """The data as a table's note names them: a dataset's name, or an ``.npz`` file's name (not its path,
+        which says where it was on one machine)."""
+        ds = str(self.scale.dataset)
+        return f"npz:{Path(ds[4:]).name}" if ds.startswith("npz:") else ds
+
     @cached_property
     def data(self) -> Dataset:
-        return load_dataset(self.scale.dataset)
+        return load_dataset(self.scale.dataset, data_dir=self.data_choice.data_dir, download=self.data_choice.download)
 
     @property
     def train_images(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from agkd_bml.cli.recipes import (
     TABLE2,
     TABLE6,
     Context,
+    DataChoice,
     Scores,
     score_attacks,
     score_attention_variants,
@@ -129,7 +131,7 @@ TABLES: dict[str, Table] = {
                      "BML": (71.08, 60.51, 56.53), "AGKD": (75.57, 65.93, 60.71), "AGKD-BML": (76.69, 71.02, 63.67)}),
         rows=tuple(label for label, _ in TABLE2),
         note=lambda ctx: (
-            f"Scale `{ctx.scale_name}`: {ctx.scale.arch} on {ctx.scale.dataset} ({ctx.scale.train_limit or 'all'} "
+            f"Scale `{ctx.scale_name}`: {ctx.scale.arch} on {ctx.data_name} ({ctx.scale.train_limit or 'all'} "
             f"training images), {ctx.scale.epochs} epochs, seeds {list(ctx.scale.seeds)} (mean ± standard deviation). "
             f"Robust accuracy (%) on the first {ctx.scale.eval_n} test images (AutoAttack: first {ctx.scale.aa_n}); "
             f"L-inf eps {fmt_eps(ctx.eps)}. FGSM: one step of eps; PGD-20 / CW-20: 20 steps of eps/4 from a random "
@@ -191,7 +193,7 @@ def _multi_note(ctx: Context, rows: tuple[RunSpec, ...], specs: str) -> str:
     sc = ctx.scale
     seeds = ", ".join(f"{r.label} {r.seeds}" for r in rows)
     images = f"{sc.train_limit} training images" if sc.train_limit else "all training images"
-    return (f"Scale `{ctx.scale_name}`: {sc.arch} on {sc.dataset} ({images} after holding out {sc.val_split} for "
+    return (f"Scale `{ctx.scale_name}`: {sc.arch} on {ctx.data_name} ({images} after holding out {sc.val_split} for "
             f"selection), {sc.epochs} epochs (lr decay at {list(sc.milestones)}), weights: {sc.weights} "
             f"({WEIGHTS_NOTE[sc.weights]}). Seeds per row: {seeds} (2 seeds: mean ± sd). Robust accuracy (%) on the "
             f"first {ctx.test(sc.eval_n)[2]} test images (AutoAttack: first {ctx.test(sc.aa_n)[2]}); worst: right under "
@@ -267,8 +269,12 @@ TARGETS = (*TABLES, "table5", *FIGURES, "capacity")
 
 
 def reproduce(target: str, *, scale: str = "small", out: str = "reproduce", yes: bool = False, progress: bool = True,
-              only: str | None = None) -> str:
-    """``agkd-bml reproduce``: build one target, write ``OUT/TARGET.md`` and return its text."""
+              only: str | None = None, dataset: str | None = None, data_dir: str | None = None,
+              download: bool = False) -> str:
+    """``agkd-bml reproduce``: build one target, write ``OUT/TARGET.md`` and return its text.
+
+    The data are checked (loaded) before anything is trained or any folder is made.
+    """
     if target not in TARGETS:
         raise unknown_choice("reproduction target", target, TARGETS)
     if scale not in SCALES:
@@ -277,11 +283,13 @@ def reproduce(target: str, *, scale: str = "small", out: str = "reproduce", yes:
         raise UserError("--scale paper trains WRN-28-10 for 200 epochs per run (days on one GPU); add --yes to start")
     if only and target != "capacity":
         raise UserError("--only chooses rows of the capacity study; other targets train all their rows")
-    ctx = Context(scale, Path(out), progress)
+    ctx = Context(scale, Path(out), progress, DataChoice(dataset=dataset, data_dir=data_dir, download=download))
+    print(f"data: {ctx.data.spec.name} ({ctx.data.x_train.shape[0]} training, {ctx.data.x_test.shape[0]} test images)",
+          file=sys.stderr)
     if target == "capacity":
         if not ctx.scale.multi_step:
             raise UserError("capacity is a multi-step comparison: use --scale medium (or tiny-medium)")
-        text = capacity(Path(out), scale, progress=progress, only=only)
+        text = capacity(Path(out), scale, progress=progress, only=only, data=ctx.data_choice)
         _write(ctx, target, text)
         return text
     tables = {**TABLES, **MULTI_TABLES} if ctx.scale.multi_step else TABLES
@@ -313,7 +321,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "table5 the released code's AGKD-BML-10+MART against AT-7; capacity trains AT-7 and AGKD-BML-7 at "
                         "four widths of the small CNN (0.06 M to 3.8 M parameters) and asks whether the gap under "
                         "AutoAttack shrinks with capacity (a GPU job at --scale medium). Scales: small (2 CPU cores, about "
-                        "an hour of training for table2, on npz:../shared/data/cifar10.npz), medium (all 50,000 "
+                        "an hour of training for table2, on CIFAR-10 from --dataset), medium (all 50,000 "
                         "training images; hours, resumable: run it in the background), paper (WRN-28-10, 200 epochs; "
                         "GPUs), tiny and tiny-medium (smoke tests of the recipes on digits).")
     rp.add_argument("target", help=", ".join(TARGETS))
@@ -324,5 +332,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "w128:AT-7,w128:AGKD-BML-7), so parallel processes can share one GPU; its table also shows "
                     "the other rows already finished and scored (read from their saved results, nothing rerun); "
                     "a run without it trains and scores every row left and writes the whole table")
+    rp.add_argument("--dataset", default=None, help="the data of the small, medium and capacity scales: cifar10 "
+                    "(torchvision's files in --data-dir) or npz:PATH (a file of x_train, y_train, x_test, y_test; "
+                    "docs/data.md); default: the scale's own (digits for tiny scales)")
+    rp.add_argument("--data-dir", default=None,
+                    help="where datasets by name live (default: $AGKD_BML_DATA, else ~/.cache/agkd-bml/data)")
+    rp.add_argument("--download", action="store_true", help="let torchvision download a dataset by name into --data-dir")
     add_progress(rp)
     rp.set_defaults(handler=command_handler(reproduce))

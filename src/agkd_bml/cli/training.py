@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +78,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def list_presets() -> None:
-    """``agkd-bml presets``: each shipped preset with the first line of its description."""
+    """``agkd-bml presets``: each shipped preset with its whole description (the comment lines that open it)."""
     for name in preset_names():
-        first = preset_path(name).read_text().splitlines()[0].lstrip("# ")
-        print(f"{name:24s} {first}")
+        lines = preset_path(name).read_text().splitlines()
+        text = " ".join(ln.lstrip("# ").strip() for ln in itertools.takewhile(lambda ln: ln.startswith("#"), lines))
+        print(f"{name}\n" + textwrap.fill(text, width=100, initial_indent="    ", subsequent_indent="    ",
+                                                  break_on_hyphens=False))
 
 
 def list_methods() -> None:

@@ -6,6 +6,8 @@ backward samples happen as tensor ops, with no per-image Python work.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -257,6 +259,8 @@ def _torchvision(name: str, data_dir: str, download: bool) -> Dataset:
     root = Path(data_dir)
     if not download and not root.is_dir():
         raise UserError(f"data directory {data_dir!r} does not exist; pass --data-dir DIR or --download")
+    if download:
+        print(f"{name}: files in {root} (downloaded there by torchvision if missing)", file=sys.stderr)
     try:
         if name in ("cifar10", "cifar100"):
             cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
@@ -328,11 +332,25 @@ DATASETS: dict[str, Callable[[str, bool], Dataset]] = {
 }
 
 
-def load_dataset(name: str, *, data_dir: str = "./data", download: bool = False) -> Dataset:
-    """Load a dataset by name (see :data:`DATASETS`) or ``npz:PATH``."""
+#: the environment variable that moves the default data folder (:func:`default_data_dir`)
+DATA_DIR_ENV = "AGKD_BML_DATA"
+
+
+def default_data_dir() -> str:
+    """Where datasets by name live unless ``--data-dir`` says otherwise: ``$AGKD_BML_DATA``, else a per-user
+    cache (``$XDG_CACHE_HOME/agkd-bml/data``, ``~/.cache/agkd-bml/data``), so one download serves every project."""
+    if os.environ.get(DATA_DIR_ENV):
+        return os.environ[DATA_DIR_ENV]
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(cache) / "agkd-bml" / "data")
+
+
+def load_dataset(name: str, *, data_dir: str | None = None, download: bool = False) -> Dataset:
+    """Load a dataset by name (see :data:`DATASETS`; files in ``data_dir``, by default :func:`default_data_dir`,
+    fetched there by torchvision with ``download``) or ``npz:PATH``."""
     if name.startswith("npz:"):
         return load_npz(name[4:])
     if name not in DATASETS:
         raise unknown_choice("dataset", name, [*DATASETS, "npz:PATH"])
-    return DATASETS[name](data_dir, download)
+    return DATASETS[name](data_dir or default_data_dir(), download)
 

@@ -141,7 +141,7 @@ class ModelLoader:
                                 "is a checkpoint of this project, which holds its weights and normalisation")
             model, ckpt = load_model(path, self.device, self.options.weights)
             saved = self.configs[path] = ckpt.config
-            data = self._data(self.options.dataset or saved["dataset"], saved.get("data_dir", "./data"))
+            data = self._data(self.options.dataset or saved["dataset"], saved.get("data_dir"))
             check_compatible(path, ckpt.data, data.spec)
             label = _label(path, self.taken)
             if self.options.weights != "last":  # the row says which weights it is (best: of which epoch)
@@ -150,7 +150,7 @@ class ModelLoader:
         n = total if self.options.n is None else min(self.options.n, total)
         return label, model, data, data.x_test[:n], data.y_test[:n]
 
-    def _data(self, name: str, saved_dir: str = "./data") -> Dataset:
+    def _data(self, name: str, saved_dir: str | None = None) -> Dataset:
         if name not in self.datasets:
             self.datasets[name] = load_dataset(name, data_dir=self.options.data_dir or saved_dir)
         return self.datasets[name]

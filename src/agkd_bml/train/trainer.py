@@ -9,6 +9,7 @@ a run resumed from the checkpoint of epoch ``e`` replays epoch ``e + 1`` exactly
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -258,7 +259,33 @@ def _differences(saved: dict[str, Any], now: dict[str, Any]) -> set[str]:
     if "teacher" in changed and saved.get("teacher") and now.get("teacher") and \
             Path(saved["teacher"]).resolve() == Path(now["teacher"]).resolve():
         changed.discard("teacher")
+    if "dataset" in changed and same_npz(str(saved.get("dataset")), str(now.get("dataset"))):
+        changed.discard("dataset")
     return changed - RESUMABLE_CHANGES
+
+
+def same_npz(saved: str, now: str) -> bool:
+    """Whether two ``npz:PATH`` datasets are the same file: the same contents where both paths exist here, else
+    (a run made on another machine, whose path means nothing here) the same file name.
+
+    A run records its dataset as the path it was given, relative to where it started; the same data reached
+    from elsewhere (``reproduce --dataset npz:ELSEWHERE/cifar10.npz`` over a committed reproduction) is the
+    same run, not another config.
+    """
+    if not (saved.startswith("npz:") and now.startswith("npz:")):
+        return False
+    a, b = Path(saved[4:]), Path(now[4:])
+    if a.is_file() and b.is_file():
+        return a.samefile(b) or file_sha256(a) == file_sha256(b)
+    return a.name == b.name
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def finished_without_checkpoint(cfg: TrainConfig) -> bool:
