@@ -277,3 +277,22 @@ def test_the_header_says_how_many_images_an_epoch_trains_on(tmp_path):
     train(small_config(tmp_path, method="standard", train_limit=200, batch_size=128), progress=False,
           log=messages.append)
     assert any("200 images (128 an epoch in full batches of 128" in m for m in messages)
+
+
+def test_a_run_config_means_the_same_from_any_folder(tmp_path, monkeypatch):
+    """`config.yaml` kept `out: runA` relative to where the run started: `train --config w4/runA/config.yaml
+    --resume` from another folder said "nothing to resume in runA" and trained a new ./runA."""
+    from agkd_bml.cli import main
+
+    start, elsewhere = tmp_path / "w4", tmp_path / "elsewhere"
+    start.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(start)
+    args = ["--method", "standard", "--train-limit", "128", "--batch-size", "64", "--val-n", "16", "--no-progress"]
+    assert main(["train", *args, "--epochs", "1", "--out", "runA"]) == 0
+    saved = yaml.safe_load((start / "runA" / "config.yaml").read_text())
+    assert saved["out"] == str(start / "runA")
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--config", str(start / "runA" / "config.yaml"), "--epochs", "2", "--resume",
+                 "--no-progress"]) == 0
+    assert load_checkpoint(start / "runA").epoch == 2 and not (elsewhere / "runA").exists()

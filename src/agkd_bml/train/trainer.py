@@ -67,6 +67,16 @@ class TrainingDiverged(UserError):
     """A loss term or gradient became non-finite; the last checkpoint is left intact."""
 
 
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its run folder, ``.npz`` file, data folder and teacher as absolute paths."""
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path else path
+
+    dataset = f"npz:{absolute(cfg.dataset[4:])}" if cfg.dataset.startswith("npz:") else cfg.dataset
+    return dataclasses.replace(cfg, out=absolute(str(cfg.run_dir())), dataset=dataset, data_dir=absolute(cfg.data_dir),
+                               teacher=absolute(cfg.teacher))
+
+
 def steps_per_epoch(images: int, batch_size: int) -> int:
     """Optimizer steps in one epoch: full batches only (a last partial batch is dropped), at least one."""
     return max(1, images // batch_size)
@@ -189,7 +199,9 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
     data = data.limit_train(cfg.train_limit, cfg.seed)
     if resume:
         cfg = _continue_saved(cfg, run_dir, data.spec)
-    cfg = resolved(cfg, data.spec)  # config.yaml and the checkpoints record the values the run trains with
+    # config.yaml and the checkpoints record the values the run trains with, and paths that mean the same from
+    # any folder (`train --config RUN/config.yaml --resume` elsewhere continues this run, not a new ./RUN)
+    cfg = absolute_paths(resolved(cfg, data.spec))
     torch.manual_seed(cfg.seed)  # weight initialisation
     # channels-last on every device: cuDNN and oneDNN convolutions both prefer it (on 2 CPU cores a
     # training step is 14% (WRN-16-4) to 28% (small CNN) faster than in NCHW)
