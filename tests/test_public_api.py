@@ -180,3 +180,17 @@ def test_readme_attack_example_runs(capsys):
     assert block, "README lost its attack-example block"
     exec(compile(block.group(1), "README attack-example", "exec"), {})
     assert "torch.Size([8, 3, 32, 32])" in capsys.readouterr().out
+
+
+def test_autoattack_shows_each_part_on_stderr_and_its_tally_in_eval_json(teacher_run, tmp_path, capsys):
+    """AutoAttack was silent within a batch, and the per-part tally was never shown; status lines went to stdout."""
+    from agkd_bml.cli import main
+
+    assert main(["eval", teacher_run, "--attacks", "clean,aa", "--n", "24", "--out", str(tmp_path),
+                 "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "aa: apgd-ce broke" in captured.err and "still robust" in captured.err
+    assert "wrote " in captured.err and "wrote " not in captured.out and "| model |" in captured.out
+    aa = next(r for r in json.loads((tmp_path / "eval.json").read_text())["results"] if r["attack"] == "aa")
+    clean = next(r for r in json.loads((tmp_path / "eval.json").read_text())["results"] if r["attack"] == "clean")
+    assert sum(aa["fooled_by"].values()) == clean["correct"] - aa["correct"]

@@ -24,6 +24,7 @@ evaluation interrupted inside a batch continues at the part it stopped in.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -44,6 +45,8 @@ from agkd_bml.errors import UserError
 from agkd_bml.models.inference import channels_last, inference_copy
 
 COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
+#: per-part progress (part, images broken, images still robust); the command line shows it on stderr
+log = logging.getLogger(__name__)
 
 Factory = Callable[[nn.Module, int], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 
@@ -238,6 +241,8 @@ class AutoAttack(Attack):
             part[idx[fooled]] = k
             self._count(name, fooled, started)
             tally[name] = tally.get(name, 0) + int(fooled.sum())
+            log.info("%s: %s broke %d of %d, %d of %d images still robust (%.1f s)", self.name, name, int(fooled.sum()),
+                     idx.numel(), int(robust.sum()), robust.numel(), time.perf_counter() - started)
             if progress is not None and k + 1 < len(self.components):
                 self._reporter(progress, k + 1, adv, robust, part, tally, generator)(None)
         return adv

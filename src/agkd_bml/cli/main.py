@@ -8,6 +8,7 @@ line and the exit code is 2 (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -31,11 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class StderrLines(logging.Handler):
+    """The package's log records as plain lines on whatever ``sys.stderr`` is when each is written."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(record.getMessage(), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # `torchrun ... -m agkd_bml -- eval --n 100`: the "--" shields --n from torchrun's parser
         argv = argv[1:]
     args = build_parser().parse_args(argv)
+    # status and progress lines (AutoAttack's per part, among others) go to stderr; tables to stdout
+    package_log = logging.getLogger("agkd_bml")
+    if not any(isinstance(h, StderrLines) for h in package_log.handlers):
+        package_log.addHandler(StderrLines())
+        package_log.setLevel(logging.INFO)
     try:
         return args.handler(args)
     except UserError as exc:

@@ -83,16 +83,19 @@ def records(rows: dict[str, list[AttackResult]], weights: str | None = None,
             extra["source"] = foreign[name]
         for r in results:
             lo, hi = r.wilson()
+            parts = getattr(r.attack, "fooled_by", None)
+            tally = {"fooled_by": dict(parts)} if parts else {}  # a cascade: how many images each part broke
             out.append({
                 "model": name, "attack": r.attack.name, "correct": int(r.correct.sum()), "n": r.n,
-                **_rounded(r.n, accuracy=r.accuracy, ci95_low=lo, ci95_high=hi), "seed": r.seed, "eps": r.attack.eps, "norm": r.attack.norm.name, "settings": r.attack.settings(),
-                **extra,
+                **_rounded(r.n, accuracy=r.accuracy, ci95_low=lo, ci95_high=hi), "seed": r.seed,
+                "eps": r.attack.eps, "norm": r.attack.norm.name, "settings": r.attack.settings(), **extra, **tally,
             })
         if len(results) > 1:
             wc = combined(results)
             lo, hi = wc.wilson()
             out.append({"model": name, "attack": "worst-case", "correct": int(wc.correct.sum()), "n": wc.n,
-                        **_rounded(wc.n, accuracy=wc.accuracy, ci95_low=lo, ci95_high=hi), "seed": wc.seed, "eps": wc.attack.eps, "norm": results[0].attack.norm.name,
+                        **_rounded(wc.n, accuracy=wc.accuracy, ci95_low=lo, ci95_high=hi), "seed": wc.seed,
+                        "eps": wc.attack.eps, "norm": results[0].attack.norm.name,
                         "settings": {"attacks": [r.attack.name for r in results]}, **extra})
     return out
 
