@@ -141,3 +141,23 @@ def test_paired_gap_and_its_line_through_log_parameters_match_independent_comput
     assert log_linear_trend(params[:1], gaps[:1]) is None
     with pytest.raises(ValueError):
         paired_gap(torch.ones(3, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
+
+
+def test_training_curves_and_tensorboard_show_every_logged_quantity(tmp_path, teacher_run):
+    """A run's training could be followed only by reading metrics.jsonl: no curves, no TensorBoard."""
+    import pytest
+
+    from agkd_bml.cli import main
+
+    run = tmp_path / "at"
+    assert main(["train", "--method", "pgd-at", "--steps", "2", "--epochs", "2", "--train-limit", "128",
+                 "--batch-size", "64", "--val-split", "50", "--val-steps", "2", "--tensorboard", "--out", str(run),
+                 "--no-progress"]) == 0
+    assert main(["training-curves", str(run), teacher_run, "--out", str(tmp_path / "curves")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 10_000 and (tmp_path / "curves.pdf").is_file()
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = event_accumulator.EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss/ce", "lr", "images_per_s", "held_out/val_clean", "held_out/val_pgd"} <= tags
+    assert [e.step for e in acc.Scalars("loss/ce")] == [1, 2]

@@ -68,6 +68,8 @@ class TrainConfig:
     sync_bn: bool = _opt(False, "under torchrun on CUDA: SyncBatchNorm, so BatchNorm sees the global batch")
     check_sync: bool = _opt(False, "under torchrun: verify after every step that all ranks hold identical weights")
     threads: int | None = _opt(None, "CPU threads for PyTorch (default: all cores)")
+    tensorboard: bool = _opt(False, "also log each epoch's loss terms, lr, throughput and held-out accuracy for "
+                             "TensorBoard into RUN/tensorboard (needs the tensorboard extra)")
     out: str | None = _opt(None, "run directory (default: runs/<method>)")
     #: the method's own hyper-parameters by name (declared by each method, see :class:`HyperParams`);
     #: flat beside the fields above in ``config.yaml``, presets and checkpoints

@@ -12,12 +12,12 @@ import yaml
 from agkd_bml.errors import UserError
 
 
-def run_timing(run: str | Path) -> dict[str, Any]:
-    """Method, attack steps, epochs done, mean seconds/epoch, total hours, images/s and device of a run."""
+def read_metrics(run: str | Path) -> tuple[Path, list[dict[str, Any]]]:
+    """(run directory, one record per finished epoch) of a run directory or a file in it."""
     run = Path(run)
     if run.is_file():
         run = run.parent
-    metrics, config = run / "metrics.jsonl", run / "config.yaml"
+    metrics = run / "metrics.jsonl"
     if not metrics.is_file():
         raise UserError(f"{run} has no metrics.jsonl; give a run directory made by `agkd-bml train`")
     epochs = []
@@ -28,6 +28,13 @@ def run_timing(run: str | Path) -> dict[str, Any]:
             continue  # a line torn by a crash
     if not epochs:
         raise UserError(f"{metrics} holds no finished epoch")
+    return run, epochs
+
+
+def run_timing(run: str | Path) -> dict[str, Any]:
+    """Method, attack steps, epochs done, mean seconds/epoch, total hours, images/s and device of a run."""
+    run, epochs = read_metrics(run)
+    config = run / "config.yaml"
     cfg = yaml.safe_load(config.read_text()) if config.is_file() else {}
     seconds = [float(e["seconds"]) for e in epochs]
     last = epochs[-1]

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import io
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from agkd_bml.analysis.attention import attention_figures
 from agkd_bml.analysis.embeddings import embed
 from agkd_bml.analysis.knn import METRICS, knn_predict
 from agkd_bml.analysis.timing import run_timing, timing_table
+from agkd_bml.analysis.training_curves import plot_training
 from agkd_bml.analysis.tsne import tsne_figure
 from agkd_bml.attacks import Attack, full_length, parse_attacks
 from agkd_bml.cli.evaluation import curves, evaluate_checkpoints
@@ -196,6 +198,14 @@ def _write_html(text: str, path: Path) -> None:
     write_text(path, html)
 
 
+def training_curves(runs: list[str], *, out: str = "training-curves") -> list[Path]:
+    """``agkd-bml training-curves``: the runs' training curves as ``OUT.png`` and ``OUT.pdf``."""
+    paths = plot_training(runs, out)
+    for p in paths:
+        print(f"wrote {p}", file=sys.stderr)
+    return paths
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     k = sub.add_parser("knn", help="k-NN on penultimate embeddings vs the softmax head (Table 9)",
                        description="Classify clean and attacked test images by a k-NN vote among the embeddings "
@@ -227,6 +237,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     at.add_argument("--out", default="attention", help="folder for attention.png and gradcam.png (default: ./attention)")
     add_eval_options(at)
     at.set_defaults(handler=command_handler(attention))
+
+    tc = sub.add_parser("training-curves", help="plot runs' training: loss terms, lr, held-out clean and PGD, best epoch",
+                        description="Plot one or several runs' metrics.jsonl (also of a run still training): each "
+                        "loss term, the learning rate, held-out clean and PGD accuracy, and the epoch best.pt keeps.")
+    tc.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    tc.add_argument("--out", default="training-curves", help="OUT.png and OUT.pdf")
+    tc.set_defaults(handler=command_handler(training_curves))
 
     r = sub.add_parser("report", help="one Markdown + HTML page: table, curves, k-NN, t-SNE, attention, timing",
                        description="Evaluate the given runs and write report.md / report.html with every figure.")

@@ -60,11 +60,20 @@ RUN_FILES = (LAST, PREV, BEST, "metrics.jsonl", "config.yaml")
 HOLD_OUT_SEED = 0
 #: Config keys that may change when a run is resumed (more epochs, another device).
 RESUMABLE_CHANGES = {"epochs", "device", "threads", "out", "val_n", "val_steps", "data_dir", "download", "skip_nonfinite",
-                     "amp", "compile", "check_sync"}
+                     "amp", "compile", "check_sync", "tensorboard"}
 
 
 class TrainingDiverged(UserError):
     """A loss term or gradient became non-finite; the last checkpoint is left intact."""
+
+
+def tensorboard_writer(folder: Path) -> Any:
+    """TensorBoard's writer from torch (``--tensorboard``); the tensorboard package is an optional extra."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise UserError("--tensorboard needs the tensorboard package: pip install 'agkd-bml[tensorboard]'") from exc
+    return SummaryWriter(str(folder))
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -110,6 +119,7 @@ class Setup:
     best: dict[str, Any] = field(default_factory=dict)  #: epoch and held-out PGD accuracy of ``best.pt``
     #: what produces the run (versions, device, commit, the training data's fingerprint), in every metrics line
     provenance: dict[str, Any] = field(default_factory=dict)
+    board: Any = None  #: ``--tensorboard``: the SummaryWriter of RUN/tensorboard
 
 
 def _load_teacher(cfg: TrainConfig, student: Classifier, data: Dataset, device: torch.device) -> Classifier:
@@ -487,6 +497,8 @@ def train(
         return _run(s, resume=resume, start_if_none=start_if_none, log=log if s.dist.main else (lambda _m: None),
                     progress=progress)
     finally:
+        if s.board is not None:
+            s.board.close()
         distributed.teardown(s.dist)
 
 
@@ -526,6 +538,13 @@ def _end_epoch(s: Setup, epoch: int, stats: dict[str, Any], lr: float, log: Call
                                ema=s.ema.state_dict() if s.ema is not None else {}, best=s.best), s.run_dir)
     with open(s.run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(metrics) + "\n")
+    if s.board is not None:
+        scalars = {**{f"loss/{k}": v for k, v in stats["loss"].items()}, "lr": lr, "images_per_s": stats["images_per_s"],
+                   **{f"held_out/{k}": metrics[k] for k in ("val_clean", "val_pgd", "ema_val_clean", "ema_val_pgd")
+                      if k in metrics}}
+        for tag, value in scalars.items():
+            s.board.add_scalar(tag, value, epoch + 1)
+        s.board.flush()
     val = ""
     if "val_clean" in metrics:
         val = (f", val clean {100 * metrics['val_clean']:.1f}% / PGD-{cfg.val_steps} {100 * metrics['val_pgd']:.1f}%"
@@ -543,6 +562,8 @@ def _run(s: Setup, *, resume: bool, start_if_none: bool, log: Callable[[str], No
     if start_epoch >= cfg.epochs:  # a finished run's files stay as they are (its config.yaml says what made it)
         log(f"{s.run_dir} already finished {start_epoch} epoch(s)")
         return s.run_dir / LAST
+    if main and cfg.tensorboard:
+        s.board = tensorboard_writer(s.run_dir / "tensorboard")
     if main:
         write_text(s.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         _truncate_metrics(s.run_dir / "metrics.jsonl", start_epoch)
