@@ -211,7 +211,7 @@ def main() -> None:
         print(f"skipped: the reference auto-attack is not at {REFERENCE} (see ../shared/reference/auto-attack/README.md)")
         return
     loader = ModelLoader(EvalOptions(n=args.n, device=args.device, weights=args.weights, dataset=args.dataset,
-                                     model_weights=args.model_weights, normalize=args.normalize, norm=args.norm))
+                                     model_weights=(args.model_weights,) if args.model_weights else (), normalize=args.normalize, norm=args.norm))
     device = loader.device
     _, model, data, x, y = loader.model(args.checkpoint)
     eps, classes = loader.eps(data), data.spec.num_classes

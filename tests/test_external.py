@@ -325,3 +325,37 @@ def test_audit_and_curves_take_foreign_models_and_the_audit_warns(foreign, tmp_p
     assert main(["curves", str(foreign / "m.pt2"), "--dataset", "digits", "--normalize", NORM, "--n", "16",
                  "--no-progress", "--out", str(tmp_path)]) == 0
     assert main(["knn", str(foreign / "m.pt2"), "--dataset", "digits"]) == 2  # needs embeddings: one line, exit 2
+
+
+def test_two_checkpoints_of_one_architecture_share_a_table_under_their_own_names(foreign, tmp_path, capsys):
+    """One --model-weights applied to every py: model (two checkpoints of one architecture could not share a
+    table), and rows were named after the factory function."""
+    factory = f"py:{foreign / 'm.py'}:make"
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    torch.save({k: torch.randn_like(v) if v.is_floating_point() else v
+                for k, v in torch.load(foreign / "m.pt", weights_only=True).items()}, other)
+    assert main(["eval", factory, factory, "--model-weights", str(foreign / "m.pt"), "--model-weights", str(other),
+                 "--name", "trained", "--name", "scrambled", "--normalize", NORM, "--dataset", "digits",
+                 "--attacks", "clean", "--n", "64", "--no-progress", "--out", str(tmp_path / "two")]) == 0
+    models = json.loads((tmp_path / "two" / "eval.json").read_text())["models"]
+    assert set(models) == {"trained", "scrambled"}
+    assert str(other) in models["scrambled"]["source"] and str(foreign / "m.pt") in models["trained"]["source"]
+    clean = {r["model"]: r["accuracy"] for r in json.loads((tmp_path / "two" / "eval.json").read_text())["results"]}
+    assert clean["trained"] > clean["scrambled"] + 0.3  # each row scored its own weights
+    capsys.readouterr()
+    assert main(["eval", factory, "--name", "a", "--name", "b", "--dataset", "digits", "--attacks", "clean"]) == 2
+    assert "--name is given 2 time(s) for 1 model(s)" in capsys.readouterr().err
+
+
+def test_an_out_folder_with_other_attacks_is_refused_not_silently_rewritten(teacher_run, tmp_path, capsys):
+    """A second eval into the same --out with other attacks silently dropped the first attacks' columns."""
+    out = str(tmp_path / "e")
+    common = ["--n", "16", "--no-progress", "--out", out]
+    assert main(["eval", teacher_run, "--attacks", "clean,fgsm", *common]) == 0
+    capsys.readouterr()
+    assert main(["eval", teacher_run, "--attacks", "clean,pgd-5", *common]) == 2
+    assert "--attacks clean,pgd-5,fgsm" in capsys.readouterr().err
+    assert main(["eval", teacher_run, "--attacks", "clean,pgd-5,fgsm", *common]) == 0
+    attacks = {r["attack"] for r in json.loads((tmp_path / "e" / "eval.json").read_text())["results"]}
+    assert {"clean", "fgsm", "pgd-5"} <= attacks

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from agkd_bml import distributed
 from agkd_bml.attacks import TransferAttack, fmt_eps, full_length, parse_attacks, spec_help
@@ -35,9 +37,11 @@ from agkd_bml.provenance import provenance, tensor_digest
 def evaluate_checkpoints(
     checkpoints: Sequence[str], *, attacks: str = "clean,fgsm,pgd-20", step_size: float | None = None,
     restarts: int = 1, targeted: bool = False, last_iterate: bool = False, out: str | None = None,
-    state: str | None = None, options: EvalOptions = EvalOptions(),
+    state: str | None = None, names: Sequence[str] | None = None, options: EvalOptions = EvalOptions(),
 ) -> dict[str, list[AttackResult]]:
     """``agkd-bml eval``: each checkpoint (or foreign model) on the test set of its dataset (or ``options.dataset``).
+
+    ``names``: the rows' names, one per checkpoint (default: the run folder's or the factory's name).
 
     ``last_iterate``: the PGD-family attacks score each image at their last iterate (the protocol of the
     paper's and the baselines' code) instead of at the first iterate that fools the model (ours: never
@@ -49,16 +53,37 @@ def evaluate_checkpoints(
     job, device = distributed.setup(options.device)  # under torchrun, each rank attacks every world-th batch
     try:
         return _evaluate(checkpoints, attacks=attacks, step_size=step_size, restarts=restarts, targeted=targeted,
-                         last_iterate=last_iterate, out=out, state=state,
+                         last_iterate=last_iterate, out=out, state=state, names=names,
                          options=dataclasses.replace(options, device=device, progress=options.progress and job.main),
                          job=job)
     finally:
         distributed.teardown(job)
 
 
+def check_out_attacks(out: Path, attacks: Sequence[str]) -> None:
+    """Refuse an ``--out`` whose tables hold attacks this command would drop (it rewrites them whole).
+
+    Each (model, attack) result is kept in ``OUT/state``, so naming the earlier attacks too costs nothing:
+    they are read back, not run again.
+    """
+    summary = out / "eval.json"
+    if not summary.is_file():
+        return
+    try:
+        before = {r["attack"] for r in json.loads(summary.read_text())["results"]} - {"worst-case"}
+    except (ValueError, KeyError, TypeError):
+        return  # not our file's shape: it is replaced as any stale file is
+    dropped = sorted(before - set(attacks))
+    if dropped:
+        raise UserError(f"{out} holds tables with {', '.join(dropped)}, which --attacks {','.join(attacks)} would drop: "
+                        f"add them (--attacks {','.join([*attacks, *dropped])}; finished results are read back from "
+                        f"{out / 'state'}, not rerun) or give another --out")
+
+
 def _evaluate(
     checkpoints: Sequence[str], *, attacks: str, step_size: float | None, restarts: int, targeted: bool,
     last_iterate: bool, out: str | None, state: str | None, options: EvalOptions, job: distributed.Dist,
+    names: Sequence[str] | None = None,
 ) -> dict[str, list[AttackResult]]:
     say = print if job.main else _quiet
     loader = ModelLoader(options, **({} if job.main else {"note": _quiet}))
@@ -75,8 +100,12 @@ def _evaluate(
     flags: dict[str, list[str]] = {}
     where: dict[str, str] = {}  #: the dataset of each row
     images: dict[str, str] = {}  #: the fingerprint of each row's test images and labels
-    for path in checkpoints:
-        label, model, data, x, y = loader.model(path)
+    if names and len(names) != len(checkpoints):
+        raise UserError(f"--name is given {len(names)} time(s) for {len(checkpoints)} model(s): give one per model")
+    if out:
+        check_out_attacks(Path(out), [a.name for a in parse_attacks(attacks, eps=1.0, norm=options.norm)])
+    for i, path in enumerate(checkpoints):
+        label, model, data, x, y = loader.model(path, names[i] if names else None)
         images[label] = tensor_digest(x, y)
         parsed = parse_attacks(
             attacks, eps=loader.eps(data), num_classes=data.spec.num_classes, step_size=step_size,
@@ -188,6 +217,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--state", metavar="DIR", default=None,
                    help="save per-sample results here as they are computed (default with --out: OUT/state); the "
                    "same command run again skips finished work; a folder written with other settings is refused")
+    e.add_argument("--name", dest="names", metavar="NAME", action="append", default=None,
+                   help="the row's name, once per CHECKPOINT in order (default: the run folder's or factory's name)")
     e.add_argument("--norm", choices=("linf", "l2"), default="linf",
                    help="threat model of every attack: linf (default; eps default the dataset's, 8/255 on CIFAR-10) "
                    "or l2 (eps default 0.5 on 3x32x32 images, scaled by sqrt(pixels) on others; FGSM is then FGM, "

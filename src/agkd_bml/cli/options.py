@@ -70,9 +70,10 @@ def add_eval_options(p: argparse.ArgumentParser, n: int | None = None, *, data: 
                    "runs trained with --val-split) or ema (the moving average of runs trained with --ema); "
                    "default: last")
     if foreign:
-        p.add_argument("--model-weights", metavar="FILE", default=None,
-                       help="a state dict (torch.save, loaded with weights_only=True) for a py: factory's model; "
-                            "also under a state_dict/model/net key, and saved from nn.DataParallel (module. keys)")
+        p.add_argument("--model-weights", metavar="FILE", action="append", default=None,
+                       help="a state dict (torch.save, loaded with weights_only=True) for the py: factories' models: "
+                            "once for all of them, or repeated, one per py: model in their order; also under a "
+                            "state_dict/model/net key, and saved from nn.DataParallel (module. keys)")
         p.add_argument("--normalize", metavar="MEAN,STD", default=None,
                        help="for a foreign model that expects normalised inputs: `dataset` (the data's own mean "
                        "and std), MEAN,STD, or one mean per channel then one std per channel")
@@ -82,6 +83,8 @@ def add_eval_options(p: argparse.ArgumentParser, n: int | None = None, *, data: 
 def eval_options(args: argparse.Namespace) -> EvalOptions:
     """The shared options of a parsed command line (absent ones keep their defaults)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalOptions) if hasattr(args, f.name)}
+    if "model_weights" in given:
+        given["model_weights"] = tuple(given["model_weights"] or ())
     return EvalOptions(**given, progress=not args.no_progress)
 
 

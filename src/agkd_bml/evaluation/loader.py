@@ -39,7 +39,8 @@ class EvalOptions:
     device: str = "auto"
     progress: bool = True
     weights: str = "last"  #: of each run: ``last``, ``best`` (best.pt, held-out PGD) or ``ema``
-    model_weights: str | None = None  #: a state dict for a ``py:`` factory's model
+    #: state dicts for the ``py:`` factories' models: one for all, or one per ``py:`` model in the given order
+    model_weights: tuple[str, ...] = ()
     normalize: str | None = None  #: wrap a foreign model in this normalisation (``dataset``, ``M,S``, per channel)
     norm: str = "linf"  #: the threat model of the attacks: ``linf`` or ``l2``
 
@@ -130,11 +131,17 @@ class ModelLoader:
         self.sources: dict[str, tuple[Classifier, DataSpec]] = {}
         self.taken: set[str] = set()
         self.configs: dict[str, dict] = {}  #: training config of each loaded checkpoint, by path
+        self.factories = 0  #: ``py:`` models loaded so far (the next one takes ``model_weights[factories]``)
 
-    def model(self, path: str) -> tuple[str, Classifier, Dataset, torch.Tensor, torch.Tensor]:
-        """(row label, model, dataset, first ``n`` test images, their labels) of a checkpoint or foreign model."""
+    def model(self, path: str, name: str | None = None) -> tuple[str, Classifier, Dataset, torch.Tensor, torch.Tensor]:
+        """(row label, model, dataset, first ``n`` test images, their labels) of a checkpoint or foreign model;
+        ``name`` replaces the row label (which is otherwise the run folder's or the factory's name)."""
+        if name is not None:
+            if name in self.taken:
+                raise UserError(f"--name {name!r} is given to two rows; each row needs its own name")
+            self.taken.add(name)
         if is_external(path):
-            label, model, data = self._external(path)
+            label, model, data = self._external(path, name)
         else:
             if self.options.model_weights or self.options.normalize:
                 raise UserError(f"--model-weights and --normalize apply to py:, .pt2 and TorchScript models; {path} "
@@ -143,7 +150,7 @@ class ModelLoader:
             saved = self.configs[path] = ckpt.config
             data = self._data(self.options.dataset or saved["dataset"], saved.get("data_dir"))
             check_compatible(path, ckpt.data, data.spec)
-            label = _label(path, self.taken)
+            label = name or _label(path, self.taken)
             if self.options.weights != "last":  # the row says which weights it is (best: of which epoch)
                 label += f" ({self.options.weights}, epoch {ckpt.epoch})"
         total = data.x_test.shape[0]
@@ -155,7 +162,20 @@ class ModelLoader:
             self.datasets[name] = load_dataset(name, data_dir=self.options.data_dir or saved_dir)
         return self.datasets[name]
 
-    def _external(self, path: str) -> tuple[str, torch.nn.Module, Dataset]:
+    def _factory_weights(self, path: str) -> str | None:
+        """The ``--model-weights`` file of the ``py:`` model ``path`` (the next in order, or the one for all)."""
+        if not path.startswith("py:") or not self.options.model_weights:
+            return None
+        given = self.options.model_weights
+        index, self.factories = self.factories, self.factories + 1
+        if len(given) == 1:
+            return given[0]
+        if index >= len(given):
+            raise UserError(f"--model-weights gives {len(given)} files but there are more py: models; give one file "
+                            "for all of them, or one per py: model in their order")
+        return given[index]
+
+    def _external(self, path: str, name: str | None = None) -> tuple[str, torch.nn.Module, Dataset]:
         """A model this project did not train, checked against the data it is evaluated on."""
         if self.features:
             raise UserError(f"{path}: this command needs a model's feature maps and embeddings, which only this "
@@ -167,12 +187,16 @@ class ModelLoader:
                             "give a foreign model's weights with --model-weights")
         data = self._data(self.options.dataset)
         normalize = parse_normalize(self.options.normalize, (data.spec.mean, data.spec.std)) if self.options.normalize else None
-        model = load_external(path, weights=self.options.model_weights, device=self.device, normalize=normalize)
+        weights = self._factory_weights(path)
+        if weights is None and self.options.model_weights and not path.startswith("py:"):
+            raise UserError("--model-weights applies to py: factories only (an exported or TorchScript model holds "
+                            "its weights)")
+        model = load_external(path, weights=weights, device=self.device, normalize=normalize)
         target = path[3:].rpartition(":")[2] if path.startswith("py:") else Path(path).stem
-        label = _label(target, self.taken)
+        label = name or _label(target, self.taken)
         check_fits(label, model, data, self.device)
-        self.foreign[label] = describe_foreign(path, self.options.model_weights, normalize)
-        if path.startswith("py:") and not self.options.model_weights:
+        self.foreign[label] = describe_foreign(path, weights, normalize)
+        if path.startswith("py:") and not weights:
             self.note(f"{label}: no --model-weights, so {path} is evaluated with the weights its factory gives it "
                       "(random ones unless the factory loads some)")
         return label, model, data
