@@ -262,3 +262,55 @@ def test_a_checkpoint_written_before_the_record_existed_still_loads(tmp_path, di
     torch.save(old, tmp_path / "last.pt")
     with pytest.raises(UserError, match="missing or malformed"):
         load_model(tmp_path)
+
+
+def test_a_full_disk_during_a_checkpoint_names_the_last_good_one_and_the_resume(tmp_path, monkeypatch):
+    """A full disk ended in a raw `RuntimeError: [enforce fail at inline_container.cc:672]` traceback."""
+    import torch
+    from conftest import small_config
+
+    from agkd_bml.errors import UserError
+    from agkd_bml.train import load_checkpoint, train
+
+    real_save, calls = torch.save, []
+
+    def save_until_the_disk_fills(obj, f, *a, **kw):  # the second checkpoint meets a full disk
+        calls.append(1)
+        if len(calls) == 2:
+            f.write(b"PK\x03\x04")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+        return real_save(obj, f, *a, **kw)
+
+    cfg = small_config(tmp_path, method="standard", epochs=2, val_n=0)
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    with pytest.raises(UserError, match=r"is the disk full\?\). The last good checkpoint is .*prev.pt \(epoch 1\).*--resume"):
+        train(cfg, progress=False, log=lambda _m: None)
+    monkeypatch.setattr(torch, "save", real_save)
+    train(cfg, resume=True, progress=False, log=lambda _m: None)
+    assert load_checkpoint(tmp_path / "standard").epoch == 2
+
+
+def test_a_whole_pickled_model_and_a_truncated_file_say_what_to_do(tmp_path, teacher_run, capsys):
+    import shutil
+
+    import torch
+
+    from agkd_bml.cli import main
+    from agkd_bml.errors import UserError
+    from agkd_bml.train import load_checkpoint
+
+    whole = tmp_path / "whole.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10)), whole)
+    with pytest.raises(UserError, match=r"whole pickled model \(torch.save\(model\)\).*state_dict\(\)"):
+        load_checkpoint(whole)
+    factory = tmp_path / "f.py"
+    factory.write_text("import torch\n\ndef make():\n    return torch.nn.Sequential(torch.nn.Flatten(), "
+                       "torch.nn.Linear(256, 10))\n")
+    assert main(["eval", f"py:{factory}:make", "--model-weights", str(whole), "--dataset", "digits",
+                 "--attacks", "clean"]) == 2
+    assert "save model.state_dict() instead" in capsys.readouterr().err
+    cut = tmp_path / "cut.pt"
+    shutil.copy(Path(teacher_run) / "last.pt", cut)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(UserError, match="cut short or damaged .*prev.pt holds the epoch before"):
+        load_checkpoint(cut)

@@ -44,6 +44,27 @@ def _umask() -> int:
     return mask
 
 
+def unreadable(path: str | Path, exc: BaseException) -> str:
+    """Why the weights-only ``torch.load`` could not read ``path``, and what to do, in one line.
+
+    The common cases: a whole model pickled with ``torch.save(model)`` (refused: unpickling it would run
+    code), a file cut short (a copy or a write interrupted), and a file that is no PyTorch save at all.
+    """
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "torch.nn.modules" in str(exc) or ("GLOBAL" in str(exc) and "Module" in str(exc)):
+        return (f"{path} holds a whole pickled model (torch.save(model)), which cannot be loaded without running "
+                "its code: save model.state_dict() instead and give it as --model-weights with a py:FILE.py:FACTORY "
+                "that builds the model")
+    if "GLOBAL" in str(exc) or "global" in text.lower():
+        return (f"refusing to load {path}: it contains pickled objects other than tensors and plain data (possibly "
+                "code); only weights-only files are accepted")
+    if any(k in str(exc) for k in ("central directory", "failed reading zip", "truncated", "unexpected EOF")) \
+            or isinstance(exc, EOFError):
+        return (f"{path} is cut short or damaged ({text}): copy it again; in a run folder, prev.pt holds the "
+                "epoch before (train --resume falls back to it)")
+    return f"cannot read {path}: {text}"
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Atomically write a UTF-8 text file."""
     atomic_write(path, lambda f: f.write(text.encode()))

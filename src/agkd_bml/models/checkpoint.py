@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 
 from agkd_bml.data import DataSpec
 from agkd_bml.errors import UserError
-from agkd_bml.fileio import atomic_write
+from agkd_bml.fileio import atomic_write, unreadable
 from agkd_bml.models import Classifier, build_model
 from agkd_bml.models.external import bare_state_dict
 
@@ -73,12 +74,27 @@ class Checkpoint:
 
 
 def save_checkpoint(ckpt: Checkpoint, run_dir: Path) -> Path:
-    """Save ``ckpt`` as ``run_dir/last.pt``, keeping the previous one as ``prev.pt``."""
+    """Save ``ckpt`` as ``run_dir/last.pt``, keeping the previous one as ``prev.pt``.
+
+    A write that fails (a full disk ends ``torch.save`` in an internal ``enforce fail`` error) becomes one
+    line that names the last good checkpoint and how to go on: nothing is lost, ``prev.pt`` holds the epoch
+    before and ``--resume`` continues from it.
+    """
     last = run_dir / LAST
     if last.exists():
         os.replace(last, run_dir / PREV)
     payload = ckpt.to_dict()
-    atomic_write(last, lambda f: torch.save(payload, f))
+    try:
+        atomic_write(last, lambda f: torch.save(payload, f))
+    except (RuntimeError, UserError) as exc:
+        free = shutil.disk_usage(run_dir).free / 2**20
+        good = run_dir / PREV if (run_dir / PREV).exists() else None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"could not write the checkpoint of epoch {ckpt.epoch} to {last} ({reason}; {free:.0f} MiB free "
+                        f"there: is the disk full?). "
+                        + (f"The last good checkpoint is {good} (epoch {ckpt.epoch - 1}): free some space, then run "
+                           "the same train command with --resume." if good else
+                           "No earlier checkpoint exists: free some space and start again.")) from exc
     return last
 
 
@@ -128,12 +144,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         if "global" not in str(exc).lower():  # not a pickle that names classes or functions: not a pickle at all
             raise UserError(f"{p} is not an agkd-bml checkpoint, an exported program (.pt2) or a TorchScript "
                             "archive: the weights-only torch.load cannot read it (nothing in it was run)") from exc
-        raise UserError(
-            f"refusing to load {p}: it contains pickled objects other than tensors and plain data "
-            "(possibly code); only weights-only checkpoints are accepted"
-        ) from exc
+        raise UserError(unreadable(p, exc)) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UserError(f"cannot read checkpoint {p}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise UserError(unreadable(p, exc)) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         if bare_state_dict(ckpt) is not None:
             raise UserError(f"{p} holds bare weights (a state dict), not an agkd-bml checkpoint: give the model as "

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from agkd_bml.errors import UserError
+from agkd_bml.fileio import unreadable
 from agkd_bml.models.base import Classifier, ModelOutput, normalise
 
 PY_PREFIX = "py:"
@@ -291,7 +292,7 @@ def _load_weights(net: nn.Module, path: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"--model-weights {path} is not a state dict saved with torch.save: {exc}") from exc
+        raise UserError(f"--model-weights: {unreadable(path, exc)}") from exc
     found = bare_state_dict(state)
     if found is None:
         raise UserError(f"--model-weights {path} holds {type(state).__name__}, not a state dict")
