@@ -314,3 +314,57 @@ def test_a_whole_pickled_model_and_a_truncated_file_say_what_to_do(tmp_path, tea
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     with pytest.raises(UserError, match="cut short or damaged .*prev.pt holds the epoch before"):
         load_checkpoint(cut)
+
+
+HOLD = """
+import sys, time
+from agkd_bml.fileio import hold_lock
+hold_lock(sys.argv[1], "x")
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def _holder(lock: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def test_a_run_folder_in_use_is_refused_naming_the_process_and_a_crash_releases_it(tmp_path):
+    """The same `train --out R` started three times at once ran three times, each exit 0, and R/metrics.jsonl
+    held every epoch three times, interleaved."""
+    from agkd_bml.errors import UserError
+    from agkd_bml.train import load_checkpoint, train
+
+    cfg = small_config(tmp_path, method="standard")
+    proc = _holder(Path(cfg.out) / ".lock")
+    try:
+        with pytest.raises(UserError, match=rf"run folder .* is in use by process {proc.pid} "):
+            train(cfg, progress=False, log=lambda _m: None)
+    finally:
+        proc.kill()  # a crash: the operating system releases the lock
+        proc.wait()
+    train(cfg, progress=False, log=lambda _m: None)
+    assert load_checkpoint(cfg.out).epoch == 1
+    assert len((Path(cfg.out) / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_an_evaluation_point_in_use_is_refused_naming_the_process(tmp_path, teacher_run, capsys):
+    out = tmp_path / "e"
+    args = ["eval", teacher_run, "--attacks", "clean,pgd-2", "--n", "16", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    locks = sorted((out / "state").glob("*.lock"))  # one per point computed (left behind, unlocked)
+    assert locks
+    for point in (out / "state").glob("*.pt"):
+        point.unlink()  # the points must be computed again...
+    holders = [_holder(lock) for lock in locks]  # ...while other processes compute them
+    try:
+        capsys.readouterr()
+        assert main(args) == 2
+        assert any(f"is in use by process {p.pid}" in capsys.readouterr().err for p in holders)
+    finally:
+        for p in holders:
+            p.kill()
+            p.wait()
+    assert main(args) == 0  # the holders died: their locks went with them

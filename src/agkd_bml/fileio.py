@@ -1,8 +1,10 @@
-"""Atomic file writes: a crash or a full disk never leaves a torn or half-written file."""
+"""Atomic file writes (a crash or a full disk never leaves a torn or half-written file) and the locks that keep
+two processes from writing one run folder or one evaluation point."""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +65,52 @@ def unreadable(path: str | Path, exc: BaseException) -> str:
         return (f"{path} is cut short or damaged ({text}): copy it again; in a run folder, prev.pt holds the "
                 "epoch before (train --resume falls back to it)")
     return f"cannot read {path}: {text}"
+
+
+#: locks this process holds: resolved path -> (file descriptor, how many holders in this process)
+_HELD: dict[str, tuple[int, int]] = {}
+
+
+def hold_lock(path: str | Path, what: str) -> None:
+    """Take the exclusive lock ``path`` for this process (re-entrant within it), or say who holds it.
+
+    ``flock`` locks belong to the open file, so the operating system releases them when the holder exits or
+    crashes: a stale lock file never blocks anyone. The holder writes its process id and command line into the
+    file, which the refusal quotes. Where ``fcntl`` is missing (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return
+    key = str(Path(path).resolve())
+    if key in _HELD:
+        fd, count = _HELD[key]
+        _HELD[key] = (fd, count + 1)
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 2000).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise UserError(f"{what} is in use by {holder}; wait for it to finish, or stop it (a process that dies "
+                        "releases it)") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()} ({' '.join(sys.argv)[:300]})".encode())
+    _HELD[key] = (fd, 1)
+
+
+def release_lock(path: str | Path) -> None:
+    """Give back one hold of :func:`hold_lock`'s lock (the last one unlocks it)."""
+    key = str(Path(path).resolve())
+    if key not in _HELD:
+        return
+    fd, count = _HELD.pop(key)
+    if count > 1:
+        _HELD[key] = (fd, count - 1)
+    else:
+        os.close(fd)  # closing the file releases the flock
 
 
 def write_text(path: str | Path, text: str) -> None:

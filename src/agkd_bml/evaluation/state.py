@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from agkd_bml import distributed
 from agkd_bml.errors import UserError
-from agkd_bml.fileio import atomic_write
+from agkd_bml.fileio import atomic_write, hold_lock, release_lock
 from agkd_bml.provenance import tensor_digest
 
 #: Save an unfinished point at most this often (seconds); every batch of a slow attack is saved.
@@ -94,7 +95,22 @@ class EvalState:
         return self.folder / f"{digest}.pt"
 
     def load(self, key: dict[str, Any]) -> Point:
-        """The saved progress of ``key`` (empty when none is saved)."""
+        """The saved progress of ``key`` (empty when none is saved).
+
+        An unfinished point is locked for this process until :meth:`save` finishes it: two processes computing
+        the same (model, attack) point into one folder would overwrite each other's progress, so the second is
+        refused with a line naming the first. Different points of one folder may be computed in parallel
+        (``reproduce capacity --only`` does).
+        """
+        point = self._load(key)
+        if not (self.saved_only or point.done) and distributed.current().main:
+            path = self._path(key)
+            attack = key.get("attack")
+            name = attack.get("name", "clean") if isinstance(attack, dict) else attack
+            hold_lock(path.with_suffix(".lock"), f"the evaluation of {name} in {self.folder}")
+        return point
+
+    def _load(self, key: dict[str, Any]) -> Point:
         path = self._path(key)
         if not path.exists():
             if self.saved_only:
@@ -122,3 +138,5 @@ class EvalState:
                     "tallies": point.tallies, "partial": point.partial}, buf)
         atomic_write(path, lambda f: f.write(buf.getvalue()))
         self._saved_at[str(path)] = now
+        if point.done:
+            release_lock(path.with_suffix(".lock"))

@@ -34,7 +34,7 @@ from agkd_bml.device import device_name, resolve_device
 from agkd_bml.distributed import Dist, any_rank, check_in_sync, sum_over_ranks
 from agkd_bml.errors import UserError
 from agkd_bml.evaluation import evaluate_attacks
-from agkd_bml.fileio import write_text
+from agkd_bml.fileio import hold_lock, release_lock, write_text
 from agkd_bml.methods import METHODS, Method, MethodContext
 from agkd_bml.methods.base import resolve_attack, resolved
 from agkd_bml.models import Classifier, build_model
@@ -56,6 +56,8 @@ from agkd_bml.train.schedule import lr_scheduler, per_step
 from agkd_bml.train.settings import check, complete
 
 RUN_FILES = (LAST, PREV, BEST, "metrics.jsonl", "config.yaml")
+#: the lock file of a run folder being trained (see :func:`agkd_bml.fileio.hold_lock`)
+LOCK = ".lock"
 #: Seed of the ``--val-split`` draw: one held-out set per dataset, shared by every run (teacher included).
 HOLD_OUT_SEED = 0
 #: Config keys that may change when a run is resumed (more epochs, another device).
@@ -199,10 +201,12 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run_dir = cfg.run_dir()
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download)  # checked before any folder is made
     if d.main:
         _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, create=create)
+        if create:  # one process trains a run folder: a second `train --out` of it is refused, naming the first
+            hold_lock(run_dir / LOCK, f"run folder {run_dir}")
     distributed.barrier(d)
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download)
     val = None
     if cfg.val_split:  # held out before --train-limit, so that every run of the dataset holds out the same
         data, *val = data.hold_out(cfg.val_split, HOLD_OUT_SEED)
@@ -499,6 +503,8 @@ def train(
     finally:
         if s.board is not None:
             s.board.close()
+        if s.dist.main:
+            release_lock(s.run_dir / LOCK)
         distributed.teardown(s.dist)
 
 
