@@ -278,3 +278,12 @@ def test_a_multi_target_part_resumed_after_a_target_gives_the_uninterrupted_imag
     for saved in (reports[0], reports[4]):
         got = attack(model, x, y, torch.Generator().manual_seed(4), progress=Progress(saved, lambda _: None))
         assert torch.equal(got.images, want.images) and torch.equal(got.fooled, want.fooled)
+
+
+def test_eval_checks_its_data_before_it_makes_any_folder(tmp_path, teacher_run, capsys):
+    from agkd_bml.cli import main
+
+    out = tmp_path / "never"
+    assert main(["eval", teacher_run, "--dataset", f"npz:{tmp_path / 'missing.npz'}", "--attacks", "clean",
+                 "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not out.exists()

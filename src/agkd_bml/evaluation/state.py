@@ -69,6 +69,8 @@ class EvalState:
         self.folder = Path(folder)
         self.saved_only = saved_only
         self._saved_at: dict[str, float] = {}
+        #: the settings of a new folder, written with its first point (no folder before there is work to keep)
+        self._new_settings: dict[str, Any] | None = None
         if settings is not None:
             self._check_settings(json.loads(json.dumps(settings)))
 
@@ -88,7 +90,7 @@ class EvalState:
                 raise UserError(f"evaluation state {self.folder} was written with other settings: {', '.join(diff)}; "
                                 "use another --state / --out, or delete it to start over")
             return
-        atomic_write(path, lambda f: f.write(json.dumps(settings, sort_keys=True).encode()))
+        self._new_settings = settings
 
     def _path(self, key: dict[str, Any]) -> Path:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
@@ -133,6 +135,9 @@ class EvalState:
         now = time.monotonic()
         if not (force or point.done) and now - self._saved_at.get(str(path), 0.0) < SAVE_EVERY_S:
             return
+        if self._new_settings is not None:
+            settings, self._new_settings = self._new_settings, None
+            atomic_write(self.folder / "settings.json", lambda f: f.write(json.dumps(settings, sort_keys=True).encode()))
         buf = io.BytesIO()
         torch.save({"key": json.dumps(point.key, sort_keys=True), "batches": point.batches, "done": point.done,
                     "tallies": point.tallies, "partial": point.partial}, buf)
