@@ -21,7 +21,7 @@ def test_reproduce_table2_tiny_end_to_end_and_reuses_runs(tmp_path, capsys):
     capsys.readouterr()
     configs = {p: p.read_bytes() for p in (tmp_path / "runs").glob("*/config.yaml")}
     assert main(["reproduce", "table2", "--scale", "tiny", "--out", str(tmp_path), "--no-progress"]) == 0
-    assert capsys.readouterr().out.count("already finished 1 epoch") == len(TABLE2) * len(SCALES["tiny"].seeds)
+    assert capsys.readouterr().err.count("already finished 1 epoch") == len(TABLE2) * len(SCALES["tiny"].seeds)
     assert {p: p.read_bytes() for p in configs} == configs  # a finished run's files are left as they are
     for target, marker in (("table1", "pgd-100"), ("table3", "black-box"), ("table6", "GC-false"), ("table7", "s/epoch"), ("table9", "k-NN"),
                            ("figure3", "figure3/tsne.png"), ("figure4", "figure4/attention.png"),
@@ -53,11 +53,12 @@ def test_multi_step_comparison_tiny_end_to_end(tmp_path, capsys):
     """table1 / table5 at a multi-step scale: faithful teacher, held-out selection, AA, worst case, McNemar."""
     out = ["--scale", "tiny-medium", "--out", str(tmp_path), "--no-progress"]
     assert main(["reproduce", "table1", *out]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    status = captured.err  # status lines on stderr, the tables on stdout
     # the deciding pair is scored, and written as a partial table, before the other rows start training
-    partial = printed.index("(partial: the rows that decide the question")
-    assert printed.index("== AGKD-BML-7 seed 1") < partial < printed.index("== UM seed 0") < printed.index("== SML-7 seed 0")
-    first = printed[printed.rindex("| model |", 0, partial):partial]
+    partial = status.index("(partial: the rows that decide the question")
+    assert status.index("== AGKD-BML-7 seed 1") < partial < status.index("== UM seed 0") < status.index("== SML-7 seed 0")
+    first = "| model |" + captured.out.split("| model |")[1]  # the first table printed: the partial one
     assert "| AT-7 | " in first and "| AGKD-BML-7 | " in first and "| UM | " not in first
     assert "**Partial table**: UM, SML-7, TRADES-10, MART-10, AGKD-BML-2 not trained" in first
     assert "exact McNemar p =" in first
@@ -111,13 +112,13 @@ def test_capacity_rows_train_score_and_are_reused_without_training_checkpoints(t
         p.unlink()
     capsys.readouterr()
     assert main([*args, "--only", "w16:AT-7,w16:AGKD-BML-7"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # status lines
     assert out.count("reused") == 3 and "\ntraining " not in out  # the trainer's "training METHOD ..." line
     assert {p: p.read_text() for p in runs.glob("*/metrics.jsonl")} == before and not list(runs.glob("*/last.pt"))
     assert (tmp_path / "capacity.md").read_text() == table
     # a call for other rows keeps the rows another call finished and scored, without training or attacking them
     assert main([*args, "--only", "w16:AT-7"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # status lines
     assert "AGKD-BML-7: finished and scored before" in out and "== T seed" not in out
     assert (tmp_path / "capacity.md").read_text() == table
     # ...and leaves out (as still to do) a row whose run has not finished
@@ -127,7 +128,7 @@ def test_capacity_rows_train_score_and_are_reused_without_training_checkpoints(t
     assert main([*args, "--only", "w16:AT-7"]) == 0
     partial = (tmp_path / "capacity.md").read_text()
     assert "| w16 | 0.06 M | AT-7 |" in partial and "| AGKD-BML-7 |" not in partial
-    assert "**Partial table**: w16:AGKD-BML-7, w32:AT-7" in partial and "\ntraining " not in capsys.readouterr().out
+    assert "**Partial table**: w16:AGKD-BML-7, w32:AT-7" in partial and "\ntraining " not in capsys.readouterr().err
     metrics.write_text(finished)
     assert main([*args, "--only", "w17:AT-7"]) == 2 and "SIZE:ROW" in capsys.readouterr().err
     assert main(["reproduce", "table2", "--scale", "tiny", "--out", str(tmp_path), "--only", "w16:AT-7"]) == 2

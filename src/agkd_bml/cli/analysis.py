@@ -87,7 +87,7 @@ def _write_knn(rows: list[dict], text: str, out: Path) -> None:
     write_text(out / "knn.md", text + "\n")
     write_text(out / "knn.csv", buf.getvalue())
     write_text(out / "knn.json", json.dumps(rows, indent=2) + "\n")
-    print(f"wrote {out / 'knn.md'}, knn.csv, knn.json")
+    print(f"wrote {out / 'knn.md'}, knn.csv, knn.json", file=sys.stderr)
 
 
 def _classes(text: str | None, names: tuple[str, ...]) -> list[int]:
@@ -128,7 +128,7 @@ def tsne(
     title = f"t-SNE of penultimate embeddings (scikit-learn, seed {options.seed}); AEs: {adv.describe()}"
     files = tsne_figure(panels, names, Path(out) / "tsne", title=title, seed=options.seed)
     for f in files:
-        print(f"wrote {f}")
+        print(f"wrote {f}", file=sys.stderr)
     return f"![t-SNE]({files[0].name})\n\n{title}; up to {per_class} clean test images per class."
 
 
@@ -153,7 +153,7 @@ def attention(
     files = attention_figures(models, teacher_model, x, y, adv, data.spec.class_names, Path(out),
                               device=loader.device, seed=options.seed)
     for f in files:
-        print(f"wrote {f}")
+        print(f"wrote {f}", file=sys.stderr)
     who = f"teacher {teacher}" if teacher_model else "no teacher (give --teacher)"
     return (f"![attention](attention.png)\n\nClass-irrelevant attention maps on the first {images} test images; "
             f"{who}. AEs: {adv.describe()}.\n\n![Grad-CAM](gradcam.png)\n\nGrad-CAM of the true and the "
@@ -183,7 +183,7 @@ def report(
     text = "\n\n".join(sections) + "\n"
     write_text(folder / "report.md", text)
     _write_html(text, folder / "report.html")
-    print(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
+    print(f"wrote {folder / 'report.md'} and {folder / 'report.html'}", file=sys.stderr)
     return folder / "report.md"
 
 

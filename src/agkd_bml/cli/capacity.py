@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ def score_sizes(out: Path, scale: str, progress: bool, only: set[tuple[str, str]
         rows = tuple(r for r in ROWS if only is None or (size, r.label) in only)
         scores: Scores = {}
         if rows:
-            print(f"== capacity: {size} ({arch}), {', '.join(r.label for r in rows)}")
+            print(f"== capacity: {size} ({arch}), {', '.join(r.label for r in rows)}", file=sys.stderr)
             scores = score_rows(ctx, rows, SPECS)
         for row in ROWS:
             if row not in rows:
@@ -94,7 +95,7 @@ def _saved_scores(ctx: Context, row: RunSpec) -> Scores:
     ctx.saved_only = True
     try:
         scores = score_rows(ctx, (row,), SPECS)
-        print(f"== capacity: {ctx.out.name} {row.label}: finished and scored before; shown as saved")
+        print(f"== capacity: {ctx.out.name} {row.label}: finished and scored before; shown as saved", file=sys.stderr)
         return scores
     except NotSaved:
         for key in [k for k in ctx.flags if k[0] == row.label]:  # the points it had before one was missing

@@ -155,7 +155,7 @@ def curves(checkpoints: Sequence[str], *, out: str = "curves", options: EvalOpti
         print(f"{label} ({time.perf_counter() - start:.0f}s, n={x.shape[0]})\n  PGD steps -> accuracy %: {steps}"
               f"\n  eps (PGD-20) -> accuracy %: {budgets}")
     for f in write_curves(result, out):
-        print(f"wrote {f}")
+        print(f"wrote {f}", file=sys.stderr)
     return result
 
 
@@ -188,7 +188,7 @@ def audit_checkpoint(
     print(text)
     if out:
         for f in write_audit(checks, text, out):
-            print(f"wrote {f}")
+            print(f"wrote {f}", file=sys.stderr)
     return 1 if any(c.passed is False for c in checks) else 0
 
 

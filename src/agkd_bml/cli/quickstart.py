@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def quickstart(
     start = time.perf_counter()
     configs = quickstart_configs(out, device)
     for cfg in configs:
-        print(f"== {cfg.method} -> {cfg.run_dir()}")
+        print(f"== {cfg.method} -> {cfg.run_dir()}", file=sys.stderr)
         train(cfg, resume=True, start_if_none=True, progress=progress)
     runs = [str(c.run_dir()) for c in configs]
     options = EvalOptions(device=device, progress=progress)

@@ -9,6 +9,7 @@ A scale fixes everything that differs between ``small`` (2 CPU cores on the shar
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -150,9 +151,9 @@ class Context:
             if not metrics.is_file() or len(metrics.read_text().splitlines()) < cfg.epochs:
                 raise NotSaved(f"{cfg.out} has not finished")
             return
-        print(f"== {label} seed {seed} -> {cfg.out}")
+        print(f"== {label} seed {seed} -> {cfg.out}", file=sys.stderr)
         if finished_without_checkpoint(cfg):
-            print(f"{cfg.out}: finished (its results are kept, not its training checkpoints); reused")
+            print(f"{cfg.out}: finished (its results are kept, not its training checkpoints); reused", file=sys.stderr)
             return
         train(cfg, resume=True, start_if_none=True, progress=self.progress)
 

@@ -306,7 +306,7 @@ def reproduce(target: str, *, scale: str = "small", out: str = "reproduce", yes:
 def _write(ctx: Context, target: str, text: str, remark: str = "") -> None:
     write_text(ctx.out / f"{target}.md", text + "\n")
     print(text)
-    print(f"wrote {ctx.out / (target + '.md')}{remark}")
+    print(f"wrote {ctx.out / (target + '.md')}{remark}", file=sys.stderr)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

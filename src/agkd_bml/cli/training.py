@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import itertools
 import os
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def run_train(
     path = train(cfg, resume=resume or start_if_none, start_if_none=start_if_none, overwrite=overwrite,
                  progress=progress, dry_run=dry_run)
     if not dry_run and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
-        print(f"checkpoint: {path}")
+        print(f"checkpoint: {path}", file=sys.stderr)
     return path
 
 

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,6 +87,11 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     dataset = f"npz:{absolute(cfg.dataset[4:])}" if cfg.dataset.startswith("npz:") else cfg.dataset
     return dataclasses.replace(cfg, out=absolute(str(cfg.run_dir())), dataset=dataset, data_dir=absolute(cfg.data_dir),
                                teacher=absolute(cfg.teacher))
+
+
+def status(text: str) -> None:
+    """A status line (epochs, checkpoints, resuming): on stderr, so that stdout carries results only."""
+    print(text, file=sys.stderr)
 
 
 def steps_per_epoch(images: int, batch_size: int) -> int:
@@ -482,7 +488,7 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     dry_run: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = status,
 ) -> Path:
     """Train ``cfg`` into its run directory; return the path of the final checkpoint.
 
