@@ -106,7 +106,7 @@ def test_progress_bars_write_no_carriage_returns_into_a_log(tmp_path):
     r = run("train", "--method", "pgd-at", "--steps", "1", "--dataset", "digits", "--epochs", "1",
             "--train-limit", "256", "--val-n", "32", "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
-    assert b"\r" not in r.stderr + r.stdout and b"epoch 1/1" in r.stdout
+    assert b"\r" not in r.stderr + r.stdout and b"epoch 1/1" in r.stderr  # a status line
     r = run("eval", str(tmp_path / "run"), "--attacks", "clean,pgd-2", "--n", "32")
     assert r.returncode == 0 and b"\r" not in r.stderr + r.stdout
 

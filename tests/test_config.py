@@ -29,13 +29,14 @@ def test_presets_resolve_to_the_paper_hyper_parameters():
 
 @pytest.mark.parametrize(("preset", "expected"), [(None, "1"), ("0", "0")])
 def test_huge_pages_for_cpu_tensors_by_default_and_the_user_can_opt_out(preset, expected):
-    """The package turns on PyTorch's THP allocation unless the environment already says otherwise."""
+    """The command line turns on PyTorch's THP allocation unless the environment already says otherwise (the
+    library itself leaves its host process alone: tests/test_public_api.py)."""
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     if preset is not None:
         env["THP_MEM_ALLOC_ENABLE"] = preset
-    code = "import os, agkd_bml, torch; torch.zeros(1 << 20); print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    code = "import os, agkd_bml.cli, torch; torch.zeros(1 << 20); print(os.environ['THP_MEM_ALLOC_ENABLE'])"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == expected
