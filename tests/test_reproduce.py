@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from agkd_bml.cli import main
-from agkd_bml.cli.recipes import SCALES, TABLE2, run_config
-from agkd_bml.cli.reproduce import TABLES
+from agkd_bml.reproduction.recipes import SCALES, TABLE2, run_config
+from agkd_bml.reproduction.targets import TABLES
 
 
 def test_reproduce_table2_tiny_end_to_end_and_reuses_runs(tmp_path, capsys):

@@ -161,9 +161,9 @@ def test_an_adversarial_run_without_steps_selects_by_held_out_pgd(tmp_path):
 
 def test_config_yaml_records_the_resolved_training_attack_with_one_step_rule(tmp_path):
     """config.yaml holds the attack the run trained with; `train` and `reproduce` share one step-size rule."""
-    from agkd_bml.cli.multistep import RunSpec, train_row
-    from agkd_bml.cli.recipes import Context
     from agkd_bml.methods.base import default_step_size
+    from agkd_bml.reproduction.multistep import RunSpec, train_row
+    from agkd_bml.reproduction.recipes import Context
 
     train(small_config(tmp_path, method="pgd-at", steps=2), **QUIET)
     saved = yaml.safe_load((tmp_path / "pgd-at" / "config.yaml").read_text())

@@ -23,13 +23,13 @@ import torch
 from agkd_bml.analysis.plotting import pyplot, save_figure
 from agkd_bml.analysis.timing import run_timing
 from agkd_bml.analysis.trend import Gap, Trend, log_linear_trend, paired_gap
-from agkd_bml.cli.multistep import RunSpec, mcnemar, score_rows
-from agkd_bml.cli.recipes import Context, DataChoice, Scores
 from agkd_bml.errors import UserError
 from agkd_bml.evaluation import NotSaved, wilson_interval
 from agkd_bml.evaluation.table import WEIGHTS_NOTE
 from agkd_bml.fileio import write_text
 from agkd_bml.models import build_model
+from agkd_bml.reproduction.multistep import RunSpec, mcnemar, score_rows
+from agkd_bml.reproduction.recipes import Context, DataChoice, Scores
 
 #: (size label, architecture), smallest first: the small CNN at base width 16, 32 (the medium scale's), 64, 128
 SIZES = (("w16", "small-cnn-w16"), ("w32", "small-cnn"), ("w64", "small-cnn-w64"), ("w128", "small-cnn-w128"))

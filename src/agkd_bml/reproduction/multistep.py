@@ -17,8 +17,8 @@ from typing import Any
 from scipy.stats import binomtest
 
 from agkd_bml.attacks import full_length
-from agkd_bml.cli.recipes import Context, Scores, run_config, score_attacks
 from agkd_bml.methods import METHODS
+from agkd_bml.reproduction.recipes import Context, Scores, run_config, score_attacks
 
 
 @dataclass(frozen=True)
