@@ -12,6 +12,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from agkd_bml.attacks import fmt_eps
 from agkd_bml.errors import UserError, unknown_choice
@@ -69,9 +72,15 @@ def pair(first: str, second: str, header: str) -> Column:
     return Column(header, lambda _label, row: f"{mean_sd(row[first])} / {mean_sd(row[second])}")
 
 
-def fixed(values: dict[str, tuple[float | str, ...]], fmt: str = ".2f") -> dict[str, tuple[str, ...]]:
-    """The paper's numbers of a table as cell texts."""
-    return {label: tuple(v if isinstance(v, str) else format(v, fmt) for v in row) for label, row in values.items()}
+#: the paper's published numbers, as the tables show them (a data file: a new table is one entry there)
+PAPER_FILE = Path(__file__).with_name("paper.yaml")
+
+
+def published(key: str) -> dict[str, Any]:
+    """``paper_headers`` and ``paper`` of :class:`Table` for target ``key``, from :data:`PAPER_FILE`."""
+    entry = yaml.safe_load(PAPER_FILE.read_text())[key]
+    return {"paper_headers": tuple(entry["headers"]),
+            "paper": {label: tuple(str(c) for c in cells) for label, cells in entry["rows"].items()}}
 
 
 @dataclass(frozen=True)
@@ -119,11 +128,7 @@ _T1 = TABLE1_ATTACKS.split(",")
 TABLES: dict[str, Table] = {
     "table1": Table(
         score=lambda ctx: score_attacks(ctx, {k: v for k, v in ctx.runs.items() if k[0] in TABLE1_MODELS}, TABLE1_ATTACKS),
-        columns=tuple(acc(k) for k in _T1), paper_headers=("paper: " + " / ".join([*_T1, "aa"]),),
-        paper={k: (" / ".join(f"{v:g}" for v in row),) for k, row in {
-            "UM": (95.99, 31.39, 0.38, 0, 0, 0, 0, 0), "AT": (86.19, 62.42, 54.99, 45.57, 45.22, 46.26, 46.05, 44.04),
-            "SML": (86.21, 58.88, 52.60, 51.59, 46.62, 48.05, 47.39, 47.41),
-            "AGKD-BML": (91.99, 76.69, 73.81, 71.02, 70.72, 63.67, 62.55, 37.07)}.items()},
+        columns=tuple(acc(k) for k in _T1), **published("table1"),
         note=lambda ctx: (f"{_seeds(ctx)} (mean ± standard deviation); robust accuracy (%) on the first "
                           f"{ctx.test(ctx.scale.eval_n)[2]} test images. AutoAttack is in `table2.md`.\n\n"
                           + _describe(ctx, TABLE1_ATTACKS)),
@@ -131,9 +136,7 @@ TABLES: dict[str, Table] = {
     "table2": Table(
         score=lambda ctx: score_attacks(ctx, ctx.runs, "clean,fgsm,pgd-20,cw-20", aa=True),
         columns=(acc("clean"), acc("fgsm", "FGSM"), acc("pgd-20", "PGD-20"), acc("cw-20", "CW-20"), acc("aa", "AA")),
-        paper_headers=("paper FGSM", "paper PGD-20", "paper CW-20"),
-        paper=fixed({"UM": (31.39, 0.0, 0.0), "AT": (62.42, 45.57, 46.26), "SML": (58.88, 51.59, 48.05),
-                     "BML": (71.08, 60.51, 56.53), "AGKD": (75.57, 65.93, 60.71), "AGKD-BML": (76.69, 71.02, 63.67)}),
+        **published("table2"),
         rows=tuple(label for label, _ in TABLE2),
         note=lambda ctx: (
             f"Scale `{ctx.scale_name}`: {ctx.scale.arch} on {ctx.data_name} ({ctx.scale.train_limit or 'all'} "
@@ -149,7 +152,7 @@ TABLES: dict[str, Table] = {
     "table3": Table(
         score=score_transfer,
         columns=(acc("transfer", "black-box (PGD-20 from UM)"), acc("pgd-20", "white-box PGD-20")),
-        paper_headers=("paper black-box",), paper=fixed({"AT": (85.4,), "SML": (86.4,), "AGKD-BML": (90.75,)}),
+        **published("table3"),
         note=lambda ctx: (f"{_seeds(ctx)}; first {ctx.test(ctx.scale.eval_n)[2]} test images. Black-box AEs: PGD-20 "
                           "run for all 20 steps on the UM (natural) model of the same seed, as the paper's Table 3 "
                           f"does with natural models. White-box: {ctx.attacks('pgd-20')[0].describe()}."),
@@ -158,8 +161,7 @@ TABLES: dict[str, Table] = {
         score=score_attention_variants, first="distilled map",
         columns=(Column("kind", lambda label, _row: "class-relevant" if label.startswith("GC") else "class-irrelevant"),
                  acc("clean"), acc("pgd-20", "PGD-20")),
-        paper_headers=("paper PGD-20",),
-        paper=fixed({"GC-orig": (59.06,), "GC-false": (58.86,), "CAM-avg": (66.55,), "AGKD": (65.93,)}),
+        **published("table6"),
         rows=tuple(label for label, _ in TABLE6),
         note=lambda ctx: (f"{_seeds(ctx)}; AGKD without metric learning, 2-step training attacks, the UM run of the "
                           f"same seed as teacher; first {ctx.test(ctx.scale.eval_n)[2]} test images; "
@@ -172,8 +174,7 @@ TABLES: dict[str, Table] = {
                  Column("median s/epoch (seeds)", lambda _l, r: " / ".join(f"{v:.1f}" for v in r["median_seconds_per_epoch"])),
                  Column("epochs", lambda _l, r: f"{r['epochs'][0]:.0f}"),
                  Column("images/s", lambda _l, r: f"{statistics.mean(r['images_per_s']):.0f}")),
-        paper_headers=("paper s/epoch (V100)", "paper epochs"),
-        paper=fixed({"AT": (502, 200), "SML": (2234, 55), "AGKD-BML": (528, 200)}, "d"),
+        **published("table7"),
         rows=tuple(label for label, _ in TABLE2),
         note=lambda ctx: (f"Scale `{ctx.scale_name}` ({ctx.scale.arch}, {ctx.scale.train_limit or 'all'} training "
                           f"images, batch {ctx.scale.batch_size}) on {ctx.device}. The median over epochs ignores an "
@@ -184,9 +185,7 @@ TABLES: dict[str, Table] = {
         score=score_knn,
         columns=(pair("knn clean", "softmax clean", "clean k-NN / softmax"),
                  pair("knn pgd-20", "softmax pgd-20", "PGD-20 k-NN / softmax")),
-        paper_headers=("paper clean", "paper PGD-20"),
-        paper={"AT": ("87.1 / 86.2", "47.5 / 45.6"), "SML": ("86.3 / 86.2", "51.7 / 51.6"),
-               "AGKD-BML": ("91.9 / 92.0", "71.1 / 71.0")},
+        **published("table9"),
         note=lambda ctx: (f"{_seeds(ctx)}; accuracy (%) on the first {ctx.test(ctx.scale.eval_n)[2]} test images, "
                           f"attacked or not; k=50, cosine, index = the {ctx.train_images} training images' embeddings; "
                           "AEs: PGD-20 run for all 20 steps."),
@@ -218,11 +217,7 @@ MULTI_TABLES: dict[str, Table] = {
     "table1": Table(
         score=lambda ctx: score_rows(ctx, TABLE1_ROWS, MULTI_ATTACKS),
         columns=(*(acc(k) for k in _M), acc("pgd-20-last", "pgd-20 last it."), acc("aa", "AA"), acc("worst")),
-        paper_headers=("paper: clean / PGD-20 / CW-20 / AA",),
-        paper={"AT-7": ("86.19 / 45.57 / 46.26 / 44.04",), "SML-7": ("86.21 / 51.59 / 48.05 / 47.41",),
-               "TRADES-10": ("85.83 / 55.99 / 67.17 / 48.40 (+CAS)",), "MART-10": ("86.95 / 54.37 / 63.16 / 48.45 (+CAS)",),
-               "AGKD-BML-2": ("91.99 / 71.02 / 63.67 / 37.07",), "AGKD-BML-7": ("86.25 / 57.30 / 53.36 / 50.59",),
-               "UM": ("95.99 / 0 / 0 / 0",)},
+        **published("multi-step table1"),
         rows=tuple(r.label for r in TABLE1_ROWS),
         note=lambda ctx: _multi_note(ctx, TABLE1_ROWS, MULTI_ATTACKS),
     ),
@@ -230,7 +225,7 @@ MULTI_TABLES: dict[str, Table] = {
         score=lambda ctx: score_rows(ctx, TABLE5_ROWS, "clean,pgd-20"),
         columns=(acc("clean"), acc("pgd-20", "PGD-20"), acc("pgd-20-last", "PGD-20 last it."), acc("aa", "AA"),
                  acc("worst")),
-        paper_headers=("paper AA",), paper={"AT-7": ("44.04",), "AGKD-BML-10+MART": ("50.73-51.63",)},
+        **published("multi-step table5"),
         rows=tuple(r.label for r in TABLE5_ROWS),
         note=lambda ctx: (_multi_note(ctx, TABLE5_ROWS, "clean,pgd-20").replace(
             "\n\n", " AGKD-BML-10+MART: the released code (10-step targeted attack, MART term, student initialised "
