@@ -54,10 +54,22 @@ def test_attacks_under_bf16_autocast_stay_in_the_eps_ball(digits, teacher_run, s
         assert (model(adv).logits.argmax(1) == y).float().mean() < (model(x).logits.argmax(1) == y).float().mean()
 
 
-def test_amp_choices():
+def test_amp_choices_decide_what_autocast_does_to_a_real_forward():
+    """Each --amp mode on the CPU: the dtype the model's matmuls then run in, not only the name it maps to."""
+    from agkd_bml.train.amp import autocast, grad_scaler, native_bf16
+
     cpu = torch.device("cpu")
-    assert amp_dtype("auto", cpu) is None and amp_dtype("off", cpu) is None
-    assert amp_dtype("bf16", cpu) == torch.bfloat16
+    layer, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    ran = {}
+    for mode in ("auto", "off", "bf16", "native-bf16"):
+        dtype = amp_dtype(mode, cpu)
+        with autocast(cpu, dtype):
+            ran[mode] = layer(x).dtype
+        assert not grad_scaler(cpu, dtype).is_enabled()  # bf16 and fp32 need no loss scaling
+    assert ran["auto"] == ran["off"] == torch.float32  # auto is off on the CPU: bf16 is slower on most of them
+    assert ran["bf16"] == torch.bfloat16
+    assert ran["native-bf16"] == (torch.bfloat16 if native_bf16(cpu) else torch.float32)
+    assert grad_scaler(cpu, torch.float16).is_enabled()  # fp16 does
 
 
 def test_fp16_on_cpu_and_unknown_amp_are_user_errors(tmp_path, capsys):

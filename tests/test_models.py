@@ -29,9 +29,19 @@ def test_forward_contract(arch, size, hw):
 
 
 def test_normalisation_is_inside_the_model():
+    """The model holds the data's mean and std and its forward applies them: the backbone sees (x - mean) / std."""
     spec = _spec(channels=1, size=16)
     m = build_model("small-cnn", spec).eval()
     assert torch.allclose(m.mean.flatten(), torch.tensor([0.5])) and torch.allclose(m.std.flatten(), torch.tensor([0.25]))
+    seen = []
+    m.backbone.register_forward_pre_hook(lambda _mod, args: seen.append(args[0]))
+    x = torch.rand(3, 1, 16, 16)
+    m(x)
+    assert torch.allclose(seen[0], (x - 0.5) / 0.25)
+    with torch.no_grad():
+        m.mean.fill_(0.0)  # a changed buffer changes what the backbone sees: the forward reads it
+    m(x)
+    assert torch.allclose(seen[1], x / 0.25)
 
 
 def test_a_channels_last_batch_gives_the_same_logits_and_input_gradients_bit_for_bit():
