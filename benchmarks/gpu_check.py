@@ -139,7 +139,7 @@ def _measure(sc: Scale, data: Any, device: torch.device, *, precision: str, chan
         teacher = build_model(sc.arch, data.spec).to(device, memory_format=layout).eval() if cls.needs_teacher else None
         sampler = ImageSampler(data.x_train[:2048], data.y_train[:2048], data.spec.num_classes, data.spec.augment,
                                device) if cls.needs_sampler else None
-        method = cls(cfg, MethodContext(data.spec.num_classes, resolve_attack(cfg, data.spec), teacher, sampler))
+        method = cls(cfg, MethodContext(num_classes=data.spec.num_classes, attack=resolve_attack(cfg, data.spec), teacher=teacher, sampler=sampler))
         gen = torch.Generator(device=device).manual_seed(0)
 
         def step(method: Any = method, gen: torch.Generator = gen) -> None:

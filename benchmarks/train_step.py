@@ -237,7 +237,7 @@ def main() -> None:
         p.error(f"unknown --methods {sorted(unknown)}; choose from {[label for label, _, _ in METHODS_UNDER_TEST]}")
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    spec = DataSpec("bench", 10, 3, 32, (0.5,) * 3, (0.25,) * 3, 8 / 255, tuple("0123456789"), Augment())
+    spec = DataSpec(name="bench", num_classes=10, channels=3, size=32, mean=(0.5,) * 3, std=(0.25,) * 3, default_eps=8 / 255, class_names=tuple("0123456789"), augment=Augment())
     # the training loop's layout: channels-last model, teacher and batches
     model = build_model(args.arch, spec).to(device, memory_format=torch.channels_last)
     teacher = build_model(args.arch, spec).to(device, memory_format=torch.channels_last).eval()
@@ -276,7 +276,7 @@ def main() -> None:
     step_flops: list[float] = []
     for _label, method, steps in chosen:
         cfg = TrainConfig(method=method, steps=steps or None, dataset="digits")
-        ctx = MethodContext(10, 8 / 255, teacher if METHODS[method].needs_teacher else None, sampler)
+        ctx = MethodContext(num_classes=10, attack=8 / 255, teacher=teacher if METHODS[method].needs_teacher else None, sampler=sampler)
         m = METHODS[method](cfg, ctx)
 
         def step(m=m):

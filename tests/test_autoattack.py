@@ -93,7 +93,7 @@ def test_fab_t_finds_exactly_what_torchattacks_fab_t_finds(digits, trained):
     """FAB-T's first restart is deterministic: ours (batched targets, no extra forward) must flip the same images."""
     eps = 0.06
     x, y = to_float(digits.x_test[:120]), digits.y_test[:120]
-    ours = FabAttack("fab-t", eps, 10)(trained, x, y).images
+    ours = FabAttack(name="fab-t", eps=eps, num_classes=10)(trained, x, y).images
     theirs = run_library_attack(torchattacks_component("fab-t", eps, 10), trained, x, y, eps=eps, generator=None)
     ours_wrong, theirs_wrong = _wrong(trained, ours, y), _wrong(trained, theirs, y)
     assert 0 < int(theirs_wrong.sum()) < 110  # the budget leaves both outcomes possible

@@ -119,7 +119,7 @@ def _two_part_cascade(eps: float = 0.05):
     would show, and both are cheap (Square's 5,000 queries would triple the suite's AutoAttack time)."""
     from agkd_bml.attacks.autoattack import AutoAttack
 
-    return AutoAttack(eps, 10, components=("apgd-ce", "apgd-dlr"))
+    return AutoAttack(eps=eps, num_classes=10, components=("apgd-ce", "apgd-dlr"))
 
 
 #: budgets tried in turn by the resume tests: dense enough that, on any CPU's fixture teacher, one of them
@@ -156,7 +156,7 @@ def _cut_parts(monkeypatch, steps: dict[str, int], square_queries: int | None = 
         out = full(eps, num_classes, eot, norm)
         out |= {name: dataclasses.replace(out[name], steps=n) for name, n in steps.items()}
         if square_queries is not None:
-            out["square"] = SquareAttack("square", eps, queries=square_queries, norm=norm)
+            out["square"] = SquareAttack(name="square", eps=eps, queries=square_queries, norm=norm)
         return out
 
     monkeypatch.setattr(autoattack, "native_components", parts)
@@ -221,7 +221,7 @@ def test_square_resumed_from_any_report_gives_the_uninterrupted_search(teacher_r
 
     model = load_model(teacher_run)[0]
     x, y = to_float(digits.x_test[:24]), digits.y_test[:24]
-    sq = SquareAttack("square-300", 0.08, queries=300)
+    sq = SquareAttack(name="square-300", eps=0.08, queries=300)
     reports: list[dict] = []
     want = sq(model, x, y, torch.Generator().manual_seed(2), progress=Progress(None, reports.append))
     assert [r["query"] for r in reports] == [100, 200]  # images were still searched at each report

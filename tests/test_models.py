@@ -11,7 +11,7 @@ from agkd_bml.models import build_model
 
 
 def _spec(channels=3, size=32, classes=10):
-    return DataSpec("x", classes, channels, size, (0.5,) * channels, (0.25,) * channels, 8 / 255, tuple(map(str, range(classes))))
+    return DataSpec(name="x", num_classes=classes, channels=channels, size=size, mean=(0.5,) * channels, std=(0.25,) * channels, default_eps=8 / 255, class_names=tuple(map(str, range(classes))))
 
 
 @pytest.mark.parametrize(

@@ -173,8 +173,8 @@ def test_config_yaml_records_the_resolved_training_attack_with_one_step_rule(tmp
     line = json.loads((tmp_path / "pgd-at" / "metrics.jsonl").read_text().splitlines()[0])
     assert (line["step_size"], line["targeted"], line["attack_loss"]) == (eps, False, "ce")
     # reproduce's runs resolve through the same rule, not a rule of their own
-    ctx = Context("tiny-medium", tmp_path / "rep", progress=False)
-    run = train_row(ctx, RunSpec("AT-2", "pgd-at", 2), 0)
+    ctx = Context(scale_name="tiny-medium", out=tmp_path / "rep", progress=False)
+    run = train_row(ctx, RunSpec(label="AT-2", method="pgd-at", steps=2), 0)
     assert yaml.safe_load((run / "config.yaml").read_text())["step_size"] == saved["step_size"]
 
 
@@ -253,7 +253,7 @@ def test_fast_at_attacks_with_batchnorm_in_train_mode(tmp_path):
     for name, moves in (("fast-at", True), ("pgd-at", False)):
         torch.manual_seed(0)
         model = build_model("small-cnn", data.spec).train()
-        method = METHODS[name](cfg, MethodContext(data.spec.num_classes, attack))
+        method = METHODS[name](cfg, MethodContext(num_classes=data.spec.num_classes, attack=attack))
         before = [b.clone() for b in model.buffers() if b.dtype.is_floating_point]
         method.attack(model, x, y, torch.Generator().manual_seed(0))
         after = [b for b in model.buffers() if b.dtype.is_floating_point]

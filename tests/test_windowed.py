@@ -272,7 +272,7 @@ def test_square_resumed_with_windowed_queries_gives_the_uninterrupted_search(tea
 
     model = load_model(teacher_run)[0]
     x, y = to_float(digits.x_test[:24]), digits.y_test[:24]
-    sq = SquareAttack("square-300", 0.08, queries=300)
+    sq = SquareAttack(name="square-300", eps=0.08, queries=300)
     calls = _count_windowed_queries(monkeypatch)
     reports: list[dict] = []
     with torch.autocast("cpu", dtype=torch.bfloat16):

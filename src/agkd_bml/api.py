@@ -113,7 +113,7 @@ def attack(
                         broken_by=broken if isinstance(atk, AutoAttack) else None, attack=atk.describe())
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Evaluation:
     """The result of :func:`evaluate`: per attack, accuracy, 95% Wilson interval and per-sample flags."""
 
@@ -207,7 +207,7 @@ def evaluate(
     results, flags = checked_evaluation(net, x, y, parsed, num_classes=classes, label=name, device=dev,
                                         batch_size=batch_size, seed=seed, progress=progress,
                                         state=EvalState(state) if state else None)
-    result = Evaluation(name, results, flags, dataset, provenance(dev, tensor_digest(x, y)))
+    result = Evaluation(name=name, results=results, flags=flags, dataset=dataset, provenance=provenance(dev, tensor_digest(x, y)))
     if out is not None:
         result.write(out)
     return result

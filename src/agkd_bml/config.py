@@ -26,7 +26,7 @@ def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - "help" read
 LR_SCHEDULES = ("multistep", "cyclic")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     """Everything that determines a training run (saved as the run's ``config.yaml``)."""
 
@@ -136,7 +136,7 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class HyperParam:
     """One hyper-parameter a method declares: its ``--name`` option, YAML key and default."""
 

@@ -23,7 +23,7 @@ from scipy.stats import chi2
 Z95 = 1.959963984540054
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class Gap:
     """Accuracy of ``a`` minus that of ``b`` on the same images, with its paired standard error."""
 
@@ -47,10 +47,10 @@ def paired_gap(a: torch.Tensor, b: torch.Tensor) -> Gap:
     n = a.numel()
     only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
     var = max(only_a + only_b - (only_a - only_b) ** 2 / n, 0.0)
-    return Gap((only_a - only_b) / n, math.sqrt(var) / n, only_a, only_b, n)
+    return Gap(value=(only_a - only_b) / n, se=math.sqrt(var) / n, only_a=only_a, only_b=only_b, n=n)
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class Trend:
     """A weighted least-squares line ``gap = intercept + slope * log4(parameters)``, centred at ``centre``."""
 
@@ -93,4 +93,4 @@ def log_linear_trend(parameters: list[int], gaps: list[Gap]) -> Trend | None:
     sxx = sum(w * (x - centre) ** 2 for w, x in zip(ws, xs, strict=True))
     slope = sum(w * (x - centre) * (g.value - level) for w, x, g in zip(ws, xs, gaps, strict=True)) / sxx
     resid = sum(w * (g.value - level - slope * (x - centre)) ** 2 for w, x, g in zip(ws, xs, gaps, strict=True))
-    return Trend(slope, math.sqrt(1 / sxx), level, math.sqrt(1 / total), centre, len(gaps), resid)
+    return Trend(slope=slope, slope_se=math.sqrt(1 / sxx), level=level, level_se=math.sqrt(1 / total), centre=centre, sizes=len(gaps), chi2=resid)

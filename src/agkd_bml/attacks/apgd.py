@@ -284,7 +284,7 @@ def num_targets(num_classes: int) -> int:
     return min(TARGET_CLASSES, num_classes - 1)
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class ApgdAttack(InferenceCopyAttack):
     """``apgd-ce`` / ``apgd-dlr`` (untargeted) or ``apgd-t`` (targeted DLR, 9 targets), 100 iterations, 1 restart."""
 

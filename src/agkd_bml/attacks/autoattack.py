@@ -84,10 +84,10 @@ def native_components(
     eps: float, num_classes: int, eot: int = 1, norm: Norm = LINF,
 ) -> dict[str, ApgdAttack | FabAttack | SquareAttack]:
     """Our parts, by name (the standard four, and APGD-DLR of the rand version); ``eot`` for the APGD ones."""
-    return {"apgd-ce": ApgdAttack("apgd-ce", eps, num_classes, eot=eot, norm=norm),
-            "apgd-dlr": ApgdAttack("apgd-dlr", eps, num_classes, loss="dlr", eot=eot, norm=norm),
-            "apgd-t": ApgdAttack("apgd-t", eps, num_classes, True, norm=norm),
-            "fab-t": FabAttack("fab-t", eps, num_classes, norm=norm), "square": SquareAttack("square", eps, norm=norm)}
+    return {"apgd-ce": ApgdAttack(name="apgd-ce", eps=eps, num_classes=num_classes, eot=eot, norm=norm),
+            "apgd-dlr": ApgdAttack(name="apgd-dlr", eps=eps, num_classes=num_classes, loss="dlr", eot=eot, norm=norm),
+            "apgd-t": ApgdAttack(name="apgd-t", eps=eps, num_classes=num_classes, targeted=True, norm=norm),
+            "fab-t": FabAttack(name="fab-t", eps=eps, num_classes=num_classes, norm=norm), "square": SquareAttack(name="square", eps=eps, norm=norm)}
 
 
 #: AutoAttack's version for randomized defences: APGD-CE and APGD-DLR, gradients averaged over 20 passes.
@@ -112,7 +112,7 @@ def confirm_in_fp32(
     return found, fooled
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class AutoAttack(Attack):
     """``aa``: APGD-CE, APGD-T, FAB-T, Square (5,000 queries) as a per-sample cascade, batched parts."""
 
@@ -280,7 +280,7 @@ class AutoAttack(Attack):
         return start, adv.to(xs.device, xs.dtype), robust.to(xs.device), tally
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class TorchattacksAutoAttack(AutoAttack):
     """``aa-torchattacks``: the same cascade built from torchattacks' classes (the reference for checks)."""
 

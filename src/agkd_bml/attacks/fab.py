@@ -190,7 +190,7 @@ def fab_targeted(
     return out, fooled
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class FabAttack(InferenceCopyAttack):
     """``fab-t``: targeted FAB towards the 9 most likely wrong classes, 100 iterations, 1 restart."""
 

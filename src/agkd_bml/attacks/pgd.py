@@ -99,7 +99,7 @@ def pgd(
     return x_adv.detach()
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class PgdAttack(Attack):
     """FGSM, BIM, PGD, CW or MIM as one :func:`pgd` configuration, with optional random restarts."""
 

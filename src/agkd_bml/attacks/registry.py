@@ -24,7 +24,7 @@ from agkd_bml.attacks.transfer import TransferAttack
 from agkd_bml.errors import UserError
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class Context:
     """What a spec string does not say: the budget, the number of classes, and the CLI's overrides."""
 
@@ -43,17 +43,17 @@ def _linf_only(name: str, ctx: Context) -> None:
 
 def _spsa(k: int, ctx: Context) -> Attack:
     _linf_only("spsa", ctx)
-    return SpsaAttack(f"spsa-{k}", k, ctx.eps)
+    return SpsaAttack(name=f"spsa-{k}", steps=k, eps=ctx.eps)
 
 
 def _gradient(name: str, steps: int, ctx: Context, *, step_size: float, random_start: bool, **kw) -> PgdAttack:
     return PgdAttack(
-        name, steps, ctx.eps, ctx.step_size if ctx.step_size is not None else step_size, random_start=random_start,
+        name=name, steps=steps, eps=ctx.eps, step_size=ctx.step_size if ctx.step_size is not None else step_size, random_start=random_start,
         restarts=ctx.restarts if random_start else 1, targeted=ctx.targeted, early_stop=True, norm=ctx.norm, **kw,
     )
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class Family:
     build: Callable[[int, Context], Attack]
     steps: str  #: "none" (``fgsm``), "required" (``pgd-20``) or "optional" (``square`` = ``square-5000``)
@@ -64,42 +64,42 @@ class Family:
 #: Step sizes: eps/4 (2/255 at 8/255) for BIM, PGD and CW; eps/steps for MIM (Dong et al.); eps for FGSM.
 #: Under L2 the same sizes apply to normalised-gradient steps (FGSM is then FGM).
 ATTACKS: dict[str, Family] = {
-    "clean": Family(lambda k, c: Clean(c.eps, norm=c.norm), "none", help="no attack"),
-    "fgsm": Family(lambda k, c: _gradient("fgsm", 1, c, step_size=c.eps, random_start=False), "none",
+    "clean": Family(build=lambda k, c: Clean(c.eps, norm=c.norm), steps="none", help="no attack"),
+    "fgsm": Family(build=lambda k, c: _gradient("fgsm", 1, c, step_size=c.eps, random_start=False), steps="none",
                    help="one signed-gradient step of size eps"),
-    "bim": Family(lambda k, c: _gradient(f"bim-{k}", k, c, step_size=c.eps / 4, random_start=False), "required",
+    "bim": Family(build=lambda k, c: _gradient(f"bim-{k}", k, c, step_size=c.eps / 4, random_start=False), steps="required",
                   help="K steps of eps/4, no random start"),
-    "pgd": Family(lambda k, c: _gradient(f"pgd-{k}", k, c, step_size=c.eps / 4, random_start=True), "required",
+    "pgd": Family(build=lambda k, c: _gradient(f"pgd-{k}", k, c, step_size=c.eps / 4, random_start=True), steps="required",
                   help="K steps of eps/4 (2/255 at 8/255) from a uniform random start"),
-    "cw": Family(lambda k, c: _gradient(f"cw-{k}", k, c, step_size=c.eps / 4, random_start=True, loss="cw"),
-                 "required", help="PGD-K on the CW margin loss (margin 50)"),
-    "mim": Family(lambda k, c: _gradient(f"mim-{k}", k, c, step_size=c.eps / k, random_start=False, momentum=1.0),
-                  "required", help="K momentum steps of eps/K (momentum 1.0)"),
-    "aa": Family(lambda k, c: AutoAttack(c.eps, c.num_classes, norm=c.norm), "none",
+    "cw": Family(build=lambda k, c: _gradient(f"cw-{k}", k, c, step_size=c.eps / 4, random_start=True, loss="cw"),
+                 steps="required", help="PGD-K on the CW margin loss (margin 50)"),
+    "mim": Family(build=lambda k, c: _gradient(f"mim-{k}", k, c, step_size=c.eps / k, random_start=False, momentum=1.0),
+                  steps="required", help="K momentum steps of eps/K (momentum 1.0)"),
+    "aa": Family(build=lambda k, c: AutoAttack(eps=c.eps, num_classes=c.num_classes, norm=c.norm), steps="none",
                  help="AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square-5000, per-sample cascade (batched)"),
-    "aa-bf16": Family(lambda k, c: AutoAttack(c.eps, c.num_classes, name="aa-bf16", precision="bf16",
-                                                       norm=c.norm), "none",
+    "aa-bf16": Family(build=lambda k, c: AutoAttack(eps=c.eps, num_classes=c.num_classes, name="aa-bf16", precision="bf16",
+                                                       norm=c.norm), steps="none",
                       help="aa with bf16 search passes, each success confirmed (or the part redone) in float32; "
                            "faster where bf16 is native (AVX512-BF16/AMX CPUs, recent GPUs)"),
-    "aa-rand": Family(lambda k, c: AutoAttack(c.eps, c.num_classes, name="aa-rand", components=RAND_COMPONENTS,
-                                              eot=RAND_EOT, norm=c.norm), "none",
+    "aa-rand": Family(build=lambda k, c: AutoAttack(eps=c.eps, num_classes=c.num_classes, name="aa-rand", components=RAND_COMPONENTS,
+                                              eot=RAND_EOT, norm=c.norm), steps="none",
                       help="AutoAttack's rand version for randomized models: APGD-CE and APGD-DLR with gradients "
                       "averaged over 20 passes (EoT), per-sample cascade"),
-    "aa-torchattacks": Family(lambda k, c: TorchattacksAutoAttack(c.eps, c.num_classes, norm=c.norm), "none",
+    "aa-torchattacks": Family(build=lambda k, c: TorchattacksAutoAttack(eps=c.eps, num_classes=c.num_classes, norm=c.norm), steps="none",
                               help="the same AutoAttack cascade composed from torchattacks (reference, slower)"),
-    "apgd-ce": Family(lambda k, c: ApgdAttack("apgd-ce", c.eps, c.num_classes, norm=c.norm), "none",
+    "apgd-ce": Family(build=lambda k, c: ApgdAttack(name="apgd-ce", eps=c.eps, num_classes=c.num_classes, norm=c.norm), steps="none",
                       help="APGD on CE, 100 iterations"),
-    "apgd-dlr": Family(lambda k, c: ApgdAttack("apgd-dlr", c.eps, c.num_classes, loss="dlr", norm=c.norm),
-                       "none",
+    "apgd-dlr": Family(build=lambda k, c: ApgdAttack(name="apgd-dlr", eps=c.eps, num_classes=c.num_classes, loss="dlr", norm=c.norm),
+                       steps="none",
                        help="APGD on the untargeted DLR loss, 100 iterations"),
-    "apgd-t": Family(lambda k, c: ApgdAttack("apgd-t", c.eps, c.num_classes, targeted=True, norm=c.norm),
-                     "none",
+    "apgd-t": Family(build=lambda k, c: ApgdAttack(name="apgd-t", eps=c.eps, num_classes=c.num_classes, targeted=True, norm=c.norm),
+                     steps="none",
                      help="targeted APGD on DLR, 100 iterations, 9 targets"),
-    "fab-t": Family(lambda k, c: FabAttack("fab-t", c.eps, c.num_classes, norm=c.norm), "none",
+    "fab-t": Family(build=lambda k, c: FabAttack(name="fab-t", eps=c.eps, num_classes=c.num_classes, norm=c.norm), steps="none",
                     help="targeted FAB, 100 iterations, 9 targets"),
-    "square": Family(lambda k, c: SquareAttack(f"square-{k}", c.eps, queries=k, norm=c.norm), "optional",
+    "square": Family(build=lambda k, c: SquareAttack(name=f"square-{k}", eps=c.eps, queries=k, norm=c.norm), steps="optional",
                      default_steps=SQUARE_QUERIES, help="Square attack with K queries (gradient-free)"),
-    "spsa": Family(_spsa, "required", help="SpsaAttack with K iterations of 128 samples (gradient-free; L-inf only)"),
+    "spsa": Family(build=_spsa, steps="required", help="SpsaAttack with K iterations of 128 samples (gradient-free; L-inf only)"),
 }
 _SPEC = re.compile(r"^([a-z]+(?:-[a-z][a-z0-9]*)?)(?:-(\d+))?$")
 TRANSFER_PREFIX = "transfer:"
@@ -134,7 +134,7 @@ def _one(item: str, ctx: Context, load_source: SourceLoader | None) -> Attack:
             raise UserError("transfer attacks need a source model loader here")
         # all 20 steps on the source: stopping once the *source* is fooled would weaken the transfer
         inner = full_length(ATTACKS["pgd"].build(20, replace(ctx, targeted=False)))
-        return TransferAttack(item, path, inner, load_source(path))  # type: ignore[arg-type]
+        return TransferAttack(name=item, source_path=path, inner=inner, source=load_source(path))  # type: ignore[arg-type]
     m = _SPEC.match(item.lower())
     family = ATTACKS.get(m.group(1)) if m else None
     if m is None or family is None:
@@ -175,7 +175,7 @@ def parse_attacks(
         raise UserError(f"step size must be > 0; got {step_size}")
     if restarts < 1:
         raise UserError(f"restarts must be >= 1; got {restarts}")
-    ctx = Context(eps, num_classes, step_size, restarts, targeted, NORMS[norm])
+    ctx = Context(eps=eps, num_classes=num_classes, step_size=step_size, restarts=restarts, targeted=targeted, norm=NORMS[norm])
     attacks = [_one(item.strip(), ctx, load_source) for item in text.split(",") if item.strip()]
     if not attacks:
         raise UserError("no attack given; e.g. --attacks clean,fgsm,pgd-20")

@@ -16,7 +16,7 @@ from agkd_bml.attacks.base import Attack
 from agkd_bml.attacks.torchattacks_adapter import run_library_attack, torchattacks
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class SpsaAttack(Attack):
     """``spsa-K``: K iterations of Adam on SpsaAttack gradient estimates (Uesato et al.: lr 0.01, delta 0.01)."""
 

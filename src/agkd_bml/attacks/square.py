@@ -249,7 +249,7 @@ def square_l2(
 SEARCHES = {"linf": square, "l2": square_l2}
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class SquareAttack(InferenceCopyAttack):
     """``square-K``: Square attack with K queries (AutoAttack uses 5,000)."""
 

@@ -17,7 +17,7 @@ from agkd_bml.attacks.norms import Norm
 from agkd_bml.attacks.pgd import PgdAttack
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class TransferAttack(Attack):
     """``transfer:PATH``: ``inner`` (PGD-20 by default) run on the source model loaded from ``source_path``."""
 

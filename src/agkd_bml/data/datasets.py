@@ -27,7 +27,7 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 DIGITS_EPS = 0.1
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class DataSpec:
     """What a model and a checkpoint need to know about a dataset (saved in every checkpoint)."""
 
@@ -55,7 +55,7 @@ class DataSpec:
         return cls(**d)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Dataset:
     """A train/test split held in memory: images uint8 (N, C, H, W), labels int64 (N,)."""
 
@@ -70,7 +70,7 @@ class Dataset:
         if n is None or n >= self.x_train.shape[0]:
             return self
         idx = torch.randperm(self.x_train.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
-        return Dataset(self.spec, self.x_train[idx], self.y_train[idx], self.x_test, self.y_test)
+        return Dataset(spec=self.spec, x_train=self.x_train[idx], y_train=self.y_train[idx], x_test=self.x_test, y_test=self.y_test)
 
     def hold_out(self, n: int, seed: int = 0) -> tuple[Dataset, torch.Tensor, torch.Tensor]:
         """(the rest, held-out images, their labels): ``n`` training images, as many of each class as can be.
@@ -91,7 +91,7 @@ class Dataset:
         held = torch.cat([idx[:k] for idx, k in zip(per_class, take, strict=True)]).sort().values
         keep = torch.ones(self.x_train.shape[0], dtype=torch.bool)
         keep[held] = False
-        rest = Dataset(self.spec, self.x_train[keep], self.y_train[keep], self.x_test, self.y_test)
+        rest = Dataset(spec=self.spec, x_train=self.x_train[keep], y_train=self.y_train[keep], x_test=self.x_test, y_test=self.y_test)
         return rest, self.x_train[held], self.y_train[held]
 
 
@@ -184,11 +184,11 @@ def from_arrays(
         augment=augment,
     )
     return Dataset(
-        spec,
-        torch.from_numpy(xs["train"]),
-        torch.from_numpy(ys["train"]),
-        torch.from_numpy(xs["test"]),
-        torch.from_numpy(ys["test"]),
+        spec=spec,
+        x_train=torch.from_numpy(xs["train"]),
+        y_train=torch.from_numpy(ys["train"]),
+        x_test=torch.from_numpy(xs["test"]),
+        y_test=torch.from_numpy(ys["test"]),
     )
 
 

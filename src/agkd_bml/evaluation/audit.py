@@ -89,17 +89,17 @@ def audit(
     """Run every check on uint8 test images ``x``; see the module docstring."""
     device = torch.device(device)
     tol = f"tolerance {100 * tolerance:g} point(s)"
-    fgsm = PgdAttack("fgsm", 1, eps, eps, random_start=False)
+    fgsm = PgdAttack(name="fgsm", steps=1, eps=eps, step_size=eps, random_start=False)
     ladder = {k: pgd_attack(k, eps) for k in STEP_LADDER}
     budgets = {f: pgd_attack(20, f * eps) if f != 1.0 else ladder[20] for f in EPS_FACTORS}
     longer, restarted = pgd_attack(100, eps), pgd_attack(20, eps, restarts=3)
     unbounded = pgd_attack(20, LARGE_EPS)
     attacks: list[Attack] = [fgsm, *ladder.values(), *(a for f, a in budgets.items() if f != 1.0), longer, restarted,
-                             unbounded, SquareAttack(f"square-{square_queries}", eps, queries=square_queries)]
+                             unbounded, SquareAttack(name=f"square-{square_queries}", eps=eps, queries=square_queries)]
     if spsa_steps:
-        attacks.append(SpsaAttack(f"spsa-{spsa_steps}", spsa_steps, eps))
+        attacks.append(SpsaAttack(name=f"spsa-{spsa_steps}", steps=spsa_steps, eps=eps))
     if source is not None:
-        attacks.append(TransferAttack(f"transfer:{source_name}", source_name, ladder[20], source))
+        attacks.append(TransferAttack(name=f"transfer:{source_name}", source_path=source_name, inner=ladder[20], source=source))
     results = evaluate_attacks(model, x, y, attacks, batch_size=batch_size, device=device, seed=seed,
                                progress=progress, desc="audit ")
     r = {a.name: res for a, res in zip(attacks, results, strict=True)}

@@ -27,7 +27,7 @@ EPS_CURVE_STEPS = 20
 def pgd_attack(steps: int, eps: float, restarts: int = 1) -> PgdAttack:
     """PGD as in the tables: step eps/4 from a uniform random start."""
     suffix = f"x{restarts}" if restarts > 1 else ""
-    return PgdAttack(f"pgd-{steps}@{fmt_eps(eps)}{suffix}", steps, eps, eps / 4, random_start=True, restarts=restarts)
+    return PgdAttack(name=f"pgd-{steps}@{fmt_eps(eps)}{suffix}", steps=steps, eps=eps, step_size=eps / 4, random_start=True, restarts=restarts)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from agkd_bml.models.checkpoint import load_model
 from agkd_bml.models.external import is_external, load_external, parse_normalize
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class EvalOptions:
     """What every evaluation and analysis command shares: which images, on what, with which randomness."""
 

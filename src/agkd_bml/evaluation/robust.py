@@ -106,7 +106,7 @@ def evaluate_attacks(
             bar = tqdm(total=math.ceil(xs.shape[0] / batch_size), desc=f"{desc}{label}", leave=False, unit="batch",
                        disable=None if progress and attack is not None and job.main else True)
             with bar:
-                return _correct(model, xs, ys, attack, _Run(batch_size, device, seed, job, bar, state), point)
+                return _correct(model, xs, ys, attack, _Run(batch_size=batch_size, device=device, seed=seed, job=job, bar=bar, state=state), point)
 
         clean = run(None, x, y, "clean")
         for attack in attacks:
@@ -133,7 +133,7 @@ def batch_generator(device: torch.device, seed: int, index: int) -> torch.Genera
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Run:
     """How one point's batches are computed: where, seeded how, by which ranks, shown and saved where."""
 

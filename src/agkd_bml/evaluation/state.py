@@ -41,7 +41,7 @@ class NotSaved(UserError):
     """A point asked of a read-only :class:`EvalState` (``saved_only``) that is not saved finished."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Point:
     """The saved progress of one (model, attack, images) point."""
 
@@ -117,7 +117,7 @@ class EvalState:
         if not path.exists():
             if self.saved_only:
                 raise NotSaved(f"no saved result in {self.folder} for attack {key.get('attack')!r}")
-            return Point(key)
+            return Point(key=key)
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
             saved = json.loads(raw["key"])
@@ -127,7 +127,7 @@ class EvalState:
             raise UserError(f"evaluation state {path} was written with other settings; delete it or use another --state")
         if self.saved_only and not raw["done"]:
             raise NotSaved(f"the saved result {path} is not finished")
-        return Point(key, list(raw["batches"]), bool(raw["done"]), list(raw.get("tallies", [])), raw.get("partial"))
+        return Point(key=key, batches=list(raw["batches"]), done=bool(raw["done"]), tallies=list(raw.get("tallies", [])), partial=raw.get("partial"))
 
     def save(self, point: Point, *, force: bool = False) -> None:
         """Write ``point`` atomically (unfinished points at most every :data:`SAVE_EVERY_S` unless ``force``)."""

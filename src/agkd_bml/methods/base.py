@@ -37,7 +37,7 @@ def default_step_size(steps: int, eps: float) -> float:
     return min(eps, 2.5 * eps / steps)
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class TrainingAttack:
     """A run's training attack, resolved once from its config, its method and its dataset.
 
@@ -71,7 +71,7 @@ def resolve_attack(cfg: TrainConfig, spec: DataSpec) -> TrainingAttack:
         step_size = cls.default_step * eps
     else:
         step_size = default_step_size(steps, eps)
-    return TrainingAttack(eps, steps, step_size, cls.attack_targeted, cls.attack_loss)
+    return TrainingAttack(eps=eps, steps=steps, step_size=step_size, targeted=cls.attack_targeted, loss=cls.attack_loss)
 
 
 def resolved(cfg: TrainConfig, spec: DataSpec) -> TrainConfig:
@@ -84,7 +84,7 @@ def resolved(cfg: TrainConfig, spec: DataSpec) -> TrainConfig:
                                label_smoothing=smoothing)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MethodContext:
     """What the trainer provides to a method besides the batch."""
 

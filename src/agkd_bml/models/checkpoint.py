@@ -42,7 +42,7 @@ def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Checkpoint:
     """What a checkpoint holds; the training state is empty ({}) in one written for evaluation only."""
 

@@ -33,13 +33,13 @@ from agkd_bml.reproduction.recipes import Context, DataChoice, Scores
 
 #: (size label, architecture), smallest first: the small CNN at base width 16, 32 (the medium scale's), 64, 128
 SIZES = (("w16", "small-cnn-w16"), ("w32", "small-cnn"), ("w64", "small-cnn-w64"), ("w128", "small-cnn-w128"))
-ROWS = (RunSpec("AT-7", "pgd-at", 7), RunSpec("AGKD-BML-7", "agkd-bml", 7))
+ROWS = (RunSpec(label="AT-7", method="pgd-at", steps=7), RunSpec(label="AGKD-BML-7", method="agkd-bml", steps=7))
 PAIR = ("AT-7", "AGKD-BML-7")
 SPECS = "clean,pgd-20"  #: scored besides AutoAttack
 PAPER_ARCH = "wrn-28-10"  #: the paper's model, where the gap's trend is carried for comparison
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SizeScores:
     """One width's scores, per-image flags and what it ran on."""
 
@@ -75,7 +75,7 @@ def score_sizes(out: Path, scale: str, progress: bool, only: set[tuple[str, str]
     """
     done = []
     for size, arch in SIZES:
-        ctx = Context(scale, out / size, progress, data, arch=arch)
+        ctx = Context(scale_name=scale, out=out / size, progress=progress, data_choice=data, arch=arch)
         rows = tuple(r for r in ROWS if only is None or (size, r.label) in only)
         scores: Scores = {}
         if rows:
@@ -86,7 +86,7 @@ def score_sizes(out: Path, scale: str, progress: bool, only: set[tuple[str, str]
                 scores.update(_saved_scores(ctx, row))
         if scores:
             params = sum(p.numel() for p in build_model(arch, ctx.data.spec).parameters())
-            done.append(SizeScores(size, arch, params, ctx, scores))
+            done.append(SizeScores(size=size, arch=arch, params=params, ctx=ctx, scores=scores))
     return done
 
 

@@ -21,7 +21,7 @@ from agkd_bml.methods import METHODS
 from agkd_bml.reproduction.recipes import Context, Scores, run_config, score_attacks
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class RunSpec:
     """One model of a multi-step table: its method, training attack steps and run options."""
 
@@ -35,14 +35,14 @@ class RunSpec:
 
 
 TABLE1_ROWS = (
-    RunSpec("UM", "standard"), RunSpec("AT-7", "pgd-at", 7, seeds=2), RunSpec("SML-7", "sml", 7),
-    RunSpec("TRADES-10", "trades", 10, seeds=2), RunSpec("MART-10", "mart", 10, seeds=2),
-    RunSpec("AGKD-BML-2", "agkd-bml", 2), RunSpec("AGKD-BML-7", "agkd-bml", 7, seeds=2),
+    RunSpec(label="UM", method="standard"), RunSpec(label="AT-7", method="pgd-at", steps=7, seeds=2), RunSpec(label="SML-7", method="sml", steps=7),
+    RunSpec(label="TRADES-10", method="trades", steps=10, seeds=2), RunSpec(label="MART-10", method="mart", steps=10, seeds=2),
+    RunSpec(label="AGKD-BML-2", method="agkd-bml", steps=2), RunSpec(label="AGKD-BML-7", method="agkd-bml", steps=7, seeds=2),
 )
 #: Table 5: the released code's AGKD-BML (10 steps, MART term, student from the teacher, early stop) vs AT-7.
 TABLE5_ROWS = (
-    RunSpec("AT-7", "pgd-at", 7, seeds=2),
-    RunSpec("AGKD-BML-10+MART", "agkd-bml", 10, params={"mart": True}, init_from_teacher=True, stop_after_decay=1),
+    RunSpec(label="AT-7", method="pgd-at", steps=7, seeds=2),
+    RunSpec(label="AGKD-BML-10+MART", method="agkd-bml", steps=10, params={"mart": True}, init_from_teacher=True, stop_after_decay=1),
 )
 DECIDING = ("AT-7", "AGKD-BML-7")  #: the pair compared over 2 seeds and image by image
 #: the other adversarial baselines, also compared with AGKD-BML-7 image by image (on each seed they share)
@@ -52,7 +52,7 @@ BASELINES = ("SML-7", "TRADES-10", "MART-10")
 def teacher(ctx: Context, seed: int) -> Path:
     """The AGKD teacher of a seed: a label-smoothed clean run (``T``), or UM where the scale says so."""
     if ctx.scale.teacher_smoothing is None:
-        return train_row(ctx, RunSpec("UM", "standard"), seed)
+        return train_row(ctx, RunSpec(label="UM", method="standard"), seed)
     run = ctx.run_dir("T", seed)
     cfg = dataclasses.replace(run_config(ctx.scale, "standard", seed, run, None, ctx.data_choice),
                               label_smoothing=ctx.scale.teacher_smoothing)

@@ -30,7 +30,7 @@ from agkd_bml.train import finished_without_checkpoint, resolve, train
 Scores = dict[str, dict[str, list[float]]]  #: model label -> column key -> value per seed
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class Scale:
     """Everything that differs between the small, the paper and the smoke-test scale."""
 
@@ -55,16 +55,16 @@ class Scale:
 
 SCALES = {
     # about an hour of training on 2 CPU cores for table2 (12 runs), see docs/reproduction.md
-    "small": Scale(None, "small-cnn", 10000, 8, (6,), 0.05, 128, (0, 1), 1000, 500),
-    "paper": Scale("cifar10", "wrn-28-10", None, 200, (100, 150), 0.1, 128, (0,), 10000, 10000, "paper-cifar10"),
-    "tiny": Scale("digits", "small-cnn", 128, 1, (), 0.05, 64, (0, 1), 32, 8),
+    "small": Scale(dataset=None, arch="small-cnn", train_limit=10000, epochs=8, milestones=(6,), lr=0.05, batch_size=128, seeds=(0, 1), eval_n=1000, aa_n=500),
+    "paper": Scale(dataset="cifar10", arch="wrn-28-10", train_limit=None, epochs=200, milestones=(100, 150), lr=0.1, batch_size=128, seeds=(0,), eval_n=10000, aa_n=10000, preset="paper-cifar10"),
+    "tiny": Scale(dataset="digits", arch="small-cnn", train_limit=128, epochs=1, milestones=(), lr=0.05, batch_size=64, seeds=(0, 1), eval_n=32, aa_n=8),
     # the multi-step comparison on all 50,000 CIFAR-10 training images less 1,000 held out, trained in bf16
     # autocast where the cores have it (2.2x faster on AVX512-BF16 cores, same accuracy; on cores without it
     # bf16 is emulated and slower than float32, so those train in float32: docs/reproduction.md); budget
     # measured to fit about 6.5 hours of table1 on 2 AVX512-BF16 cores, see docs/reproduction.md
-    "medium": Scale(None, "small-cnn", None, 15, (10, 13), 0.05, 128, (0, 1), 1000, 1000,
+    "medium": Scale(dataset=None, arch="small-cnn", train_limit=None, epochs=15, milestones=(10, 13), lr=0.05, batch_size=128, seeds=(0, 1), eval_n=1000, aa_n=1000,
                     val_split=1000, ema=0.999, weights="best", teacher_smoothing=0.5, multi_step=True, amp="native-bf16"),
-    "tiny-medium": Scale("digits", "small-cnn", 128, 1, (), 0.05, 64, (0, 1), 32, 8, val_split=50, ema=0.9,
+    "tiny-medium": Scale(dataset="digits", arch="small-cnn", train_limit=128, epochs=1, milestones=(), lr=0.05, batch_size=64, seeds=(0, 1), eval_n=32, aa_n=8, val_split=50, ema=0.9,
                          weights="best", teacher_smoothing=0.5, multi_step=True),
 }
 
@@ -100,7 +100,7 @@ def run_config(scale: Scale, method: str, seed: int, out: Path, teacher: Path | 
     return cfg
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Context:
     """One reproduce call: its scale and folder, and the shared runs (trained on first use)."""
 
@@ -219,7 +219,7 @@ def score_transfer(ctx: Context) -> Scores:
         if label == "UM":
             continue
         um = ctx.runs[("UM", seed)]
-        black = TransferAttack("transfer", str(um), full_length(pgd20), ctx.model(um))
+        black = TransferAttack(name="transfer", source_path=str(um), inner=full_length(pgd20), source=ctx.model(um))
         ctx.score(scores, label, seed, ctx.model(run), ctx.scale.eval_n, [black, pgd20])
     return scores
 

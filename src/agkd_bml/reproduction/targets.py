@@ -83,7 +83,7 @@ def published(key: str) -> dict[str, Any]:
             "paper": {label: tuple(str(c) for c in cells) for label, cells in entry["rows"].items()}}
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class Table:
     """One reproduce target that is a table."""
 
@@ -269,7 +269,7 @@ def build(target: str, *, scale: str = "small", out: str | Path = "reproduce", y
         raise UserError("--scale paper trains WRN-28-10 for 200 epochs per run (days on one GPU); add --yes to start")
     if only and target != "capacity":
         raise UserError("--only chooses rows of the capacity study; other targets train all their rows")
-    ctx = Context(scale, Path(out), progress, data)
+    ctx = Context(scale_name=scale, out=Path(out), progress=progress, data_choice=data)
     print(f"data: {ctx.data.spec.name} ({ctx.data.x_train.shape[0]} training, {ctx.data.x_test.shape[0]} test images)",
           file=sys.stderr)
     if target == "capacity":

@@ -104,7 +104,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Setup:
     """Everything :func:`train` builds before the first step."""
 
@@ -235,7 +235,7 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
             sampler = ImageSampler(data.x_train, data.y_train, data.spec.num_classes, data.spec.augment, device)
         except ValueError as exc:
             raise UserError(str(exc)) from exc
-    method = method_cls(cfg, MethodContext(data.spec.num_classes, resolve_attack(cfg, data.spec), teacher, sampler))
+    method = method_cls(cfg, MethodContext(num_classes=data.spec.num_classes, attack=resolve_attack(cfg, data.spec), teacher=teacher, sampler=sampler))
     if cfg.sync_bn:
         if not (d.enabled and device.type == "cuda"):
             raise UserError("--sync-bn needs torchrun with several processes on CUDA (PyTorch's SyncBatchNorm is GPU-only)")
@@ -251,8 +251,8 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
         ema = Ema(net, cfg.ema)
         ema_model = build_model(cfg.arch, data.spec).to(device, memory_format=torch.channels_last)
     made_by = provenance(device, tensor_digest(data.x_train, data.y_train)) if d.main else {}
-    return Setup(cfg, device, data, model, method, optimizer, scheduler, run_dir, net, d, dtype,
-                 grad_scaler(device, dtype), val=tuple(val) if val else None, ema=ema, ema_model=ema_model,
+    return Setup(cfg=cfg, device=device, data=data, model=model, method=method, optimizer=optimizer, scheduler=scheduler, run_dir=run_dir, net=net, dist=d, amp=dtype,
+                 scaler=grad_scaler(device, dtype), val=tuple(val) if val else None, ema=ema, ema_model=ema_model,
                  provenance=made_by)
 
 
