@@ -129,7 +129,7 @@ def test_paired_gap_and_its_line_through_log_parameters_match_independent_comput
     assert trend.at(params[0])[0] == pytest.approx(coef[0] * x[0] + coef[1])
     assert trend.residual_p is not None and 0 <= trend.residual_p <= 1
     # points on a line: zero scatter, and the line's value four times beyond the last size is one more slope
-    on_line = [type(gp)(0.2 - 0.03 * i, 0.01, 0, 0, 1000) for i, gp in enumerate(gaps)]
+    on_line = [type(gp)(value=0.2 - 0.03 * i, se=0.01, only_a=0, only_b=0, n=1000) for i, gp in enumerate(gaps)]
     line = log_linear_trend(params, on_line)
     assert line.chi2 == pytest.approx(0, abs=1e-20) and line.residual_p == pytest.approx(1)
     gap, lo, hi = line.at(4 * params[-1])

@@ -272,16 +272,11 @@ def test_bad_foreign_input_is_one_line_and_exit_code_2(foreign, tmp_path, capsys
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is not an exported program" in r.stderr
 
 
-def test_sigkill_during_autoattack_then_the_same_command_resumes_to_the_same_table(tmp_path, teacher_run):
+def test_sigkill_during_autoattack_then_the_same_command_resumes_to_the_same_table(tmp_path, quickstart_runs):
     """Kill ``eval --attacks aa`` after its first saved AA progress (a batch, or a part or target inside one: the
     first save is usually inside the first batch); the rerun continues and equals a clean run."""
-    from agkd_bml.config import TrainConfig
-    from agkd_bml.train import train
-
-    run = tmp_path / "at"  # a digits PGD-AT model: AA has robust points to work on (Square's queries take time)
-    train(TrainConfig(method="pgd-at", dataset="digits", arch="small-cnn", epochs=4, steps=3, lr=0.05,
-                      batch_size=64, val_n=0, device="cpu", out=str(run)), progress=False, log=lambda _m: None)
-    args = [sys.executable, "-m", "agkd_bml", "eval", str(run), "--attacks", "aa", "--n", "48", "--batch-size", "16",
+    run = quickstart_runs[0] / "pgd-at-7"  # a digits PGD-AT model: AA has robust points to work on
+    args = [sys.executable, "-m", "agkd_bml", "eval", str(run), "--attacks", "aa", "--n", "32", "--batch-size", "16",
             "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     proc = subprocess.Popen([*args, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from agkd_bml.cli import main
@@ -9,28 +11,43 @@ from agkd_bml.reproduction.recipes import SCALES, TABLE2, run_config
 from agkd_bml.reproduction.targets import TABLES
 
 
+def _digits_npz(path: Path) -> str:
+    """The tiny scale's digits written as an .npz file (HWC uint8, as docs/data.md describes): a user's own file."""
+    from agkd_bml.data import load_dataset
+
+    d = load_dataset("digits")
+    np.savez(path, x_train=d.x_train.permute(0, 2, 3, 1).numpy(), y_train=d.y_train.numpy(),
+             x_test=d.x_test.permute(0, 2, 3, 1).numpy(), y_test=d.y_test.numpy())
+    return f"npz:{path}"
+
+
 def test_reproduce_table2_tiny_end_to_end_and_reuses_runs(tmp_path, capsys):
-    assert main(["reproduce", "table2", "--scale", "tiny", "--out", str(tmp_path), "--no-progress"]) == 0
-    table = (tmp_path / "table2.md").read_text()
+    """Every tiny target, on the user's own data file (`--dataset`): the tiny scale's digits as an .npz."""
+    data = ["--dataset", _digits_npz(tmp_path / "digits.npz")]
+    out = tmp_path / "out"
+    assert main(["reproduce", "table2", "--scale", "tiny", "--out", str(out), "--no-progress", *data]) == 0
+    assert data[1] in (out / "runs" / "UM-s0" / "config.yaml").read_text()
+    assert "on npz:digits.npz" in (out / "table2.md").read_text()  # the note names the file, not its path
+    table = (out / "table2.md").read_text()
     for label, _ in TABLE2:
         assert f"| {label} |" in table
         assert TABLES["table2"].paper[label][1] in table  # the paper's PGD-20 beside ours
     assert "±" in table  # two seeds: mean ± standard deviation
     for seed in SCALES["tiny"].seeds:
-        assert (tmp_path / "runs" / f"AGKD-BML-s{seed}" / "last.pt").is_file()
+        assert (out / "runs" / f"AGKD-BML-s{seed}" / "last.pt").is_file()
     capsys.readouterr()
-    configs = {p: p.read_bytes() for p in (tmp_path / "runs").glob("*/config.yaml")}
-    assert main(["reproduce", "table2", "--scale", "tiny", "--out", str(tmp_path), "--no-progress"]) == 0
+    configs = {p: p.read_bytes() for p in (out / "runs").glob("*/config.yaml")}
+    assert main(["reproduce", "table2", "--scale", "tiny", "--out", str(out), "--no-progress", *data]) == 0
     assert capsys.readouterr().err.count("already finished 1 epoch") == len(TABLE2) * len(SCALES["tiny"].seeds)
     assert {p: p.read_bytes() for p in configs} == configs  # a finished run's files are left as they are
     for target, marker in (("table1", "pgd-100"), ("table3", "black-box"), ("table6", "GC-false"), ("table7", "s/epoch"), ("table9", "k-NN"),
                            ("figure3", "figure3/tsne.png"), ("figure4", "figure4/attention.png"),
                            ("figure5", "figure5.png")):
-        assert main(["reproduce", target, "--scale", "tiny", "--out", str(tmp_path), "--no-progress"]) == 0
-        assert marker in (tmp_path / f"{target}.md").read_text()
-    assert (tmp_path / "figure5.pdf").stat().st_size > 0
-    assert (tmp_path / "figure3" / "tsne.png").stat().st_size > 0
-    assert (tmp_path / "figure4" / "attention.png").stat().st_size > 0
+        assert main(["reproduce", target, "--scale", "tiny", "--out", str(out), "--no-progress", *data]) == 0
+        assert marker in (out / f"{target}.md").read_text()
+    assert (out / "figure5.pdf").stat().st_size > 0
+    assert (out / "figure3" / "tsne.png").stat().st_size > 0
+    assert (out / "figure4" / "attention.png").stat().st_size > 0
 
 
 def test_paper_scale_uses_the_paper_preset_with_each_methods_own_steps(tmp_path):
@@ -152,17 +169,7 @@ def test_reproduce_takes_the_dataset_from_the_user_and_checks_it_before_making_f
     missing = f"npz:{tmp_path / 'nowhere.npz'}"
     assert main(["reproduce", "table2", "--scale", "small", "--dataset", missing, "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err and not out.exists()
-    # the tiny scale's digits can be swapped for any dataset too: here the same digits as an .npz file
-    from agkd_bml.data import load_dataset
-
-    d = load_dataset("digits")
-    path = tmp_path / "digits.npz"
-    np.savez(path, x_train=d.x_train.permute(0, 2, 3, 1).numpy(), y_train=d.y_train.numpy(),
-             x_test=d.x_test.permute(0, 2, 3, 1).numpy(), y_test=d.y_test.numpy())
-    assert main(["reproduce", "table2", "--scale", "tiny", "--dataset", f"npz:{path}", "--out", str(out),
-                 "--no-progress"]) == 0
-    assert f"npz:{path}" in (out / "runs" / "UM-s0" / "config.yaml").read_text()
-    assert "on npz:digits.npz" in (out / "table2.md").read_text()  # the note names the file, not its path
+    # (the tiny scale on a user's own file: test_reproduce_table2_tiny_end_to_end_and_reuses_runs)
 
 
 def test_the_same_npz_reached_by_another_path_is_the_same_run(tmp_path):
