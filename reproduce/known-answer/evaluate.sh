@@ -20,6 +20,6 @@ half = {k: v.half() if v.is_floating_point() else v for k, v in ckpt.model.items
 tmp = sys.argv[2] + ".tmp"
 torch.save(half, tmp)
 os.replace(tmp, sys.argv[2])
-print(f"wrote {sys.argv[2]} ({os.path.getsize(sys.argv[2]) / 2**20:.1f} MB, load into PreActResNet18 with "
-      f"load_state_dict after .float())")
+print(f"wrote {sys.argv[2]} ({os.path.getsize(sys.argv[2]) / 2**20:.1f} MB: the state dict of "
+      "agkd_bml.models.build_model('preact-resnet18', ...) in float16; cast it to float32 before load_state_dict)")
 PY
