@@ -16,6 +16,7 @@ from agkd_bml.attacks.square import square_fraction
 from agkd_bml.attacks.torchattacks_adapter import run_library_attack
 from agkd_bml.data import load_dataset, to_float
 from agkd_bml.evaluation import evaluate_attacks
+from agkd_bml.models import onednn
 from agkd_bml.models.inference import ConvReLU, inference_copy
 
 
@@ -66,6 +67,34 @@ def test_fused_conv_relu_passes_match_the_unfused_network(digits, trained):
     (grad_plain,) = torch.autograd.grad(plain(xp).logits[:, 0].sum(), xp)
     assert grad.abs().sum() > 0
     torch.testing.assert_close(grad, grad_plain)
+
+
+def test_the_fused_call_is_behind_a_probe_and_a_switch_and_both_paths_give_the_same_logits(digits, trained,
+                                                                                           monkeypatch):
+    """The private oneDNN op is used only where its probe passed and it is switched on; off, every pass takes
+    the public path, with the same logits (float32 and bf16)."""
+    if onednn.fused_conv_relu() is None:
+        pytest.skip("no oneDNN fused convolution in this PyTorch build")
+    calls = []
+    op = onednn.fused_conv_relu()
+    monkeypatch.setitem(onednn._state, "op", lambda *a: calls.append(1) or op(*a))  # a counting wrapper
+    fast = inference_copy(trained)
+    x = to_float(digits.x_test[:64]).contiguous(memory_format=torch.channels_last)
+    logits = {}
+    for enabled in (True, False):
+        onednn.set_enabled(enabled)
+        try:
+            for bf16 in (False, True):
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    logits[enabled, bf16] = fast(x).logits.float()
+        finally:
+            onednn.set_enabled(True)
+        assert bool(calls) == enabled, enabled
+        calls.clear()
+    for bf16 in (False, True):
+        torch.testing.assert_close(logits[True, bf16], logits[False, bf16], rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv(onednn.ENV_SWITCH, "0")
+    assert onednn.fused_conv_relu() is None
 
 
 class _StandardisedConv(torch.nn.Conv2d):

@@ -22,7 +22,6 @@ the caller's model, its ``.grad`` and its train/eval mode stay untouched.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 from torch import fx, nn
@@ -31,6 +30,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from agkd_bml.models.base import normalise, unwrap
 from agkd_bml.models.external import output_logits
+from agkd_bml.models.onednn import fused_conv_relu
 
 
 def _fold_batchnorm(module: nn.Module) -> None:
@@ -44,23 +44,13 @@ def _fold_batchnorm(module: nn.Module) -> None:
                 child[i + 1] = nn.Identity()
 
 
-def _fused_conv_relu_op() -> Any:
-    """oneDNN's convolution with a fused ReLU (the op PyTorch's inductor emits on CPU), or None without it."""
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._convolution_pointwise.default
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_FUSED_CONV_RELU = _fused_conv_relu_op()
 #: The dtypes the fused call is used for (float32, and bf16 under autocast).
 _FUSABLE = (torch.float32, torch.bfloat16)
 
 
 class ConvReLU(nn.Module):
-    """``relu(conv(x))``, as one oneDNN call on CPU for passes that need no input gradient.
+    """``relu(conv(x))``, as one oneDNN call on CPU for passes that need no input gradient
+    (:mod:`agkd_bml.models.onednn`: where its probe passed and it is not switched off).
 
     Such passes (forward-only attacks like Square, success checks) are most of AutoAttack's network
     work; fusing drops the ReLU's own read-write of the activation, and the weights are cast to the
@@ -93,11 +83,12 @@ class ConvReLU(nn.Module):
         return self._run(x, [0] * len(self._geometry[0]))
 
     def _run(self, x: torch.Tensor, padding: list[int]) -> torch.Tensor:
-        if _FUSED_CONV_RELU is not None and x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
+        fused = fused_conv_relu() if x.device.type == "cpu" else None
+        if fused is not None and not (torch.is_grad_enabled() and x.requires_grad):
             dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
             if dtype in _FUSABLE and x.dtype in _FUSABLE:
                 w, b = self._weights(dtype)
-                return _FUSED_CONV_RELU(x.to(dtype), w, b, padding, *self._geometry[1:], "relu", [], "")
+                return fused(x.to(dtype), w, b, padding, *self._geometry[1:], "relu", [], "")
         c = self.conv
         return torch.relu_(F.conv2d(x, c.weight, c.bias, c.stride, padding, c.dilation, c.groups))
 
