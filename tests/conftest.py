@@ -13,7 +13,10 @@ from agkd_bml.config import TrainConfig
 from agkd_bml.data import load_dataset
 from agkd_bml.models import build_model
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: the real image arrays (cifar10.npz): ``AGKD_SHARED_DATA``, else the shared folder beside the checkout;
+#: tests that need them skip, saying where they looked, when they are absent
+BESIDE = Path(__file__).resolve().parents[1].parent / "shared"  #: the shared folder beside the checkout
+SHARED = Path(os.environ.get("AGKD_SHARED_DATA", BESIDE / "data"))
 CIFAR = SHARED / "cifar10.npz"
 
 torch.set_num_threads(2)
@@ -33,7 +36,7 @@ def digits():
 @pytest.fixture(scope="session")
 def cifar_path() -> str:
     if not CIFAR.is_file():
-        pytest.skip(f"shared CIFAR-10 not found at {CIFAR}")
+        pytest.skip(f"shared CIFAR-10 not found at {CIFAR} (set AGKD_SHARED_DATA)")
     return str(CIFAR)
 
 
@@ -89,7 +92,7 @@ def quickstart_runs(tmp_path_factory):
 def reference_autoattack() -> Path:
     """The reference AutoAttack's source folder (``AGKD_REFERENCE_AUTOATTACK``, else the shared copy beside the
     project); tests that compare with it skip where it is absent."""
-    path = Path(os.environ.get("AGKD_REFERENCE_AUTOATTACK", SHARED.parent / "reference" / "auto-attack"))
+    path = Path(os.environ.get("AGKD_REFERENCE_AUTOATTACK", BESIDE / "reference" / "auto-attack"))
     if not (path / "autoattack" / "__init__.py").is_file():
         pytest.skip(f"reference AutoAttack not found at {path} (set AGKD_REFERENCE_AUTOATTACK)")
     return path
