@@ -79,6 +79,7 @@ def test_l2_parts_match_torchattacks_in_success_rate(digits, trained, spec):
     assert abs(a - b) <= 0.04, (a, b)
 
 
+@pytest.mark.slow  # its parts are checked one by one in the default suite (test_l2_parts_match_torchattacks...)
 def test_autoattack_l2_matches_the_torchattacks_l2_cascade(digits, trained):
     """Same model and images: our AutoAttack-L2 and torchattacks' L2 parts as the same cascade agree to 1 image in 60."""
     x, y = digits.x_test[:60], digits.y_test[:60]
