@@ -118,7 +118,7 @@ def test_a_script_written_for_the_reference_autoattack_runs_with_one_import_chan
     monkeypatch.syspath_prepend(str(reference_autoattack))
     model = load_model(quickstart_runs[0] / "pgd-at-7")[0].eval()
     plain = Returns(model, "tensor").eval()
-    x_test, y_test = digits.x_test[:16].float() / 255, digits.y_test[:16]
+    x_test, y_test = digits.x_test[:8].float() / 255, digits.y_test[:8]
     results = {}
     for source in ("reference", "ours"):
         script = REFERENCE_SCRIPT if source == "reference" else REFERENCE_SCRIPT.replace(
@@ -131,7 +131,7 @@ def test_a_script_written_for_the_reference_autoattack_runs_with_one_import_chan
             assert torch.equal(y_adv, model(x_adv).logits.argmax(1))
         results[source] = y_adv == y_test
     assert torch.equal(results["ours"], results["reference"])
-    assert 0 < int(results["ours"].sum()) < 16  # a robust model: some images hold, some fall
+    assert 0 < int(results["ours"].sum()) < 8  # a robust model: some images hold, some fall
     log = (tmp_path / "ours.log").read_text()
     assert "initial accuracy:" in log and "robust accuracy after APGD-CE" in log and "robust accuracy:" in log
 
