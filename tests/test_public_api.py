@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,9 @@ def test_a_script_written_for_the_reference_autoattack_runs_with_one_import_chan
     assert 0 < int(results["ours"].sum()) < 8  # a robust model: some images hold, some fall
     log = (tmp_path / "ours.log").read_text()
     assert "initial accuracy:" in log and "robust accuracy after APGD-CE" in log and "robust accuracy:" in log
+    # each part's line shows the time so far, as the reference's does (it once showed the end time on every line)
+    times = [float(t) for t in re.findall(r"\(total time ([0-9.]+) s\)", log)]
+    assert len(times) == 4 and times == sorted(times) and times[0] < times[-1]
 
 
 def test_robustbench_benchmark_drop_in_returns_clean_and_robust_accuracy(teacher_run, tmp_path, monkeypatch):

@@ -40,6 +40,8 @@ class AttackOutput:
     clean_correct: torch.Tensor  #: bool (N,): the model is right on the clean image
     fooled: torch.Tensor  #: bool (N,): the model is wrong on ``images``
     broken_by: list[str | None] | None  #: AutoAttack only: the part that broke each image (None: none did)
+    #: AutoAttack only: wall seconds spent in each part, in the cascade's order (the reference's log shows them)
+    seconds_by: dict[str, float] | None = None
     attack: str  #: the attack's full description (steps, step size, eps, restarts)
 
     @property
@@ -109,8 +111,10 @@ def attack(
         if isinstance(atk, AutoAttack):
             for i, part in zip(rows.tolist(), atk.broken_by(), strict=True):
                 broken[i] = part
-    return AttackOutput(images=images, clean_correct=clean, fooled=fooled,
-                        broken_by=broken if isinstance(atk, AutoAttack) else None, attack=atk.describe())
+    cascade = isinstance(atk, AutoAttack)
+    return AttackOutput(images=images, clean_correct=clean, fooled=fooled, broken_by=broken if cascade else None,
+                        seconds_by={p: atk.seconds_by.get(p, 0.0) for p in atk.components} if cascade else None,
+                        attack=atk.describe())
 
 
 @dataclass(kw_only=True)

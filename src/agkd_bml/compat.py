@@ -89,10 +89,14 @@ class AutoAttack:
                      batch_size=bs, seed=self.seed)
         n, robust = out.robust.numel(), int(out.clean_correct.sum())
         self._log(f"initial accuracy: {100 * robust / n:.2f}%")
-        for part in self.parts:  # the reference's running tally, from which part broke each image
+        # the reference's running tally, from which part broke each image, and its running time: the
+        # time before the first part (the clean pass) plus each part's seconds so far
+        seconds = out.seconds_by or {}
+        elapsed = time.perf_counter() - started - sum(seconds.values())
+        for part in self.parts:
             robust -= sum(b == part for b in out.broken_by or [])
-            self._log(f"robust accuracy after {part.upper()}: {100 * robust / n:.2f}% "
-                      f"(total time {time.perf_counter() - started:.1f} s)")
+            elapsed += seconds.get(part, 0.0)
+            self._log(f"robust accuracy after {part.upper()}: {100 * robust / n:.2f}% (total time {elapsed:.1f} s)")
         self._log(f"robust accuracy: {100 * out.accuracy:.2f}%")
         x_adv = out.images.to(x_orig.device)
         if not return_labels:
