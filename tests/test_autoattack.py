@@ -9,7 +9,8 @@ import torch
 
 from agkd_bml.attacks import parse_attacks
 from agkd_bml.attacks.apgd import CPU_BF16_ROWS, apgd, apgd_multitarget, dlr_targeted, target_classes
-from agkd_bml.attacks.autoattack import confirm_in_fp32, native_components, torchattacks_component
+from agkd_bml.attacks.autoattack import native_components, torchattacks_component
+from agkd_bml.attacks.engines import Bf16Search, confirm
 from agkd_bml.attacks.fab import PROJECTIONS, FabAttack
 from agkd_bml.attacks.norms import LINF
 from agkd_bml.attacks.square import square_fraction
@@ -255,11 +256,31 @@ def test_a_success_that_does_not_hold_in_fp32_gets_the_part_again_in_fp32(digits
     x, y = x[right], y[right]
     part = native_components(0.06, 10)["apgd-ce"]
     flagged = torch.ones(len(y), dtype=torch.bool)  # every clean image claimed broken: none is
-    adv, fooled = confirm_in_fp32(part, fast, x, y, x.clone(), flagged, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    adv, fooled = confirm(lambda m, xs, ys: part.run_prepared(m, xs, ys, gen), fast, x, y, x.clone(), flagged)
     direct, direct_fooled = part.run_prepared(fast, x, y, torch.Generator().manual_seed(3))
     assert 0 < int(direct_fooled.sum()) < len(y)
     assert torch.equal(fooled, direct_fooled) and torch.equal(adv[fooled], direct[fooled])
     assert _wrong(fast, adv[fooled], y[fooled]).all()
+
+
+def test_bf16_search_runs_under_autocast_and_redoes_in_float32_what_float32_does_not_confirm(digits, trained):
+    """The wrapper owns the precision: the search under bf16 autocast, the confirmation and the redo without."""
+    fast = inference_copy(trained)
+    x, y = to_float(digits.x_test[:40]), digits.y_test[:40]
+    part = native_components(0.06, 10)["apgd-ce"]
+    seen = []
+
+    def run(kind: str, claim_all: bool):
+        def attack(m, xs, ys):
+            seen.append((kind, torch.is_autocast_enabled("cpu")))
+            adv, fooled = part.run_prepared(m, xs, ys, torch.Generator().manual_seed(0))
+            return (xs.clone(), torch.ones_like(fooled)) if claim_all else (adv, fooled)
+        return attack
+
+    adv, fooled = Bf16Search(torch.device("cpu"))(run("search", True), run("redo", False), fast, x, y)
+    assert seen[0] == ("search", True) and seen[1:] == [("redo", False)]
+    assert 0 < int(fooled.sum()) < len(y) and _wrong(fast, adv[fooled], y[fooled]).all()
 
 
 def test_untargeted_dlr_equals_the_reference_formula():

@@ -13,7 +13,8 @@ Two implementations with the same interface:
   (CPUs with AVX512-BF16 or AMX, recent GPUs). A bf16 pass can call a point adversarial that is not at
   full precision (it sits on the decision boundary), so every success is checked with a float32 pass,
   and an image whose success does not hold gets that part again in float32: the images it reports broken
-  are broken at full precision, and the ones bf16 only nearly broke get the reference attack.
+  are broken at full precision, and the ones bf16 only nearly broke get the reference attack
+  (:class:`~agkd_bml.attacks.engines.Bf16Search`).
 - ``aa-torchattacks`` (:class:`TorchattacksAutoAttack`): the same cascade composed from torchattacks'
   classes, kept as the independent reference that tests and the benchmark compare against.
   (torchattacks' own ``AutoAttack`` class runs APGD with 10 iterations, not the reference's 100.)
@@ -27,7 +28,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,9 +36,9 @@ from torch import nn
 
 from agkd_bml.attacks.apgd import APGD_STEPS, ApgdAttack, num_targets
 from agkd_bml.attacks.base import Attack, Progress, fmt_eps, restore_rng, rng_state
+from agkd_bml.attacks.engines import Bf16Search, Fp32Search
 from agkd_bml.attacks.fab import FAB_STEPS, FabAttack
 from agkd_bml.attacks.norms import LINF, Norm
-from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
 from agkd_bml.attacks.square import SQUARE_QUERIES, SquareAttack
 from agkd_bml.attacks.torchattacks_adapter import run_library_attack, torchattacks
 from agkd_bml.errors import UserError
@@ -94,24 +94,6 @@ def native_components(
 RAND_COMPONENTS, RAND_EOT = ("apgd-ce", "apgd-dlr"), 20
 
 
-def confirm_in_fp32(
-    part: InferenceCopyAttack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: torch.Tensor,
-    flagged: torch.Tensor, generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(adv, fooled) once the successes a reduced-precision run ``flagged`` are checked in float32.
-
-    Call outside autocast. A flagged point that the float32 model still classifies right lies on the
-    decision boundary; its image gets ``part`` again, in float32, which decides for it.
-    """
-    with torch.no_grad():
-        fooled = flagged & (model(found).logits.argmax(1) != y)
-    redo = (flagged & ~fooled).nonzero().squeeze(1)
-    if redo.numel():
-        found = found.clone()
-        found[redo], fooled[redo] = part.run_prepared(model, x[redo], y[redo], generator)
-    return found, fooled
-
-
 @dataclass(kw_only=True, frozen=True)
 class AutoAttack(Attack):
     """``aa``: APGD-CE, APGD-T, FAB-T, Square (5,000 queries) as a per-sample cascade, batched parts."""
@@ -163,15 +145,15 @@ class AutoAttack(Attack):
                 f"({APGD_STEPS} it., {num_targets(self.num_classes)} targets), FAB-T ({FAB_STEPS} it.), Square "
                 f"({SQUARE_QUERIES} queries), 1 restart each, per-sample cascade ({self.library}{precision})")
 
-    def _search(self, device: torch.device) -> Any:
-        """The precision context the parts search in."""
+    def _search(self, device: torch.device) -> Fp32Search | Bf16Search:
+        """How the parts search: as they are, or under bf16 with each success confirmed in float32."""
         if self.precision == "fp32":
-            return nullcontext()
+            return Fp32Search()
         if self.precision != "bf16":
             raise ValueError(f"AutoAttack precision must be fp32 or bf16, not {self.precision!r}")
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise UserError(f"{self.name}: this GPU has no bf16 support; use aa (float32)")
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return Bf16Search(device)
 
     def run(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
@@ -195,14 +177,14 @@ class AutoAttack(Attack):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(adv, fooled) of part ``name`` on the still-robust images ``x``; ``progress`` within the part."""
         part = native_components(self.eps, self.num_classes, self.eot, self.norm)[name]
-        with self._search(x.device):
-            if progress is None:
-                found, fooled = part.run_prepared(model, x, y, generator)
-            else:
-                found, fooled = part.run_prepared_staged(model, x, y, generator, progress)
-        if self.precision != "fp32":
-            found, fooled = confirm_in_fp32(part, model, x, y, found, fooled, generator)
-        return found, fooled
+
+        def redo(net: nn.Module, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return part.run_prepared(net, xs, ys, generator)
+
+        def search(net: nn.Module, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return redo(net, xs, ys) if progress is None else part.run_prepared_staged(net, xs, ys, generator, progress)
+
+        return self._search(x.device)(search, redo, model, x, y)
 
     def _cascade(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,

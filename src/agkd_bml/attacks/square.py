@@ -14,9 +14,9 @@ location per query is shared by the batch and each channel gets its own sign, as
 An image leaves at its first misclassified point. Forward passes only, under ``torch.inference_mode``,
 on the prepared model of :func:`agkd_bml.models.inference.inference_copy`. On the CPU, an L-inf query
 recomputes only what its square reaches through the model's convolutions, residual blocks included
-(:class:`~agkd_bml.models.windowed.WindowedForward`: the same logits, bit for bit where its probe says so,
-about 2x fewer seconds per query on the small CNN on 2 cores); models it cannot trace, L2 queries and GPUs
-get full passes. A success seen through such queries counts once a full pass agrees.
+(the windowed query engine of :mod:`agkd_bml.attacks.engines`: the same logits, bit for bit where its
+probe says so, about 2x fewer seconds per query on the small CNN on 2 cores); models it cannot trace, L2
+queries and GPUs get full passes. A success seen through windowed queries counts once a full pass agrees.
 Square is AutoAttack's longest part (5,000 queries on every image still robust), so with a
 :class:`~agkd_bml.attacks.base.Progress` it reports its search every :data:`REPORT_EVERY` queries and
 resumes from such a report to the uninterrupted call's result.
@@ -33,10 +33,11 @@ import torch
 from torch import nn
 
 from agkd_bml.attacks.base import Progress, fmt_eps, found_so_far, restore_found
+from agkd_bml.attacks.engines import query_engine
 from agkd_bml.attacks.norms import L2_NORM, LINF, Norm
 from agkd_bml.attacks.on_inference_copy import InferenceCopyAttack
 from agkd_bml.attacks.ops import cw_margin
-from agkd_bml.models.windowed import Window, WindowedForward
+from agkd_bml.models.windowed import Window
 
 SQUARE_QUERIES = 5000
 #: With a :class:`Progress`, the search reports after every this many queries (the caller throttles saving).
@@ -77,8 +78,8 @@ def _random_search(
     With ``progress``, the loop's state (query index, rows still searched, their best points and margins,
     the results so far, the generator's state) is reported every :data:`REPORT_EVERY` queries, and a saved
     one is continued: its ``start`` is then not used. ``window_sides``: every proposal comes with its
-    window, of these sides (L-inf), so on a model that :class:`~agkd_bml.models.windowed.WindowedForward`
-    supports and that gives the full passes' logits for them, a query recomputes only what its window reaches.
+    window, of these sides (L-inf), so the query engine (:func:`~agkd_bml.attacks.engines.query_engine`)
+    may recompute only what a window reaches.
     """
     out, fooled = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     if x.shape[0] == 0:
@@ -88,49 +89,36 @@ def _random_search(
         return -cw_margin(logits, labels, margin=float("inf"))  # z_y - max other: > 0 while right
 
     with torch.inference_mode():
-        # where the proposals change one window, a candidate costs only what that window reaches through
-        # the model's convolutions; on the CPU only, where it was measured (a GPU runs a small CNN's full
-        # pass as a few kernel launches, and a windowed one as several times as many)
-        windowed = WindowedForward.of(model, x) if window_sides and x.device.type == "cpu" else None
-        if windowed is not None and not windowed.matches_full_passes(x[:8], window_sides):
-            windowed = None
+        engine = query_engine(model, x, window_sides)
         saved = progress.saved if progress is not None else None
         if saved is not None:
             first, rows, best, best_margin = _resume_search(saved, out, fooled, generator)
-            if windowed is not None:
-                windowed.start(best)
+            engine.start(best)  # a resumed search's saved rows are all still right
         else:
             first, rows, best = 0, torch.arange(x.shape[0], device=x.device), start
-            best_margin = margin(windowed.start(best) if windowed is not None else model(best).logits, y)
+            best_margin = margin(engine.start(best), y)
         xs = x[rows]
         for i in range(first, queries + 1):
             wrong = best_margin <= 0
-            if windowed is not None and i > first and wrong.any():
-                # a success seen through windowed queries counts once a full pass of the batch agrees: the
-                # probe tries a few windows, this every success, so no crop's kernel can fake one (the first
-                # margins are a full pass's already, and a resumed search's saved rows are all still right)
-                best_margin = torch.where(wrong, margin(model(best).logits, y[rows]), best_margin)
+            if not engine.exact and i > first and wrong.any():
+                # a success seen through the engine's queries counts once a full pass agrees (the first
+                # margins are a full pass's already)
+                best_margin = torch.where(wrong, margin(engine.confirm(best), y[rows]), best_margin)
                 wrong = best_margin <= 0
             if wrong.any():
                 out[rows[wrong]], fooled[rows[wrong]] = best[wrong], True
                 keep = ~wrong
                 rows, xs, best, best_margin = rows[keep], xs[keep], best[keep], best_margin[keep]
-                if windowed is not None:
-                    windowed.keep(keep)
+                engine.keep(keep)
             if i == queries or rows.numel() == 0:
                 break
             if progress is not None and i > first and i % REPORT_EVERY == 0:
                 progress.report({"query": i, "rows": rows.to("cpu", copy=True), "best": best.to("cpu", copy=True),
                                  "margin": best_margin.to("cpu", copy=True), **found_so_far(out, fooled, generator)})
             candidate, window = propose(i, xs, best, generator)
-            if windowed is not None and window is not None:
-                logits = windowed.logits(candidate, window)
-            else:
-                logits = model(candidate).logits
-            m = margin(logits, y[rows])
+            m = margin(engine.query(candidate, window), y[rows])
             better = m < best_margin
-            if windowed is not None:
-                windowed.accept(better)
+            engine.accept(better)
             best = torch.where(better.view(-1, 1, 1, 1), candidate, best)
             best_margin = torch.where(better, m, best_margin)
     return out.clone(), fooled.clone()
