@@ -134,7 +134,7 @@ def _measure(sc: Scale, data: Any, device: torch.device, *, precision: str, chan
     bare_s = _timed(bare, device, sc.repeats)
     row["bare_images_per_s"] = sc.batch / bare_s
     for label, name, steps in (("agkd-bml-2", "agkd-bml", 2), ("pgd-at-7", "pgd-at", 7)):
-        cfg = TrainConfig(method=name, steps=steps, arch=sc.arch)
+        cfg = TrainConfig.of(method=name, steps=steps, arch=sc.arch)
         cls = METHODS[name]
         teacher = build_model(sc.arch, data.spec).to(device, memory_format=layout).eval() if cls.needs_teacher else None
         sampler = ImageSampler(data.x_train[:2048], data.y_train[:2048], data.spec.num_classes, data.spec.augment,

@@ -275,7 +275,7 @@ def main() -> None:
     fns: list[Callable[[], object]] = []
     step_flops: list[float] = []
     for _label, method, steps in chosen:
-        cfg = TrainConfig(method=method, steps=steps or None, dataset="digits")
+        cfg = TrainConfig.of(method=method, steps=steps or None, dataset="digits")
         ctx = MethodContext(num_classes=10, attack=8 / 255, teacher=teacher if METHODS[method].needs_teacher else None, sampler=sampler)
         m = METHODS[method](cfg, ctx)
 

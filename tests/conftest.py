@@ -72,7 +72,7 @@ def cifar_pgd_at(tmp_path_factory, cifar_path):
     from agkd_bml.train import load_model, train
 
     out = tmp_path_factory.mktemp("ta") / "pgd-at"
-    cfg = TrainConfig(method="pgd-at", dataset=f"npz:{cifar_path}", arch="small-cnn", epochs=1, train_limit=2000,
+    cfg = TrainConfig.of(method="pgd-at", dataset=f"npz:{cifar_path}", arch="small-cnn", epochs=1, train_limit=2000,
                       steps=3, val_n=0, device="cpu", out=str(out))
     train(cfg, progress=False, log=lambda _m: None)
     return load_model(out)

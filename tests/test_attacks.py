@@ -127,7 +127,7 @@ def test_attacks_break_a_standard_cifar_model(tmp_path, cifar_path):
     from agkd_bml.data import load_dataset
     from agkd_bml.train import load_model, train
 
-    cfg = TrainConfig(method="standard", dataset=f"npz:{cifar_path}", arch="small-cnn", epochs=6, milestones=[4],
+    cfg = TrainConfig.of(method="standard", dataset=f"npz:{cifar_path}", arch="small-cnn", epochs=6, milestones=[4],
                       lr=0.05, val_n=0, device="cpu", out=str(tmp_path / "standard"))
     train(cfg, progress=False, log=lambda _m: None)
     _break_standard_model(load_model(tmp_path / "standard")[0], load_dataset(f"npz:{cifar_path}"), 1000)

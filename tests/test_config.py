@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import small_config
 
 from agkd_bml.cli import main
-from agkd_bml.config import TrainConfig
+from agkd_bml.config import SECTION_OF, TrainConfig
 from agkd_bml.errors import UserError
 from agkd_bml.methods import METHODS, PARAMS
+from agkd_bml.migration import ADDED, migrate, read_config_yaml
 from agkd_bml.train import load_checkpoint, resolve, train
+from agkd_bml.train.settings import complete
+from agkd_bml.train.trainer import RESUMABLE_CHANGES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_presets_resolve_to_the_paper_hyper_parameters():
     from agkd_bml.train import resolve
 
     p = resolve("paper-cifar10-7step")
-    assert (p.arch, p.steps, p.milestones, p.epochs, p.lr, p.label_smoothing) == ("wrn-28-10", 7, [150], 155, 0.1, 0.5)
+    assert (p.model.arch, p.attack.steps, p.optim.milestones, p.optim.epochs, p.optim.lr, p.optim.label_smoothing) == ("wrn-28-10", 7, [150], 155, 0.1, 0.5)
     r = resolve("released-code-10step")
-    assert r.params["mart"] and r.init_from_teacher and r.steps == 10
+    assert r.params["mart"] and r.model.init_from_teacher and r.attack.steps == 10
     s = resolve("paper-svhn", overrides={"epochs": 3})
-    assert (s.dataset, s.lr, s.milestones, s.epochs) == ("svhn", 0.01, [60, 90], 3)
+    assert (s.data.dataset, s.optim.lr, s.optim.milestones, s.optim.epochs) == ("svhn", 0.01, [60, 90], 3)
 
 
 @pytest.mark.parametrize(("preset", "expected"), [(None, "1"), ("0", "0")])
@@ -62,7 +69,7 @@ def test_a_hyper_parameter_reaches_the_method_and_config_yaml_stays_flat(tmp_pat
     train(small_config(tmp_path, method="trades", beta=1.5, steps=1, out=str(run)), progress=False, log=lambda _m: None)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["beta"] == 1.5 and saved["margin"] == 0.03  # every declared parameter is recorded
-    assert load_checkpoint(run).config["beta"] == 1.5
+    assert load_checkpoint(run).config.params["beta"] == 1.5
 
 
 @pytest.mark.parametrize(
@@ -93,3 +100,34 @@ def test_a_yaml_file_may_set_a_hyper_parameter_and_misspelt_keys_are_refused(tmp
     bad.write_text("method: sml\nmargn: 0.1\n")
     with pytest.raises(UserError, match="unknown config key"):
         resolve(config_file=str(bad))
+
+
+COMMITTED_RUNS = sorted((ROOT / "reproduce").glob("**/runs/*/config.yaml"))
+
+
+@pytest.mark.parametrize("path", COMMITTED_RUNS, ids=lambda p: str(p.parent.relative_to(ROOT / "reproduce")))
+def test_every_committed_run_reads_back_through_the_migration_with_every_saved_value(path):
+    """Old ``config.yaml`` files and checkpoints load as typed records: each saved value where it was, each key
+    they lack explained by the migration (:data:`ADDED`), and the checkpoint's record the file's."""
+    raw = yaml.safe_load(path.read_text())
+    cfg = read_config_yaml(path)
+    flat = cfg.to_dict()
+    assert {k: flat[k] for k in raw} == raw
+    assert set(SECTION_OF) - set(raw) <= set(ADDED)
+    complete(cfg).validate()
+    best = path.parent / "best.pt"
+    if best.is_file():  # an earlier epoch's: a resume may have changed what RESUMABLE_CHANGES lists (amp, ...)
+        saved = load_checkpoint(best).config.to_dict()
+        assert {k: v for k, v in saved.items() if k not in RESUMABLE_CHANGES} == \
+            {k: v for k, v in flat.items() if k not in RESUMABLE_CHANGES}
+
+
+def test_the_config_is_typed_by_section_and_written_by_its_flat_names():
+    cfg = TrainConfig.of(method="trades", epochs=3, eps=0.1, beta=2.0)
+    assert (cfg.optim.epochs, cfg.attack.eps, cfg.params) == (3, 0.1, {"beta": 2.0})
+    assert cfg.replace(epochs=4, beta=1.0).optim.epochs == 4 and cfg.replace(beta=1.0).params == {"beta": 1.0}
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg and list(cfg.to_dict())[:3] == ["method", "dataset", "data_dir"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.optim.epochs = 5  # type: ignore[misc]
+    assert migrate({"method": "pgd-at"})["lr_schedule"] == "multistep"  # what every run before 0.2.0 trained with
+

@@ -339,7 +339,7 @@ def test_a_run_folder_in_use_is_refused_naming_the_process_and_a_crash_releases_
     from agkd_bml.train import load_checkpoint, train
 
     cfg = small_config(tmp_path, method="standard")
-    proc = _holder(Path(cfg.out) / ".lock")
+    proc = _holder(Path(cfg.runtime.out) / ".lock")
     try:
         with pytest.raises(UserError, match=rf"run folder .* is in use by process {proc.pid} "):
             train(cfg, progress=False, log=lambda _m: None)
@@ -347,8 +347,8 @@ def test_a_run_folder_in_use_is_refused_naming_the_process_and_a_crash_releases_
         proc.kill()  # a crash: the operating system releases the lock
         proc.wait()
     train(cfg, progress=False, log=lambda _m: None)
-    assert load_checkpoint(cfg.out).epoch == 1
-    assert len((Path(cfg.out) / "metrics.jsonl").read_text().splitlines()) == 1
+    assert load_checkpoint(cfg.runtime.out).epoch == 1
+    assert len((Path(cfg.runtime.out) / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_an_evaluation_point_in_use_is_refused_naming_the_process(tmp_path, teacher_run, capsys):

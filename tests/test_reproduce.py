@@ -53,10 +53,11 @@ def test_reproduce_table2_tiny_end_to_end_and_reuses_runs(tmp_path, capsys):
 def test_paper_scale_uses_the_paper_preset_with_each_methods_own_steps(tmp_path):
     at = run_config(SCALES["paper"], "pgd-at", 0, tmp_path / "at", None)
     agkd = run_config(SCALES["paper"], "agkd-bml", 0, tmp_path / "a", tmp_path / "um")
-    assert at.arch == agkd.arch == "wrn-28-10" and at.epochs == 200 and at.steps is None
-    assert agkd.teacher == str(tmp_path / "um") and at.teacher is None
+    assert at.model.arch == agkd.model.arch == "wrn-28-10" and at.optim.epochs == 200 and at.attack.steps is None
+    assert agkd.model.teacher == str(tmp_path / "um") and at.model.teacher is None
     medium = run_config(SCALES["medium"], "pgd-at", 0, tmp_path / "m", None)
-    assert medium.amp == "native-bf16" and medium.train_limit is None and medium.val_split == 1000
+    assert (medium.runtime.amp == "native-bf16" and medium.data.train_limit is None
+            and medium.validation.val_split == 1000)
 
 
 def test_reproduce_refuses_bad_input(tmp_path, capsys):
@@ -100,10 +101,10 @@ def test_multi_step_comparison_tiny_end_to_end(tmp_path, capsys):
     cfg = load_checkpoint(runs / "AGKD-BML-7-s0").config
     assert cfg["teacher"].endswith("T-s0") and cfg["steps"] == 7 and cfg["val_split"] == 50
     assert cfg["step_size"] == 0.1 / 4  # 7 steps of eps/4, resolved and recorded in config.yaml
-    assert load_checkpoint(runs / "AGKD-BML-2-s0").config["step_size"] == 0.1  # 2 steps: step eps (digits: 0.1)
+    assert load_checkpoint(runs / "AGKD-BML-2-s0").config.attack.step_size == 0.1  # 2 steps: step eps (digits: 0.1)
     assert main(["reproduce", "table5", *out]) == 0
     assert "AGKD-BML-10+MART" in (tmp_path / "table5.md").read_text()
-    assert load_checkpoint(runs / "AGKD-BML-10+MART-s0").config["init_from_teacher"] is True
+    assert load_checkpoint(runs / "AGKD-BML-10+MART-s0").config.model.init_from_teacher is True
     assert main(["reproduce", "table5", "--scale", "tiny", "--out", str(tmp_path)]) == 2
 
 

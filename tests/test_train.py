@@ -25,9 +25,9 @@ def test_every_method_trains_one_epoch_and_saves_a_loadable_checkpoint(tmp_path,
     cfg = small_config(tmp_path, method=method, teacher=teacher_run if METHODS[method].needs_teacher else None)
     path = train(cfg, **QUIET)
     model, ckpt = load_model(path)
-    assert ckpt.epoch == 1 and ckpt.config["method"] == method
-    torch.manual_seed(cfg.seed)  # the same initial weights as the run
-    fresh = build_model(cfg.arch, ckpt.data)
+    assert ckpt.epoch == 1 and ckpt.config.method == method
+    torch.manual_seed(cfg.runtime.seed)  # the same initial weights as the run
+    fresh = build_model(cfg.model.arch, ckpt.data)
     changed = [k for k, v in fresh.state_dict().items() if not torch.equal(v, model.state_dict()[k])]
     assert any(k.endswith("weight") for k in changed)  # training moved the weights
     line = json.loads((tmp_path / method / "metrics.jsonl").read_text().splitlines()[0])
@@ -43,7 +43,7 @@ def test_agkd_bml_mart_and_init_from_teacher(tmp_path, teacher_run):
     train(cfg, **QUIET)
     line = json.loads((tmp_path / "agkd-bml" / "metrics.jsonl").read_text())
     assert set(line["loss"]) == {"ce", "agkd", "bml", "mart"} and line["mart"] is True
-    assert load_checkpoint(tmp_path / "agkd-bml").config["init_from_teacher"] is True
+    assert load_checkpoint(tmp_path / "agkd-bml").config.model.init_from_teacher is True
 
 
 def test_resume_continues_epoch_schedule_and_optimizer_exactly(tmp_path):
@@ -154,7 +154,7 @@ def test_an_adversarial_run_without_steps_selects_by_held_out_pgd(tmp_path):
     """`--method pgd-at --val-split N` without `--steps`: the method's own 7 steps train on AEs, so best.pt
     follows held-out PGD accuracy (it followed clean accuracy while selection read the unresolved --steps)."""
     cfg = small_config(tmp_path, method="pgd-at", epochs=2, val_split=100)
-    assert cfg.steps is None
+    assert cfg.attack.steps is None
     train(cfg, **QUIET)
     assert load_checkpoint(tmp_path / "pgd-at" / "last.pt").best["by"] == "val_pgd"
 

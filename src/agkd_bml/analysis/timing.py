@@ -7,9 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agkd_bml.errors import UserError
+from agkd_bml.migration import read_config_yaml
 
 
 def read_metrics(run: str | Path) -> tuple[Path, list[dict[str, Any]]]:
@@ -35,12 +34,13 @@ def run_timing(run: str | Path) -> dict[str, Any]:
     """Method, attack steps, epochs done, mean seconds/epoch, total hours, images/s and device of a run."""
     run, epochs = read_metrics(run)
     config = run / "config.yaml"
-    cfg = yaml.safe_load(config.read_text()) if config.is_file() else {}
+    cfg = read_config_yaml(config) if config.is_file() else None
     seconds = [float(e["seconds"]) for e in epochs]
     last = epochs[-1]
     return {
-        "run": run.name, "method": last.get("method", cfg.get("method", "?")), "steps": last.get("steps"),
-        "arch": cfg.get("arch", "?"), "dataset": cfg.get("dataset", "?"), "device": last.get("device", cfg.get("device", "?")),
+        "run": run.name, "method": last.get("method", cfg.method if cfg else "?"), "steps": last.get("steps"),
+        "arch": cfg.model.arch if cfg else "?", "dataset": cfg.data.dataset if cfg else "?",
+        "device": last.get("device", cfg.runtime.device if cfg else "?"),
         "epochs": len(epochs), "seconds_per_epoch": sum(seconds) / len(seconds), "hours": sum(seconds) / 3600,
         "median_seconds_per_epoch": statistics.median(seconds),
         "images_per_s": sum(float(e.get("images_per_s", 0)) for e in epochs) / len(epochs),

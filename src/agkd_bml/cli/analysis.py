@@ -145,7 +145,7 @@ def attention(
         label, model, data, _, _ = loader.model(path)
         models[label] = model
         if teacher is None:
-            saved = loader.configs[path].get("teacher")
+            saved = loader.configs[path].model.teacher
             teacher = saved if saved and Path(saved).exists() else None
     teacher_model = loader.source(teacher) if teacher else None
     adv = _attack(attack, loader, data)

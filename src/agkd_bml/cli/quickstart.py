@@ -23,13 +23,13 @@ def quickstart_configs(out: str | Path, device: str = "auto") -> list[TrainConfi
     """
     out = Path(out)
     common = dict(dataset="digits", arch="small-cnn", batch_size=64, lr=0.05, val_n=200, device=device)
-    teacher = TrainConfig(method="standard", epochs=10, milestones=[8], label_smoothing=0.5, out=str(out / "teacher"), **common)
+    teacher = TrainConfig.of(method="standard", epochs=10, milestones=[8], label_smoothing=0.5, out=str(out / "teacher"), **common)
     students = dict(epochs=12, milestones=[10], **common)
     return [
         teacher,
-        TrainConfig(method="agkd-bml", teacher=str(out / "teacher"), out=str(out / "agkd-bml-2"), **students),
-        TrainConfig(method="pgd-at", out=str(out / "pgd-at-7"), **students),
-        TrainConfig(method="pgd-at", steps=2, out=str(out / "pgd-at-2"), **students),
+        TrainConfig.of(method="agkd-bml", teacher=str(out / "teacher"), out=str(out / "agkd-bml-2"), **students),
+        TrainConfig.of(method="pgd-at", out=str(out / "pgd-at-7"), **students),
+        TrainConfig.of(method="pgd-at", steps=2, out=str(out / "pgd-at-2"), **students),
     ]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from agkd_bml.attacks.norms import dataset_eps
+from agkd_bml.config import TrainConfig
 from agkd_bml.data import Dataset, DataSpec, load_dataset, to_float
 from agkd_bml.device import resolve_device
 from agkd_bml.errors import UserError
@@ -130,7 +131,7 @@ class ModelLoader:
         self.datasets: dict[str, Dataset] = {}
         self.sources: dict[str, tuple[Classifier, DataSpec]] = {}
         self.taken: set[str] = set()
-        self.configs: dict[str, dict] = {}  #: training config of each loaded checkpoint, by path
+        self.configs: dict[str, TrainConfig] = {}  #: training config of each loaded checkpoint, by path
         self.factories = 0  #: ``py:`` models loaded so far (the next one takes ``model_weights[factories]``)
 
     def model(self, path: str, name: str | None = None) -> tuple[str, Classifier, Dataset, torch.Tensor, torch.Tensor]:
@@ -148,7 +149,7 @@ class ModelLoader:
                                 "is a checkpoint of this project, which holds its weights and normalisation")
             model, ckpt = load_model(path, self.device, self.options.weights)
             saved = self.configs[path] = ckpt.config
-            data = self._data(self.options.dataset or saved["dataset"], saved.get("data_dir"))
+            data = self._data(self.options.dataset or saved.data.dataset, saved.data.data_dir)
             check_compatible(path, ckpt.data, data.spec)
             label = name or _label(path, self.taken)
             if self.options.weights != "last":  # the row says which weights it is (best: of which epoch)

@@ -7,7 +7,6 @@ the resolved attack budget) is handed over once in :class:`MethodContext`.
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -63,10 +62,10 @@ def resolve_attack(cfg: TrainConfig, spec: DataSpec) -> TrainingAttack:
     from agkd_bml.methods import METHODS  # the registry imports this module
 
     cls = METHODS[cfg.method]
-    eps = cfg.eps if cfg.eps is not None else dataset_eps(spec)
-    steps = cls.default_steps if cfg.steps is None else cfg.steps
-    if cfg.step_size is not None:
-        step_size = cfg.step_size
+    eps = cfg.attack.eps if cfg.attack.eps is not None else dataset_eps(spec)
+    steps = cls.default_steps if cfg.attack.steps is None else cfg.attack.steps
+    if cfg.attack.step_size is not None:
+        step_size = cfg.attack.step_size
     elif cls.default_step is not None:
         step_size = cls.default_step * eps
     else:
@@ -79,9 +78,8 @@ def resolved(cfg: TrainConfig, spec: DataSpec) -> TrainConfig:
     from agkd_bml.methods import METHODS
 
     attack = resolve_attack(cfg, spec)
-    smoothing = METHODS[cfg.method].default_smoothing if cfg.label_smoothing is None else cfg.label_smoothing
-    return dataclasses.replace(cfg, eps=attack.eps, steps=attack.steps, step_size=attack.step_size,
-                               label_smoothing=smoothing)
+    smoothing = METHODS[cfg.method].default_smoothing if cfg.optim.label_smoothing is None else cfg.optim.label_smoothing
+    return cfg.replace(eps=attack.eps, steps=attack.steps, step_size=attack.step_size, label_smoothing=smoothing)
 
 
 @dataclass(kw_only=True)
@@ -130,7 +128,7 @@ class Method(ABC):
         self.eps = ctx.attack.eps
         self.steps = ctx.attack.steps
         self.step_size = ctx.attack.step_size
-        self.smoothing = self.default_smoothing if cfg.label_smoothing is None else cfg.label_smoothing
+        self.smoothing = self.default_smoothing if cfg.optim.label_smoothing is None else cfg.optim.label_smoothing
 
     def settings(self) -> dict[str, float | int | bool]:
         """The resolved hyper-parameters, recorded in the run's metrics so every number says what made it."""

@@ -20,9 +20,11 @@ from typing import Any
 
 import torch
 
+from agkd_bml.config import TrainConfig
 from agkd_bml.data import DataSpec
 from agkd_bml.errors import UserError
 from agkd_bml.fileio import atomic_write, unreadable
+from agkd_bml.migration import load_config
 from agkd_bml.models import Classifier, build_model
 from agkd_bml.models.external import bare_state_dict
 
@@ -48,7 +50,7 @@ class Checkpoint:
 
     arch: str
     data: DataSpec
-    config: dict[str, Any]  #: the run's :class:`~agkd_bml.config.TrainConfig` as a plain dict
+    config: TrainConfig  #: the run's configuration (stored flat; read back through :mod:`agkd_bml.migration`)
     epoch: int
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any] = field(default_factory=dict)
@@ -60,7 +62,7 @@ class Checkpoint:
 
     def to_dict(self) -> dict[str, Any]:
         """The on-disk form (format tag and weights checksum included)."""
-        return {"format": FORMAT, "arch": self.arch, "data": self.data.to_dict(), "config": self.config,
+        return {"format": FORMAT, "arch": self.arch, "data": self.data.to_dict(), "config": self.config.to_dict(),
                 "epoch": self.epoch, "model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
                 "scaler": self.scaler, "metrics": self.metrics, "ema": self.ema, "best": self.best,
                 "checksum": weights_checksum(self.model),
@@ -69,7 +71,7 @@ class Checkpoint:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Checkpoint:
         """The record of an on-disk dict, written by this version or an earlier one (missing parts empty)."""
-        return cls(arch=d["arch"], data=DataSpec.from_dict(d["data"]), config=dict(d["config"]), epoch=int(d["epoch"]),
+        return cls(arch=d["arch"], data=DataSpec.from_dict(d["data"]), config=load_config(d["config"]), epoch=int(d["epoch"]),
                    model=d["model"], **{k: d.get(k) or {} for k in ("optimizer", "scheduler", "scaler", "metrics", "ema", "best")})
 
 

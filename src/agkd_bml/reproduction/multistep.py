@@ -54,8 +54,8 @@ def teacher(ctx: Context, seed: int) -> Path:
     if ctx.scale.teacher_smoothing is None:
         return train_row(ctx, RunSpec(label="UM", method="standard"), seed)
     run = ctx.run_dir("T", seed)
-    cfg = dataclasses.replace(run_config(ctx.scale, "standard", seed, run, None, ctx.data_choice),
-                              label_smoothing=ctx.scale.teacher_smoothing)
+    cfg = run_config(ctx.scale, "standard", seed, run, None, ctx.data_choice).replace(
+        label_smoothing=ctx.scale.teacher_smoothing)
     ctx.train("T (teacher)", seed, cfg)
     return run
 
@@ -65,11 +65,11 @@ def train_row(ctx: Context, row: RunSpec, seed: int) -> Path:
     distils = METHODS[row.method].needs_teacher or row.init_from_teacher
     run = ctx.run_dir(row.label, seed)
     cfg = run_config(ctx.scale, row.method, seed, run, teacher(ctx, seed) if distils else None, ctx.data_choice)
-    epochs = cfg.epochs
-    if row.stop_after_decay is not None and cfg.milestones:
-        epochs = min(cfg.epochs, cfg.milestones[0] + row.stop_after_decay)
+    epochs = cfg.optim.epochs
+    if row.stop_after_decay is not None and cfg.optim.milestones:
+        epochs = min(cfg.optim.epochs, cfg.optim.milestones[0] + row.stop_after_decay)
     # the step size is the library's default for the row's steps (methods.base.default_step_size), as with `train`
-    cfg = dataclasses.replace(cfg, steps=row.steps, init_from_teacher=row.init_from_teacher, epochs=epochs)
+    cfg = cfg.replace(steps=row.steps, init_from_teacher=row.init_from_teacher, epochs=epochs)
     ctx.train(row.label, seed, cfg.with_params(**row.params))
     return run
 

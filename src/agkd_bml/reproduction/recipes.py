@@ -148,12 +148,12 @@ class Context:
     def train(self, label: str, seed: int, cfg: TrainConfig) -> None:
         if self.saved_only:
             metrics = cfg.run_dir() / "metrics.jsonl"
-            if not metrics.is_file() or len(metrics.read_text().splitlines()) < cfg.epochs:
-                raise NotSaved(f"{cfg.out} has not finished")
+            if not metrics.is_file() or len(metrics.read_text().splitlines()) < cfg.optim.epochs:
+                raise NotSaved(f"{cfg.runtime.out} has not finished")
             return
-        print(f"== {label} seed {seed} -> {cfg.out}", file=sys.stderr)
+        print(f"== {label} seed {seed} -> {cfg.runtime.out}", file=sys.stderr)
         if finished_without_checkpoint(cfg):
-            print(f"{cfg.out}: finished (its results are kept, not its training checkpoints); reused", file=sys.stderr)
+            print(f"{cfg.runtime.out}: finished (its results are kept, not its training checkpoints); reused", file=sys.stderr)
             return
         train(cfg, resume=True, start_if_none=True, progress=self.progress)
 

@@ -12,21 +12,21 @@ CYCLIC_PEAK = 2 / 5
 
 
 def lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """The scheduler of ``cfg.lr_schedule``; :func:`per_step` says when the trainer steps it.
+    """The scheduler of ``cfg.optim.lr_schedule``; :func:`per_step` says when the trainer steps it.
 
     ``cyclic`` is the triangle of fast adversarial training: linear from 0 to ``--lr`` at epoch
     ``epochs * 2 // 5``, back to 0 at the end, evaluated after each batch (the lr of step k is that of
     ``(k + 1) / steps_per_epoch`` epochs, as in their code).
     """
-    if cfg.lr_schedule == "cyclic":
-        total = cfg.epochs * steps_per_epoch
-        peak = int(cfg.epochs * CYCLIC_PEAK) * steps_per_epoch
+    if cfg.optim.lr_schedule == "cyclic":
+        total = cfg.optim.epochs * steps_per_epoch
+        peak = int(cfg.optim.epochs * CYCLIC_PEAK) * steps_per_epoch
         corners_x, corners_y = [0, peak, total], [0.0, 1.0, 0.0]
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda k: float(np.interp(k + 1, corners_x, corners_y)))
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.optim.milestones, gamma=cfg.optim.gamma)
 
 
 def per_step(cfg: TrainConfig) -> bool:
     """Whether the schedule advances after every batch (cyclic) rather than after every epoch."""
-    return cfg.lr_schedule == "cyclic"
+    return cfg.optim.lr_schedule == "cyclic"

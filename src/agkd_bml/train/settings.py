@@ -32,11 +32,11 @@ def check(cfg: TrainConfig) -> None:
     cfg.validate()
     if cfg.method not in METHODS:
         raise unknown_choice("method", cfg.method, METHODS)
-    check_arch(cfg.arch)
-    if not (cfg.dataset in DATASETS or cfg.dataset.startswith("npz:")):
-        raise unknown_choice("dataset", cfg.dataset, [*DATASETS, "npz:PATH"])
-    if cfg.amp not in AMP_CHOICES:
-        raise unknown_choice("--amp mode", cfg.amp, AMP_CHOICES)
+    check_arch(cfg.model.arch)
+    if not (cfg.data.dataset in DATASETS or cfg.data.dataset.startswith("npz:")):
+        raise unknown_choice("dataset", cfg.data.dataset, [*DATASETS, "npz:PATH"])
+    if cfg.runtime.amp not in AMP_CHOICES:
+        raise unknown_choice("--amp mode", cfg.runtime.amp, AMP_CHOICES)
     own = {p.name for p in METHODS[cfg.method].params}
     for name, value in cfg.params.items():
         if name not in PARAMS:

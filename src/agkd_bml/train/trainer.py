@@ -8,7 +8,6 @@ a run resumed from the checkpoint of epoch ``e`` replays epoch ``e + 1`` exactly
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -38,6 +37,7 @@ from agkd_bml.evaluation import evaluate_attacks
 from agkd_bml.fileio import hold_lock, release_lock, write_text
 from agkd_bml.methods import METHODS, Method, MethodContext
 from agkd_bml.methods.base import resolve_attack, resolved
+from agkd_bml.migration import read_config_yaml
 from agkd_bml.models import Classifier, build_model
 from agkd_bml.models.checkpoint import (
     BEST,
@@ -84,9 +84,9 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     def absolute(path: str | None) -> str | None:
         return str(Path(path).resolve()) if path else path
 
-    dataset = f"npz:{absolute(cfg.dataset[4:])}" if cfg.dataset.startswith("npz:") else cfg.dataset
-    return dataclasses.replace(cfg, out=absolute(str(cfg.run_dir())), dataset=dataset, data_dir=absolute(cfg.data_dir),
-                               teacher=absolute(cfg.teacher))
+    dataset = f"npz:{absolute(cfg.data.dataset[4:])}" if cfg.data.dataset.startswith("npz:") else cfg.data.dataset
+    return cfg.replace(out=absolute(str(cfg.run_dir())), dataset=dataset, data_dir=absolute(cfg.data.data_dir),
+                       teacher=absolute(cfg.model.teacher))
 
 
 def status(text: str) -> None:
@@ -132,20 +132,20 @@ class Setup:
 
 def _load_teacher(cfg: TrainConfig, student: Classifier, data: Dataset, device: torch.device) -> Classifier:
     """Load and check the frozen teacher: same dataset shape, classes and last-feature-map size."""
-    run = Path(cfg.teacher)
+    run = Path(cfg.model.teacher)
     if run.is_dir() and (run / BEST).is_file() and not any((run / f).is_file() for f in (LAST, PREV)):
         # a committed reproduction drops a finished run's training checkpoints; a teacher's last epoch must
         # outlive them until its students have trained, and when it did not, say what the ways on are
         raise UserError(
-            f"teacher {cfg.teacher} keeps only its best weights ({BEST}), not the last epoch ({LAST}) that a "
+            f"teacher {cfg.model.teacher} keeps only its best weights ({BEST}), not the last epoch ({LAST}) that a "
             f"student distils: restore {LAST} where the teacher trained (commit it with `git add -f` until its "
-            f"students finish), move {cfg.teacher} away to train the teacher again, or give --teacher "
+            f"students finish), move {cfg.model.teacher} away to train the teacher again, or give --teacher "
             f"{run / BEST} to distil its best epoch instead")
-    teacher, ckpt = load_model(cfg.teacher, device)
+    teacher, ckpt = load_model(cfg.model.teacher, device)
     t_spec, s = ckpt.data, data.spec
     if (t_spec.num_classes, t_spec.channels, t_spec.size) != (s.num_classes, s.channels, s.size):
         raise UserError(
-            f"teacher {cfg.teacher} was trained on {t_spec.num_classes} classes of "
+            f"teacher {cfg.model.teacher} was trained on {t_spec.num_classes} classes of "
             f"{t_spec.channels}x{t_spec.size}x{t_spec.size} images, but {s.name} has {s.num_classes} "
             f"classes of {s.channels}x{s.size}x{s.size}"
         )
@@ -154,12 +154,12 @@ def _load_teacher(cfg: TrainConfig, student: Classifier, data: Dataset, device: 
         t_hw, s_hw = teacher(probe).features.shape[2:], student(probe).features.shape[2:]
     if t_hw != s_hw:
         raise UserError(
-            f"teacher ({ckpt.arch}) has {tuple(t_hw)} attention maps, student ({cfg.arch}) has {tuple(s_hw)}; "
+            f"teacher ({ckpt.arch}) has {tuple(t_hw)} attention maps, student ({cfg.model.arch}) has {tuple(s_hw)}; "
             "AGKD needs equal sizes"
         )
-    if cfg.init_from_teacher:
-        if ckpt.arch != cfg.arch:
-            raise UserError(f"--init-from-teacher needs the teacher's architecture ({ckpt.arch}), not {cfg.arch}")
+    if cfg.model.init_from_teacher:
+        if ckpt.arch != cfg.model.arch:
+            raise UserError(f"--init-from-teacher needs the teacher's architecture ({ckpt.arch}), not {cfg.model.arch}")
         student.load_state_dict(teacher.state_dict())
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -192,43 +192,43 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
     cfg = complete(cfg)
     check(cfg)
     method_cls = METHODS[cfg.method]
-    if method_cls.needs_teacher and not cfg.teacher:
+    if method_cls.needs_teacher and not cfg.model.teacher:
         raise UserError(f"method {cfg.method!r} distils a teacher's attention: pass --teacher RUN_DIR_OR_CHECKPOINT (a `standard` run)")
-    if cfg.init_from_teacher and not cfg.teacher:
+    if cfg.model.init_from_teacher and not cfg.model.teacher:
         raise UserError("--init-from-teacher needs --teacher")
-    if cfg.deterministic:
+    if cfg.runtime.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-    d, device_name = distributed.setup(cfg.device)
+    d, device_name = distributed.setup(cfg.runtime.device)
     device = resolve_device(device_name)
-    if d.enabled and cfg.batch_size % d.world:
-        raise UserError(f"--batch-size {cfg.batch_size} is the global batch; it must divide by the {d.world} processes")
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.deterministic
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if d.enabled and cfg.optim.batch_size % d.world:
+        raise UserError(f"--batch-size {cfg.optim.batch_size} is the global batch; it must divide by the {d.world} processes")
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.runtime.deterministic
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
     run_dir = cfg.run_dir()
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download)  # checked before any folder is made
+    data = load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir, download=cfg.data.download)  # checked before any folder is made
     if d.main:
         _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, create=create)
         if create:  # one process trains a run folder: a second `train --out` of it is refused, naming the first
             hold_lock(run_dir / LOCK, f"run folder {run_dir}")
     distributed.barrier(d)
     val = None
-    if cfg.val_split:  # held out before --train-limit, so that every run of the dataset holds out the same
-        data, *val = data.hold_out(cfg.val_split, HOLD_OUT_SEED)
-    data = data.limit_train(cfg.train_limit, cfg.seed)
+    if cfg.validation.val_split:  # held out before --train-limit, so that every run of the dataset holds out the same
+        data, *val = data.hold_out(cfg.validation.val_split, HOLD_OUT_SEED)
+    data = data.limit_train(cfg.data.train_limit, cfg.runtime.seed)
     if resume:
         cfg = _continue_saved(cfg, run_dir, data.spec)
     # config.yaml and the checkpoints record the values the run trains with, and paths that mean the same from
     # any folder (`train --config RUN/config.yaml --resume` elsewhere continues this run, not a new ./RUN)
     cfg = absolute_paths(resolved(cfg, data.spec))
-    torch.manual_seed(cfg.seed)  # weight initialisation
+    torch.manual_seed(cfg.runtime.seed)  # weight initialisation
     # channels-last on every device: cuDNN and oneDNN convolutions both prefer it (on 2 CPU cores a
     # training step is 14% (WRN-16-4) to 28% (small CNN) faster than in NCHW)
-    model = build_model(cfg.arch, data.spec).to(device, memory_format=torch.channels_last)
-    if cfg.compile:
+    model = build_model(cfg.model.arch, data.spec).to(device, memory_format=torch.channels_last)
+    if cfg.runtime.compile:
         model.compile()  # in place: state_dict keys, checkpoints and attributes stay those of the plain model
-    teacher = _load_teacher(cfg, model, data, device) if cfg.teacher and method_cls.needs_teacher or cfg.init_from_teacher else None
+    teacher = _load_teacher(cfg, model, data, device) if cfg.model.teacher and method_cls.needs_teacher or cfg.model.init_from_teacher else None
     sampler = None
     if method_cls.needs_sampler:
         try:
@@ -236,20 +236,20 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
         except ValueError as exc:
             raise UserError(str(exc)) from exc
     method = method_cls(cfg, MethodContext(num_classes=data.spec.num_classes, attack=resolve_attack(cfg, data.spec), teacher=teacher, sampler=sampler))
-    if cfg.sync_bn:
+    if cfg.runtime.sync_bn:
         if not (d.enabled and device.type == "cuda"):
             raise UserError("--sync-bn needs torchrun with several processes on CUDA (PyTorch's SyncBatchNorm is GPU-only)")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, same state_dict keys
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = lr_scheduler(cfg, optimizer, steps_per_epoch(data.x_train.shape[0], cfg.batch_size))
-    dtype = amp_dtype(cfg.amp, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    scheduler = lr_scheduler(cfg, optimizer, steps_per_epoch(data.x_train.shape[0], cfg.optim.batch_size))
+    dtype = amp_dtype(cfg.runtime.amp, device)
     net = model
     if d.enabled:
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     ema, ema_model = None, None
-    if cfg.ema:
-        ema = Ema(net, cfg.ema)
-        ema_model = build_model(cfg.arch, data.spec).to(device, memory_format=torch.channels_last)
+    if cfg.optim.ema:
+        ema = Ema(net, cfg.optim.ema)
+        ema_model = build_model(cfg.model.arch, data.spec).to(device, memory_format=torch.channels_last)
     made_by = provenance(device, tensor_digest(data.x_train, data.y_train)) if d.main else {}
     return Setup(cfg=cfg, device=device, data=data, model=model, method=method, optimizer=optimizer, scheduler=scheduler, run_dir=run_dir, net=net, dist=d, amp=dtype,
                  scaler=grad_scaler(device, dtype), val=tuple(val) if val else None, ema=ema, ema_model=ema_model,
@@ -271,14 +271,14 @@ def _continue_saved(cfg: TrainConfig, run_dir: Path, spec: DataSpec) -> TrainCon
     path = run_dir / "config.yaml"
     if not path.is_file():
         return cfg
-    saved = yaml.safe_load(path.read_text()) or {}
-    if saved.get("method") != cfg.method:
+    saved = read_config_yaml(path)
+    if saved.method != cfg.method:
         return cfg  # another run: _restore reports the difference
-    values = {k: saved.get(k) for k in RESOLVED if getattr(cfg, k) is None and saved.get(k) is not None}
-    if cfg.step_size is None and saved.get("step_size") is None:
-        eps = cfg.eps if cfg.eps is not None else saved.get("eps")
+    values = {k: saved.value(k) for k in RESOLVED if cfg.value(k) is None and saved.value(k) is not None}
+    if cfg.attack.step_size is None and saved.attack.step_size is None:
+        eps = cfg.attack.eps if cfg.attack.eps is not None else saved.attack.eps
         values["step_size"] = (eps if eps is not None else dataset_eps(spec)) / 4
-    return dataclasses.replace(cfg, **values)
+    return cfg.replace(**values)
 
 
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> set[str]:
@@ -329,14 +329,14 @@ def finished_without_checkpoint(cfg: TrainConfig) -> bool:
     run = cfg.run_dir()
     if any((run / f).exists() for f in (LAST, PREV)) or not (run / "config.yaml").is_file():
         return False
-    saved = {**complete(TrainConfig()).to_dict(), **(yaml.safe_load((run / "config.yaml").read_text()) or {})}
+    saved = complete(read_config_yaml(run / "config.yaml")).to_dict()
     changed = _differences(saved, complete(cfg).to_dict())
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {complete(cfg).to_dict()[k]!r}" for k in sorted(changed))
         raise UserError(f"{run} holds a finished run of another config ({diffs}); use another --out")
     metrics = run / "metrics.jsonl"
     epochs = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
-    return epochs >= cfg.epochs
+    return epochs >= cfg.optim.epochs
 
 
 def _restore(s: Setup, log: Callable[[str], None], *, start_if_none: bool) -> int:
@@ -352,15 +352,14 @@ def _restore(s: Setup, log: Callable[[str], None], *, start_if_none: bool) -> in
                             "it, or add --start-if-none to resume a run or start it when it has none")
         log(f"nothing to resume in {s.run_dir}; starting fresh")
         return 0
-    # a key the saved run predates (an option added since) had its default value then
-    saved = {**complete(TrainConfig()).to_dict(), **ckpt.config}
+    saved = complete(ckpt.config).to_dict()  # read through agkd_bml.migration: keys added since are filled in
     now = s.cfg.to_dict()
     changed = _differences(saved, now)
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in sorted(changed))
         raise UserError(f"cannot resume {s.run_dir}: the config differs from the saved run ({diffs}); use --overwrite or another --out")
-    if ckpt.arch != s.cfg.arch:
-        raise UserError(f"cannot resume: checkpoint is {ckpt.arch}, config asks for {s.cfg.arch}")
+    if ckpt.arch != s.cfg.model.arch:
+        raise UserError(f"cannot resume: checkpoint is {ckpt.arch}, config asks for {s.cfg.model.arch}")
     s.net.load_state_dict(ckpt.model)
     s.optimizer.load_state_dict(ckpt.optimizer)
     s.scheduler.load_state_dict(ckpt.scheduler)
@@ -381,12 +380,12 @@ def _validate(s: Setup, epoch: int) -> dict[str, Any]:
     if s.val is not None:
         x, y, source = *s.val, "held-out training images"
     else:
-        n = min(s.cfg.val_n, s.data.x_test.shape[0])
+        n = min(s.cfg.validation.val_n, s.data.x_test.shape[0])
         x, y, source = s.data.x_test[:n], s.data.y_test[:n], "first test images"
     if x.shape[0] == 0:
         return {}
-    attacks = parse_attacks(f"clean,pgd-{s.cfg.val_steps}", eps=s.method.eps)
-    kw = dict(batch_size=max(s.cfg.batch_size, 256), device=s.device, seed=s.cfg.seed)
+    attacks = parse_attacks(f"clean,pgd-{s.cfg.validation.val_steps}", eps=s.method.eps)
+    kw = dict(batch_size=max(s.cfg.optim.batch_size, 256), device=s.device, seed=s.cfg.runtime.seed)
     clean, robust = evaluate_attacks(s.net, x, y, attacks, **kw)
     out = {"val_clean": clean.accuracy, "val_pgd": robust.accuracy, "val_n": int(x.shape[0]), "val_source": source,
            "val_attack": attacks[1].describe()}
@@ -414,15 +413,15 @@ def _truncate_metrics(path: Path, epochs: int) -> None:
 def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any]:
     """Train one epoch; return its mean loss terms, its last step's lr and throughput. Raises :class:`TrainingDiverged`."""
     cfg, model, d = s.cfg, s.model, s.dist
-    seed = epoch_seed(cfg.seed, epoch)
+    seed = epoch_seed(cfg.runtime.seed, epoch)
     order = torch.Generator().manual_seed(seed)  # the same data order on every rank...
     gen = torch.Generator(device=s.device).manual_seed((seed + d.rank * 2**32) % 2**63)  # ...other draws per rank
     x, y = s.data.x_train, s.data.y_train
-    batch = cfg.batch_size // d.world
-    n_batches = steps_per_epoch(x.shape[0], cfg.batch_size)
+    batch = cfg.optim.batch_size // d.world
+    n_batches = steps_per_epoch(x.shape[0], cfg.optim.batch_size)
     batches = iterate_batches(
         x, y, batch, device=s.device, order=order, augment=s.data.spec.augment,
-        augment_generator=gen, drop_last=x.shape[0] >= cfg.batch_size, shard=(d.rank, d.world),
+        augment_generator=gen, drop_last=x.shape[0] >= cfg.optim.batch_size, shard=(d.rank, d.world),
     )
     sums: dict[str, float] = {}
     seen = 0
@@ -430,7 +429,7 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
     start = time.perf_counter()
     model.train()
     # disable=None: tqdm turns itself off when stderr is not a terminal (no carriage returns in logs)
-    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if progress and d.main else True,
+    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=None if progress and d.main else True,
                leave=False, unit="batch")
     for step, (xb, yb) in enumerate(bar):
         xb = xb.contiguous(memory_format=torch.channels_last)
@@ -451,12 +450,12 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
         if bad:
             s.skipped += 1
             where = f"{', '.join(bad)} became non-finite at epoch {epoch + 1}, step {step + 1}"
-            if s.skipped > cfg.skip_nonfinite:
+            if s.skipped > cfg.runtime.skip_nonfinite:
                 raise TrainingDiverged(
                     f"{where}; stopped, the last checkpoint is intact (try a lower --lr, or --skip-nonfinite N)"
                 )
             s.optimizer.zero_grad(set_to_none=True)
-            bar.write(f"skipping step: {where} ({s.skipped}/{cfg.skip_nonfinite} skips used)")
+            bar.write(f"skipping step: {where} ({s.skipped}/{cfg.runtime.skip_nonfinite} skips used)")
             continue
         lr = s.optimizer.param_groups[0]["lr"]
         s.scaler.step(s.optimizer)
@@ -465,7 +464,7 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
             s.scheduler.step()
         if s.ema is not None:
             s.ema.update(s.net)
-        if cfg.check_sync:
+        if cfg.runtime.check_sync:
             check_in_sync(s.net, d, s.device, f"after epoch {epoch + 1}, step {step + 1}")
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v * yb.shape[0]
@@ -501,7 +500,7 @@ def train(
         _prepare_run_dir(cfg.run_dir(), resume=False, overwrite=False, create=False)
     s = build(cfg, resume=resume or dry_run, overwrite=overwrite and not dry_run, create=not dry_run)
     if dry_run:
-        log(f"dry run: {cfg.method} ({cfg.arch}) on {s.data.spec.name} with {json.dumps(s.method.settings())} is ready to train into {s.run_dir}")
+        log(f"dry run: {cfg.method} ({cfg.model.arch}) on {s.data.spec.name} with {json.dumps(s.method.settings())} is ready to train into {s.run_dir}")
         return s.run_dir / LAST
     try:
         return _run(s, resume=resume, start_if_none=start_if_none, log=log if s.dist.main else (lambda _m: None),
@@ -537,7 +536,7 @@ def _end_epoch(s: Setup, epoch: int, stats: dict[str, Any], lr: float, log: Call
     cfg = s.cfg
     metrics = {"epoch": epoch + 1, "lr": lr, **stats, **_validate(s, epoch), "method": cfg.method,
                "device": device_name(s.device), **s.method.settings(), "provenance": s.provenance}
-    record = dict(arch=cfg.arch, data=s.data.spec, config=cfg.to_dict(), epoch=epoch + 1, model=s.net.state_dict())
+    record = dict(arch=cfg.model.arch, data=s.data.spec, config=cfg, epoch=epoch + 1, model=s.net.state_dict())
     by = "val_pgd" if s.method.ctx.attack.adversarial else "val_clean"
     improved = s.val is not None and improves(metrics, s.best, by)
     if improved:
@@ -559,35 +558,35 @@ def _end_epoch(s: Setup, epoch: int, stats: dict[str, Any], lr: float, log: Call
         s.board.flush()
     val = ""
     if "val_clean" in metrics:
-        val = (f", val clean {100 * metrics['val_clean']:.1f}% / PGD-{cfg.val_steps} {100 * metrics['val_pgd']:.1f}%"
+        val = (f", val clean {100 * metrics['val_clean']:.1f}% / PGD-{cfg.validation.val_steps} {100 * metrics['val_pgd']:.1f}%"
                f" ({metrics['val_n']} {metrics['val_source']}){' best' if improved else ''}")
     if "ema_val_clean" in metrics:
         val += f", EMA {100 * metrics['ema_val_clean']:.1f}% / {100 * metrics['ema_val_pgd']:.1f}%"
     loss = " ".join(f"{k} {v:.3f}" for k, v in stats["loss"].items())
-    log(f"epoch {epoch + 1}/{cfg.epochs}: {loss}, {stats['seconds']:.1f}s ({stats['images_per_s']:.0f} img/s){val}")
+    log(f"epoch {epoch + 1}/{cfg.optim.epochs}: {loss}, {stats['seconds']:.1f}s ({stats['images_per_s']:.0f} img/s){val}")
 
 
 def _run(s: Setup, *, resume: bool, start_if_none: bool, log: Callable[[str], None], progress: bool) -> Path:
     """The epochs of :func:`train`; under torchrun only rank 0 writes files (``log`` is silent elsewhere)."""
     cfg, main = s.cfg, s.dist.main
     start_epoch = _restore(s, log, start_if_none=start_if_none) if resume else 0
-    if start_epoch >= cfg.epochs:  # a finished run's files stay as they are (its config.yaml says what made it)
+    if start_epoch >= cfg.optim.epochs:  # a finished run's files stay as they are (its config.yaml says what made it)
         log(f"{s.run_dir} already finished {start_epoch} epoch(s)")
         return s.run_dir / LAST
-    if main and cfg.tensorboard:
+    if main and cfg.runtime.tensorboard:
         s.board = tensorboard_writer(s.run_dir / "tensorboard")
     if main:
         write_text(s.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         _truncate_metrics(s.run_dir / "metrics.jsonl", start_epoch)
     procs = f" x {s.dist.world} processes" if s.dist.enabled else ""
-    n, used = s.data.x_train.shape[0], s.data.x_train.shape[0] // cfg.batch_size * cfg.batch_size or s.data.x_train.shape[0]
-    images = f"{n} images" if used == n else f"{n} images ({used} an epoch in full batches of {cfg.batch_size}, a new draw each epoch)"
-    log(f"training {cfg.method} ({cfg.arch}) on {s.data.spec.name}: {images}, "
-        f"{cfg.epochs} epochs, device {s.device}{procs}, {json.dumps(s.method.settings())}")
+    n, used = s.data.x_train.shape[0], s.data.x_train.shape[0] // cfg.optim.batch_size * cfg.optim.batch_size or s.data.x_train.shape[0]
+    images = f"{n} images" if used == n else f"{n} images ({used} an epoch in full batches of {cfg.optim.batch_size}, a new draw each epoch)"
+    log(f"training {cfg.method} ({cfg.model.arch}) on {s.data.spec.name}: {images}, "
+        f"{cfg.optim.epochs} epochs, device {s.device}{procs}, {json.dumps(s.method.settings())}")
     if s.amp == torch.bfloat16 and not native_bf16(s.device):
-        log(f"warning: --amp {cfg.amp}: this {s.device.type.upper()} has no native bf16 (AVX512-BF16 or AMX), so "
+        log(f"warning: --amp {cfg.runtime.amp}: this {s.device.type.upper()} has no native bf16 (AVX512-BF16 or AMX), so "
             "PyTorch emulates it and training is slower than in float32; --amp native-bf16 uses bf16 only where it is native")
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, cfg.optim.epochs):
         stats = train_epoch(s, epoch, progress=progress)
         lr = stats.pop("lr")  # the lr of the epoch's last step
         if not per_step(cfg):
