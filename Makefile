@@ -18,6 +18,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
 test-slow: install
@@ -27,7 +28,7 @@ fuzz: install
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -k "fuzz or propert"
 
 lint: install
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
 
 clean:
 	rm -rf runs .pytest_cache

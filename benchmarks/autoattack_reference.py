@@ -2,10 +2,10 @@
 
 The reference is fra31/auto-attack as kept in ``../shared/reference/auto-attack`` (never imported by the
 package). All three runs attack the same model (float32 weights), the same first ``--n`` test images, the
-same eps and threat model (``--norm``), standard version; each reports robust accuracy (right clean and after the whole cascade) and its
-wall time, the reference's per-part times from its own log, ours from the cascade's per-part clocks. The
-runs alternate (reference, aa, aa-bf16) ``--repeats`` times and each time is the median of its repeats,
-so a burst of load on the shared machine slows all three alike.
+same eps and threat model (``--norm``), standard version; each reports robust accuracy (right clean and after
+the whole cascade) and its wall time, the reference's per-part times from its own log, ours from the cascade's
+per-part clocks. The runs alternate (reference, aa, aa-bf16) ``--repeats`` times and each time is the median
+of its repeats, so a burst of load on the shared machine slows all three alike.
 
 For our runs the benchmark also counts each part's network passes (a forward hook on the attacked
 model: images per forward, and whether an input gradient follows) and turns them into FLOPs with
@@ -64,13 +64,15 @@ def run_reference(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     xf, yd = to_float(x).to(device), y.to(device)
     log = io.StringIO()
     with contextlib.redirect_stdout(log):  # its log gives the per-part times; keep it out of the table
-        adversary = Reference(logits, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version="standard", device=str(device), seed=0, verbose=True)
+        adversary = Reference(logits, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version="standard",
+                              device=str(device), seed=0, verbose=True)
         start = time.perf_counter()
         adv = adversary.run_standard_evaluation(xf, yd, bs=batch)
     seconds = time.perf_counter() - start
     with torch.no_grad():
         robust = (logits(xf).argmax(1) == yd) & (logits(adv).argmax(1) == yd)
-    totals = [float(t) for t in re.findall(r"robust accuracy after \S+: [\d.]+% \(total time ([\d.]+) s\)", log.getvalue())]
+    totals = [float(t) for t in re.findall(r"robust accuracy after \S+: [\d.]+% \(total time ([\d.]+) s\)",
+                                           log.getvalue())]
     parts = dict(zip(PARTS, [b - a for a, b in zip([0.0, *totals], totals, strict=False)], strict=False))
     return seconds, float(robust.float().mean()), parts
 
@@ -102,8 +104,10 @@ class PassCounter:
 
         def conv_flops(module: torch.nn.Module, out: torch.Tensor) -> None:
             conv = windowed_mod._windowable_conv(module)
-            if conv is not None:  # multiply-adds: each output value reads in_channels / groups x kernel inputs
-                self.windowed_flops += 2 * out.numel() * conv.in_channels // conv.groups * math.prod(conv.kernel_size)
+            # multiply-adds: each output value reads in_channels / groups x kernel inputs
+            if conv is not None:
+                self.windowed_flops += (2 * out.numel() * conv.in_channels // conv.groups
+                                        * math.prod(conv.kernel_size))
             elif type(module) is torch.nn.Linear:  # as torch's counter
                 self.windowed_flops += 2 * out.numel() * module.in_features
 
@@ -141,8 +145,8 @@ KINDS = ("forward", "input-gradient")
 
 
 def measure_peaks(model: torch.nn.Module, x: torch.Tensor, device: torch.device, spec: str) -> list[float]:
-    """The peak FLOP/s of each kind of pass (:data:`KINDS`), in ``spec``'s precision. Measured before and after
-    the runs and the larger kept: a peak is the best this machine did, and load on a shared machine only
+    """The peak FLOP/s of each kind of pass (:data:`KINDS`), in ``spec``'s precision. Measured before and
+    after the runs and the larger kept: a peak is the best this machine did, and load on a shared machine only
     lowers a measurement."""
     sample = to_float(x[:128]).to(device).contiguous(memory_format=torch.channels_last)
     return [conv_peak(model, sample, device, bf16=spec == "aa-bf16", kind=kind)[0] for kind in KINDS]
@@ -166,8 +170,10 @@ def per_image_flops(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, flo
 
 
 def run_ours(spec: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, classes: int,
-             device: torch.device, batch: int, norm: str) -> tuple[float, float, dict[str, float], dict[str, tuple[int, int]]]:
-    """(seconds, robust accuracy, per-part seconds, per-part (forward images, gradient images, windowed FLOPs))
+             device: torch.device, batch: int,
+             norm: str) -> tuple[float, float, dict[str, float], dict[str, tuple[int, int]]]:
+    """(seconds, robust accuracy, per-part seconds, per-part (forward images, gradient images, windowed
+    FLOPs))
     of one spec."""
     (attack,) = parse_attacks(spec, eps=eps, num_classes=classes, norm=norm)
     assert isinstance(attack, AutoAttack)
@@ -187,31 +193,40 @@ def _counting(attack: AutoAttack, counter: PassCounter) -> AutoAttack:
             super()._count(part, fooled, started)
             counter.part_done(part)
 
-    fields = {f: getattr(attack, f) for f in attack.__dataclass_fields__ if f not in ("fooled_by", "seconds_by")}
+    fields = {f: getattr(attack, f) for f in attack.__dataclass_fields__ if f not
+              in ("fooled_by", "seconds_by")}
     return Counted(**fields)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, metavar="MODEL",
-                   help="a run directory or checkpoint of this project, or a model from elsewhere (py:FILE.py:FACTORY, "
-                        ".pt2, TorchScript) with --dataset, --model-weights and --normalize, as `agkd-bml eval` takes")
-    p.add_argument("--weights", default="last", choices=("last", "best", "ema"), help="of a run of this project")
-    p.add_argument("--dataset", default=None, help="the data of a model from elsewhere (e.g. npz:../shared/data/cifar10.npz)")
+                   help="a run directory or checkpoint of this project, or a model from elsewhere "
+                        "(py:FILE.py:FACTORY, .pt2, TorchScript) with --dataset, --model-weights and "
+                        "--normalize, as `agkd-bml eval` takes")
+    p.add_argument("--weights", default="last", choices=("last", "best", "ema"),
+                   help="of a run of this project")
+    p.add_argument("--dataset", default=None,
+                   help="the data of a model from elsewhere (e.g. npz:../shared/data/cifar10.npz)")
     p.add_argument("--model-weights", default=None, help="a state dict for a py: factory's model")
-    p.add_argument("--normalize", default=None, help="normalisation in front of a model from elsewhere (dataset, M,S, ...)")
+    p.add_argument("--normalize", default=None,
+                   help="normalisation in front of a model from elsewhere (dataset, M,S, ...)")
     p.add_argument("--n", type=int, default=200, help="first N test images (default 200)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--device", default="auto")
-    p.add_argument("--norm", choices=("linf", "l2"), default="linf", help="threat model (eps: the dataset's default)")
-    p.add_argument("--out", default=None, help="JSON results (default benchmarks/results-autoattack[-l2].json)")
+    p.add_argument("--norm", choices=("linf", "l2"), default="linf",
+                   help="threat model (eps: the dataset's default)")
+    p.add_argument("--out", default=None,
+                   help="JSON results (default benchmarks/results-autoattack[-l2].json)")
     args = p.parse_args()
     if not (REFERENCE / "autoattack" / "autoattack.py").is_file():
-        print(f"skipped: the reference auto-attack is not at {REFERENCE} (see ../shared/reference/auto-attack/README.md)")
+        print(f"skipped: the reference auto-attack is not at {REFERENCE} (see "
+              "../shared/reference/auto-attack/README.md)")
         return
     loader = ModelLoader(EvalOptions(n=args.n, device=args.device, weights=args.weights, dataset=args.dataset,
-                                     model_weights=(args.model_weights,) if args.model_weights else (), normalize=args.normalize, norm=args.norm))
+                                     model_weights=(args.model_weights,) if args.model_weights else (),
+                                     normalize=args.normalize, norm=args.norm))
     device = loader.device
     _, model, data, x, y = loader.model(args.checkpoint)
     eps, classes = loader.eps(data), data.spec.num_classes
@@ -227,7 +242,8 @@ def main() -> None:
                          "accuracies": [r[1] for r in rs], "all_seconds": [r[0] for r in rs],
                          "parts_s": {k: statistics.median(r[2].get(k, 0.0) for r in rs) for k in PARTS}}
     ref = summary["reference"]["seconds"]
-    peaks = {spec: {kind: max(p, q) for kind, p, q in zip(KINDS, before[spec], measure_peaks(model, x, device, spec),
+    peaks = {spec: {kind: max(p, q) for kind, p,
+                    q in zip(KINDS, before[spec], measure_peaks(model, x, device, spec),
                                                            strict=True)} for spec in OURS}
     fwd, grad = per_image_flops(model, x)
     passes = {}
@@ -244,7 +260,8 @@ def main() -> None:
                                            "gflops": gflop / secs if secs else 0.0,
                                            "of_peak": ideal / secs if secs else 0.0}
     result = {"machine": f"{platform.machine()} {device_name(device)}", "torch": torch.__version__,
-              "checkpoint": args.checkpoint, "n": args.n, "eps": eps, "norm": args.norm, "repeats": args.repeats,
+              "checkpoint": args.checkpoint, "n": args.n, "eps": eps, "norm": args.norm,
+              "repeats": args.repeats,
               **summary, "passes": passes,
               "flops_per_image": {"forward": fwd, "forward_and_input_gradient": grad}}
     suffix = "" if args.norm == "linf" else f"-{args.norm}"
@@ -256,8 +273,10 @@ def main() -> None:
     print("|---|---|---|---|" + "---|" * len(PARTS))
     for name, s in summary.items():
         parts = " | ".join(f"{s['parts_s'][k]:.1f}" for k in PARTS)
-        print(f"| {name} | {100 * s['accuracy']:.2f}% | {s['seconds']:.1f} | {ref / s['seconds']:.2f}x | {parts} |")
-    if args.repeats > 1:  # the reference's speed drifts between rounds: each round's ratio, measured back to back
+        print(f"| {name} | {100 * s['accuracy']:.2f}% | {s['seconds']:.1f} | {ref / s['seconds']:.2f}x | "
+              f"{parts} |")
+    # the reference's speed drifts between rounds: each round's ratio, measured back to back
+    if args.repeats > 1:
         print("speed-up per round (reference / ours, each round run back to back): " + "; ".join(
             f"{spec} " + ", ".join(f"{r / o:.2f}x" for r, o in zip(summary["reference"]["all_seconds"],
                                                                    summary[spec]["all_seconds"], strict=True))
@@ -265,19 +284,18 @@ def main() -> None:
     gap = max(abs(s["accuracy"] - summary["reference"]["accuracy"]) for s in summary.values()) * args.n
     print(f"largest difference from the reference: {gap:.0f} image(s) of {args.n}")
     print(f"\nour parts' network passes (FLOPs per image: forward {fwd / 1e6:.1f} M, with input gradient "
-          f"{grad / 1e6:.1f} M); of peak: the time they would take at the peak rate of their own kind of work "
-          "(the model's fastest convolution alone, forward / forward + input gradient) over the part's time; "
-          "windowed: the multiply-adds of Square's windowed queries (the changed windows' convolutions and the "
-          "linear head), counted as they run, at the forward peak")
+          f"{grad / 1e6:.1f} M); of peak: the time they would take at the peak rate of their own kind of "
+          "work (the model's fastest convolution alone, forward / forward + input gradient) over the part's "
+          "time; windowed: the multiply-adds of Square's windowed queries (the changed windows' "
+          "convolutions and the linear head), counted as they run, at the forward peak")
     print("| run | part | forward images | gradient images | windowed GFLOP | GFLOP | GFLOP/s | of peak |")
     print("|---|---|---|---|---|---|---|---|")
     for spec, info in passes.items():
         pk = info["peak_gflops"]
         for part, q in info["parts"].items():
             print(f"| {spec} (peaks {pk['forward']:.0f} / {pk['input-gradient']:.0f} GFLOP/s) | {part} | "
-                  f"{q['forward_images']} | {q['gradient_images']} | {q['windowed_gflop']:.0f} | {q['gflop']:.0f} | "
-                  f"{q['gflops']:.0f} | "
-                  f"{100 * q['of_peak']:.0f}% |")
+                  f"{q['forward_images']} | {q['gradient_images']} | {q['windowed_gflop']:.0f} | "
+                  f"{q['gflop']:.0f} | {q['gflops']:.0f} | {100 * q['of_peak']:.0f}% |")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ class Scale:
 def real_scale(dataset: str) -> Scale:
     return Scale(arch="wrn-28-10", dataset=dataset, batch=128, repeats=5, precisions=("fp32", "bf16"),
                  compile=(False, True), known_arch="preact-resnet18", known_epochs=15, known_limit=None,
-                 known_aa_n=1000, aa_model=str(ROOT / "reproduce/capacity/w64/runs/AT-7-s0/best.pt"), aa_n=500)
+                 known_aa_n=1000, aa_model=str(ROOT / "reproduce/capacity/w64/runs/AT-7-s0/best.pt"),
+                 aa_n=500)
 
 
 SMOKE = Scale(arch="small-cnn", dataset="digits", batch=16, repeats=1, precisions=("fp32",), compile=(False,),
@@ -75,7 +76,8 @@ SMOKE = Scale(arch="small-cnn", dataset="digits", batch=16, repeats=1, precision
 
 
 def peak_memory(device: torch.device) -> float:
-    """Peak memory in GiB since the last reset: the GPU's allocator, or the process's resident set on the CPU."""
+    """Peak memory in GiB since the last reset: the GPU's allocator, or the process's resident set on the
+    CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -104,7 +106,8 @@ def throughput(sc: Scale, device: torch.device, deadline: float) -> dict[str, An
         for channels_last in (True, False):
             for compiled in sc.compile:
                 if time.monotonic() > deadline:
-                    rows.append({"skipped": f"{precision}, channels-last {channels_last}, compile {compiled}: out of time"})
+                    rows.append({"skipped": f"{precision}, channels-last {channels_last}, compile "
+                                 f"{compiled}: out of time"})
                     continue
                 rows.append(_measure(sc, data, device, precision=precision, channels_last=channels_last,
                                      compiled=compiled))
@@ -136,10 +139,14 @@ def _measure(sc: Scale, data: Any, device: torch.device, *, precision: str, chan
     for label, name, steps in (("agkd-bml-2", "agkd-bml", 2), ("pgd-at-7", "pgd-at", 7)):
         cfg = TrainConfig.of(method=name, steps=steps, arch=sc.arch)
         cls = METHODS[name]
-        teacher = build_model(sc.arch, data.spec).to(device, memory_format=layout).eval() if cls.needs_teacher else None
-        sampler = ImageSampler(data.x_train[:2048], data.y_train[:2048], data.spec.num_classes, data.spec.augment,
+        teacher = (build_model(sc.arch, data.spec).to(device, memory_format=layout).eval()
+                   if cls.needs_teacher else None)
+        sampler = ImageSampler(data.x_train[:2048], data.y_train[:2048], data.spec.num_classes,
+                               data.spec.augment,
                                device) if cls.needs_sampler else None
-        method = cls(cfg, MethodContext(num_classes=data.spec.num_classes, attack=resolve_attack(cfg, data.spec), teacher=teacher, sampler=sampler))
+        method = cls(cfg,
+                     MethodContext(num_classes=data.spec.num_classes, attack=resolve_attack(cfg, data.spec),
+                                   teacher=teacher, sampler=sampler))
         gen = torch.Generator(device=device).manual_seed(0)
 
         def step(method: Any = method, gen: torch.Generator = gen) -> None:
@@ -158,7 +165,8 @@ def _measure(sc: Scale, data: Any, device: torch.device, *, precision: str, chan
 
 def _agkd(args: list[str], timeout: float, *, torchrun: bool = False) -> subprocess.CompletedProcess[str]:
     """The command line in a child process (killed at ``timeout``), as a user runs it."""
-    head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "agkd_bml",
+    head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m",
+            "agkd_bml",
             "--"] if torchrun else [sys.executable, "-m", "agkd_bml"]
     return subprocess.run([*head, *args], capture_output=True, text=True, timeout=max(timeout, 1), cwd=ROOT)
 
@@ -168,7 +176,8 @@ def known_answer(sc: Scale, device: torch.device, deadline: float, out: Path) ->
     run = out / "known-answer"
     train = ["train", "--method", "fast-at", "--arch", sc.known_arch, "--dataset", sc.dataset, "--epochs",
              str(sc.known_epochs), "--lr-schedule", "cyclic", "--lr", "0.2", "--weight-decay", "5e-4",
-             "--amp", "native-bf16" if device.type == "cpu" else "bf16", "--val-n", "0", "--device", str(device),
+             "--amp", "native-bf16" if device.type == "cpu" else "bf16", "--val-n", "0", "--device",
+             str(device),
              "--out", str(run), "--no-progress", "--start-if-none"]
     if sc.known_limit:
         train += ["--train-limit", str(sc.known_limit)]
@@ -185,13 +194,16 @@ def known_answer(sc: Scale, device: torch.device, deadline: float, out: Path) ->
     ev = agkd_bml.evaluate(model, data.x_test[:n], data.y_test[:n], attacks="clean,aa", device=device,
                            batch_size=500 if device.type == "cuda" else 64)
     acc, ci = ev.accuracy, ev.wilson()
-    return {"train_s": time.perf_counter() - started, "n": n, "clean": 100 * acc["clean"], "aa": 100 * acc["aa"],
+    return {"train_s": time.perf_counter() - started, "n": n, "clean": 100 * acc["clean"],
+            "aa": 100 * acc["aa"],
             "clean_ci95": [100 * v for v in ci["clean"]], "aa_ci95": [100 * v for v in ci["aa"]],
             "robustbench_wong2020fast": WONG2020FAST}
 
 
-def autoattack_vs_reference(sc: Scale, device: torch.device, deadline: float, reference: Path) -> dict[str, Any]:
-    """``aa`` and ``aa-bf16`` against the reference AutoAttack on the same images: per-image agreement, seconds."""
+def autoattack_vs_reference(sc: Scale, device: torch.device, deadline: float,
+                            reference: Path) -> dict[str, Any]:
+    """``aa`` and ``aa-bf16`` against the reference AutoAttack on the same images: per-image agreement,
+    seconds."""
     if not (reference / "autoattack").is_dir():
         return {"skipped": f"reference AutoAttack not found at {reference}"}
     sys.path.insert(0, str(reference))
@@ -240,7 +252,8 @@ class _Logits(torch.nn.Module):
 
 
 def torchrun_path(sc: Scale, device: torch.device, deadline: float, out: Path) -> dict[str, Any]:
-    """A one-process torchrun training of a few steps (NCCL on CUDA, gloo on the CPU) and a torchrun evaluation."""
+    """A one-process torchrun training of a few steps (NCCL on CUDA, gloo on the CPU) and a torchrun
+    evaluation."""
     run = out / "torchrun"
     args = ["train", "--method", "pgd-at", "--steps", "2", "--arch", "small-cnn", "--dataset", "digits",
             "--epochs", "1", "--train-limit", "512", "--val-n", "32", "--out", str(run), "--no-progress",
@@ -275,7 +288,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
              f"commit {report['provenance']['commit']}", ""]
     for name, _bound, _fn in PARTS:
         part = report["parts"].get(name)
-        lines += [f"## {name}", "", "```json", json.dumps(part, indent=1) if part is not None else "not run", "```", ""]
+        lines += [f"## {name}", "", "```json", json.dumps(part, indent=1) if part is not None else "not run",
+                  "```", ""]
     return "\n".join(lines)
 
 
@@ -283,11 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks/gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="gpu-check", help="folder for gpu_check.json and gpu_check.md")
     p.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget of all parts together")
-    p.add_argument("--dataset", default="npz:cifar10.npz", help="CIFAR-10 as npz:PATH or cifar10 (with its files)")
+    p.add_argument("--dataset", default="npz:cifar10.npz",
+                   help="CIFAR-10 as npz:PATH or cifar10 (with its files)")
     p.add_argument("--reference", default=str(ROOT.parent / "shared" / "reference" / "auto-attack"),
                    help="the reference AutoAttack's source folder")
     p.add_argument("--device", default="auto")
-    p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (under a minute): checks the script")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny shapes on the CPU (under a minute): checks the script")
     p.add_argument("--only", default="", help="comma-separated parts to run (default: all)")
     p.add_argument("--list", action="store_true", help="print each part with its time bound and exit")
     args = p.parse_args(argv)

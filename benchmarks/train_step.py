@@ -37,7 +37,8 @@ from agkd_bml.models import build_model
 
 #: (label, method, attack steps) of the step benchmark.
 METHODS_UNDER_TEST = [("standard", "standard", 0), ("pgd-at-7", "pgd-at", 7), ("pgd-at-10", "pgd-at", 10),
-                      ("trades-10", "trades", 10), ("agkd-bml-2", "agkd-bml", 2), ("agkd-bml-7", "agkd-bml", 7),
+                      ("trades-10", "trades", 10), ("agkd-bml-2", "agkd-bml", 2),
+                      ("agkd-bml-7", "agkd-bml", 7),
                       ("agkd-bml-10", "agkd-bml", 10)]
 
 
@@ -104,21 +105,25 @@ def conv_peak(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *,
     shapes: dict[str, tuple[torch.nn.Conv2d, torch.Size]] = {}
     def record(name: str) -> Callable[..., None]:
         def hook(mod: torch.nn.Module, inp: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
-            shapes[name] = (mod, inp[0].shape)  # returns None: a forward hook's result would replace the output
+            # returns None: a forward hook's result would replace the output
+            shapes[name] = (mod, inp[0].shape)
 
         return hook
 
-    hooks = [m.register_forward_hook(record(name)) for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [m.register_forward_hook(record(name)) for name,
+             m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     with torch.no_grad():
         model.eval()(x)
     for h in hooks:
         h.remove()
     best, which = 0.0, ""
     for name, (conv, shape) in shapes.items():
-        layer = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        layer = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                conv.padding,
                                 bias=conv.bias is not None).to(device, memory_format=torch.channels_last)
         layer.requires_grad_(kind == "train")
-        xi = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        xi = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
+        xi.requires_grad_(True)
 
         def fn(layer=layer, xi=xi):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -133,7 +138,9 @@ def conv_peak(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *,
 
         rate = counted_flops(fn) / timed(fn, 5, device)
         if rate > best:
-            best, which = rate, f"{name} {tuple(shape)} -> {conv.out_channels} ch, {conv.kernel_size[0]}x{conv.kernel_size[1]}"
+            best, which = (rate,
+                           f"{name} {tuple(shape)} -> {conv.out_channels} ch, "
+                           f"{conv.kernel_size[0]}x{conv.kernel_size[1]}")
     return best, which
 
 
@@ -164,7 +171,8 @@ def counted_flops(fn: Callable[[], object]) -> float:
 
 
 def compare_pgd20(checkpoint: str, n: int, device: torch.device) -> dict[str, float]:
-    """Seconds and robust accuracy of our PGD-20 evaluation and of torchattacks' PGD, same model and images."""
+    """Seconds and robust accuracy of our PGD-20 evaluation and of torchattacks' PGD, same model and
+    images."""
     import torchattacks
 
     from agkd_bml.data import load_dataset, to_float
@@ -188,11 +196,13 @@ def compare_pgd20(checkpoint: str, n: int, device: torch.device) -> dict[str, fl
             right.append((model(adv).logits.argmax(1) == yb).cpu())
     t_ref = time.perf_counter() - start
     return {"pgd20_ours_s": t_ours, "pgd20_torchattacks_s": t_ref, "pgd20_speedup": t_ref / t_ours,
-            "pgd20_ours_accuracy": ours.accuracy, "pgd20_torchattacks_accuracy": float(torch.cat(right).float().mean())}
+            "pgd20_ours_accuracy": ours.accuracy,
+            "pgd20_torchattacks_accuracy": float(torch.cat(right).float().mean())}
 
 
 def compare_autoattack(checkpoint: str, n: int, device: torch.device) -> dict[str, float]:
-    """Seconds and robust accuracy of our AutoAttack (``aa``, and ``aa-bf16``) and of the torchattacks cascade.
+    """Seconds and robust accuracy of our AutoAttack (``aa``, and ``aa-bf16``) and of the torchattacks
+    cascade.
 
     Same model, images, eps and per-sample cascade; both report a point robust only if it is right clean
     and every part fails on it.
@@ -223,21 +233,25 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(label for label, _, _ in METHODS_UNDER_TEST),
                    help="comma-separated rows of the step table (default: all)")
     p.add_argument("--eval-checkpoint", default=None,
-                   help="a trained checkpoint: time our PGD-20 evaluation against torchattacks' PGD on its test set")
+                   help="a trained checkpoint: time our PGD-20 evaluation against torchattacks' PGD on its "
+                        "test set")
     p.add_argument("--eval-n", type=int, default=1000, help="test images for that comparison")
     p.add_argument("--aa-n", type=int, default=0,
-                   help="also time our AutoAttack against the torchattacks cascade on this many test images of "
-                        "--eval-checkpoint (slow: about 7 minutes per 200 images of a small CNN on 2 cores; 0 = skip)")
+                   help="also time our AutoAttack against the torchattacks cascade on this many test images "
+                        "of --eval-checkpoint (slow: about 7 minutes per 200 images of a small CNN on 2 "
+                        "cores; 0 = skip)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = p.parse_args()
     wanted = args.methods.split(",")
     unknown = set(wanted) - {label for label, _, _ in METHODS_UNDER_TEST}
     if unknown:
-        p.error(f"unknown --methods {sorted(unknown)}; choose from {[label for label, _, _ in METHODS_UNDER_TEST]}")
+        p.error(f"unknown --methods {sorted(unknown)}; choose from "
+                f"{[label for label, _, _ in METHODS_UNDER_TEST]}")
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    spec = DataSpec(name="bench", num_classes=10, channels=3, size=32, mean=(0.5,) * 3, std=(0.25,) * 3, default_eps=8 / 255, class_names=tuple("0123456789"), augment=Augment())
+    spec = DataSpec(name="bench", num_classes=10, channels=3, size=32, mean=(0.5,) * 3, std=(0.25,) * 3,
+                    default_eps=8 / 255, class_names=tuple("0123456789"), augment=Augment())
     # the training loop's layout: channels-last model, teacher and batches
     model = build_model(args.arch, spec).to(device, memory_format=torch.channels_last)
     teacher = build_model(args.arch, spec).to(device, memory_format=torch.channels_last).eval()
@@ -276,7 +290,8 @@ def main() -> None:
     step_flops: list[float] = []
     for _label, method, steps in chosen:
         cfg = TrainConfig.of(method=method, steps=steps or None, dataset="digits")
-        ctx = MethodContext(num_classes=10, attack=8 / 255, teacher=teacher if METHODS[method].needs_teacher else None, sampler=sampler)
+        ctx = MethodContext(num_classes=10, attack=8 / 255,
+                            teacher=teacher if METHODS[method].needs_teacher else None, sampler=sampler)
         m = METHODS[method](cfg, ctx)
 
         def step(m=m):
@@ -300,7 +315,8 @@ def main() -> None:
     for i, (label, _method, _steps) in enumerate(chosen):
         t, t_bare = times[2 * i], times[2 * i + 1]
         flops = step_flops[i]
-        rows.append({"method": label, "images_per_s": B / t, "step_s": t, "bare_s": t_bare, "overhead": t / t_bare,
+        rows.append({"method": label, "images_per_s": B / t, "step_s": t, "bare_s": t_bare,
+                     "overhead": t / t_bare,
                      "flops_per_s": flops / t, "peak_fraction": flops / t / peak})
     by = {r["method"]: r for r in rows}
     both = "agkd-bml-2" in by and "pgd-at-7" in by
@@ -316,31 +332,38 @@ def main() -> None:
             evals |= compare_autoattack(args.eval_checkpoint, args.aa_n, device)
     peak_mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    result = {"machine": f"{platform.machine()} {device_name(device)}", "torch": torch.__version__, "arch": args.arch,
+    result = {"machine": f"{platform.machine()} {device_name(device)}", "torch": torch.__version__,
+              "arch": args.arch,
               "batch": B, "conv_peak_flops": peak, "conv_peak_op": peak_op, "rows": rows,
-              "agkd_bml2_over_pgd_at7": ratio, "bare_ratio": bare_ratio, **evals, "peak_memory_bytes": peak_mem}
+              "agkd_bml2_over_pgd_at7": ratio, "bare_ratio": bare_ratio, **evals,
+              "peak_memory_bytes": peak_mem}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"{result['machine']}, torch {torch.__version__}, {args.arch}, batch {B}, median of {args.repeats}; "
-          f"peak {peak / 1e9:.1f} GFLOP/s (the fastest of the model's convolutions alone, fwd+bwd: {peak_op})")
+    print(f"{result['machine']}, torch {torch.__version__}, {args.arch}, batch {B}, median of "
+          f"{args.repeats}; peak {peak / 1e9:.1f} GFLOP/s (the fastest of the model's convolutions alone, "
+          f"fwd+bwd: {peak_op})")
     print("| method | images/s | step ms | bare passes ms | overhead | GFLOP/s | of peak |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['images_per_s']:.0f} | {1e3 * r['step_s']:.1f} | {1e3 * r['bare_s']:.1f} | "
+        print(f"| {r['method']} | {r['images_per_s']:.0f} | {1e3 * r['step_s']:.1f} | "
+              f"{1e3 * r['bare_s']:.1f} | "
               f"{r['overhead']:.2f}x | {r['flops_per_s'] / 1e9:.1f} | {100 * r['peak_fraction']:.0f}% |")
     if both:
         print(f"\nAGKD-BML-2 / PGD-AT-7 step time: {ratio:.2f} (their bare passes: {bare_ratio:.2f}; "
               "paper: 528/502 = 1.05)")
     if evals:
-        print(f"PGD-20 evaluation on {args.eval_n} test images of {args.eval_checkpoint}: ours {evals['pgd20_ours_s']:.1f}s "
-              f"(robust accuracy {100 * evals['pgd20_ours_accuracy']:.2f}%), torchattacks {evals['pgd20_torchattacks_s']:.1f}s "
+        print(f"PGD-20 evaluation on {args.eval_n} test images of {args.eval_checkpoint}: ours "
+              f"{evals['pgd20_ours_s']:.1f}s (robust accuracy {100 * evals['pgd20_ours_accuracy']:.2f}%), "
+              f"torchattacks {evals['pgd20_torchattacks_s']:.1f}s "
               f"({100 * evals['pgd20_torchattacks_accuracy']:.2f}%) -> {evals['pgd20_speedup']:.2f}x")
     if "aa_speedup" in evals:
-        print(f"AutoAttack (standard) on {args.aa_n} test images: ours {evals['aa_ours_s']:.1f}s (robust accuracy "
-              f"{100 * evals['aa_ours_accuracy']:.2f}%), torchattacks cascade {evals['aa_torchattacks_s']:.1f}s "
+        print(f"AutoAttack (standard) on {args.aa_n} test images: ours {evals['aa_ours_s']:.1f}s (robust "
+              f"accuracy {100 * evals['aa_ours_accuracy']:.2f}%), torchattacks cascade "
+              f"{evals['aa_torchattacks_s']:.1f}s "
               f"({100 * evals['aa_torchattacks_accuracy']:.2f}%) -> {evals['aa_speedup']:.2f}x")
-        print(f"AutoAttack with bf16 search (aa-bf16, successes confirmed in fp32): {evals['aa_bf16_s']:.1f}s "
-              f"({100 * evals['aa_bf16_accuracy']:.2f}%) -> {evals['aa_bf16_speedup']:.2f}x the torchattacks cascade")
+        print("AutoAttack with bf16 search (aa-bf16, successes confirmed in fp32): "
+              f"{evals['aa_bf16_s']:.1f}s ({100 * evals['aa_bf16_accuracy']:.2f}%) -> "
+              f"{evals['aa_bf16_speedup']:.2f}x the torchattacks cascade")
     print(f"peak memory: {peak_mem / 2**20:.0f} MiB ({'max allocated' if device.type == 'cuda' else 'RSS'})")
 
 

@@ -72,7 +72,8 @@ def cifar_pgd_at(tmp_path_factory, cifar_path):
     from agkd_bml.train import load_model, train
 
     out = tmp_path_factory.mktemp("ta") / "pgd-at"
-    cfg = TrainConfig.of(method="pgd-at", dataset=f"npz:{cifar_path}", arch="small-cnn", epochs=1, train_limit=2000,
+    cfg = TrainConfig.of(method="pgd-at", dataset=f"npz:{cifar_path}", arch="small-cnn", epochs=1,
+                         train_limit=2000,
                       steps=3, val_n=0, device="cpu", out=str(out))
     train(cfg, progress=False, log=lambda _m: None)
     return load_model(out)
@@ -90,7 +91,8 @@ def quickstart_runs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def reference_autoattack() -> Path:
-    """The reference AutoAttack's source folder (``AGKD_REFERENCE_AUTOATTACK``, else the shared copy beside the
+    """The reference AutoAttack's source folder (``AGKD_REFERENCE_AUTOATTACK``, else the shared copy beside
+    the
     project); tests that compare with it skip where it is absent."""
     path = Path(os.environ.get("AGKD_REFERENCE_AUTOATTACK", BESIDE / "reference" / "auto-attack"))
     if not (path / "autoattack" / "__init__.py").is_file():

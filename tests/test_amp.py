@@ -1,4 +1,5 @@
-"""Mixed precision: bf16 autocast on the CPU trains, and attacks under autocast keep their eps-ball exactly."""
+"""Mixed precision: bf16 autocast on the CPU trains, and attacks under autocast keep their eps-ball
+exactly."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def test_attacks_under_bf16_autocast_stay_in_the_eps_ball(digits, teacher_run, s
         assert a.dtype == torch.float32
         assert (a - x).abs().max() <= eps + 1e-7 and a.min() >= 0 and a.max() <= 1
     with torch.no_grad():
-        assert (model(adv).logits.argmax(1) == y).float().mean() < (model(x).logits.argmax(1) == y).float().mean()
+        accuracy = [(model(images).logits.argmax(1) == y).float().mean() for images in (adv, x)]
+        assert accuracy[0] < accuracy[1]
 
 
 def test_amp_choices_decide_what_autocast_does_to_a_real_forward():
@@ -66,7 +68,8 @@ def test_amp_choices_decide_what_autocast_does_to_a_real_forward():
         with autocast(cpu, dtype):
             ran[mode] = layer(x).dtype
         assert not grad_scaler(cpu, dtype).is_enabled()  # bf16 and fp32 need no loss scaling
-    assert ran["auto"] == ran["off"] == torch.float32  # auto is off on the CPU: bf16 is slower on most of them
+    # auto is off on the CPU: bf16 is slower on most of them
+    assert ran["auto"] == ran["off"] == torch.float32
     assert ran["bf16"] == torch.bfloat16
     assert ran["native-bf16"] == (torch.bfloat16 if native_bf16(cpu) else torch.float32)
     assert grad_scaler(cpu, torch.float16).is_enabled()  # fp16 does

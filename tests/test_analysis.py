@@ -62,7 +62,8 @@ def test_grad_cam_closed_form_equals_autograd_grad_cam(digits, teacher_run):
 
 @pytest.mark.parametrize("kind", [k for k in ATTENTION_KINDS if k != "agkd"])
 def test_class_relevant_variants_train_one_epoch(tmp_path, teacher_run, kind):
-    cfg = small_config(tmp_path, method="agkd-bml", teacher=teacher_run, attention=kind, out=str(tmp_path / kind))
+    cfg = small_config(tmp_path, method="agkd-bml", teacher=teacher_run, attention=kind,
+                       out=str(tmp_path / kind))
     train(cfg, progress=False, log=lambda _m: None)
     _, ckpt = load_model(tmp_path / kind)
     assert ckpt.metrics["attention"] == kind and ckpt.metrics["loss"]["agkd"] > 0
@@ -80,7 +81,8 @@ def test_report_of_two_runs_has_every_section(tmp_path, teacher_run, capsys):
           progress=False, log=lambda _m: None)
     out = tmp_path / "report"
     code = main(["report", teacher_run, str(student), "--out", str(out), "--n", "100", "--curve-n", "60",
-                 "--index-limit", "300", "--per-class", "15", "--images", "3", "--no-progress", "--device", "cpu",
+                 "--index-limit", "300", "--per-class", "15", "--images", "3", "--no-progress", "--device",
+                 "cpu",
                  "--classes", "3,8"])
     assert code == 0
     text = (out / "report.md").read_text()
@@ -129,7 +131,8 @@ def test_paired_gap_and_its_line_through_log_parameters_match_independent_comput
     assert trend.at(params[0])[0] == pytest.approx(coef[0] * x[0] + coef[1])
     assert trend.residual_p is not None and 0 <= trend.residual_p <= 1
     # points on a line: zero scatter, and the line's value four times beyond the last size is one more slope
-    on_line = [type(gp)(value=0.2 - 0.03 * i, se=0.01, only_a=0, only_b=0, n=1000) for i, gp in enumerate(gaps)]
+    on_line = [type(gp)(value=0.2 - 0.03 * i, se=0.01, only_a=0, only_b=0, n=1000) for i,
+               gp in enumerate(gaps)]
     line = log_linear_trend(params, on_line)
     assert line.chi2 == pytest.approx(0, abs=1e-20) and line.residual_p == pytest.approx(1)
     gap, lo, hi = line.at(4 * params[-1])
@@ -151,7 +154,8 @@ def test_training_curves_and_tensorboard_show_every_logged_quantity(tmp_path, te
 
     run = tmp_path / "at"
     assert main(["train", "--method", "pgd-at", "--steps", "2", "--epochs", "2", "--train-limit", "128",
-                 "--batch-size", "64", "--val-split", "50", "--val-steps", "2", "--tensorboard", "--out", str(run),
+                 "--batch-size", "64", "--val-split", "50", "--val-steps", "2", "--tensorboard", "--out",
+                 str(run),
                  "--no-progress"]) == 0
     assert main(["training-curves", str(run), teacher_run, "--out", str(tmp_path / "curves")]) == 0
     assert (tmp_path / "curves.png").stat().st_size > 10_000 and (tmp_path / "curves.pdf").is_file()

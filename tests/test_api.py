@@ -1,4 +1,5 @@
-"""The Python API: README's example runs as written, and any nn.Module gets the same numbers as our CLI path."""
+"""The Python API: README's example runs as written, and any nn.Module gets the same numbers as our CLI
+path."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def test_readme_api_example_runs(tmp_path, monkeypatch, capsys):
     assert "| model | clean | pgd-20 | aa | worst-case |" in out and "images robust under AutoAttack" in out
     summary = json.loads((tmp_path / "runs" / "api-eval" / "eval.json").read_text())
     rb = summary["models"]["model"]["robustbench"]
-    assert rb["threat_model"] == "Linf" and rb["n_examples"] == 200 and float(rb["autoattack_acc"]) <= float(rb["clean_acc"])
+    assert (rb["threat_model"] == "Linf" and rb["n_examples"] == 200 and float(rb["autoattack_acc"])
+            <= float(rb["clean_acc"]))
     assert any((tmp_path / "runs" / "api-state").glob("*.pt"))
 
 
@@ -76,10 +78,12 @@ def test_default_budget_follows_the_images_not_a_constant(tmp_path):
 
 
 def test_the_import_layers_contract_is_exhaustive():
-    """Every top-level module of the package has its place in the layers contract (a new one fails lint-imports)."""
+    """Every top-level module of the package has its place in the layers contract (a new one fails
+    lint-imports)."""
     import tomllib
 
-    contract = tomllib.loads((README.parent / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    pyproject = tomllib.loads((README.parent / "pyproject.toml").read_text())
+    contract = pyproject["tool"]["importlinter"]["contracts"][0]
     assert contract.get("exhaustive") is True and contract.get("containers") == ["agkd_bml"]
     declared = {m.strip() for layer in contract["layers"] for m in layer.split("#")[0].split("|")}
     package = Path(agkd_bml.__file__).parent

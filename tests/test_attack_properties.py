@@ -54,14 +54,16 @@ def test_every_gradient_attack_stays_in_budget_and_leaves_the_model_as_it_was(
 
 
 @pytest.mark.parametrize("spec", ["apgd-ce", "apgd-t", "fab-t", "square-50", "spsa-2", "aa"])
-@pytest.mark.parametrize(("train_mode", "dtype", "eps"), [(False, torch.float32, 0.1), (True, torch.float64, 0.05)])
+@pytest.mark.parametrize(("train_mode", "dtype", "eps"),
+                         [(False, torch.float32, 0.1), (True, torch.float64, 0.05)])
 def test_every_library_attack_stays_in_budget_and_leaves_the_model_as_it_was(
     digits, teacher_run, spec, train_mode, dtype, eps
 ):
     from agkd_bml.train import load_model
 
     attack = parse_attacks(spec, eps=eps)[0]
-    trained, _ = load_model(teacher_run)  # library attacks skip points an (untrained) model already gets wrong
+    # library attacks skip points an (untrained) model already gets wrong
+    trained, _ = load_model(teacher_run)
     adv = _check_attack(digits, trained, attack, eps, train_mode, dtype, n=8)
     if eps >= 0.1:  # at a small budget, Square and FAB may rightly return images they could not flip
         assert not torch.equal(adv, to_float(digits.x_test[:8]).to(dtype))  # it did perturb something

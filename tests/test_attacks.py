@@ -61,7 +61,8 @@ def test_batched_forward_backward_attack_equals_two_attacks(digits, model):
     x_s, x_b = x[:16], x[16:]
     y_mc, s = (y[:16] + 3) % 10, y[:16]
     eps = 0.1
-    init = (torch.rand(32, *x.shape[1:], generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1) * eps
+    noise = torch.rand(32, *x.shape[1:], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    init = (noise * 2 - 1) * eps
     kw = dict(eps=eps, step_size=eps / 4, steps=3, targeted=True)
     both = pgd(model, x, torch.cat([y_mc, s]), init=init, **kw)
     fwd = pgd(model, x_s, y_mc, init=init[:16], **kw)
@@ -103,7 +104,8 @@ def _break_standard_model(model, data, n: int) -> None:
     from agkd_bml.evaluation import evaluate_attacks
 
     clean, fgsm, pgd20, cw20 = evaluate_attacks(model, data.x_test[:n], data.y_test[:n],
-                                                parse_attacks("clean,fgsm,pgd-20,cw-20", eps=data.spec.default_eps), seed=0)
+                                                parse_attacks("clean,fgsm,pgd-20,cw-20",
+                                                              eps=data.spec.default_eps), seed=0)
     assert clean.accuracy > 0.6  # the model learned something, so the attacks have something to break
     assert pgd20.accuracy < 0.05 and cw20.accuracy < 0.05, (clean.accuracy, pgd20.accuracy, cw20.accuracy)
     assert fgsm.accuracy < clean.accuracy / 2
@@ -127,7 +129,8 @@ def test_attacks_break_a_standard_cifar_model(tmp_path, cifar_path):
     from agkd_bml.data import load_dataset
     from agkd_bml.train import load_model, train
 
-    cfg = TrainConfig.of(method="standard", dataset=f"npz:{cifar_path}", arch="small-cnn", epochs=6, milestones=[4],
+    cfg = TrainConfig.of(method="standard", dataset=f"npz:{cifar_path}", arch="small-cnn", epochs=6,
+                         milestones=[4],
                       lr=0.05, val_n=0, device="cpu", out=str(tmp_path / "standard"))
     train(cfg, progress=False, log=lambda _m: None)
     _break_standard_model(load_model(tmp_path / "standard")[0], load_dataset(f"npz:{cifar_path}"), 1000)
@@ -193,7 +196,8 @@ def test_cw_pgd_moves_an_image_whose_true_class_leads_by_more_than_the_margin(te
 
 
 def test_last_iterate_protocol_is_never_stronger_than_first_fooling_iterate(teacher_run, capsys):
-    """``eval --last-iterate`` scores the paper's way; our default (first fooling iterate) is at least as strong."""
+    """``eval --last-iterate`` scores the paper's way; our default (first fooling iterate) is at least as
+    strong."""
     from agkd_bml.cli import main
 
     args = ["eval", teacher_run, "--attacks", "clean,pgd-5", "--n", "64", "--eps", "0.03", "--no-progress"]

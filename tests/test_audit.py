@@ -44,7 +44,8 @@ def test_audit_passes_an_honest_pgd_at_model(pgd_at_run, teacher_run, capsys):
 
 def test_audit_flags_input_quantisation(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(MODELS, "masked-small-cnn", _masked_small_cnn)
-    cfg = small_config(tmp_path, method="standard", arch="masked-small-cnn", epochs=4, train_limit=None, val_n=0,
+    cfg = small_config(tmp_path, method="standard", arch="masked-small-cnn", epochs=4, train_limit=None,
+                       val_n=0,
                        out=str(tmp_path / "masked"))
     train(cfg, progress=False, log=lambda _m: None)
     code = main(["audit", str(tmp_path / "masked"), *AUDIT, "--out", str(tmp_path / "report")])

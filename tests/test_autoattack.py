@@ -60,7 +60,8 @@ def test_fused_conv_relu_passes_match_the_unfused_network(digits, trained):
                 setattr(m, name, torch.nn.Sequential(child.conv, torch.nn.ReLU()))
     x = to_float(digits.x_test[:64]).contiguous(memory_format=torch.channels_last)
     for precision in (torch.float32, torch.bfloat16):
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                    enabled=precision == torch.bfloat16):
             torch.testing.assert_close(fast(x).logits, plain(x).logits, rtol=1e-5, atol=1e-5)
     xg = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(fast(xg).logits[:, 0].sum(), xg)
@@ -109,7 +110,8 @@ class _StandardisedConv(torch.nn.Conv2d):
 
 def test_the_inference_copy_leaves_subclassed_layers_alone():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(_StandardisedConv(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8).eval(), torch.nn.ReLU(),
+    net = torch.nn.Sequential(_StandardisedConv(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8).eval(),
+                              torch.nn.ReLU(),
                               torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
     fast = inference_copy(net)
     assert isinstance(fast[0], _StandardisedConv) and isinstance(fast[1], torch.nn.BatchNorm2d)  # not folded
@@ -120,11 +122,13 @@ def test_the_inference_copy_leaves_subclassed_layers_alone():
 
 
 def test_fab_t_finds_exactly_what_torchattacks_fab_t_finds(digits, trained):
-    """FAB-T's first restart is deterministic: ours (batched targets, no extra forward) must flip the same images."""
+    """FAB-T's first restart is deterministic: ours (batched targets, no extra forward) must flip the same
+    images."""
     eps = 0.06
     x, y = to_float(digits.x_test[:120]), digits.y_test[:120]
     ours = FabAttack(name="fab-t", eps=eps, num_classes=10)(trained, x, y).images
-    theirs = run_library_attack(torchattacks_component("fab-t", eps, 10), trained, x, y, eps=eps, generator=None)
+    theirs = run_library_attack(torchattacks_component("fab-t", eps, 10), trained, x, y, eps=eps,
+                                generator=None)
     ours_wrong, theirs_wrong = _wrong(trained, ours, y), _wrong(trained, theirs, y)
     assert 0 < int(theirs_wrong.sum()) < 110  # the budget leaves both outcomes possible
     assert int((ours_wrong != theirs_wrong).sum()) <= 2, (int(ours_wrong.sum()), int(theirs_wrong.sum()))
@@ -183,7 +187,8 @@ def test_apgd_early_stop_and_target_batching_change_nothing_but_cost(digits, tra
     assert int((fooled_half != fooled[30:]).sum()) <= 1
     same = fooled_half == fooled[30:]
     torch.testing.assert_close(half[same], full[30:][same], atol=1e-5, rtol=0)
-    adv, hit = apgd_multitarget(model, x, y, eps=0.03, steps=20, count=3, generator=torch.Generator().manual_seed(1))
+    adv, hit = apgd_multitarget(model, x, y, eps=0.03, steps=20, count=3,
+                                generator=torch.Generator().manual_seed(1))
     assert torch.equal(hit, _wrong(model, adv, y)) and int(hit.sum()) > 0
 
 
@@ -210,9 +215,11 @@ def test_dlr_targeted_and_targets_follow_the_reference_definitions():
     logits = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0, 6.0]])
     y, t = torch.tensor([0, 4]), torch.tensor([1, 3])
     # -(z_y - z_t) / (z_max - (z_3rd + z_4th) / 2)
-    torch.testing.assert_close(dlr_targeted(logits, y, t), torch.tensor([-(5 - 4) / (5 - 2.5), -(6 - 4) / (6 - 2.5)]))
+    torch.testing.assert_close(dlr_targeted(logits, y, t),
+                               torch.tensor([-(5 - 4) / (5 - 2.5), -(6 - 4) / (6 - 2.5)]))
     assert target_classes(logits, 2).tolist() == [[1, 2], [3, 2]]
-    assert square_fraction(0, 5000) == 0.8 and square_fraction(20, 5000) == 0.4 and square_fraction(4999, 5000) == 0.8 / 512
+    assert (square_fraction(0, 5000) == 0.8 and square_fraction(20, 5000) == 0.4
+            and square_fraction(4999, 5000) == 0.8 / 512)
 
 
 def _cifar_autoattacks(cifar_pgd_at, cifar_path, specs: str) -> list:
@@ -220,7 +227,8 @@ def _cifar_autoattacks(cifar_pgd_at, cifar_path, specs: str) -> list:
 
     model, _ = cifar_pgd_at
     data = load_dataset(f"npz:{cifar_path}")
-    return evaluate_attacks(model, data.x_test[:100], data.y_test[:100], parse_attacks(specs, eps=8 / 255), seed=0)
+    return evaluate_attacks(model, data.x_test[:100], data.y_test[:100], parse_attacks(specs, eps=8 / 255),
+                            seed=0)
 
 
 def _agree(runs, theirs) -> None:
@@ -265,7 +273,8 @@ def test_a_success_that_does_not_hold_in_fp32_gets_the_part_again_in_fp32(digits
 
 
 def test_bf16_search_runs_under_autocast_and_redoes_in_float32_what_float32_does_not_confirm(digits, trained):
-    """The wrapper owns the precision: the search under bf16 autocast, the confirmation and the redo without."""
+    """The wrapper owns the precision: the search under bf16 autocast, the confirmation and the redo
+    without."""
     fast = inference_copy(trained)
     x, y = to_float(digits.x_test[:40]), digits.y_test[:40]
     part = native_components(0.06, 10)["apgd-ce"]
@@ -302,19 +311,22 @@ def test_eot_on_a_deterministic_model_finds_what_one_pass_finds(model, digits):
 
     x, y = to_float(digits.x_test[:32]), digits.y_test[:32]
     one = apgd(model, x, y, eps=0.1, steps=10, loss_name="dlr", generator=torch.Generator().manual_seed(1))
-    five = apgd(model, x, y, eps=0.1, steps=10, loss_name="dlr", eot=5, generator=torch.Generator().manual_seed(1))
+    five = apgd(model, x, y, eps=0.1, steps=10, loss_name="dlr", eot=5,
+                generator=torch.Generator().manual_seed(1))
     assert torch.equal(one[1], five[1]) and torch.allclose(one[0], five[0], atol=1e-6)
 
 
 def test_the_inference_copy_folds_and_fuses_through_a_models_own_forward(cifar_path):
     """A PreAct ResNet-18 from outside (its own forward: functional ReLUs, a ``+=`` shortcut) is traced: each
-    BatchNorm that only a convolution feeds is folded into it and each such ReLU fused, with the same logits and
+    BatchNorm that only a convolution feeds is folded into it and each such ReLU fused, with the same logits
+    and
     input gradients; the BatchNorms after a residual sum stay."""
     from agkd_bml.models.external import load_external
 
     torch.manual_seed(0)
     data = load_dataset(f"npz:{cifar_path}")
-    net = load_external("py:benchmarks/preact_resnet18.py:make_w16", normalize=(data.spec.mean, data.spec.std))
+    net = load_external("py:benchmarks/preact_resnet18.py:make_w16",
+                        normalize=(data.spec.mean, data.spec.std))
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -325,7 +337,8 @@ def test_the_inference_copy_folds_and_fuses_through_a_models_own_forward(cifar_p
     assert sum(isinstance(m, ConvReLU) for m in fast.modules()) == 8 and batchnorms == 9  # of 17: 8 folded
     x = to_float(data.x_test[:16])
     with torch.no_grad():
-        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)).logits, net(x).logits,
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)).logits,
+                                   net(x).logits,
                                    rtol=1e-4, atol=1e-4)
     grads = []
     for model, layout in ((net, torch.contiguous_format), (fast, torch.channels_last)):

@@ -12,22 +12,26 @@ from agkd_bml.methods import METHODS
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agkd_bml", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "agkd_bml", *args], capture_output=True, text=True,
+                          timeout=300)
 
 
 @pytest.fixture(scope="module")
 def cifar_teacher(tmp_path_factory, cifar_path):
     out = tmp_path_factory.mktemp("cli") / "teacher"
     assert main(["train", "--method", "standard", "--dataset", f"npz:{cifar_path}", "--arch", "small-cnn",
-                 "--epochs", "1", "--train-limit", "256", "--val-n", "32", "--out", str(out), "--no-progress"]) == 0
+                 "--epochs", "1", "--train-limit", "256", "--val-n", "32", "--out", str(out),
+                 "--no-progress"]) == 0
     return str(out)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_train_every_method_on_cifar10_then_eval(tmp_path, cifar_path, cifar_teacher, method, capsys):
     out = tmp_path / method
-    args = ["train", "--method", method, "--dataset", f"npz:{cifar_path}", "--arch", "small-cnn", "--epochs", "1",
-            "--train-limit", "256", "--batch-size", "64", "--val-n", "32", "--val-steps", "2", "--out", str(out), "--no-progress"]
+    args = ["train", "--method", method, "--dataset", f"npz:{cifar_path}", "--arch", "small-cnn", "--epochs",
+            "1",
+            "--train-limit", "256", "--batch-size", "64", "--val-n", "32", "--val-steps", "2", "--out",
+            str(out), "--no-progress"]
     if METHODS[method].needs_teacher:
         args += ["--teacher", cifar_teacher]
     assert main(args) == 0
@@ -38,7 +42,8 @@ def test_train_every_method_on_cifar10_then_eval(tmp_path, cifar_path, cifar_tea
 
 
 def test_eval_writes_markdown_csv_json(tmp_path, cifar_teacher):
-    assert main(["eval", cifar_teacher, "--attacks", "clean,pgd-1", "--n", "16", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert main(["eval", cifar_teacher, "--attacks", "clean,pgd-1", "--n", "16", "--out", str(tmp_path),
+                 "--no-progress"]) == 0
     assert {p.name for p in tmp_path.iterdir()} >= {"eval.md", "eval.csv", "eval.json"}
 
 

@@ -27,7 +27,8 @@ def test_presets_resolve_to_the_paper_hyper_parameters():
     from agkd_bml.train import resolve
 
     p = resolve("paper-cifar10-7step")
-    assert (p.model.arch, p.attack.steps, p.optim.milestones, p.optim.epochs, p.optim.lr, p.optim.label_smoothing) == ("wrn-28-10", 7, [150], 155, 0.1, 0.5)
+    assert (p.model.arch, p.attack.steps, p.optim.milestones, p.optim.epochs, p.optim.lr,
+            p.optim.label_smoothing) == ("wrn-28-10", 7, [150], 155, 0.1, 0.5)
     r = resolve("released-code-10step")
     assert r.params["mart"] and r.model.init_from_teacher and r.attack.steps == 10
     s = resolve("paper-svhn", overrides={"epochs": 3})
@@ -62,11 +63,13 @@ def test_hyper_parameters_are_declared_by_the_methods_and_offered_as_options(cap
 
 
 def test_a_hyper_parameter_reaches_the_method_and_config_yaml_stays_flat(tmp_path):
-    cfg = resolve(overrides={"method": "trades", "beta": 3.0, "dataset": "digits", "out": str(tmp_path / "t")})
+    cfg = resolve(overrides={"method": "trades", "beta": 3.0, "dataset": "digits",
+                             "out": str(tmp_path / "t")})
     assert cfg.params["beta"] == 3.0 and cfg.to_dict()["beta"] == 3.0 and "params" not in cfg.to_dict()
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # the flat form round-trips
     run = tmp_path / "run"
-    train(small_config(tmp_path, method="trades", beta=1.5, steps=1, out=str(run)), progress=False, log=lambda _m: None)
+    train(small_config(tmp_path, method="trades", beta=1.5, steps=1, out=str(run)), progress=False,
+          log=lambda _m: None)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["beta"] == 1.5 and saved["margin"] == 0.03  # every declared parameter is recorded
     assert load_checkpoint(run).config.params["beta"] == 1.5
@@ -107,7 +110,8 @@ COMMITTED_RUNS = sorted((ROOT / "reproduce").glob("**/runs/*/config.yaml"))
 
 @pytest.mark.parametrize("path", COMMITTED_RUNS, ids=lambda p: str(p.parent.relative_to(ROOT / "reproduce")))
 def test_every_committed_run_reads_back_through_the_migration_with_every_saved_value(path):
-    """Old ``config.yaml`` files and checkpoints load as typed records: each saved value where it was, each key
+    """Old ``config.yaml`` files and checkpoints load as typed records: each saved value where it was, each
+    key
     they lack explained by the migration (:data:`ADDED`), and the checkpoint's record the file's."""
     raw = yaml.safe_load(path.read_text())
     cfg = read_config_yaml(path)
@@ -116,7 +120,8 @@ def test_every_committed_run_reads_back_through_the_migration_with_every_saved_v
     assert set(SECTION_OF) - set(raw) <= set(ADDED)
     complete(cfg).validate()
     best = path.parent / "best.pt"
-    if best.is_file():  # an earlier epoch's: a resume may have changed what RESUMABLE_CHANGES lists (amp, ...)
+    # an earlier epoch's: a resume may have changed what RESUMABLE_CHANGES lists (amp, ...)
+    if best.is_file():
         saved = load_checkpoint(best).config.to_dict()
         assert {k: v for k, v in saved.items() if k not in RESUMABLE_CHANGES} == \
             {k: v for k, v in flat.items() if k not in RESUMABLE_CHANGES}
@@ -126,8 +131,10 @@ def test_the_config_is_typed_by_section_and_written_by_its_flat_names():
     cfg = TrainConfig.of(method="trades", epochs=3, eps=0.1, beta=2.0)
     assert (cfg.optim.epochs, cfg.attack.eps, cfg.params) == (3, 0.1, {"beta": 2.0})
     assert cfg.replace(epochs=4, beta=1.0).optim.epochs == 4 and cfg.replace(beta=1.0).params == {"beta": 1.0}
-    assert TrainConfig.from_dict(cfg.to_dict()) == cfg and list(cfg.to_dict())[:3] == ["method", "dataset", "data_dir"]
+    assert (TrainConfig.from_dict(cfg.to_dict()) == cfg and list(cfg.to_dict())[:3]
+            == ["method", "dataset", "data_dir"])
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.optim.epochs = 5  # type: ignore[misc]
-    assert migrate({"method": "pgd-at"})["lr_schedule"] == "multistep"  # what every run before 0.2.0 trained with
+    # what every run before 0.2.0 trained with
+    assert migrate({"method": "pgd-at"})["lr_schedule"] == "multistep"
 

@@ -56,7 +56,9 @@ def test_augment_crop_and_flip_keep_shape_and_values():
 
 def test_batches_cover_the_data_once_in_seeded_order(digits):
     def labels(seed):
-        return torch.cat([y for _, y in iterate_batches(digits.x_train, digits.y_train, 100, device=torch.device("cpu"),
+        return torch.cat([y for _,
+                          y in iterate_batches(digits.x_train, digits.y_train, 100,
+                                               device=torch.device("cpu"),
                                                         order=torch.Generator().manual_seed(seed))])
     a, b, c = labels(0), labels(0), labels(1)
     assert torch.equal(a, b) and not torch.equal(a, c)

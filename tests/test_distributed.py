@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _train(out: Path, *extra: str, procs: int = 1, teacher: str, method: str = "agkd-bml") -> list[dict]:
     args = ["-m", "agkd_bml", "train", "--method", method, "--teacher", teacher, "--dataset", "digits",
-            "--batch-size", "64", "--train-limit", "512", "--device", "cpu", "--deterministic", "--no-progress",
+            "--batch-size", "64", "--train-limit", "512", "--device", "cpu", "--deterministic",
+            "--no-progress",
             "--val-n", "0", "--out", str(out), *extra]
     if procs > 1:
         args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *args]
@@ -29,7 +30,8 @@ def _train(out: Path, *extra: str, procs: int = 1, teacher: str, method: str = "
 @pytest.mark.parametrize(("method", "rel"), [("standard", 0.02), ("agkd-bml", 0.06)])
 def test_two_rank_ddp_matches_one_process_and_keeps_ranks_identical(tmp_path, teacher_run, method, rel):
     # --check-sync compares every parameter across ranks after every step and fails the run if they differ
-    ddp, _ = _train(tmp_path / "ddp", "--epochs", "2", "--check-sync", procs=2, teacher=teacher_run, method=method)
+    ddp, _ = _train(tmp_path / "ddp", "--epochs", "2", "--check-sync", procs=2, teacher=teacher_run,
+                    method=method)
     single, _ = _train(tmp_path / "single", "--epochs", "2", teacher=teacher_run, method=method)
     assert ddp["processes"] == 2 and ddp["images"] == single["images"] == 512
     # Same global batches (rank r takes every 2nd image of each), so the loss is the same up to BatchNorm
@@ -46,8 +48,10 @@ def test_ddp_resume_and_batch_that_does_not_divide(tmp_path, teacher_run):
     assert [m["epoch"] for m in resumed] == [1, 2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "agkd_bml", "train", "--method", "standard", "--batch-size", "63", "--device", "cpu",
-                          "--out", str(tmp_path / "odd"), "--no-progress"], capture_output=True, text=True, env=env,
+                          "-m", "agkd_bml", "train", "--method", "standard", "--batch-size", "63", "--device",
+                          "cpu",
+                          "--out", str(tmp_path / "odd"), "--no-progress"], capture_output=True, text=True,
+                          env=env,
                          timeout=300)
     assert run.returncode != 0 and "must divide" in run.stderr
 
@@ -55,7 +59,8 @@ def test_ddp_resume_and_batch_that_does_not_divide(tmp_path, teacher_run):
 def test_sync_bn_without_torchrun_on_cuda_is_a_user_error(tmp_path, capsys):
     from agkd_bml.cli import main
 
-    code = main(["train", "--method", "standard", "--sync-bn", "--device", "cpu", "--dry-run", "--out", str(tmp_path / "x")])
+    code = main(["train", "--method", "standard", "--sync-bn", "--device", "cpu", "--dry-run", "--out",
+                 str(tmp_path / "x")])
     assert code == 2 and "GPU-only" in capsys.readouterr().err
 
 
@@ -63,16 +68,20 @@ def test_two_process_evaluation_equals_one_process(tmp_path, teacher_run):
     """torchrun eval: the ranks share the batches out and gather them; the table is one process's, exactly."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     # "--" keeps torchrun's own parser from taking --n for an abbreviation of its --nnodes / --nproc-per-node
-    args = ["-m", "agkd_bml", "--", "eval", teacher_run, "--attacks", "clean,pgd-5,apgd-ce", "--eps", "0.03", "--n", "64",
+    args = ["-m", "agkd_bml", "--", "eval", teacher_run, "--attacks", "clean,pgd-5,apgd-ce", "--eps", "0.03",
+            "--n", "64",
             "--batch-size", "16", "--device", "cpu", "--no-progress"]
     tables = {}
     for procs in (1, 2):
-        launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] if procs > 1 else []
+        launch = (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] if procs > 1
+                  else [])
         out = tmp_path / f"p{procs}"
-        run = subprocess.run([sys.executable, *launch, *args, "--out", str(out)], capture_output=True, text=True,
+        run = subprocess.run([sys.executable, *launch, *args, "--out", str(out)], capture_output=True,
+                             text=True,
                              env=env, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
-        tables[procs] = [ln for ln in (out / "eval.md").read_text().splitlines() if ln.startswith("| teacher")]
+        tables[procs] = [ln for ln in (out / "eval.md").read_text().splitlines()
+                         if ln.startswith("| teacher")]
         if procs > 1:
             assert run.stdout.count("| teacher") == 1 and "x 2 processes" in run.stdout  # rank 0 alone prints
     assert tables[1] == tables[2] and len(tables[1]) == 1

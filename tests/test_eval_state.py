@@ -86,7 +86,8 @@ def test_eval_into_a_state_of_other_settings_is_one_line_and_keeps_it(teacher_ru
     import sys
 
     def run(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "agkd_bml", "eval", teacher_run, "--attacks", "clean,fgsm",
+        return subprocess.run([sys.executable, "-m", "agkd_bml", "eval", teacher_run, "--attacks",
+                               "clean,fgsm",
                                "--n", "32", "--no-progress", "--out", str(tmp_path), *extra],
                               capture_output=True, text=True, timeout=300)
 
@@ -172,9 +173,11 @@ def test_autoattack_resumed_after_a_part_gives_the_uninterrupted_images(teacher_
     model = load_model(teacher_run)[0]
     x, y = to_float(digits.x_test[:24]), digits.y_test[:24]
     aa, want, reports = _first_eps_where(
-        lambda want, reports: int(reports[0]["robust"].sum()) > int((~want.fooled).sum()),  # APGD-DLR breaks more
+        # APGD-DLR breaks more
+        lambda want, reports: int(reports[0]["robust"].sum()) > int((~want.fooled).sum()),
         _two_part_cascade,
-        lambda aa, reports: aa(model, x, y, torch.Generator().manual_seed(5), progress=Progress(None, reports.append)))
+        lambda aa,
+        reports: aa(model, x, y, torch.Generator().manual_seed(5), progress=Progress(None, reports.append)))
     assert [r["part"] for r in reports] == [1]  # one report between the two parts, none after the last
     again = _two_part_cascade(aa.eps)
     got = again(model, x, y, torch.Generator().manual_seed(5), progress=Progress(reports[0], lambda _: None))
@@ -186,7 +189,8 @@ def test_autoattack_resumed_after_a_part_gives_the_uninterrupted_images(teacher_
         aa(model, x, y, torch.Generator(), progress=Progress(stale, lambda _: None))
 
 
-def test_an_evaluation_killed_inside_an_autoattack_batch_resumes_at_that_part(teacher_run, digits, tmp_path, monkeypatch):
+def test_an_evaluation_killed_inside_an_autoattack_batch_resumes_at_that_part(
+        teacher_run, digits, tmp_path, monkeypatch):
     from agkd_bml.attacks.autoattack import AutoAttack
     from agkd_bml.models.checkpoint import load_model
 
@@ -270,7 +274,8 @@ def test_a_multi_target_part_resumed_after_a_target_gives_the_uninterrupted_imag
     model = load_model(teacher_run)[0]
     x, y = to_float(digits.x_test[:24]), digits.y_test[:24]
     attack, want, reports = _first_eps_where(
-        lambda want, reports: int(want.fooled.sum()) > int(reports[0]["fooled"].sum()),  # later targets broke more
+        # later targets broke more
+        lambda want, reports: int(want.fooled.sum()) > int(reports[0]["fooled"].sum()),
         lambda eps: dataclasses.replace(native_components(eps, 10)[part], steps=5),
         lambda attack, reports: attack(model, x, y, torch.Generator().manual_seed(4),
                                        progress=Progress(None, reports.append)))

@@ -1,4 +1,5 @@
-"""Models this project never saw: py: factories, exported programs and TorchScript, checked and evaluated alike."""
+"""Models this project never saw: py: factories, exported programs and TorchScript, checked and evaluated
+alike."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ class Net(nn.Module):
     def __init__(self, classes=10, dropout=False, softmax=False):
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                                      nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+                                      nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32),
+                                      nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(32, classes)
         self.dropout, self.softmax = dropout, softmax
 
@@ -61,7 +62,8 @@ def broken():
 
 
 class Tupled(Net):
-    """Returns (feature map, logits), as much research code does (the paper authors' returns three outputs)."""
+    """Returns (feature map, logits), as much research code does (the paper authors' returns three
+    outputs)."""
 
     def forward(self, x):
         return self.features[:3](x), super().forward(x)
@@ -87,7 +89,8 @@ def wrapped():
 
 
 class SelfTraining(Net):
-    """Switches itself to training mode in its forward, as the paper authors' WideResNet does unless told not to."""
+    """Switches itself to training mode in its forward, as the paper authors' WideResNet does unless told not
+    to."""
 
     def forward(self, x):
         self.train()
@@ -125,7 +128,8 @@ def foreign(tmp_path_factory, digits):
     example = x[:2]
     torch.export.save(torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)),
                       root / "m.pt2")
-    torch.export.save(torch.export.export(net, (x[:3],)), root / "m_static.pt2")  # torch.export's default: batch fixed
+    # torch.export's default: batch fixed
+    torch.export.save(torch.export.export(net, (x[:3],)), root / "m_static.pt2")
     torch.jit.save(torch.jit.trace(net, example), root / "m_ts.pt")
     return root
 
@@ -136,7 +140,8 @@ def _table_rows(out_dir: Path) -> list[str]:
 
 
 def test_factory_export_and_torchscript_give_the_same_table(foreign, tmp_path, capsys):
-    common = ["--dataset", "digits", "--normalize", NORM, "--attacks", "clean,pgd-5,aa", "--n", "64", "--no-progress"]
+    common = ["--dataset", "digits", "--normalize", NORM, "--attacks", "clean,pgd-5,aa", "--n", "64",
+              "--no-progress"]
     sources = {"py": [f"py:{foreign / 'm.py'}:make", "--model-weights", str(foreign / "m.pt")],
                "pt2": [str(foreign / "m.pt2")], "ts": [str(foreign / "m_ts.pt")]}
     rows = {}
@@ -163,7 +168,8 @@ def test_the_table_says_which_weights_and_inputs_a_foreign_model_had(foreign, tm
     assert main(["eval", factory, "--model-weights", str(foreign / "m.pt"), "--normalize", NORM, *common,
                  "--out", str(tmp_path / "given")]) == 0
     digest = hashlib.sha256((foreign / "m.pt").read_bytes()).hexdigest()[:12]
-    said = f"Model make: {factory}, weights {foreign / 'm.pt'} (sha256 {digest}), inputs normalised in front with mean (0.5) and std (0.25)."
+    said = (f"Model make: {factory}, weights {foreign / 'm.pt'} (sha256 {digest}), inputs normalised in "
+            "front with mean (0.5) and std (0.25).")
     assert said in (tmp_path / "given" / "eval.md").read_text()
     summary = json.loads((tmp_path / "given" / "eval.json").read_text())
     assert summary["models"]["make"]["source"] == said[len("Model make: "):-1]
@@ -172,32 +178,37 @@ def test_the_table_says_which_weights_and_inputs_a_foreign_model_had(foreign, tm
     assert "note:" not in err and "warning:" not in err  # an eval-mode model with its weights: nothing to say
     assert main(["eval", factory, *common, "--out", str(tmp_path / "bare")]) == 0
     assert "note: make: no --model-weights" in capsys.readouterr().err
-    assert (f"Model make: {factory}, the weights its factory gives it (no --model-weights), inputs in [0, 1] as they "
-            "are (no --normalize).") in (tmp_path / "bare" / "eval.md").read_text()
+    assert (f"Model make: {factory}, the weights its factory gives it (no --model-weights), inputs in [0, 1] "
+            "as they are (no --normalize).") in (tmp_path / "bare" / "eval.md").read_text()
     assert main(["eval", str(foreign / "m_ts.pt"), *common, "--out", str(tmp_path / "ts")]) == 0
-    assert f"Model m_ts: {foreign / 'm_ts.pt'}, the weights saved in it," in (tmp_path / "ts" / "eval.md").read_text()
+    assert (f"Model m_ts: {foreign / 'm_ts.pt'}, the weights saved in it,"
+            in (tmp_path / "ts" / "eval.md").read_text())
 
 
 def test_weights_saved_from_dataparallel_load_and_a_misfit_names_its_keys(foreign, tmp_path, capsys):
     """Most robustness code saves ``model.state_dict()`` of an ``nn.DataParallel``: every key starts with
-    ``module.``, often inside ``{"net": ...}`` (the paper authors' code too). Such weights give the same table as
-    the plain ones, also into a factory's wrapper that picks the logits out of a tuple (its keys start with
+    ``module.``, often inside ``{"net": ...}`` (the paper authors' code too). Such weights give the same table
+    as the plain ones, also into a factory's wrapper that picks the logits out of a tuple (its keys start with
     ``net.``); a tuple that does not start with the logits, and weights that do not fit, say what to do."""
     plain = torch.load(foreign / "m.pt", weights_only=True)
     torch.save({"state_dict": {f"module.{k}": v for k, v in plain.items()}}, tmp_path / "dp.pt")
-    torch.save({"net": {f"module.{k}": v for k, v in plain.items()}, "acc": 90.0, "epoch": 10}, tmp_path / "ckpt.t7")
+    torch.save({"net": {f"module.{k}": v for k, v in plain.items()}, "acc": 90.0, "epoch": 10},
+               tmp_path / "ckpt.t7")
     torch.save({k: v for k, v in plain.items() if k != "head.bias"} | {"extra.weight": torch.zeros(1)},
                tmp_path / "misfit.pt")
     m = foreign / "m.py"
-    common = ["--dataset", "digits", "--normalize", NORM, "--attacks", "clean,pgd-5", "--n", "32", "--no-progress"]
+    common = ["--dataset", "digits", "--normalize", NORM, "--attacks", "clean,pgd-5", "--n", "32",
+              "--no-progress"]
     for name, factory, weights in (("plain", "make", foreign / "m.pt"), ("dp", "make", tmp_path / "dp.pt"),
                                    ("wrapped", "wrapped", tmp_path / "ckpt.t7")):
         assert main(["eval", f"py:{m}:{factory}", *common, "--model-weights", str(weights),
                      "--out", str(tmp_path / name)]) == 0
-    assert _table_rows(tmp_path / "dp") == _table_rows(tmp_path / "plain") == _table_rows(tmp_path / "wrapped")
+    assert _table_rows(tmp_path / "dp") == _table_rows(tmp_path / "plain") == _table_rows(
+        tmp_path / "wrapped")
     capsys.readouterr()
     assert main(["eval", f"py:{m}:make", *common, "--model-weights", str(tmp_path / "misfit.pt")]) == 2
-    assert "does not fit the model: 1 key(s) missing: head.bias; 1 unexpected: extra.weight" in capsys.readouterr().err
+    assert ("does not fit the model: 1 key(s) missing: head.bias; 1 unexpected: extra.weight"
+            in capsys.readouterr().err)
     assert main(["eval", f"py:{m}:tupled", *common, "--model-weights", str(foreign / "m.pt")]) == 2
     assert ("the model returned a tuple of (2, 16, 16, 16), (2, 10); its first element must be the logits"
             in capsys.readouterr().err)
@@ -207,10 +218,13 @@ def test_a_factory_imports_the_code_beside_it(tmp_path, monkeypatch, capsys):
     """A factory file imports the model code next to it (its folder goes on sys.path, as for a script), and
     py:module:FACTORY finds a module in the working directory (as python -m does), not only installed ones."""
     (tmp_path / "sibling_netdef.py").write_text(
-        "from torch import nn\n\n\ndef build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(256, 10))\n")
-    (tmp_path / "sibling_factory.py").write_text("from sibling_netdef import build\n\n\ndef make():\n    return build()\n")
+        "from torch import nn\n\n\ndef build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(256, "
+        "10))\n")
+    (tmp_path / "sibling_factory.py").write_text("from sibling_netdef import build\n\n\ndef make():\n    "
+                                                 "return build()\n")
     original = list(sys.path)
-    for spec, cwd in ((f"py:{tmp_path / 'sibling_factory.py'}:make", Path.cwd()), ("py:sibling_factory:make", tmp_path)):
+    for spec, cwd in ((f"py:{tmp_path / 'sibling_factory.py'}:make", Path.cwd()),
+                      ("py:sibling_factory:make", tmp_path)):
         monkeypatch.setattr(sys, "path", list(original))  # each call starts from the path the test had
         for name in ("sibling_netdef", "sibling_factory"):
             monkeypatch.delitem(sys.modules, name, raising=False)
@@ -220,9 +234,11 @@ def test_a_factory_imports_the_code_beside_it(tmp_path, monkeypatch, capsys):
 
 
 def test_a_program_exported_with_a_fixed_batch_runs_on_any_batch(foreign, tmp_path, capsys):
-    """torch.export fixes the batch size unless told otherwise: such a program runs 3 images at a time (the last
+    """torch.export fixes the batch size unless told otherwise: such a program runs 3 images at a time (the
+    last
     chunk padded), with the same table as the factory, and a note says how to export it for whole batches."""
-    common = ["--dataset", "digits", "--normalize", NORM, "--attacks", "clean,pgd-5", "--n", "64", "--no-progress"]
+    common = ["--dataset", "digits", "--normalize", NORM, "--attacks", "clean,pgd-5", "--n", "64",
+              "--no-progress"]
     assert main(["eval", str(foreign / "m_static.pt2"), *common, "--out", str(tmp_path / "static")]) == 0
     assert "exported for batches of exactly 3 image(s)" in capsys.readouterr().err
     assert main(["eval", f"py:{foreign / 'm.py'}:make", "--model-weights", str(foreign / "m.pt"), *common,
@@ -231,15 +247,19 @@ def test_a_program_exported_with_a_fixed_batch_runs_on_any_batch(foreign, tmp_pa
 
 
 @pytest.mark.parametrize("factory, needle", [("randomized", "randomized"), ("probabilities", "probabilities"),
-                                             ("self_training", "puts its layers in training mode (BatchNorm2d)")])
-def test_randomized_and_softmax_models_are_flagged_before_autoattack(foreign, tmp_path, factory, needle, capsys):
+                                             ("self_training",
+                                              "puts its layers in training mode (BatchNorm2d)")])
+def test_randomized_and_softmax_models_are_flagged_before_autoattack(
+        foreign, tmp_path, factory, needle, capsys):
     assert main(["eval", f"py:{foreign / 'm.py'}:{factory}", "--dataset", "digits", "--attacks", "clean,aa",
                  "--n", "16", "--no-progress", "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert f"warning: {factory}:" in err and needle in err
-    assert any(needle in f for f in json.loads((tmp_path / "eval.json").read_text())["models"][factory]["flags"])
+    flags = json.loads((tmp_path / "eval.json").read_text())["models"][factory]["flags"]
+    assert any(needle in f for f in flags)
     if factory == "randomized":  # the remedy the warning names runs: AutoAttack's rand version (EoT 20)
-        assert main(["eval", f"py:{foreign / 'm.py'}:{factory}", "--dataset", "digits", "--attacks", "aa-rand",
+        assert main(["eval", f"py:{foreign / 'm.py'}:{factory}", "--dataset", "digits", "--attacks",
+                     "aa-rand",
                      "--n", "16", "--no-progress"]) == 0
         assert "AutoAttack rand (for randomized models)" in capsys.readouterr().out
 
@@ -254,9 +274,11 @@ def test_bad_foreign_input_is_one_line_and_exit_code_2(foreign, tmp_path, capsys
         ([f"py:{m}:broken", "--dataset", "digits"], "broken() failed"),
         ([str(junk), "--dataset", "digits"], "is not an exported program"),
         ([f"py:{m}:three_classes", "--dataset", "digits"], "3 outputs per image but digits has 10 classes"),
-        ([f"py:{m}:make", "--dataset", "npz:" + str(Path(__file__).parents[2] / "shared/data/cifar10.npz")], "cannot take"),
+        ([f"py:{m}:make", "--dataset", "npz:" + str(Path(__file__).parents[2] / "shared/data/cifar10.npz")],
+         "cannot take"),
         ([f"py:{m}:make"], "--dataset"),
-        ([f"py:{m}:three_classes", "--model-weights", str(foreign / "m.pt"), "--dataset", "digits"], "does not fit"),
+        ([f"py:{m}:three_classes", "--model-weights", str(foreign / "m.pt"), "--dataset", "digits"],
+         "does not fit"),
         ([f"py:{m}:make", "--dataset", "digits", "--normalize", "1,2,3"], "--normalize"),
         ([str(foreign / "m.pt"), "--dataset", "digits"], "holds bare weights (a state dict), not an agkd-bml "
                                                         "checkpoint: give the model as py:FILE.py:FACTORY"),
@@ -273,10 +295,12 @@ def test_bad_foreign_input_is_one_line_and_exit_code_2(foreign, tmp_path, capsys
 
 
 def test_sigkill_during_autoattack_then_the_same_command_resumes_to_the_same_table(tmp_path, quickstart_runs):
-    """Kill ``eval --attacks aa`` after its first saved AA progress (one batch of 16 images: a part, or a target
+    """Kill ``eval --attacks aa`` after its first saved AA progress (one batch of 16 images: a part, or a
+    target
     or a Square report inside one); the rerun continues and equals a clean run."""
     run = quickstart_runs[0] / "pgd-at-7"  # a digits PGD-AT model: AA has robust points to work on
-    args = [sys.executable, "-m", "agkd_bml", "eval", str(run), "--attacks", "aa", "--n", "16", "--batch-size", "16",
+    args = [sys.executable, "-m", "agkd_bml", "eval", str(run), "--attacks", "aa", "--n", "16",
+            "--batch-size", "16",
             "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     proc = subprocess.Popen([*args, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
@@ -294,15 +318,18 @@ def test_sigkill_during_autoattack_then_the_same_command_resumes_to_the_same_tab
         return False
 
     while not unfinished_aa():
-        assert proc.poll() is None and time.time() < deadline, "the evaluation ended before it could be killed"
+        assert proc.poll() is None and time.time() < deadline, \
+            "the evaluation ended before it could be killed"
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "eval.md").exists()
-    resumed = subprocess.run([*args, "--out", str(tmp_path / "killed")], env=env, capture_output=True, text=True,
+    resumed = subprocess.run([*args, "--out", str(tmp_path / "killed")], env=env, capture_output=True,
+                             text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    straight = subprocess.run([*args, "--out", str(tmp_path / "straight")], env=env, capture_output=True, text=True,
+    straight = subprocess.run([*args, "--out", str(tmp_path / "straight")], env=env, capture_output=True,
+                              text=True,
                               timeout=600)
     assert straight.returncode == 0
     assert _table_rows(tmp_path / "killed") == _table_rows(tmp_path / "straight")
@@ -312,14 +339,17 @@ def test_sigkill_during_autoattack_then_the_same_command_resumes_to_the_same_tab
 
 def test_audit_and_curves_take_foreign_models_and_the_audit_warns(foreign, tmp_path, capsys):
     m = foreign / "m.py"
-    code = main(["audit", f"py:{m}:probabilities", "--dataset", "digits", "--n", "16", "--square-queries", "20",
+    code = main(["audit", f"py:{m}:probabilities", "--dataset", "digits", "--n", "16", "--square-queries",
+                 "20",
                  "--no-progress"])
     out = capsys.readouterr().out
     assert code in (0, 1) and "WARN  the outputs look like probabilities" in out
-    assert f"audit of probabilities (py:{m}:probabilities, the weights its factory gives it (no --model-weights)" in out
+    assert (f"audit of probabilities (py:{m}:probabilities, the weights its factory gives it (no "
+            "--model-weights)" in out)
     assert main(["curves", str(foreign / "m.pt2"), "--dataset", "digits", "--normalize", NORM, "--n", "16",
                  "--no-progress", "--out", str(tmp_path)]) == 0
-    assert main(["knn", str(foreign / "m.pt2"), "--dataset", "digits"]) == 2  # needs embeddings: one line, exit 2
+    # needs embeddings: one line, exit 2
+    assert main(["knn", str(foreign / "m.pt2"), "--dataset", "digits"]) == 2
 
 
 def test_two_checkpoints_of_one_architecture_share_a_table_under_their_own_names(foreign, tmp_path, capsys):
@@ -330,16 +360,20 @@ def test_two_checkpoints_of_one_architecture_share_a_table_under_their_own_names
     other = tmp_path / "other.pt"
     torch.save({k: torch.randn_like(v) if v.is_floating_point() else v
                 for k, v in torch.load(foreign / "m.pt", weights_only=True).items()}, other)
-    assert main(["eval", factory, factory, "--model-weights", str(foreign / "m.pt"), "--model-weights", str(other),
+    assert main(["eval", factory, factory, "--model-weights", str(foreign / "m.pt"), "--model-weights",
+                 str(other),
                  "--name", "trained", "--name", "scrambled", "--normalize", NORM, "--dataset", "digits",
                  "--attacks", "clean", "--n", "64", "--no-progress", "--out", str(tmp_path / "two")]) == 0
     models = json.loads((tmp_path / "two" / "eval.json").read_text())["models"]
     assert set(models) == {"trained", "scrambled"}
-    assert str(other) in models["scrambled"]["source"] and str(foreign / "m.pt") in models["trained"]["source"]
-    clean = {r["model"]: r["accuracy"] for r in json.loads((tmp_path / "two" / "eval.json").read_text())["results"]}
+    assert (str(other) in models["scrambled"]["source"] and str(foreign / "m.pt")
+            in models["trained"]["source"])
+    results = json.loads((tmp_path / "two" / "eval.json").read_text())["results"]
+    clean = {r["model"]: r["accuracy"] for r in results}
     assert clean["trained"] > clean["scrambled"] + 0.3  # each row scored its own weights
     capsys.readouterr()
-    assert main(["eval", factory, "--name", "a", "--name", "b", "--dataset", "digits", "--attacks", "clean"]) == 2
+    assert main(["eval", factory, "--name", "a", "--name", "b", "--dataset", "digits", "--attacks",
+                 "clean"]) == 2
     assert "--name is given 2 time(s) for 1 model(s)" in capsys.readouterr().err
 
 

@@ -71,7 +71,8 @@ def test_l2_parts_match_torchattacks_in_success_rate(digits, trained, spec):
             if name == "square":
                 attack.n_queries = 300
             return attack
-    theirs = run_library_attack(make, trained, x, y, eps=eps, generator=torch.Generator().manual_seed(0), norm=L2_NORM)
+    theirs = run_library_attack(make, trained, x, y, eps=eps, generator=torch.Generator().manual_seed(0),
+                                norm=L2_NORM)
     with torch.no_grad():
         b = float((trained(theirs).logits.argmax(1) != y).float().mean())
     a = float(ours.fooled.float().mean())
@@ -79,11 +80,14 @@ def test_l2_parts_match_torchattacks_in_success_rate(digits, trained, spec):
     assert abs(a - b) <= 0.04, (a, b)
 
 
-@pytest.mark.slow  # its parts are checked one by one in the default suite (test_l2_parts_match_torchattacks...)
+# its parts are checked one by one in the default suite (test_l2_parts_match_torchattacks...)
+@pytest.mark.slow
 def test_autoattack_l2_matches_the_torchattacks_l2_cascade(digits, trained):
-    """Same model and images: our AutoAttack-L2 and torchattacks' L2 parts as the same cascade agree to 1 image in 60."""
+    """Same model and images: our AutoAttack-L2 and torchattacks' L2 parts as the same cascade agree to 1
+    image in 60."""
     x, y = digits.x_test[:60], digits.y_test[:60]
-    ours, theirs = evaluate_attacks(trained, x, y, parse_attacks("aa,aa-torchattacks", eps=0.6, norm="l2"), seed=0)
+    ours, theirs = evaluate_attacks(trained, x, y, parse_attacks("aa,aa-torchattacks", eps=0.6, norm="l2"),
+                                    seed=0)
     assert 0.03 <= theirs.accuracy <= 0.9, theirs.accuracy  # neither outcome is trivial
     assert int((ours.correct != theirs.correct).sum()) <= 1, (ours.accuracy, theirs.accuracy)
     assert "L2 eps 0.6" in ours.attack.describe()
@@ -96,10 +100,12 @@ def test_eval_norm_l2_uses_the_l2_budget_and_says_so(teacher_run, digits, tmp_pa
     out = capsys.readouterr().out
     assert f"L2 eps {eps:.4g}" in out and "L2-normalised step(s)" in out
     summary = json.loads((tmp_path / "eval.json").read_text())
-    assert {r["norm"] for r in summary["results"]} == {"l2"} and summary["results"][1]["eps"] == pytest.approx(eps)
+    assert ({r["norm"] for r in summary["results"]} == {"l2"} and summary["results"][1]["eps"]
+            == pytest.approx(eps))
     assert all(r["accuracy"] <= summary["results"][0]["accuracy"] for r in summary["results"])
     # the same command in L-inf is a different point of the same state folder, not a mix-up
-    main(["eval", teacher_run, "--attacks", "clean,pgd-5", "--n", "50", "--no-progress", "--out", str(tmp_path / "linf"),
+    main(["eval", teacher_run, "--attacks", "clean,pgd-5", "--n", "50", "--no-progress", "--out",
+          str(tmp_path / "linf"),
           "--state", str(tmp_path / "state")])
     assert "L-inf eps" in capsys.readouterr().out
     linf = json.loads((tmp_path / "linf" / "eval.json").read_text())

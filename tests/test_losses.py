@@ -76,7 +76,8 @@ def test_label_smoothing_feature_scattering_convention():
 
 
 def test_mart_loss_equals_its_definition_term_by_term():
-    """MART (Wang et al. 2020): mean over images of -log(1 - p_adv[best wrong class]) plus beta times the KL from
+    """MART (Wang et al. 2020): mean over images of -log(1 - p_adv[best wrong class]) plus beta times the KL
+    from
     the clean to the adversarial distribution weighted by 1 - p_clean[y]; written out here image by image."""
     import math
 
@@ -88,7 +89,8 @@ def test_mart_loss_equals_its_definition_term_by_term():
         p_adv, p_clean = adv[i].softmax(0).tolist(), clean[i].softmax(0).tolist()
         wrong = max((k for k in range(10) if k != int(y[i])), key=lambda k: p_adv[k])
         bce.append(-math.log(1 - p_adv[wrong]))
-        kl.append(sum(c * math.log(c / a) for c, a in zip(p_clean, p_adv, strict=True)) * (1 - p_clean[int(y[i])]))
+        kl.append(sum(c * math.log(c / a) for c, a in zip(p_clean, p_adv,
+                                                          strict=True)) * (1 - p_clean[int(y[i])]))
     for beta in (0.0, 6.0):
         want = sum(bce) / 8 + beta * sum(kl) / 8
         assert float(mart_loss(clean, adv, y, beta=beta)) == pytest.approx(want, rel=1e-3)

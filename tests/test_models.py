@@ -11,12 +11,14 @@ from agkd_bml.models import build_model
 
 
 def _spec(channels=3, size=32, classes=10):
-    return DataSpec(name="x", num_classes=classes, channels=channels, size=size, mean=(0.5,) * channels, std=(0.25,) * channels, default_eps=8 / 255, class_names=tuple(map(str, range(classes))))
+    return DataSpec(name="x", num_classes=classes, channels=channels, size=size, mean=(0.5,) * channels,
+                    std=(0.25,) * channels, default_eps=8 / 255, class_names=tuple(map(str, range(classes))))
 
 
 @pytest.mark.parametrize(
     "arch,size,hw",
-    [("small-cnn", 32, 8), ("small-cnn", 16, 4), ("wrn-10-1", 32, 8), ("wrn-16-2", 16, 4), ("preact-resnet18", 32, 4), ("resnet50", 64, 8)],
+    [("small-cnn", 32, 8), ("small-cnn", 16, 4), ("wrn-10-1", 32, 8), ("wrn-16-2", 16, 4),
+     ("preact-resnet18", 32, 4), ("resnet50", 64, 8)],
 )
 def test_forward_contract(arch, size, hw):
     torch.manual_seed(0)
@@ -29,10 +31,12 @@ def test_forward_contract(arch, size, hw):
 
 
 def test_normalisation_is_inside_the_model():
-    """The model holds the data's mean and std and its forward applies them: the backbone sees (x - mean) / std."""
+    """The model holds the data's mean and std and its forward applies them: the backbone sees (x - mean) /
+    std."""
     spec = _spec(channels=1, size=16)
     m = build_model("small-cnn", spec).eval()
-    assert torch.allclose(m.mean.flatten(), torch.tensor([0.5])) and torch.allclose(m.std.flatten(), torch.tensor([0.25]))
+    assert torch.allclose(m.mean.flatten(), torch.tensor([0.5]))
+    assert torch.allclose(m.std.flatten(), torch.tensor([0.25]))
     seen = []
     m.backbone.register_forward_pre_hook(lambda _mod, args: seen.append(args[0]))
     x = torch.rand(3, 1, 16, 16)

@@ -42,7 +42,8 @@ class Returns(nn.Module):
 
 @pytest.mark.parametrize("kind", ["tensor", "tuple", "dict", "object"])
 def test_attacks_take_any_model_and_return_images(teacher_run, digits, kind):
-    """Every attack of the registry is called directly on a plain module (it failed with "'Tensor' object has no
+    """Every attack of the registry is called directly on a plain module (it failed with "'Tensor' object has
+    no
     attribute 'logits'"), and returns images inside the ball that the model gets wrong where it says so."""
     ours = load_model(teacher_run)[0].eval()
     model = Returns(ours, kind)
@@ -75,10 +76,11 @@ def test_attack_returns_images_per_image_results_and_which_part_broke_each(teach
 
 def test_import_changes_nothing_in_the_process_and_the_package_says_what_it_exports():
     code = ("import os, agkd_bml, agkd_bml.api, agkd_bml.compat; "
-            "print('THP_MEM_ALLOC_ENABLE' in os.environ, all(getattr(agkd_bml, n) is not None for n in agkd_bml.__all__) "
-            "and set(agkd_bml.__all__) <= set(dir(agkd_bml)))")
+            "print('THP_MEM_ALLOC_ENABLE' in os.environ, all(getattr(agkd_bml, n) is not None for n in "
+            "agkd_bml.__all__) and set(agkd_bml.__all__) <= set(dir(agkd_bml)))")
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run([sys.executable, "-c",
+                          code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.split() == ["False", "True"]
     assert issubclass(agkd_bml.UserError, ValueError)
     assert (Path(agkd_bml.__file__).parent / "py.typed").is_file()
@@ -94,13 +96,11 @@ def test_core_install_has_ranges_and_no_package_that_pins_others_down():
 
 def test_our_autoattack_needs_no_torchattacks_and_spsa_says_how_to_get_it(digits):
     code = ("import sys; sys.modules['torchattacks'] = None\n"  # as if it were not installed
-            "import torch, agkd_bml\n"
-            "from agkd_bml.attacks import parse_attacks\n"
-            "net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))\n"
-            "x, y = torch.rand(4, 3, 8, 8), torch.arange(4)\n"
-            "print(agkd_bml.attack(net, x, y, 'aa', eps=8 / 255).images.shape)\n"
-            "try:\n    parse_attacks('spsa-1', eps=0.1)[0](net, x, y)\n"
-            "except agkd_bml.UserError as e:\n    print(e)\n")
+            "import torch, agkd_bml\nfrom agkd_bml.attacks import parse_attacks\nnet = "
+            "torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))\nx, y = torch.rand(4, "
+            "3, 8, 8), torch.arange(4)\nprint(agkd_bml.attack(net, x, y, 'aa', eps=8 / "
+            "255).images.shape)\ntry:\n    parse_attacks('spsa-1', eps=0.1)[0](net, x, y)\nexcept "
+            "agkd_bml.UserError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "torch.Size([4, 3, 8, 8])" in out and "pip install 'agkd-bml[torchattacks]'" in out
 
@@ -108,8 +108,8 @@ def test_our_autoattack_needs_no_torchattacks_and_spsa_says_how_to_get_it(digits
 #: an evaluation script written for the reference AutoAttack; only its first line changes to switch
 REFERENCE_SCRIPT = """\
 from autoattack import AutoAttack
-adversary = AutoAttack(model, norm="Linf", eps=0.1, version="standard", seed=0, device="cpu", log_path=log_path)
-x_adv, y_adv = adversary.run_standard_evaluation(x_test, y_test, bs=8, return_labels=True)
+adversary = AutoAttack(model, norm="Linf", eps=0.1, version="standard", seed=0, device="cpu",
+log_path=log_path) x_adv, y_adv = adversary.run_standard_evaluation(x_test, y_test, bs=8, return_labels=True)
 """
 
 
@@ -124,7 +124,8 @@ def test_a_script_written_for_the_reference_autoattack_runs_with_one_import_chan
     for source in ("reference", "ours"):
         script = REFERENCE_SCRIPT if source == "reference" else REFERENCE_SCRIPT.replace(
             "from autoattack import AutoAttack", "from agkd_bml import AutoAttack")
-        scope = {"model": plain, "x_test": x_test, "y_test": y_test, "log_path": str(tmp_path / f"{source}.log")}
+        scope = {"model": plain, "x_test": x_test, "y_test": y_test,
+                 "log_path": str(tmp_path / f"{source}.log")}
         exec(compile(script, source, "exec"), scope)
         x_adv, y_adv = scope["x_adv"], scope["y_adv"]
         assert (x_adv - x_test).abs().max() <= 0.1 + 1e-6
@@ -135,7 +136,8 @@ def test_a_script_written_for_the_reference_autoattack_runs_with_one_import_chan
     assert 0 < int(results["ours"].sum()) < 8  # a robust model: some images hold, some fall
     log = (tmp_path / "ours.log").read_text()
     assert "initial accuracy:" in log and "robust accuracy after APGD-CE" in log and "robust accuracy:" in log
-    # each part's line shows the time so far, as the reference's does (it once showed the end time on every line)
+    # each part's line shows the time so far, as the reference's does (it once showed the end time on every
+    # line)
     times = [float(t) for t in re.findall(r"\(total time ([0-9.]+) s\)", log)]
     assert len(times) == 4 and times == sorted(times) and times[0] < times[-1]
 
@@ -187,7 +189,8 @@ def test_readme_attack_example_runs(capsys):
 
 
 def test_autoattack_shows_each_part_on_stderr_and_its_tally_in_eval_json(teacher_run, tmp_path, capsys):
-    """AutoAttack was silent within a batch, and the per-part tally was never shown; status lines went to stdout."""
+    """AutoAttack was silent within a batch, and the per-part tally was never shown; status lines went to
+    stdout."""
     from agkd_bml.cli import main
 
     assert main(["eval", teacher_run, "--attacks", "clean,aa", "--n", "24", "--out", str(tmp_path),
@@ -196,5 +199,6 @@ def test_autoattack_shows_each_part_on_stderr_and_its_tally_in_eval_json(teacher
     assert "aa: apgd-ce broke" in captured.err and "still robust" in captured.err
     assert "wrote " in captured.err and "wrote " not in captured.out and "| model |" in captured.out
     aa = next(r for r in json.loads((tmp_path / "eval.json").read_text())["results"] if r["attack"] == "aa")
-    clean = next(r for r in json.loads((tmp_path / "eval.json").read_text())["results"] if r["attack"] == "clean")
+    clean = next(r for r in json.loads((tmp_path / "eval.json").read_text())["results"] if r["attack"]
+                 == "clean")
     assert sum(aa["fooled_by"].values()) == clean["correct"] - aa["correct"]

@@ -83,8 +83,10 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted, point):
     _kill_when(out, 3, KILL_POINTS[point])
     if point == "mid-checkpoint-write":
         assert _mid_write(out), "the kill did not land inside a checkpoint write"
-    # the command a crashed run is restarted with: a kill inside the first checkpoint write leaves none to resume
-    r = subprocess.run(_train_cmd(out, 3, "--resume", "--start-if-none"), capture_output=True, text=True, timeout=600)
+    # the command a crashed run is restarted with: a kill inside the first checkpoint write leaves none to
+    # resume
+    r = subprocess.run(_train_cmd(out, 3, "--resume", "--start-if-none"), capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stderr
     final = load_checkpoint(out)
     assert final.epoch == 3
@@ -94,11 +96,13 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted, point):
     assert final.ema["updates"] == uninterrupted.ema["updates"] and final.best == uninterrupted.best
     for k, v in uninterrupted.ema["weights"].items():
         assert torch.equal(v, final.ema["weights"][k]), f"{point}: EMA {k} differs"
-    best, straight_best = load_checkpoint(out / "best.pt"), load_checkpoint(uninterrupted_dir(uninterrupted) / "best.pt")
+    best, straight_best = (load_checkpoint(out / "best.pt"),
+                           load_checkpoint(uninterrupted_dir(uninterrupted) / "best.pt"))
     assert best.epoch == straight_best.epoch == final.best["epoch"]
     assert all(torch.equal(v, best.model[k]) for k, v in straight_best.model.items())
     assert not list(out.glob(".*.tmp"))
-    assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in lines] == [1, 2, 3]
 
 
 class _Payload:
@@ -121,12 +125,15 @@ def test_pickle_payload_is_refused_by_every_command(tmp_path, teacher_run):
     commands = [
         ["eval", str(evil), "--n", "8"],
         ["eval", str(run_dir), "--n", "8"],
-        ["train", "--method", "agkd-bml", "--teacher", str(evil), "--epochs", "1", "--out", str(tmp_path / "a")],
-        ["train", "--method", "standard", "--teacher", str(evil), "--init-from-teacher", "--epochs", "1", "--out", str(tmp_path / "b")],
+        ["train", "--method", "agkd-bml", "--teacher", str(evil), "--epochs", "1", "--out",
+         str(tmp_path / "a")],
+        ["train", "--method", "standard", "--teacher", str(evil), "--init-from-teacher", "--epochs", "1",
+         "--out", str(tmp_path / "b")],
         ["train", "--method", "standard", "--epochs", "1", "--resume", "--out", str(run_dir)],
     ]
     for args in commands:
-        r = subprocess.run([sys.executable, "-m", "agkd_bml", *args], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, "-m", "agkd_bml", *args], capture_output=True, text=True,
+                           timeout=120)
         assert r.returncode == 2, (args, r.stderr)
         assert "refusing to load" in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert not marker.exists(), f"{args} executed the payload"
@@ -143,7 +150,8 @@ def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(tmp_path):
     with pytest.raises(UserError, match="corrupt"):
         load_checkpoint(last)
     messages: list[str] = []
-    train(small_config(tmp_path, method="standard", epochs=3), resume=True, progress=False, log=messages.append)
+    train(small_config(tmp_path, method="standard", epochs=3), resume=True, progress=False,
+          log=messages.append)
     assert any("skipping" in m for m in messages) and any("prev.pt (epoch 1)" in m for m in messages)
     assert load_checkpoint(tmp_path / "standard").epoch == 3
 
@@ -168,7 +176,8 @@ def test_nan_stops_the_run_with_its_step_and_term_and_keeps_the_checkpoint(tmp_p
     with pytest.raises(TrainingDiverged, match=r"loss term 'poison' became non-finite at epoch 2, step 2"):
         train(cfg, progress=False, log=lambda _m: None)
     ckpt = load_checkpoint(tmp_path / "nan-test")
-    assert ckpt.epoch == 1 and all(torch.isfinite(v).all() for v in ckpt.model.values() if v.is_floating_point())
+    assert ckpt.epoch == 1 and all(torch.isfinite(v).all() for v in ckpt.model.values()
+                                   if v.is_floating_point())
     _NanAt.calls = 0
     train(small_config(tmp_path, method="nan-test", epochs=3, steps=1, skip_nonfinite=1), overwrite=True,
           progress=False, log=lambda _m: None)
@@ -178,20 +187,25 @@ def test_nan_stops_the_run_with_its_step_and_term_and_keeps_the_checkpoint(tmp_p
 def test_unwritable_output_directory_is_a_user_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    r = subprocess.run([sys.executable, "-m", "agkd_bml", "train", "--method", "standard", "--out", str(blocker / "run")],
+    r = subprocess.run([sys.executable, "-m", "agkd_bml", "train", "--method", "standard", "--out",
+                        str(blocker / "run")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "cannot create run directory" in r.stderr and "Traceback" not in r.stderr
 
 
-FLAGS = ["--method", "--arch", "--dataset", "--epochs", "--batch-size", "--eps", "--steps", "--step-size", "--lr",
-         "--teacher", "--preset", "--config", "--label-smoothing", "--milestones", "--train-limit", "--device",
+FLAGS = ["--method", "--arch", "--dataset", "--epochs", "--batch-size", "--eps", "--steps", "--step-size",
+         "--lr",
+         "--teacher", "--preset", "--config", "--label-smoothing", "--milestones", "--train-limit",
+         "--device",
          "--mart", "--no-mart", "--val-n", "--seed", "--skip-nonfinite", "--resume", "--overwrite"]
-VALUES = ["standard", "agkd-bml", "wrn-16-1", "small-cnn", "digits", "npz:/nope.npz", "0", "-1", "1", "8/255", "8",
+VALUES = ["standard", "agkd-bml", "wrn-16-1", "small-cnn", "digits", "npz:/nope.npz", "0", "-1", "1", "8/255",
+          "8",
           "1e9", "nan", "cuda", "cpu", "paper-cifar10", "x", "", "1/0", "0.5", "2", "/"]
 
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(args=st.lists(st.one_of(st.sampled_from(FLAGS), st.sampled_from(VALUES), st.text(max_size=8)), max_size=8))
+@given(args=st.lists(st.one_of(st.sampled_from(FLAGS), st.sampled_from(VALUES), st.text(max_size=8)),
+                     max_size=8))
 def test_fuzzed_train_arguments_never_give_a_traceback(tmp_path, args):
     threads = torch.get_num_threads()
     try:
@@ -213,7 +227,8 @@ _ARRAY = st.builds(
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(arrays=st.dictionaries(st.sampled_from(["x_train", "y_train", "x_test", "y_test", "other"]), _ARRAY))
-@example(arrays={"x_train": np.uint8(0), "y_train": np.zeros(0, np.uint8), "x_test": np.uint8(0), "y_test": np.uint8(0)})
+@example(arrays={"x_train": np.uint8(0), "y_train": np.zeros(0, np.uint8), "x_test": np.uint8(0),
+                 "y_test": np.uint8(0)})
 @example(arrays={"x_train": np.zeros((2, 0, 0), np.uint8), "y_train": np.array([0, 1]),
                  "x_test": np.zeros((2, 0, 0), np.uint8), "y_test": np.array([0, 1])})
 def test_fuzzed_npz_contents_load_or_give_a_user_error(tmp_path, arrays):
@@ -253,8 +268,10 @@ def test_a_checkpoint_written_before_the_record_existed_still_loads(tmp_path, di
     torch.manual_seed(0)
     net = build_model("small-cnn", digits.spec)
     weights = net.state_dict()
-    old = {"format": FORMAT, "arch": "small-cnn", "data": digits.spec.to_dict(), "config": {"method": "standard"},
-           "epoch": 4, "model": weights, "optimizer": {}, "scheduler": {}, "checksum": weights_checksum(weights)}
+    old = {"format": FORMAT, "arch": "small-cnn", "data": digits.spec.to_dict(),
+           "config": {"method": "standard"},
+           "epoch": 4, "model": weights, "optimizer": {}, "scheduler": {},
+           "checksum": weights_checksum(weights)}
     torch.save(old, tmp_path / "last.pt")
     model, ckpt = load_model(tmp_path)
     assert ckpt.epoch == 4 and ckpt.arch == "small-cnn" and ckpt.scaler == {} and ckpt.metrics == {}
@@ -284,7 +301,9 @@ def test_a_full_disk_during_a_checkpoint_names_the_last_good_one_and_the_resume(
 
     cfg = small_config(tmp_path, method="standard", epochs=2, val_n=0)
     monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
-    with pytest.raises(UserError, match=r"is the disk full\?\). The last good checkpoint is .*prev.pt \(epoch 1\).*--resume"):
+    with pytest.raises(UserError,
+                       match=r"is the disk full\?\). The last good checkpoint is .*prev.pt \(epoch "
+                             r"1\).*--resume"):
         train(cfg, progress=False, log=lambda _m: None)
     monkeypatch.setattr(torch, "save", real_save)
     train(cfg, resume=True, progress=False, log=lambda _m: None)

@@ -12,7 +12,8 @@ from agkd_bml.reproduction.targets import TABLES
 
 
 def _digits_npz(path: Path) -> str:
-    """The tiny scale's digits written as an .npz file (HWC uint8, as docs/data.md describes): a user's own file."""
+    """The tiny scale's digits written as an .npz file (HWC uint8, as docs/data.md describes): a user's own
+    file."""
     from agkd_bml.data import load_dataset
 
     d = load_dataset("digits")
@@ -38,9 +39,11 @@ def test_reproduce_table2_tiny_end_to_end_and_reuses_runs(tmp_path, capsys):
     capsys.readouterr()
     configs = {p: p.read_bytes() for p in (out / "runs").glob("*/config.yaml")}
     assert main(["reproduce", "table2", "--scale", "tiny", "--out", str(out), "--no-progress", *data]) == 0
-    assert capsys.readouterr().err.count("already finished 1 epoch") == len(TABLE2) * len(SCALES["tiny"].seeds)
+    assert (capsys.readouterr().err.count("already finished 1 epoch") == len(TABLE2)
+            * len(SCALES["tiny"].seeds))
     assert {p: p.read_bytes() for p in configs} == configs  # a finished run's files are left as they are
-    for target, marker in (("table1", "pgd-100"), ("table3", "black-box"), ("table6", "GC-false"), ("table7", "s/epoch"), ("table9", "k-NN"),
+    for target, marker in (("table1", "pgd-100"), ("table3", "black-box"), ("table6", "GC-false"),
+                           ("table7", "s/epoch"), ("table9", "k-NN"),
                            ("figure3", "figure3/tsne.png"), ("figure4", "figure4/attention.png"),
                            ("figure5", "figure5.png")):
         assert main(["reproduce", target, "--scale", "tiny", "--out", str(out), "--no-progress", *data]) == 0
@@ -53,7 +56,8 @@ def test_reproduce_table2_tiny_end_to_end_and_reuses_runs(tmp_path, capsys):
 def test_paper_scale_uses_the_paper_preset_with_each_methods_own_steps(tmp_path):
     at = run_config(SCALES["paper"], "pgd-at", 0, tmp_path / "at", None)
     agkd = run_config(SCALES["paper"], "agkd-bml", 0, tmp_path / "a", tmp_path / "um")
-    assert at.model.arch == agkd.model.arch == "wrn-28-10" and at.optim.epochs == 200 and at.attack.steps is None
+    assert (at.model.arch == agkd.model.arch == "wrn-28-10" and at.optim.epochs == 200
+            and at.attack.steps is None)
     assert agkd.model.teacher == str(tmp_path / "um") and at.model.teacher is None
     medium = run_config(SCALES["medium"], "pgd-at", 0, tmp_path / "m", None)
     assert (medium.runtime.amp == "native-bf16" and medium.data.train_limit is None
@@ -68,14 +72,16 @@ def test_reproduce_refuses_bad_input(tmp_path, capsys):
 
 
 def test_multi_step_comparison_tiny_end_to_end(tmp_path, capsys):
-    """table1 / table5 at a multi-step scale: faithful teacher, held-out selection, AA, worst case, McNemar."""
+    """table1 / table5 at a multi-step scale: faithful teacher, held-out selection, AA, worst case,
+    McNemar."""
     out = ["--scale", "tiny-medium", "--out", str(tmp_path), "--no-progress"]
     assert main(["reproduce", "table1", *out]) == 0
     captured = capsys.readouterr()
     status = captured.err  # status lines on stderr, the tables on stdout
     # the deciding pair is scored, and written as a partial table, before the other rows start training
     partial = status.index("(partial: the rows that decide the question")
-    assert status.index("== AGKD-BML-7 seed 1") < partial < status.index("== UM seed 0") < status.index("== SML-7 seed 0")
+    assert (status.index("== AGKD-BML-7 seed 1") < partial < status.index("== UM seed 0")
+            < status.index("== SML-7 seed 0"))
     first = "| model |" + captured.out.split("| model |")[1]  # the first table printed: the partial one
     assert "| AT-7 | " in first and "| AGKD-BML-7 | " in first and "| UM | " not in first
     assert "**Partial table**: UM, SML-7, TRADES-10, MART-10, AGKD-BML-2 not trained" in first
@@ -84,7 +90,8 @@ def test_multi_step_comparison_tiny_end_to_end(tmp_path, capsys):
     for label in ("UM", "AT-7", "SML-7", "TRADES-10", "MART-10", "AGKD-BML-2", "AGKD-BML-7"):
         assert f"| {label} |" in table
     assert "pgd-20 last it." in table and "scored at its last iterate" in table
-    for baseline in ("AT-7", "SML-7", "TRADES-10", "MART-10"):  # every baseline against AGKD-BML-7, image by image
+    # every baseline against AGKD-BML-7, image by image
+    for baseline in ("AT-7", "SML-7", "TRADES-10", "MART-10"):
         assert f"AutoAttack, image by image, {baseline} vs AGKD-BML-7: seed 0:" in table
     assert "image by image, TRADES-10" not in first  # ... once its row is scored
     assert "exact McNemar p =" in table and "weights: best" in table and "| worst |" in table
@@ -92,7 +99,8 @@ def test_multi_step_comparison_tiny_end_to_end(tmp_path, capsys):
     assert (runs / "T-s0" / "last.pt").is_file() and (runs / "AGKD-BML-7-s1" / "best.pt").is_file()
     assert not (runs / "SML-7-s1").exists() and (runs / "MART-10-s1" / "best.pt").is_file()  # seeds per row
     started = {r.name: (r / "config.yaml").stat().st_mtime for r in runs.iterdir()}
-    assert started["AGKD-BML-7-s1"] < started["SML-7-s0"] < started["AGKD-BML-2-s0"]  # the deciding pair first
+    # the deciding pair first
+    assert started["AGKD-BML-7-s1"] < started["SML-7-s0"] < started["AGKD-BML-2-s0"]
     assert len(list((tmp_path / "state").glob("*.pt"))) > 20  # every evaluated point was saved ...
     assert main(["reproduce", "table1", *out]) == 0
     assert (tmp_path / "table1.md").read_text() == table  # ... and a rerun reads them back to the same table
@@ -101,7 +109,8 @@ def test_multi_step_comparison_tiny_end_to_end(tmp_path, capsys):
     cfg = load_checkpoint(runs / "AGKD-BML-7-s0").config
     assert cfg["teacher"].endswith("T-s0") and cfg["steps"] == 7 and cfg["val_split"] == 50
     assert cfg["step_size"] == 0.1 / 4  # 7 steps of eps/4, resolved and recorded in config.yaml
-    assert load_checkpoint(runs / "AGKD-BML-2-s0").config.attack.step_size == 0.1  # 2 steps: step eps (digits: 0.1)
+    # 2 steps: step eps (digits: 0.1)
+    assert load_checkpoint(runs / "AGKD-BML-2-s0").config.attack.step_size == 0.1
     assert main(["reproduce", "table5", *out]) == 0
     assert "AGKD-BML-10+MART" in (tmp_path / "table5.md").read_text()
     assert load_checkpoint(runs / "AGKD-BML-10+MART-s0").config.model.init_from_teacher is True
@@ -121,8 +130,10 @@ def test_capacity_rows_train_score_and_are_reused_without_training_checkpoints(t
     table = (tmp_path / "capacity.md").read_text()
     assert "| w16 | 0.06 M | AT-7 |" in table and "| w16 | 0.06 M | AGKD-BML-7 |" in table
     assert "**Partial table**: w32:AT-7" in table and "exact McNemar" in table
-    assert "**The AA gap (AT-7 - AGKD-BML-7, points) by width**" in table and "per 4-fold" not in table  # one width: no line
-    assert (tmp_path / "capacity.png").stat().st_size > 0 and "w16,small-cnn-w16" in (tmp_path / "capacity.csv").read_text()
+    # one width: no line
+    assert "**The AA gap (AT-7 - AGKD-BML-7, points) by width**" in table and "per 4-fold" not in table
+    assert ((tmp_path / "capacity.png").stat().st_size > 0 and "w16,small-cnn-w16"
+            in (tmp_path / "capacity.csv").read_text())
     runs = tmp_path / "w16" / "runs"
     assert {p.name for p in runs.iterdir()} == {"T-s0", "AT-7-s0", "AGKD-BML-7-s0"}
     before = {p: p.read_text() for p in runs.glob("*/metrics.jsonl")}
@@ -132,9 +143,11 @@ def test_capacity_rows_train_score_and_are_reused_without_training_checkpoints(t
     assert main([*args, "--only", "w16:AT-7,w16:AGKD-BML-7"]) == 0
     out = capsys.readouterr().err  # status lines
     assert out.count("reused") == 3 and "\ntraining " not in out  # the trainer's "training METHOD ..." line
-    assert {p: p.read_text() for p in runs.glob("*/metrics.jsonl")} == before and not list(runs.glob("*/last.pt"))
+    assert ({p: p.read_text() for p in runs.glob("*/metrics.jsonl")} == before and
+            not list(runs.glob("*/last.pt")))
     assert (tmp_path / "capacity.md").read_text() == table
-    # a call for other rows keeps the rows another call finished and scored, without training or attacking them
+    # a call for other rows keeps the rows another call finished and scored, without training or attacking
+    # them
     assert main([*args, "--only", "w16:AT-7"]) == 0
     out = capsys.readouterr().err  # status lines
     assert "AGKD-BML-7: finished and scored before" in out and "== T seed" not in out
@@ -146,7 +159,8 @@ def test_capacity_rows_train_score_and_are_reused_without_training_checkpoints(t
     assert main([*args, "--only", "w16:AT-7"]) == 0
     partial = (tmp_path / "capacity.md").read_text()
     assert "| w16 | 0.06 M | AT-7 |" in partial and "| AGKD-BML-7 |" not in partial
-    assert "**Partial table**: w16:AGKD-BML-7, w32:AT-7" in partial and "\ntraining " not in capsys.readouterr().err
+    assert ("**Partial table**: w16:AGKD-BML-7, w32:AT-7" in partial and "\ntraining " not
+            in capsys.readouterr().err)
     metrics.write_text(finished)
     assert main([*args, "--only", "w17:AT-7"]) == 2 and "SIZE:ROW" in capsys.readouterr().err
     assert main(["reproduce", "table2", "--scale", "tiny", "--out", str(tmp_path), "--only", "w16:AT-7"]) == 2

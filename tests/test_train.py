@@ -22,7 +22,8 @@ QUIET = {"progress": False, "log": lambda _m: None}
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_trains_one_epoch_and_saves_a_loadable_checkpoint(tmp_path, teacher_run, method):
-    cfg = small_config(tmp_path, method=method, teacher=teacher_run if METHODS[method].needs_teacher else None)
+    cfg = small_config(tmp_path, method=method,
+                       teacher=teacher_run if METHODS[method].needs_teacher else None)
     path = train(cfg, **QUIET)
     model, ckpt = load_model(path)
     assert ckpt.epoch == 1 and ckpt.config.method == method
@@ -39,7 +40,8 @@ def test_every_method_trains_one_epoch_and_saves_a_loadable_checkpoint(tmp_path,
 
 
 def test_agkd_bml_mart_and_init_from_teacher(tmp_path, teacher_run):
-    cfg = small_config(tmp_path, method="agkd-bml", teacher=teacher_run, mart=True, init_from_teacher=True, epochs=1)
+    cfg = small_config(tmp_path, method="agkd-bml", teacher=teacher_run, mart=True, init_from_teacher=True,
+                       epochs=1)
     train(cfg, **QUIET)
     line = json.loads((tmp_path / "agkd-bml" / "metrics.jsonl").read_text())
     assert set(line["loss"]) == {"ce", "agkd", "bml", "mart"} and line["mart"] is True
@@ -51,11 +53,13 @@ def test_resume_continues_epoch_schedule_and_optimizer_exactly(tmp_path):
     train(small_config(tmp_path, out=str(tmp_path / "straight"), **kw), **QUIET)
     train(small_config(tmp_path, out=str(tmp_path / "stopped"), **{**kw, "epochs": 2}), **QUIET)
     messages = []
-    train(small_config(tmp_path, out=str(tmp_path / "stopped"), **kw), resume=True, progress=False, log=messages.append)
+    train(small_config(tmp_path, out=str(tmp_path / "stopped"), **kw), resume=True, progress=False,
+          log=messages.append)
     assert any("resuming from" in m and "(epoch 2)" in m for m in messages)
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "stopped")
     assert a.epoch == b.epoch == 3
-    assert b.scheduler["last_epoch"] == 3 and b.optimizer["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.1)
+    assert (b.scheduler["last_epoch"] == 3 and b.optimizer["param_groups"][0]["lr"]
+            == pytest.approx(0.05 * 0.1))
     for k in a.model:
         assert torch.equal(a.model[k], b.model[k]), k
     for k, st in a.optimizer["state"].items():
@@ -78,7 +82,8 @@ def test_agkd_without_teacher_and_mismatched_teacher_are_user_errors(tmp_path, t
     with pytest.raises(UserError, match="--teacher"):
         train(small_config(tmp_path, method="agkd-bml"), **QUIET)
     with pytest.raises(UserError, match="classes"):
-        train(small_config(tmp_path, method="agkd", dataset=f"npz:{cifar_path}", teacher=teacher_run), **QUIET)
+        train(small_config(tmp_path, method="agkd", dataset=f"npz:{cifar_path}", teacher=teacher_run),
+              **QUIET)
 
 
 def test_quickstart_students_are_robust_where_the_standard_model_is_not(quickstart_runs):
@@ -106,7 +111,8 @@ def test_val_split_keeps_best_and_ema_weights_that_eval_can_pick(tmp_path, capsy
     best_epoch = max(lines, key=lambda m: (m["val_pgd"], m["val_clean"], -m["epoch"]))["epoch"]
     assert load_checkpoint(tmp_path / "pgd-at" / "best.pt").epoch == best_epoch == lines[-1]["best_epoch"]
     for weights in ("best", "ema"):
-        assert main(["eval", str(tmp_path / "pgd-at"), "--weights", weights, "--attacks", "clean", "--n", "16",
+        assert main(["eval", str(tmp_path / "pgd-at"), "--weights", weights, "--attacks", "clean", "--n",
+                     "16",
                      "--no-progress"]) == 0
         out = capsys.readouterr().out
         assert f"pgd-at ({weights}, epoch" in out and "Weights: each run's" in out
@@ -126,13 +132,15 @@ def test_a_tie_in_held_out_pgd_goes_to_the_epoch_with_more_clean_accuracy():
 
     best = {"val_pgd": 0.22, "val_clean": 0.595}
     assert improves({"val_pgd": 0.22, "val_clean": 0.656}, best, "val_pgd")  # same PGD, more clean: better
-    assert not improves({"val_pgd": 0.22, "val_clean": 0.595}, best, "val_pgd")  # a full tie keeps the earlier
+    # a full tie keeps the earlier
+    assert not improves({"val_pgd": 0.22, "val_clean": 0.595}, best, "val_pgd")
     assert not improves({"val_pgd": 0.219, "val_clean": 0.9}, best, "val_pgd")  # PGD decides first
     assert improves({"val_pgd": 0.0, "val_clean": 0.1}, {}, "val_pgd")  # the first epoch always is
 
 
 def test_a_clean_run_keeps_its_best_held_out_clean_accuracy(tmp_path):
-    """Without a training attack, best.pt follows held-out clean accuracy (PGD accuracy is noise near 0 there)."""
+    """Without a training attack, best.pt follows held-out clean accuracy (PGD accuracy is noise near 0
+    there)."""
     cfg = small_config(tmp_path, method="standard", epochs=3, val_split=100, lr=0.2)
     train(cfg, **QUIET)
     lines = [json.loads(line) for line in (tmp_path / "standard" / "metrics.jsonl").read_text().splitlines()]
@@ -142,10 +150,12 @@ def test_a_clean_run_keeps_its_best_held_out_clean_accuracy(tmp_path):
 
 
 def test_eval_of_missing_best_or_ema_weights_is_one_line(tmp_path, teacher_run):
-    r = subprocess.run([sys.executable, "-m", "agkd_bml", "eval", teacher_run, "--weights", "best", "--n", "8"],
+    r = subprocess.run([sys.executable, "-m", "agkd_bml", "eval", teacher_run, "--weights", "best", "--n",
+                        "8"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--val-split" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = subprocess.run([sys.executable, "-m", "agkd_bml", "eval", teacher_run, "--weights", "ema", "--n", "8"],
+    r = subprocess.run([sys.executable, "-m", "agkd_bml", "eval", teacher_run, "--weights", "ema", "--n",
+                        "8"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--ema" in r.stderr
 
@@ -169,7 +179,8 @@ def test_config_yaml_records_the_resolved_training_attack_with_one_step_rule(tmp
     saved = yaml.safe_load((tmp_path / "pgd-at" / "config.yaml").read_text())
     eps = 0.1  # the digits' budget
     assert (saved["eps"], saved["steps"], saved["step_size"], saved["label_smoothing"]) == (eps, 2, eps, 0.0)
-    assert default_step_size(2, eps) == eps and default_step_size(7, eps) == eps / 4  # 2.5 eps/steps capped at eps
+    # 2.5 eps/steps capped at eps
+    assert default_step_size(2, eps) == eps and default_step_size(7, eps) == eps / 4
     line = json.loads((tmp_path / "pgd-at" / "metrics.jsonl").read_text().splitlines()[0])
     assert (line["step_size"], line["targeted"], line["attack_loss"]) == (eps, False, "ce")
     # reproduce's runs resolve through the same rule, not a rule of their own
@@ -229,7 +240,8 @@ def test_cyclic_schedule_rises_to_the_peak_at_two_fifths_and_ends_at_zero(tmp_pa
     # 256 images in batches of 64: 4 steps an epoch, 5 epochs; the peak is after epoch 2 (5 * 2 // 5)
     cfg = small_config(tmp_path, method="standard", epochs=5, lr=0.2, lr_schedule="cyclic", val_n=0)
     train(cfg, **QUIET)
-    lrs = [json.loads(line)["lr"] for line in (tmp_path / "standard" / "metrics.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "standard" / "metrics.jsonl").read_text().splitlines()
+    lrs = [json.loads(line)["lr"] for line in lines]
     # the lr of an epoch's last step: 4/8, 8/8 of the way up, then 4/12, 8/12, 12/12 of the way down
     assert lrs == pytest.approx([0.1, 0.2, 0.2 * 8 / 12, 0.2 * 4 / 12, 0.0])
     assert load_checkpoint(tmp_path / "standard").scheduler["last_epoch"] == 20  # stepped per batch
@@ -288,7 +300,8 @@ def test_a_run_config_means_the_same_from_any_folder(tmp_path, monkeypatch):
     start.mkdir()
     elsewhere.mkdir()
     monkeypatch.chdir(start)
-    args = ["--method", "standard", "--train-limit", "128", "--batch-size", "64", "--val-n", "16", "--no-progress"]
+    args = ["--method", "standard", "--train-limit", "128", "--batch-size", "64", "--val-n", "16",
+            "--no-progress"]
     assert main(["train", *args, "--epochs", "1", "--out", "runA"]) == 0
     saved = yaml.safe_load((start / "runA" / "config.yaml").read_text())
     assert saved["out"] == str(start / "runA")

@@ -46,10 +46,12 @@ def _model(arch: str, spec) -> nn.Module:
 @pytest.mark.parametrize(("data", "arch"), [("digits", "small-cnn"), ("cifar", "small-cnn"),
                                             ("cifar", "preact-resnet18-w8"), ("cifar", "outside-resnet")])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_windowed_logits_are_the_full_passes_through_accepts_and_dropped_rows(data, arch, precision, cifar_path):
-    """Random windows (borders, 1 pixel to the whole image), random acceptances and rows leaving, as in Square:
-    in float32 bit for bit where the probe says so, else to float rounding (then Square would not use them);
-    in bf16 to its rounding: oneDNN's AMX kernels may round a crop of a batch of 24 one bf16 unit away from
+def test_windowed_logits_are_the_full_passes_through_accepts_and_dropped_rows(
+        data, arch, precision, cifar_path):
+    """Random windows (borders, 1 pixel to the whole image), random acceptances and rows leaving, as in
+    Square: in float32 bit for bit where the probe says so, else to float rounding (then Square would not use
+    them); in bf16 to its rounding: oneDNN's AMX kernels may round a crop of a batch of 24 one bf16 unit away
+    from
     the whole image on a row or two, which a probe on 8 images does not see."""
     torch.manual_seed(0)
     spec, images = _images(data, cifar_path)
@@ -65,7 +67,8 @@ def test_windowed_logits_are_the_full_passes_through_accepts_and_dropped_rows(da
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         exact = windowed.matches_full_passes(images[:8], tuple(range(1, size + 1)))
         tol = 1e-5 if precision == "fp32" else 2e-2
-        check = torch.equal if exact and precision == "fp32" else lambda a, b: torch.allclose(a, b, rtol=tol, atol=tol)
+        check = (torch.equal if exact and precision == "fp32" else lambda a,
+                 b: torch.allclose(a, b, rtol=tol, atol=tol))
         assert torch.equal(windowed.start(best), net(best).logits)
         for query in range(40):
             side = rng.randint(1, size)
@@ -127,8 +130,10 @@ def test_square_with_windowed_queries_finds_what_full_passes_find(teacher_run, d
     for windows in (True, False):
         if not windows:
             monkeypatch.setattr(WindowedForward, "of", classmethod(lambda cls, model, example: None))
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # bit-exact windows here (the probe would say if not)
-            runs.append(square_mod.square(net, x, y, eps=0.1, queries=300, generator=torch.Generator().manual_seed(0)))
+        # bit-exact windows here (the probe would say if not)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            runs.append(square_mod.square(net, x, y, eps=0.1, queries=300,
+                                          generator=torch.Generator().manual_seed(0)))
         counts.append(len(calls))
     assert counts[0] > 250 and counts[1] == counts[0]  # nearly every query windowed, then none
     (windowed_adv, windowed_fooled), (adv, fooled) = runs
@@ -190,7 +195,8 @@ def test_a_strided_convolution_on_a_crop_one_column_wide_is_exact(precision):
 
 
 def test_square_counts_a_windowed_success_once_a_full_pass_agrees(teacher_run, digits, monkeypatch):
-    """Windowed logits that lie (here: negated, past a probe that says yes) never make a robust image fooled."""
+    """Windowed logits that lie (here: negated, past a probe that says yes) never make a robust image
+    fooled."""
     from agkd_bml.train import load_model
 
     net = inference_copy(load_model(teacher_run)[0])
@@ -198,7 +204,8 @@ def test_square_counts_a_windowed_success_once_a_full_pass_agrees(teacher_run, d
     logits = WindowedForward.logits
     monkeypatch.setattr(WindowedForward, "matches_full_passes", lambda self, x, sides: True)
     monkeypatch.setattr(WindowedForward, "logits", lambda self, *a: -logits(self, *a))
-    adv, fooled = square_mod.square(net, x, y, eps=0.1, queries=60, generator=torch.Generator().manual_seed(0))
+    adv, fooled = square_mod.square(net, x, y, eps=0.1, queries=60,
+                                    generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         wrong = net(adv).logits.argmax(1) != y
     assert torch.equal(fooled, wrong) and not fooled.all()
@@ -227,7 +234,8 @@ class _ValueBranch(nn.Module):
 
 @pytest.mark.parametrize("arch", ["wrn-10-1", "preact-resnet18-w8"])
 def test_residual_networks_are_windowed_exactly(arch, cifar_path):
-    """The residual sum is element-wise: its window is the union of its branches' (the probe is bit for bit)."""
+    """The residual sum is element-wise: its window is the union of its branches' (the probe is bit for
+    bit)."""
     spec, images = _images("cifar", cifar_path)
     net = inference_copy(_model(arch, spec))
     windowed = WindowedForward.of(net, images)
@@ -237,11 +245,13 @@ def test_residual_networks_are_windowed_exactly(arch, cifar_path):
 
 
 def test_layers_it_cannot_follow_are_computed_whole(digits):
-    """Past a layer it does not know (or a dilated or reflect-padded convolution) the rest runs on whole values:
+    """Past a layer it does not know (or a dilated or reflect-padded convolution) the rest runs on whole
+    values:
     the logits stay the full pass's."""
     torch.manual_seed(0)
     x = channels_last(to_float(digits.x_test[:8]))
-    for layer in (nn.MaxPool2d(2), nn.Conv2d(128, 128, 3, padding=2, dilation=2), nn.Conv2d(128, 128, 1, stride=2),
+    for layer in (nn.MaxPool2d(2), nn.Conv2d(128, 128, 3, padding=2, dilation=2),
+                  nn.Conv2d(128, 128, 1, stride=2),
                   nn.Conv2d(128, 128, 3, padding=1, padding_mode="reflect")):
         net = build_model("small-cnn", digits.spec).eval()
         net.backbone.append(layer)
@@ -264,7 +274,8 @@ def test_models_it_cannot_window_get_full_passes():
     assert WindowedForward.of(inference_copy(nn.Sequential(nn.Conv2d(3, 4, 3))), x) is None  # no logits out
 
 
-def test_square_resumed_with_windowed_queries_gives_the_uninterrupted_search(teacher_run, digits, monkeypatch):
+def test_square_resumed_with_windowed_queries_gives_the_uninterrupted_search(
+        teacher_run, digits, monkeypatch):
     """A resumed search rebuilds the cache from the saved best points and goes on to the same result."""
     from agkd_bml.attacks import Progress
     from agkd_bml.attacks.square import SquareAttack

@@ -16,7 +16,8 @@ __version__ = "0.2.0"
 #: and changes nothing in the process: no environment variable, no torch setting)
 __all__ = ["AttackOutput", "AutoAttack", "Evaluation", "UserError", "attack", "benchmark", "evaluate",
            "evaluate_dataset"]
-_HOMES = {"attack": "api", "AttackOutput": "api", "evaluate": "api", "evaluate_dataset": "api", "Evaluation": "api",
+_HOMES = {"attack": "api", "AttackOutput": "api", "evaluate": "api", "evaluate_dataset": "api",
+          "Evaluation": "api",
           "AutoAttack": "compat", "benchmark": "compat", "UserError": "errors"}
 
 

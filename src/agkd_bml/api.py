@@ -36,11 +36,13 @@ DEFAULT_ATTACKS = ("clean", "pgd-20", "aa")
 class AttackOutput:
     """What :func:`attack` returns: the adversarial images and, per image, what became of it."""
 
-    images: torch.Tensor  #: (N, C, H, W) float in [0, 1] on the CPU; an image the model got wrong clean stays clean
+    #: (N, C, H, W) float in [0, 1] on the CPU; an image the model got wrong clean stays clean
+    images: torch.Tensor
     clean_correct: torch.Tensor  #: bool (N,): the model is right on the clean image
     fooled: torch.Tensor  #: bool (N,): the model is wrong on ``images``
     broken_by: list[str | None] | None  #: AutoAttack only: the part that broke each image (None: none did)
-    #: AutoAttack only: wall seconds spent in each part, in the cascade's order (the reference's log shows them)
+    #: AutoAttack only: wall seconds spent in each part, in the cascade's order (the reference's log shows
+    # them)
     seconds_by: dict[str, float] | None = None
     attack: str  #: the attack's full description (steps, step size, eps, restarts)
 
@@ -112,8 +114,10 @@ def attack(
             for i, part in zip(rows.tolist(), atk.broken_by(), strict=True):
                 broken[i] = part
     cascade = isinstance(atk, AutoAttack)
-    return AttackOutput(images=images, clean_correct=clean, fooled=fooled, broken_by=broken if cascade else None,
-                        seconds_by={p: atk.seconds_by.get(p, 0.0) for p in atk.components} if cascade else None,
+    return AttackOutput(images=images, clean_correct=clean, fooled=fooled,
+                        broken_by=broken if cascade else None,
+                        seconds_by={p: atk.seconds_by.get(p, 0.0) for p in atk.components} if cascade
+                        else None,
                         attack=atk.describe())
 
 
@@ -123,7 +127,8 @@ class Evaluation:
 
     name: str
     results: list[AttackResult]
-    flags: list[str] = field(default_factory=list)  #: warnings of the checks (randomized model, probabilities, ...)
+    #: warnings of the checks (randomized model, probabilities, ...)
+    flags: list[str] = field(default_factory=list)
     dataset: str = ""
     provenance: dict = field(default_factory=dict)  #: versions, device, commit and the images' fingerprint
 
@@ -183,13 +188,14 @@ def evaluate(
     """Attack ``model`` on images ``x`` (N, C, H, W; uint8, or float in [0, 1]) with labels ``y``.
 
     ``attacks``: specs as on the command line (``clean``, ``fgsm``, ``pgd-20``, ``cw-20``, ``aa``, ...).
-    ``norm``: the threat model, ``linf`` or ``l2``; ``eps`` defaults by the images' shape (:func:`~agkd_bml.attacks.norms.default_eps`): L-inf 0.3 on
-    1x28x28 (MNIST-like) images and 8/255 on others, L2 0.5 on 3x32x32 images (scaled by the square root of the
-    number of pixel values on others); :func:`evaluate_dataset` takes the dataset's own.
-    ``normalize=(mean, std)`` wraps a model that expects normalised inputs. ``state``: a folder where
-    per-sample results are saved as they come, so a rerun after a crash continues (same result).
-    ``out``: also write the tables. The checks' warnings (randomized model, probabilities instead of
-    logits, zero gradients, Square beating the white-box parts) are printed and kept in ``flags``.
+    ``norm``: the threat model, ``linf`` or ``l2``; ``eps`` defaults by the images' shape
+    (:func:`~agkd_bml.attacks.norms.default_eps`): L-inf 0.3 on 1x28x28 (MNIST-like) images and 8/255 on
+    others, L2 0.5 on 3x32x32 images (scaled by the square root of the number of pixel values on others);
+    :func:`evaluate_dataset` takes the dataset's own. ``normalize=(mean, std)`` wraps a model that expects
+    normalised inputs. ``state``: a folder where per-sample results are saved as they come, so a rerun after a
+    crash continues (same result). ``out``: also write the tables. The checks' warnings (randomized model,
+    probabilities instead of logits, zero gradients, Square beating the white-box parts) are printed and kept
+    in ``flags``.
     """
     if norm not in NORMS:
         raise UserError(f"norm {norm!r} is not available; use 'linf' or 'l2'")
@@ -211,7 +217,8 @@ def evaluate(
     results, flags = checked_evaluation(net, x, y, parsed, num_classes=classes, label=name, device=dev,
                                         batch_size=batch_size, seed=seed, progress=progress,
                                         state=EvalState(state) if state else None)
-    result = Evaluation(name=name, results=results, flags=flags, dataset=dataset, provenance=provenance(dev, tensor_digest(x, y)))
+    result = Evaluation(name=name, results=results, flags=flags, dataset=dataset,
+                        provenance=provenance(dev, tensor_digest(x, y)))
     if out is not None:
         result.write(out)
     return result
@@ -222,7 +229,8 @@ def evaluate_dataset(
     **options: object,
 ) -> Evaluation:
     """:func:`evaluate` on a dataset by name (``cifar10``, ...) or ``npz:PATH``: the first ``n`` test images
-    (all with ``None``). ``options`` are :func:`evaluate`'s. (RobustBench's ``benchmark``: :mod:`agkd_bml.compat`.)"""
+    (all with ``None``). ``options`` are :func:`evaluate`'s. (RobustBench's ``benchmark``:
+    :mod:`agkd_bml.compat`.)"""
     data = load_dataset(dataset, data_dir=data_dir)
     count = data.x_test.shape[0] if n is None else min(n, data.x_test.shape[0])
     options.setdefault("eps", dataset_eps(data.spec, str(options.get("norm", "linf"))))
@@ -239,8 +247,8 @@ def _check_data(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.T
     if y.shape != (x.shape[0],):
         raise UserError(f"y must hold one label per image, shape ({x.shape[0]},); got {tuple(y.shape)}")
     if x.is_floating_point() and (float(x.min()) < 0 or float(x.max()) > 1):
-        raise UserError("float images must lie in [0, 1] (the models' input convention); normalise inside the model "
-                        "or pass normalize=(mean, std)")
+        raise UserError("float images must lie in [0, 1] (the models' input convention); normalise inside "
+                        "the model or pass normalize=(mean, std)")
     if not x.is_floating_point() and x.dtype != torch.uint8:
         raise UserError(f"x must be uint8 (0..255) or float in [0, 1]; got {x.dtype}")
     return x.cpu(), y.long().cpu()

@@ -5,8 +5,8 @@ Switching a script from the reference AutoAttack or from RobustBench is one impo
 - ``from agkd_bml import AutoAttack`` for ``from autoattack import AutoAttack``: the same constructor and
   ``run_standard_evaluation(x, y, bs=...)``, returning the adversarial images (and labels), with the
   reference's log lines (initial accuracy, robust accuracy after each part, final robust accuracy).
-- ``from agkd_bml import benchmark`` for ``from robustbench.eval import benchmark``: ``(clean_acc, robust_acc)``
-  of standard AutoAttack on the first ``n_examples`` test images.
+- ``from agkd_bml import benchmark`` for ``from robustbench.eval import benchmark``: ``(clean_acc,
+  robust_acc)`` of standard AutoAttack on the first ``n_examples`` test images.
 
 Both run our AutoAttack (:class:`agkd_bml.attacks.AutoAttack`), which agrees image for image with the
 reference; see docs/evaluation.md.
@@ -50,7 +50,8 @@ class AutoAttack:
     """
 
     def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 0.3, seed: int | None = None,
-                 verbose: bool = True, attacks_to_run: list[str] | tuple[str, ...] = (), version: str = "standard",
+                 verbose: bool = True, attacks_to_run: list[str] | tuple[str, ...] = (),
+                 version: str = "standard",
                  device: str | torch.device | None = None, log_path: str | None = None) -> None:
         if norm not in _NORMS:
             raise UserError(f"AutoAttack norm {norm!r} is not available here; use 'Linf' or 'L2'")
@@ -81,11 +82,13 @@ class AutoAttack:
         """The adversarial images of ``x_orig`` (the clean image where no part broke it, or where the model is
         wrong clean), and with ``return_labels`` also the model's labels on them, as the reference returns."""
         if state_path is not None:
-            raise UserError("state_path: resume an interrupted evaluation with agkd_bml.evaluate(..., state=DIR)")
+            raise UserError("state_path: resume an interrupted evaluation with agkd_bml.evaluate(..., "
+                            "state=DIR)")
         spec = "aa" if self.version == "standard" else "aa-rand"
         started = time.perf_counter()
         self._log(f"using {self.version} version including {', '.join(self.parts)}.")
-        out = attack(self.model, x_orig, y_orig, spec, eps=self.eps, norm=_NORMS[self.norm], device=self.device,
+        out = attack(self.model, x_orig, y_orig, spec, eps=self.eps, norm=_NORMS[self.norm],
+                     device=self.device,
                      batch_size=bs, seed=self.seed)
         n, robust = out.robust.numel(), int(out.clean_correct.sum())
         self._log(f"initial accuracy: {100 * robust / n:.2f}%")
@@ -96,7 +99,8 @@ class AutoAttack:
         for part in self.parts:
             robust -= sum(b == part for b in out.broken_by or [])
             elapsed += seconds.get(part, 0.0)
-            self._log(f"robust accuracy after {part.upper()}: {100 * robust / n:.2f}% (total time {elapsed:.1f} s)")
+            self._log(f"robust accuracy after {part.upper()}: {100 * robust / n:.2f}% (total time "
+                      f"{elapsed:.1f} s)")
         self._log(f"robust accuracy: {100 * out.accuracy:.2f}%")
         x_adv = out.images.to(x_orig.device)
         if not return_labels:
@@ -108,14 +112,16 @@ class AutoAttack:
         return x_adv, labels.to(x_orig.device)
 
 
-def benchmark(model: nn.Module, n_examples: int = 10_000, dataset: str = "cifar10", threat_model: str = "Linf",
+def benchmark(model: nn.Module, n_examples: int = 10_000, dataset: str = "cifar10",
+              threat_model: str = "Linf",
               to_disk: bool = False, model_name: str | None = None, data_dir: str = "./data",
               device: str | torch.device | None = None, batch_size: int = 32, eps: float | None = None,
               log: TextIO | None = None) -> tuple[float, float]:
-    """RobustBench's ``benchmark``: ``(clean_acc, robust_acc)`` (fractions) of standard AutoAttack on the first
-    ``n_examples`` test images of ``dataset`` (a name such as ``cifar10``, downloaded into ``data_dir`` by
-    torchvision, or ``npz:PATH``). ``eps`` defaults to the threat model's (8/255 Linf, 0.5 L2 on CIFAR).
-    ``to_disk`` writes the result to ``model_info/<dataset>/<threat_model>/<model_name>.json``, as RobustBench does.
+    """RobustBench's ``benchmark``: ``(clean_acc, robust_acc)`` (fractions) of standard AutoAttack on the
+    first ``n_examples`` test images of ``dataset`` (a name such as ``cifar10``, downloaded into ``data_dir``
+    by torchvision, or ``npz:PATH``). ``eps`` defaults to the threat model's (8/255 Linf, 0.5 L2 on CIFAR).
+    ``to_disk`` writes the result to ``model_info/<dataset>/<threat_model>/<model_name>.json``, as RobustBench
+    does.
     """
     if threat_model not in _NORMS:
         raise UserError(f"threat_model {threat_model!r} is not available here; use 'Linf' or 'L2'")
@@ -126,12 +132,14 @@ def benchmark(model: nn.Module, n_examples: int = 10_000, dataset: str = "cifar1
     eps = dataset_eps(data.spec, norm) if eps is None else eps
     n = min(n_examples, data.x_test.shape[0])
     if n < n_examples:
-        print(f"note: {data.spec.name} has {n} test images; evaluating all of them, not {n_examples}", file=log or sys.stderr)
+        print(f"note: {data.spec.name} has {n} test images; evaluating all of them, not {n_examples}",
+              file=log or sys.stderr)
     out = attack(model, data.x_test[:n], data.y_test[:n], "aa", eps=eps, norm=norm,
                  device=resolve_device(str(device) if device is not None else "auto"), batch_size=batch_size)
     clean_acc, robust_acc = float(out.clean_correct.float().mean()), out.accuracy
     if to_disk:
-        record = {"model_name": model_name, "dataset": data.spec.name, "threat_model": threat_model, "eps": eps,
+        record = {"model_name": model_name, "dataset": data.spec.name, "threat_model": threat_model,
+                  "eps": eps,
                   "n_examples": n, "clean_acc": clean_acc, "autoattack_acc": robust_acc, "attack": out.attack}
         path = Path("model_info") / data.spec.name / threat_model / f"{model_name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,10 +3,11 @@
 
 :class:`TrainConfig` holds the method, six frozen sections (data, model, optimisation, training attack,
 validation, runtime) and the method's own hyper-parameters. Every field carries its ``--help`` text and has
-one flat name, so the CLI options, the YAML keys and the saved ``config.yaml`` of a run are the same names with
-the same meaning (:data:`SECTION_OF` maps them to the sections). A method's own hyper-parameters are declared
-by the method (:class:`HyperParam`) and kept in ``params``. Building a record from defaults < preset < YAML <
-CLI flags is :mod:`agkd_bml.train.settings`; reading a saved one, of any release, :mod:`agkd_bml.migration`.
+one flat name, so the CLI options, the YAML keys and the saved ``config.yaml`` of a run are the same names
+with the same meaning (:data:`SECTION_OF` maps them to the sections). A method's own hyper-parameters are
+declared by the method (:class:`HyperParam`) and kept in ``params``. Building a record from defaults < preset
+< YAML < CLI flags is :mod:`agkd_bml.train.settings`; reading a saved one, of any release,
+:mod:`agkd_bml.migration`.
 """
 
 from __future__ import annotations
@@ -43,19 +44,30 @@ FLAT_ORDER = (
 class DataConfig:
     """What the run trains on."""
 
-    dataset: str = _opt("digits", "digits (embedded), npz:PATH, cifar10, cifar100, svhn, mnist, fashion-mnist, tiny-imagenet")
-    data_dir: str | None = _opt(None, "where datasets by name live (default: $AGKD_BML_DATA, else ~/.cache/agkd-bml/data)")
+    dataset: str = _opt("digits",
+                        "digits (embedded), npz:PATH, cifar10, cifar100, svhn, mnist, fashion-mnist, "
+                        "tiny-imagenet")
+    data_dir: str | None = _opt(None,
+                                "where datasets by name live (default: $AGKD_BML_DATA, else "
+                                "~/.cache/agkd-bml/data)")
     download: bool = _opt(False, "let torchvision download the dataset into --data-dir")
-    train_limit: int | None = _opt(None, "train on this many training images, a fixed random subset (default: all)")
+    train_limit: int | None = _opt(None,
+                                   "train on this many training images, a fixed random subset (default: all)")
 
 
 @dataclass(kw_only=True, frozen=True)
 class ModelConfig:
     """The network, and the teacher it may learn from."""
 
-    arch: str = _opt("small-cnn", "small-cnn (small-cnn-wN: base width N, 32 by default), wrn-D-K (wrn-16-4, wrn-28-10, wrn-34-10), preact-resnet18 (preact-resnet18-wN: first-stage width N, 64 by default), resnet50")
-    teacher: str | None = _opt(None, "checkpoint (or run directory) of a `standard` model: the frozen teacher of AGKD (required by the methods that distil)")
-    init_from_teacher: bool = _opt(False, "start the student from the teacher's weights (the released code does)")
+    arch: str = _opt("small-cnn",
+                     "small-cnn (small-cnn-wN: base width N, 32 by default), wrn-D-K (wrn-16-4, wrn-28-10, "
+                     "wrn-34-10), preact-resnet18 (preact-resnet18-wN: first-stage width N, 64 by default), "
+                     "resnet50")
+    teacher: str | None = _opt(None,
+                               "checkpoint (or run directory) of a `standard` model: the frozen teacher of "
+                               "AGKD (required by the methods that distil)")
+    init_from_teacher: bool = _opt(False,
+                                   "start the student from the teacher's weights (the released code does)")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -69,12 +81,17 @@ class OptimConfig:
     weight_decay: float = _opt(2e-4, "SGD weight decay")
     milestones: list[int] = _opt([], "epochs at which the learning rate is multiplied by --gamma", nargs="*")
     gamma: float = _opt(0.1, "learning-rate decay factor at each milestone")
-    lr_schedule: str = _opt("multistep", "multistep (--lr, times --gamma at each of --milestones) or cyclic (per step, "
-                            "linear from 0 up to --lr at 2/5 of the epochs and back to 0: Wong et al. 2020's fast AT)",
+    lr_schedule: str = _opt("multistep",
+                            "multistep (--lr, times --gamma at each of --milestones) or cyclic (per step, "
+                            "linear from 0 up to --lr at 2/5 of the epochs and back to 0: Wong et al. 2020's "
+                            "fast AT)",
                             choices=("multistep", "cyclic"))
-    label_smoothing: float | None = _opt(None, "Feature-Scattering label smoothing", per_method="default_smoothing")
-    ema: float = _opt(0.0, "also keep an exponential moving average of the weights and BN statistics with this "
-                      "decay (e.g. 0.999, warm-up min(decay, (1+t)/(10+t))), saved in each checkpoint; 0: off")
+    label_smoothing: float | None = _opt(None, "Feature-Scattering label smoothing",
+                                         per_method="default_smoothing")
+    ema: float = _opt(0.0,
+                      "also keep an exponential moving average of the weights and BN statistics with this "
+                      "decay (e.g. 0.999, warm-up min(decay, (1+t)/(10+t))), saved in each checkpoint; 0: "
+                      "off")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -82,8 +99,13 @@ class AttackConfig:
     """The training attack as configured (None: the method's and dataset's default, resolved once
     and written into the run's ``config.yaml``)."""
 
-    eps: float | None = _opt(None, "L-inf budget of training attacks in [0,1] units (default: the dataset's, 8/255 for CIFAR)")
-    step_size: float | None = _opt(None, "attack step size (default eps/4, i.e. 2/255 at eps 8/255; with fewer than 4 steps 2.5*eps/steps, at most eps, so the steps can cross the ball)")
+    eps: float | None = _opt(None,
+                             "L-inf budget of training attacks in [0,1] units (default: the dataset's, 8/255 "
+                             "for CIFAR)")
+    step_size: float | None = _opt(None,
+                                   "attack step size (default eps/4, i.e. 2/255 at eps 8/255; with fewer "
+                                   "than 4 steps 2.5*eps/steps, at most eps, so the steps can cross the "
+                                   "ball)")
     steps: int | None = _opt(None, "attack steps", per_method="default_steps")
 
 
@@ -91,9 +113,13 @@ class AttackConfig:
 class ValidationConfig:
     """The per-epoch held-out trace, and the weights it selects."""
 
-    val_n: int = _opt(500, "without --val-split: the first N test images give the per-epoch clean / PGD accuracy (a trace only: the test set never selects weights)")
-    val_split: int = _opt(0, "hold out N training images (a fixed, class-balanced draw) for the per-epoch clean / PGD "
-                          "accuracy, and keep the weights best on them as best.pt; 0: no hold-out, no best.pt")
+    val_n: int = _opt(500,
+                      "without --val-split: the first N test images give the per-epoch clean / PGD accuracy "
+                      "(a trace only: the test set never selects weights)")
+    val_split: int = _opt(0,
+                          "hold out N training images (a fixed, class-balanced draw) for the per-epoch clean "
+                          "/ PGD accuracy, and keep the weights best on them as best.pt; 0: no hold-out, no "
+                          "best.pt")
     val_steps: int = _opt(10, "PGD steps of the per-epoch robust accuracy")
 
 
@@ -102,16 +128,21 @@ class RuntimeConfig:
     """Where and how the run executes; none of it changes what is learnt but the seed."""
 
     seed: int = _opt(0, "random seed (data order, augmentation, attack starts, backward samples)")
-    deterministic: bool = _opt(False, "deterministic kernels: a resumed run ends bit-identical to an uninterrupted one")
+    deterministic: bool = _opt(False,
+                               "deterministic kernels: a resumed run ends bit-identical to an uninterrupted "
+                               "one")
     skip_nonfinite: int = _opt(0, "skip up to N steps whose loss or gradient is NaN/inf instead of stopping")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA if supported, else fp16; off on CPU), bf16, "
-                    "native-bf16 (bf16 where the hardware has it: CUDA, CPUs with AVX512-BF16 or AMX; else off), fp16, off")
+                    "native-bf16 (bf16 where the hardware has it: CUDA, CPUs with AVX512-BF16 or AMX; else "
+                    "off), fp16, off")
     compile: bool = _opt(False, "torch.compile the student (CUDA; the first epoch pays the compile time)")
     sync_bn: bool = _opt(False, "under torchrun on CUDA: SyncBatchNorm, so BatchNorm sees the global batch")
-    check_sync: bool = _opt(False, "under torchrun: verify after every step that all ranks hold identical weights")
+    check_sync: bool = _opt(False,
+                            "under torchrun: verify after every step that all ranks hold identical weights")
     threads: int | None = _opt(None, "CPU threads for PyTorch (default: all cores)")
-    tensorboard: bool = _opt(False, "also log each epoch's loss terms, lr, throughput and held-out accuracy for "
+    tensorboard: bool = _opt(False,
+                             "also log each epoch's loss terms, lr, throughput and held-out accuracy for "
                              "TensorBoard into RUN/tensorboard (needs the tensorboard extra)")
     out: str | None = _opt(None, "run directory (default: runs/<method>)")
 
@@ -121,9 +152,10 @@ class TrainConfig:
     """Everything that determines a training run, by section (saved flat as the run's ``config.yaml``).
 
     Code reads it typed (``cfg.optim.epochs``); people write it flat, as options and YAML keys
-    (``--epochs``, ``epochs: 10``): :data:`SECTION_OF` is the one mapping between the two, so the flat names of
-    every earlier release keep their meaning. Build one from flat names with :meth:`of` or :meth:`from_dict`,
-    change one with :meth:`replace`; a saved one is read back through :mod:`agkd_bml.migration`.
+    (``--epochs``, ``epochs: 10``): :data:`SECTION_OF` is the one mapping between the two, so the flat names
+    of every earlier release keep their meaning. Build one from flat names with :meth:`of` or
+    :meth:`from_dict`, change one with :meth:`replace`; a saved one is read back through
+    :mod:`agkd_bml.migration`.
     """
 
     method: str = _opt("agkd-bml", "training method (see `agkd-bml methods`)")
@@ -161,15 +193,16 @@ class TrainConfig:
         if o.lr <= 0:
             raise UserError(f"--lr must be positive; got {o.lr}")
         if o.lr_schedule not in LR_SCHEDULES:
-            raise UserError(f"unknown --lr-schedule {o.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
+            raise UserError(f"unknown --lr-schedule {o.lr_schedule!r}; choose one of: "
+                            f"{', '.join(LR_SCHEDULES)}")
         if o.lr_schedule == "cyclic" and o.milestones:
             raise UserError("--milestones apply to --lr-schedule multistep; the cyclic schedule has none")
         for name, maybe in (("eps", a.eps), ("step_size", a.step_size)):
             if maybe is not None and maybe < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0; got {maybe}")
             if maybe is not None and maybe > 1:
-                raise UserError(f"--{name.replace('_', '-')} {maybe} is in pixel units, but images are in [0, 1]; "
-                                f"did you mean {maybe:g}/255 = {maybe / 255:.6f}?")
+                raise UserError(f"--{name.replace('_', '-')} {maybe} is in pixel units, but images are in "
+                                f"[0, 1]; did you mean {maybe:g}/255 = {maybe / 255:.6f}?")
         if o.label_smoothing is not None and not 0 <= o.label_smoothing < 1:
             raise UserError(f"--label-smoothing must be in [0, 1); got {o.label_smoothing}")
 
@@ -177,7 +210,8 @@ class TrainConfig:
         return Path(self.runtime.out) if self.runtime.out else Path("runs") / self.method
 
     def to_dict(self) -> dict[str, Any]:
-        """The flat form of ``config.yaml``: the fields by their flat names, then the method's hyper-parameters."""
+        """The flat form of ``config.yaml``: the fields by their flat names, then the method's
+        hyper-parameters."""
         return {**{name: self.value(name) for name in SECTION_OF}, **self.params}
 
     def value(self, name: str) -> Any:
@@ -187,7 +221,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """The record of a flat dict: field names go to their sections, every other key is a hyper-parameter."""
+        """The record of a flat dict: field names go to their sections, every other key is a
+        hyper-parameter."""
         by_section: dict[str | None, dict[str, Any]] = {}
         params = dict(values.get("params") or {})
         for name, value in values.items():
@@ -214,7 +249,8 @@ class TrainConfig:
 
 #: The sections of :class:`TrainConfig` by attribute name.
 SECTIONS: dict[str, type[Any]] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
-                                  "attack": AttackConfig, "validation": ValidationConfig, "runtime": RuntimeConfig}
+                                  "attack": AttackConfig, "validation": ValidationConfig,
+                                  "runtime": RuntimeConfig}
 #: The flat names of the options, YAML keys and ``config.yaml`` (in their order), each with the section that
 #: holds it (None: :class:`TrainConfig` itself).
 SECTION_OF: dict[str, str | None] = {

@@ -1,4 +1,5 @@
-"""Atomic file writes (a crash or a full disk never leaves a torn or half-written file) and the locks that keep
+"""Atomic file writes (a crash or a full disk never leaves a torn or half-written file) and the locks that
+keep
 two processes from writing one run folder or one evaluation point."""
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}; the previous file is unchanged") from exc
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}; the previous file is "
+                        "unchanged") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -54,13 +56,14 @@ def unreadable(path: str | Path, exc: BaseException) -> str:
     """
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "torch.nn.modules" in str(exc) or ("GLOBAL" in str(exc) and "Module" in str(exc)):
-        return (f"{path} holds a whole pickled model (torch.save(model)), which cannot be loaded without running "
-                "its code: save model.state_dict() instead and give it as --model-weights with a py:FILE.py:FACTORY "
-                "that builds the model")
+        return (f"{path} holds a whole pickled model (torch.save(model)), which cannot be loaded without "
+                "running its code: save model.state_dict() instead and give it as --model-weights with a "
+                "py:FILE.py:FACTORY that builds the model")
     if "GLOBAL" in str(exc) or "global" in text.lower():
-        return (f"refusing to load {path}: it contains pickled objects other than tensors and plain data (possibly "
-                "code); only weights-only files are accepted")
-    if any(k in str(exc) for k in ("central directory", "failed reading zip", "truncated", "unexpected EOF")) \
+        return (f"refusing to load {path}: it contains pickled objects other than tensors and plain data "
+                "(possibly code); only weights-only files are accepted")
+    if any(k in str(exc) for k in ("central directory", "failed reading zip", "truncated",
+                                   "unexpected EOF")) \
             or isinstance(exc, EOFError):
         return (f"{path} is cut short or damaged ({text}): copy it again; in a run folder, prev.pt holds the "
                 "epoch before (train --resume falls back to it)")
@@ -94,8 +97,8 @@ def hold_lock(path: str | Path, what: str) -> None:
     except BlockingIOError:
         holder = os.read(fd, 2000).decode(errors="replace").strip() or "another process"
         os.close(fd)
-        raise UserError(f"{what} is in use by {holder}; wait for it to finish, or stop it (a process that dies "
-                        "releases it)") from None
+        raise UserError(f"{what} is in use by {holder}; wait for it to finish, or stop it (a process that "
+                        "dies releases it)") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"process {os.getpid()} ({' '.join(sys.argv)[:300]})".encode())
     _HELD[key] = (fd, 1)

@@ -32,7 +32,8 @@ def source_commit() -> str | None:
     try:
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--",
+                                "."],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -40,7 +41,8 @@ def source_commit() -> str | None:
 
 
 def provenance(device: torch.device | str | None = None, data: str | None = None) -> dict[str, Any]:
-    """The record of what produced a result: ``data`` is a fingerprint (:func:`tensor_digest`) of its images."""
+    """The record of what produced a result: ``data`` is a fingerprint (:func:`tensor_digest`) of its
+    images."""
     from agkd_bml import __version__
     from agkd_bml.device import device_name
 

@@ -92,7 +92,8 @@ def attention_figures(
             _show(axes[i][c], overlay(advs[name][i], own[name][i]),
                   f"{name}, AE -> {class_names[int(preds[name][i])]}")
             c += 1
-    fig.suptitle(f"Class-irrelevant attention (channel sum of the last conv features); AEs: {attack.describe()}",
+    fig.suptitle("Class-irrelevant attention (channel sum of the last conv features); AEs: "
+                 f"{attack.describe()}",
                  fontsize=8)
     fig.tight_layout()
     paths = save_figure(fig, out_dir / "attention")
@@ -103,7 +104,8 @@ def attention_figures(
         adv_cam = maps(model, advs[name], preds[name])
         for i in range(n):
             _show(axes[i][3 * j], advs[name][i], f"{name}: AE")
-            _show(axes[i][3 * j + 1], overlay(advs[name][i], true_cam[i]), f"GC true: {class_names[int(y[i])]}")
+            _show(axes[i][3 * j + 1], overlay(advs[name][i], true_cam[i]),
+                  f"GC true: {class_names[int(y[i])]}")
             _show(axes[i][3 * j + 2], overlay(advs[name][i], adv_cam[i]),
                   f"GC pred: {class_names[int(preds[name][i])]}")
     fig.suptitle("Grad-CAM of the true and of the predicted class on each model's AE", fontsize=8)

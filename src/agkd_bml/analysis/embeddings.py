@@ -31,7 +31,8 @@ def embed(
     device: torch.device | str = "cpu",
     seed: int = 0,
 ) -> Embedded:
-    """Embed uint8 images ``x``, attacked by ``attack`` first when given (random starts seeded by ``seed``)."""
+    """Embed uint8 images ``x``, attacked by ``attack`` first when given (random starts seeded by
+    ``seed``)."""
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     embs, preds = [], []

@@ -27,14 +27,17 @@ def plot_training(runs: list[str | Path], out: str | Path) -> list[Path]:
         lr_ax.plot(x, [e["lr"] for e in epochs], color=colour, label=folder.name)
         if any("val_clean" in e for e in epochs):
             where = f"{epochs[-1].get('val_n', '?')} {epochs[-1].get('val_source', 'images')}"
-            acc_ax.plot(x, [100 * e.get("val_clean", float("nan")) for e in epochs], color=colour, linestyle="--",
+            acc_ax.plot(x, [100 * e.get("val_clean", float("nan")) for e in epochs], color=colour,
+                        linestyle="--",
                         label=f"{folder.name}: clean ({where})")
             acc_ax.plot(x, [100 * e.get("val_pgd", float("nan")) for e in epochs], color=colour,
-                        label=f"{folder.name}: PGD-{epochs[-1].get('val_attack', 'PGD').split(':')[0].split('-')[-1]}")
+                        label=f"{folder.name}: "
+                              f"PGD-{epochs[-1].get('val_attack', 'PGD').split(':')[0].split('-')[-1]}")
             best = epochs[-1].get("best_epoch")
             if best:
                 pick = next(e for e in epochs if e["epoch"] == best)
-                acc_ax.plot([best], [100 * pick["val_pgd"]], marker="*", markersize=14, color=colour, linestyle="none",
+                acc_ax.plot([best], [100 * pick["val_pgd"]], marker="*", markersize=14, color=colour,
+                            linestyle="none",
                             label=f"{folder.name}: best.pt (epoch {best})")
     loss_ax.set(title="loss terms (epoch means)", xlabel="epoch")
     lr_ax.set(title="learning rate (last step of each epoch)", xlabel="epoch")

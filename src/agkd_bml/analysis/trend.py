@@ -43,7 +43,8 @@ def paired_gap(a: torch.Tensor, b: torch.Tensor) -> Gap:
     difference of proportions: ``sqrt(n_a + n_b - (n_a - n_b)^2 / n) / n`` (``n_a``, ``n_b``: the images
     right for one of the two only)."""
     if a.shape != b.shape or a.ndim != 1 or not a.numel():
-        raise ValueError(f"paired flags must be two 1-d tensors over the same images, not {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(f"paired flags must be two 1-d tensors over the same images, not {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
     n = a.numel()
     only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
     var = max(only_a + only_b - (only_a - only_b) ** 2 / n, 0.0)
@@ -63,7 +64,8 @@ class Trend:
     chi2: float  #: weighted squared residuals (0 for two sizes)
 
     def at(self, parameters: float) -> tuple[float, float, float]:
-        """(gap, 95% low, 95% high) the line gives at ``parameters`` (beyond the sizes fitted: an extrapolation)."""
+        """(gap, 95% low, 95% high) the line gives at ``parameters`` (beyond the sizes fitted: an
+        extrapolation)."""
         dx = math.log(parameters, 4) - self.centre
         gap, se = self.level + self.slope * dx, math.hypot(self.level_se, dx * self.slope_se)
         return gap, gap - Z95 * se, gap + Z95 * se
@@ -92,5 +94,7 @@ def log_linear_trend(parameters: list[int], gaps: list[Gap]) -> Trend | None:
     level = sum(w * g.value for w, g in zip(ws, gaps, strict=True)) / total
     sxx = sum(w * (x - centre) ** 2 for w, x in zip(ws, xs, strict=True))
     slope = sum(w * (x - centre) * (g.value - level) for w, x, g in zip(ws, xs, gaps, strict=True)) / sxx
-    resid = sum(w * (g.value - level - slope * (x - centre)) ** 2 for w, x, g in zip(ws, xs, gaps, strict=True))
-    return Trend(slope=slope, slope_se=math.sqrt(1 / sxx), level=level, level_se=math.sqrt(1 / total), centre=centre, sizes=len(gaps), chi2=resid)
+    resid = sum(w * (g.value - level - slope * (x - centre)) ** 2 for w, x,
+                g in zip(ws, xs, gaps, strict=True))
+    return Trend(slope=slope, slope_se=math.sqrt(1 / sxx), level=level, level_se=math.sqrt(1 / total),
+                 centre=centre, sizes=len(gaps), chi2=resid)

@@ -16,7 +16,8 @@ from agkd_bml.analysis.plotting import pyplot, save_figure
 
 
 def tsne_2d(points: np.ndarray, seed: int = 0) -> np.ndarray:
-    """scikit-learn's exact-seeded Barnes-Hut t-SNE to 2-D (PCA init, perplexity 30 or less for few points)."""
+    """scikit-learn's exact-seeded Barnes-Hut t-SNE to 2-D (PCA init, perplexity 30 or less for few
+    points)."""
     from sklearn.manifold import TSNE
 
     perplexity = min(30.0, max(2.0, (points.shape[0] - 1) / 3))
@@ -34,7 +35,8 @@ def tsne_figure(
     """One column per model, one row per chosen class: ``panels[model] = (clean, {class: its AEs})``."""
     plt = pyplot()
     classes = list(next(iter(panels.values()))[1])
-    fig, axes = plt.subplots(len(classes), len(panels), figsize=(4 * len(panels), 4 * len(classes)), squeeze=False)
+    fig, axes = plt.subplots(len(classes), len(panels), figsize=(4 * len(panels), 4 * len(classes)),
+                             squeeze=False)
     cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
     for col, (name, (clean, advs)) in enumerate(panels.items()):
         for row, c in enumerate(classes):

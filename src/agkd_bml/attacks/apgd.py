@@ -1,4 +1,5 @@
-"""APGD (Croce & Hein 2020): APGD-CE, APGD-DLR and the multi-targeted APGD-T of AutoAttack, L-inf or L2, batched.
+"""APGD (Croce & Hein 2020): APGD-CE, APGD-DLR and the multi-targeted APGD-T of AutoAttack, L-inf or L2,
+batched.
 
 ``eot`` > 1 averages each iteration's gradient over that many forward-backward passes (Expectation over
 Transformation), for randomized models: AutoAttack's ``rand`` version runs APGD-CE and APGD-DLR with 20.
@@ -16,8 +17,8 @@ Three things make it cheaper without changing what it finds:
   result, as the reference's ``x_best_adv``); every image's trajectory depends on itself only, so the
   others continue exactly as before;
 - APGD-T's later targets skip the images an earlier one broke, as in the reference; on a GPU (and in
-  bf16 on a CPU) several targets are stacked in one batch (:func:`over_targets`), and once one target breaks an image all its
-  copies leave the batch;
+  bf16 on a CPU) several targets are stacked in one batch (:func:`over_targets`), and once one target breaks
+  an image all its copies leave the batch;
 - the caller may pass a model prepared by :func:`agkd_bml.models.inference.inference_copy`.
 """
 
@@ -66,7 +67,8 @@ def target_classes(logits: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def _oscillated(loss_steps: torch.Tensor, i: int, k: int) -> torch.Tensor:
-    """Per image: did the loss rise in at most RHO * k of the last k steps? (Python's wrap-around at -1 kept.)"""
+    """Per image: did the loss rise in at most RHO * k of the last k steps? (Python's wrap-around at -1
+    kept.)"""
     rises = sum((loss_steps[i - c] > loss_steps[i - c - 1]).float() for c in range(k))
     return rises <= k * RHO
 
@@ -76,11 +78,14 @@ def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.view(-1, *[1] * (like.ndim - 1))
 
 
-def _initial_state(x: torch.Tensor, x_adv: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor, eps: float) -> dict[str, torch.Tensor]:
-    """Every per-row tensor APGD carries, at its start (step size 2 eps); rows are dropped from all at once."""
+def _initial_state(x: torch.Tensor, x_adv: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor,
+                   eps: float) -> dict[str, torch.Tensor]:
+    """Every per-row tensor APGD carries, at its start (step size 2 eps); rows are dropped from all at
+    once."""
     m = x.shape[0]
     return {
-        "x0": x, "x_adv": x_adv, "x_old": x_adv, "grad": grad, "x_best": x_adv, "grad_best": grad, "loss_best": loss,
+        "x0": x, "x_adv": x_adv, "x_old": x_adv, "grad": grad, "x_best": x_adv, "grad_best": grad,
+        "loss_best": loss,
         "step": torch.full((m, *[1] * (x.ndim - 1)), 2 * eps, device=x.device, dtype=x.dtype),
         "best_last_check": loss, "reduced_last": torch.ones(m, dtype=torch.bool, device=x.device),
     }
@@ -90,7 +95,8 @@ def _momentum_step(s: dict[str, torch.Tensor], eps: float, a: float, norm: Norm)
     """APGD's step: a steepest-ascent step of the current size, then momentum ``a`` towards it (in place)."""
     with torch.no_grad():
         z = norm.project(s["x_adv"] + s["step"] * norm.step(s["grad"]), s["x0"], eps)
-        new = norm.project(s["x_adv"] + (z - s["x_adv"]) * a + (s["x_adv"] - s["x_old"]) * (1 - a), s["x0"], eps)
+        new = norm.project(s["x_adv"] + (z - s["x_adv"]) * a + (s["x_adv"] - s["x_old"]) * (1 - a), s["x0"],
+                           eps)
     s["x_old"], s["x_adv"] = s["x_adv"], new
     return new
 
@@ -143,7 +149,8 @@ def apgd(
     if m == 0 or steps == 0:
         return out, fooled
 
-    def loss_and_grad(xa: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def loss_and_grad(xa: torch.Tensor,
+                      rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         xa = xa.detach().requires_grad_(True)
         total_loss, total_grad = 0.0, 0.0
         for _ in range(eot):  # the reference: mean gradient and loss, the last pass's prediction
@@ -203,7 +210,8 @@ def apgd(
 
 
 #: (x, y, targets, owner) -> (adv, fooled): one targeted attack over rows grouped by ``owner``.
-TargetedRun = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+TargetedRun = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                       tuple[torch.Tensor, torch.Tensor]]
 
 
 def target_rows(device: torch.device) -> int:
@@ -229,7 +237,8 @@ CPU_BF16_ROWS = 160
 
 
 def over_targets(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, count: int, run: TargetedRun, *, max_rows: int | None = None,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, count: int, run: TargetedRun, *,
+    max_rows: int | None = None,
     generator: torch.Generator | None = None, progress: Progress | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attack each image towards its ``count`` most likely wrong classes; returns (adv, fooled).
@@ -273,8 +282,10 @@ def apgd_multitarget(
     progress: Progress | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """APGD-T: targeted DLR towards each of the ``count`` most likely wrong classes."""
-    def run(xs: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return apgd(model, xs, ys, eps=eps, steps=steps, targets=ts, owner=owner, generator=generator, norm=norm)
+    def run(xs: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor,
+            owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return apgd(model, xs, ys, eps=eps, steps=steps, targets=ts, owner=owner, generator=generator,
+                    norm=norm)
 
     return over_targets(model, x, y, count, run, max_rows=max_rows, generator=generator, progress=progress)
 
@@ -286,7 +297,8 @@ def num_targets(num_classes: int) -> int:
 
 @dataclass(kw_only=True, frozen=True)
 class ApgdAttack(InferenceCopyAttack):
-    """``apgd-ce`` / ``apgd-dlr`` (untargeted) or ``apgd-t`` (targeted DLR, 9 targets), 100 iterations, 1 restart."""
+    """``apgd-ce`` / ``apgd-dlr`` (untargeted) or ``apgd-t`` (targeted DLR, 9 targets), 100 iterations, 1
+    restart."""
 
     name: str
     eps: float
@@ -300,20 +312,25 @@ class ApgdAttack(InferenceCopyAttack):
     def settings(self) -> dict[str, Any]:
         extra = {"eot": self.eot} if self.eot > 1 else {}
         if self.targeted:
-            return {"attack": "apgd-t", "eps": self.eps, "steps": self.steps, "restarts": 1, "loss": "dlr-targeted",
+            return {"attack": "apgd-t", "eps": self.eps, "steps": self.steps, "restarts": 1,
+                    "loss": "dlr-targeted",
                     "target_classes": num_targets(self.num_classes), "early_stop": True, **extra}
-        return {"attack": f"apgd-{self.loss}", "eps": self.eps, "steps": self.steps, "restarts": 1, "loss": self.loss,
+        return {"attack": f"apgd-{self.loss}", "eps": self.eps, "steps": self.steps, "restarts": 1,
+                "loss": self.loss,
                 "early_stop": True, **extra}
 
     def describe(self) -> str:
-        what = f"targeted DLR, {num_targets(self.num_classes)} targets" if self.targeted else self.loss.upper()
+        what = (f"targeted DLR, {num_targets(self.num_classes)} targets" if self.targeted
+                else self.loss.upper())
         eot = f", EoT {self.eot}" if self.eot > 1 else ""
-        return f"{self.name}: APGD ({what}), {self.steps} iterations{eot}, {self.norm.title} eps {fmt_eps(self.eps)}, 1 restart"
+        return (f"{self.name}: APGD ({what}), {self.steps} iterations{eot}, {self.norm.title} eps "
+                f"{fmt_eps(self.eps)}, 1 restart")
 
     def run_prepared(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(adv, fooled) on a model from :func:`inference_copy` (AutoAttack prepares it once for all parts)."""
+        """(adv, fooled) on a model from :func:`inference_copy` (AutoAttack prepares it once for all
+        parts)."""
         return self._run(model, x, y, generator, None)
 
     def run_prepared_staged(
@@ -330,9 +347,11 @@ class ApgdAttack(InferenceCopyAttack):
         if self.targeted:
             if self.num_classes < 4:
                 raise ValueError("APGD-T's DLR loss needs at least 4 classes")
-            return apgd_multitarget(model, x, y, eps=self.eps, steps=self.steps, count=num_targets(self.num_classes),
+            return apgd_multitarget(model, x, y, eps=self.eps, steps=self.steps,
+                                    count=num_targets(self.num_classes),
                                     generator=generator, norm=self.norm, progress=progress)
         if self.loss == "dlr" and self.num_classes < 3:
             raise ValueError("APGD-DLR needs at least 3 classes")
-        return apgd(model, x, y, eps=self.eps, steps=self.steps, generator=generator, loss_name=self.loss, eot=self.eot,
+        return apgd(model, x, y, eps=self.eps, steps=self.steps, generator=generator, loss_name=self.loss,
+                    eot=self.eot,
                     norm=self.norm)

@@ -85,9 +85,11 @@ def native_components(
 ) -> dict[str, ApgdAttack | FabAttack | SquareAttack]:
     """Our parts, by name (the standard four, and APGD-DLR of the rand version); ``eot`` for the APGD ones."""
     return {"apgd-ce": ApgdAttack(name="apgd-ce", eps=eps, num_classes=num_classes, eot=eot, norm=norm),
-            "apgd-dlr": ApgdAttack(name="apgd-dlr", eps=eps, num_classes=num_classes, loss="dlr", eot=eot, norm=norm),
+            "apgd-dlr": ApgdAttack(name="apgd-dlr", eps=eps, num_classes=num_classes, loss="dlr", eot=eot,
+                                   norm=norm),
             "apgd-t": ApgdAttack(name="apgd-t", eps=eps, num_classes=num_classes, targeted=True, norm=norm),
-            "fab-t": FabAttack(name="fab-t", eps=eps, num_classes=num_classes, norm=norm), "square": SquareAttack(name="square", eps=eps, norm=norm)}
+            "fab-t": FabAttack(name="fab-t", eps=eps, num_classes=num_classes, norm=norm),
+            "square": SquareAttack(name="square", eps=eps, norm=norm)}
 
 
 #: AutoAttack's version for randomized defences: APGD-CE and APGD-DLR, gradients averaged over 20 passes.
@@ -111,7 +113,8 @@ class AutoAttack(Attack):
     fooled_by: dict[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
     #: wall seconds spent in each part, summed over calls (the benchmark's per-part times)
     seconds_by: dict[str, float] = field(default_factory=dict, compare=False, hash=False, repr=False)
-    #: the last call's ``"part"``: per image, the index in :attr:`components` of the part that broke it (-1: none)
+    #: the last call's ``"part"``: per image, the index in :attr:`components` of the part that broke it (-1:
+    # none)
     last: dict[str, torch.Tensor] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def broken_by(self) -> list[str | None]:
@@ -137,13 +140,13 @@ class AutoAttack(Attack):
     def describe(self) -> str:
         precision = ", bf16 search, successes confirmed in fp32" if self.precision == "bf16" else ""
         if self.version == "rand":
-            return (f"{self.name}: AutoAttack rand (for randomized models), {self.norm.title} eps {fmt_eps(self.eps)}: "
-                    "APGD-CE and "
-                    f"APGD-DLR ({APGD_STEPS} it., gradients averaged over {self.eot} passes), 1 restart each, "
-                    f"per-sample cascade ({self.library}{precision})")
-        return (f"{self.name}: AutoAttack standard, {self.norm.title} eps {fmt_eps(self.eps)}: APGD-CE ({APGD_STEPS} it.), APGD-T "
-                f"({APGD_STEPS} it., {num_targets(self.num_classes)} targets), FAB-T ({FAB_STEPS} it.), Square "
-                f"({SQUARE_QUERIES} queries), 1 restart each, per-sample cascade ({self.library}{precision})")
+            return (f"{self.name}: AutoAttack rand (for randomized models), {self.norm.title} eps "
+                    f"{fmt_eps(self.eps)}: APGD-CE and APGD-DLR ({APGD_STEPS} it., gradients averaged over "
+                    f"{self.eot} passes), 1 restart each, per-sample cascade ({self.library}{precision})")
+        return (f"{self.name}: AutoAttack standard, {self.norm.title} eps {fmt_eps(self.eps)}: APGD-CE "
+                f"({APGD_STEPS} it.), APGD-T ({APGD_STEPS} it., {num_targets(self.num_classes)} targets), "
+                f"FAB-T ({FAB_STEPS} it.), Square ({SQUARE_QUERIES} queries), 1 restart each, per-sample "
+                f"cascade ({self.library}{precision})")
 
     def _search(self, device: torch.device) -> Fp32Search | Bf16Search:
         """How the parts search: as they are, or under bf16 with each success confirmed in float32."""
@@ -172,7 +175,8 @@ class AutoAttack(Attack):
         return inference_copy(model), channels_last(x.detach())
 
     def _part(
-        self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+        self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+        generator: torch.Generator | None,
         progress: Progress | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(adv, fooled) of part ``name`` on the still-robust images ``x``; ``progress`` within the part."""
@@ -182,7 +186,9 @@ class AutoAttack(Attack):
             return part.run_prepared(net, xs, ys, generator)
 
         def search(net: nn.Module, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return redo(net, xs, ys) if progress is None else part.run_prepared_staged(net, xs, ys, generator, progress)
+            if progress is None:
+                return redo(net, xs, ys)
+            return part.run_prepared_staged(net, xs, ys, generator, progress)
 
         return self._search(x.device)(search, redo, model, x, y)
 
@@ -215,7 +221,8 @@ class AutoAttack(Attack):
             started = time.perf_counter()
             inner = None
             if progress is not None:
-                inner = Progress(saved["inner"] if saved is not None and k == start and "inner" in saved else None,
+                inner = Progress(saved["inner"] if saved is not None and k == start and "inner" in saved
+                                 else None,
                                  self._reporter(progress, k, adv, robust, part, tally, generator))
             found, fooled = self._part(name, net, xs[idx], y[idx], generator, inner)
             adv[idx[fooled]] = found[fooled]
@@ -223,7 +230,8 @@ class AutoAttack(Attack):
             part[idx[fooled]] = k
             self._count(name, fooled, started)
             tally[name] = tally.get(name, 0) + int(fooled.sum())
-            log.info("%s: %s broke %d of %d, %d of %d images still robust (%.1f s)", self.name, name, int(fooled.sum()),
+            log.info("%s: %s broke %d of %d, %d of %d images still robust (%.1f s)", self.name, name,
+                     int(fooled.sum()),
                      idx.numel(), int(robust.sum()), robust.numel(), time.perf_counter() - started)
             if progress is not None and k + 1 < len(self.components):
                 self._reporter(progress, k + 1, adv, robust, part, tally, generator)(None)
@@ -253,8 +261,8 @@ class AutoAttack(Attack):
         """(next part, adv, robust, tally) from what an interrupted call reported; its tally counts again."""
         start, adv, robust = int(saved["part"]), saved["adv"], saved["robust"]
         if not 0 <= start < len(self.components) or adv.shape != xs.shape or robust.shape != xs.shape[:1]:
-            raise UserError(f"{self.name}: the saved progress of this batch does not fit it "
-                            f"(part {start}, {tuple(adv.shape)} images for {tuple(xs.shape)}); delete the state")
+            raise UserError(f"{self.name}: the saved progress of this batch does not fit it (part {start}, "
+                            f"{tuple(adv.shape)} images for {tuple(xs.shape)}); delete the state")
         restore_rng(generator, saved.get("rng"))  # None with ``inner``: the part's own state holds it
         tally = {str(k): int(v) for k, v in saved["fooled_by"].items()}
         for part, count in tally.items():
@@ -273,7 +281,8 @@ class TorchattacksAutoAttack(AutoAttack):
         return model, x.detach()
 
     def _part(
-        self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+        self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+        generator: torch.Generator | None,
         progress: Progress | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """torchattacks' parts cannot resume within themselves: the cascade resumes between them only."""

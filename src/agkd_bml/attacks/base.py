@@ -55,15 +55,18 @@ class Progress:
     report: Callable[[dict[str, Any]], None]  #: called after each finished stage (the caller saves it)
 
 
-def found_so_far(out: torch.Tensor, fooled: torch.Tensor, generator: torch.Generator | None) -> dict[str, Any]:
-    """The part of a :class:`Progress` report every search shares: its results so far and the generator's state."""
+def found_so_far(out: torch.Tensor, fooled: torch.Tensor,
+                 generator: torch.Generator | None) -> dict[str, Any]:
+    """The part of a :class:`Progress` report every search shares: its results so far and the generator's
+    state."""
     return {"out": out.to("cpu", copy=True), "fooled": fooled.to("cpu", copy=True),
             "rng": rng_state(generator)}
 
 
 def restore_found(saved: dict[str, Any], out: torch.Tensor, fooled: torch.Tensor,
                   generator: torch.Generator | None, what: str) -> None:
-    """Put a :func:`found_so_far` report back into ``out``/``fooled`` and the generator (refused if it does not fit)."""
+    """Put a :func:`found_so_far` report back into ``out``/``fooled`` and the generator (refused if it does
+    not fit)."""
     if saved["out"].shape != out.shape:
         raise UserError(f"the saved {what} ({tuple(saved['out'].shape)} images) does not fit these "
                         f"{tuple(out.shape)} images; delete the state")
@@ -127,7 +130,8 @@ class Attack(ABC):
         net = as_model(unwrap(model))
         x = x.detach()
         with eval_mode(net), frozen(net):
-            found = self.run(net, x, y, generator) if progress is None else self.run_staged(net, x, y, generator, progress)
+            found = (self.run(net, x, y, generator) if progress is None
+                     else self.run_staged(net, x, y, generator, progress))
             images = self.norm.project(found.detach().to(x.dtype), x, self.eps).contiguous()
             with torch.no_grad():
                 fooled = net(images).logits.argmax(1) != y

@@ -48,7 +48,8 @@ _BISECT, _NEWTON = 20, 2
 
 
 def project_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The smallest L-inf step ``d`` (rows of ``t``, in [0, 1]) with ``w . (t + d) = b`` and ``t + d`` in the box.
+    """The smallest L-inf step ``d`` (rows of ``t``, in [0, 1]) with ``w . (t + d) = b`` and ``t + d`` in the
+    box.
 
     The reference routine of FAB (``projection_linf``). With the hyperplane oriented so that ``c = w.t - b
     >= 0`` must be removed, coordinate i moves against ``w_i`` by ``min(lam, room_i)`` (``room_i`` is its
@@ -84,7 +85,8 @@ _TINY = 1e-8
 
 
 def project_l2(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The smallest L2 step ``d`` (rows of ``t``, in [0, 1]) with ``w . (t + d) = b`` and ``t + d`` in the box.
+    """The smallest L2 step ``d`` (rows of ``t``, in [0, 1]) with ``w . (t + d) = b`` and ``t + d`` in the
+    box.
 
     The reference routine of FAB (``projection_l2``), solved in closed form. With the hyperplane oriented
     so that ``c = w.t - b >= 0`` must be removed, the minimiser is ``d_i = -sign(w_i) min(lam |w_i|, room_i)``
@@ -202,11 +204,12 @@ class FabAttack(InferenceCopyAttack):
 
     def settings(self) -> dict[str, Any]:
         return {"attack": "fab-t", "eps": self.eps, "steps": self.steps, "restarts": 1,
-                "target_classes": num_targets(self.num_classes), "alpha_max": ALPHA_MAX, "eta": ETA, "beta": BETA}
+                "target_classes": num_targets(self.num_classes), "alpha_max": ALPHA_MAX, "eta": ETA,
+                "beta": BETA}
 
     def describe(self) -> str:
-        return (f"{self.name}: targeted FAB, {num_targets(self.num_classes)} targets, {self.steps} iterations, "
-                f"{self.norm.title} eps {fmt_eps(self.eps)}, 1 restart")
+        return (f"{self.name}: targeted FAB, {num_targets(self.num_classes)} targets, {self.steps} "
+                f"iterations, {self.norm.title} eps {fmt_eps(self.eps)}, 1 restart")
 
     def run_prepared(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
@@ -223,7 +226,8 @@ class FabAttack(InferenceCopyAttack):
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              progress: Progress | None) -> tuple[torch.Tensor, torch.Tensor]:
-        def run(xs: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def run(xs: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor,
+                owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return fab_targeted(model, xs, ys, ts, owner, eps=self.eps, steps=self.steps, norm=self.norm)
 
         return over_targets(model, x, y, num_targets(self.num_classes), run, progress=progress)

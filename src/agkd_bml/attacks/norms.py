@@ -37,7 +37,8 @@ class Norm(ABC):
 
     @abstractmethod
     def surface_direction(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Random noise whose scaling to norm 1 is APGD's start direction (uniform for L-inf, Gaussian for L2)."""
+        """Random noise whose scaling to norm 1 is APGD's start direction (uniform for L-inf, Gaussian for
+        L2)."""
 
     @abstractmethod
     def step(self, grad: torch.Tensor) -> torch.Tensor:
@@ -45,7 +46,8 @@ class Norm(ABC):
 
     @abstractmethod
     def project(self, x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-        """The point of the ball around ``x`` intersected with [0, 1] that the attacks of this norm move to."""
+        """The point of the ball around ``x`` intersected with [0, 1] that the attacks of this norm move
+        to."""
 
     def to_surface(self, x: torch.Tensor, d: torch.Tensor, eps: float) -> torch.Tensor:
         """``x`` plus ``d`` scaled to norm exactly eps (the ball's surface), clipped to [0, 1]."""
@@ -136,5 +138,6 @@ def default_eps(norm: str, *, channels: int, size: int, linf: float | None = Non
 
 
 def dataset_eps(spec: DataSpec, norm: str = "linf") -> float:
-    """The default budget on a dataset: its own L-inf eps (8/255 on CIFAR-10), or the L2 one of its image size."""
+    """The default budget on a dataset: its own L-inf eps (8/255 on CIFAR-10), or the L2 one of its image
+    size."""
     return default_eps(norm, channels=spec.channels, size=spec.size, linf=spec.default_eps)

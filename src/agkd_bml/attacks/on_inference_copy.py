@@ -29,7 +29,8 @@ class InferenceCopyAttack(Attack):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
         progress: Progress,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`run_prepared`, resumable within the call (Square, every few hundred queries); the others just run."""
+        """:meth:`run_prepared`, resumable within the call (Square, every few hundred queries); the others
+        just run."""
         return self.run_prepared(model, x, y, generator)
 
     def run(

@@ -22,7 +22,8 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(upcast(logits), labels, reduction="none")
 
 
-def cw_margin(logits: torch.Tensor, labels: torch.Tensor, margin: float = 50.0, *, targeted: bool = False) -> torch.Tensor:
+def cw_margin(logits: torch.Tensor, labels: torch.Tensor, margin: float = 50.0, *,
+              targeted: bool = False) -> torch.Tensor:
     """CW margin ``max other logit - logit of label``, clipped at ``margin`` past the decision boundary only.
 
     Ascending it (untargeted) stops pushing once the best other class wins by ``margin``; descending it

@@ -94,7 +94,8 @@ def pgd(
                 v = momentum * (velocity if idx is None else velocity[idx]) + grad / l1
                 velocity = v if idx is None else velocity.index_copy(0, idx, v)
                 grad = v
-            new = norm.project(cur + direction * step_size * norm.step(grad), x if idx is None else x[idx], eps)
+            new = norm.project(cur + direction * step_size * norm.step(grad), x if idx is None else x[idx],
+                               eps)
             x_adv = new if idx is None else x_adv.index_copy(0, idx, new)
     return x_adv.detach()
 
@@ -117,7 +118,8 @@ class PgdAttack(Attack):
 
     def settings(self) -> dict[str, Any]:
         return {
-            "attack": "pgd", "loss": self.loss, "steps": self.steps, "step_size": self.step_size, "eps": self.eps,
+            "attack": "pgd", "loss": self.loss, "steps": self.steps, "step_size": self.step_size,
+            "eps": self.eps,
             "random_start": self.random_start, "restarts": self.restarts, "momentum": self.momentum,
             "targeted": self.targeted, "early_stop": self.early_stop and not self.targeted,
         }
@@ -129,7 +131,8 @@ class PgdAttack(Attack):
             ", each image kept at its first fooling iterate" if self.early_stop else
             ", each image scored at its last iterate" if self.steps > 1 else "")
         kind = "" if self.norm is LINF else f"{self.norm.title}-normalised "
-        return (f"{self.name}: {self.loss.upper()} loss, {self.steps} {kind}step(s) of {fmt_eps(self.step_size)}, "
+        return (f"{self.name}: {self.loss.upper()} loss, {self.steps} {kind}step(s) of "
+                f"{fmt_eps(self.step_size)}, "
                 f"{self.norm.title} eps {fmt_eps(self.eps)}, {start}, {self.restarts} restart(s){extra}")
 
     def run(
@@ -148,7 +151,8 @@ class PgdAttack(Attack):
             labels = y
         for _ in range(self.restarts):
             adv = pgd(
-                model, x, labels, eps=self.eps, step_size=self.step_size, steps=self.steps, targeted=self.targeted,
+                model, x, labels, eps=self.eps, step_size=self.step_size, steps=self.steps,
+                targeted=self.targeted,
                 random_start=self.random_start, loss=self.loss, momentum=self.momentum, generator=generator,
                 stop_when_fooled=self.early_stop and not self.targeted, norm=self.norm,
             )

@@ -18,7 +18,8 @@ from agkd_bml.attacks.torchattacks_adapter import run_library_attack, torchattac
 
 @dataclass(kw_only=True, frozen=True)
 class SpsaAttack(Attack):
-    """``spsa-K``: K iterations of Adam on SpsaAttack gradient estimates (Uesato et al.: lr 0.01, delta 0.01)."""
+    """``spsa-K``: K iterations of Adam on SpsaAttack gradient estimates (Uesato et al.: lr 0.01, delta
+    0.01)."""
 
     name: str
     steps: int
@@ -28,7 +29,8 @@ class SpsaAttack(Attack):
     delta: float = 0.01
 
     def settings(self) -> dict[str, Any]:
-        return {"attack": "spsa", "steps": self.steps, "eps": self.eps, "samples": self.samples, "lr": self.lr,
+        return {"attack": "spsa", "steps": self.steps, "eps": self.eps, "samples": self.samples,
+                "lr": self.lr,
                 "delta": self.delta, "loss": "margin", "library": "torchattacks"}
 
     def run(

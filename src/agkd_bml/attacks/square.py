@@ -44,7 +44,8 @@ SQUARE_QUERIES = 5000
 REPORT_EVERY = 100
 P_INIT = 0.8
 #: (iteration on a 10,000-query scale, divisor of p_init from there on), the reference schedule.
-_SCHEDULE = ((8000, 512), (6000, 256), (4000, 128), (2000, 64), (1000, 32), (500, 16), (200, 8), (50, 4), (10, 2))
+_SCHEDULE = ((8000, 512), (6000, 256), (4000, 128), (2000, 64), (1000, 32), (500, 16), (200, 8), (50, 4),
+             (10, 2))
 
 
 def square_fraction(i: int, queries: int, p_init: float = P_INIT) -> float:
@@ -65,15 +66,17 @@ def _signs(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generato
 #: ``propose(i, xs, best, generator) -> (candidate, window)``: query ``i``'s candidate for the images ``xs``
 #: whose best point so far is ``best`` (both the rows still robust), and the window outside which it equals
 #: ``best`` (rows, then columns; None when it may differ anywhere).
-Proposal = Callable[[int, torch.Tensor, torch.Tensor, torch.Generator | None], tuple[torch.Tensor, Window | None]]
+Proposal = Callable[[int, torch.Tensor, torch.Tensor, torch.Generator | None],
+                    tuple[torch.Tensor, Window | None]]
 
 
 def _random_search(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, queries: int, propose: Proposal,
-    generator: torch.Generator | None, progress: Progress | None = None, *, window_sides: tuple[int, ...] = (),
+    generator: torch.Generator | None, progress: Progress | None = None, *,
+    window_sides: tuple[int, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Square's loop, shared by both threat models: keep a candidate where the margin ``z_y - max_{k != y} z_k``
-    went down; an image leaves at its first misclassified point. (adv, fooled).
+    """Square's loop, shared by both threat models: keep a candidate where the margin ``z_y - max_{k != y}
+    z_k`` went down; an image leaves at its first misclassified point. (adv, fooled).
 
     With ``progress``, the loop's state (query index, rows still searched, their best points and margins,
     the results so far, the generator's state) is reported every :data:`REPORT_EVERY` queries, and a saved
@@ -113,8 +116,10 @@ def _random_search(
             if i == queries or rows.numel() == 0:
                 break
             if progress is not None and i > first and i % REPORT_EVERY == 0:
-                progress.report({"query": i, "rows": rows.to("cpu", copy=True), "best": best.to("cpu", copy=True),
-                                 "margin": best_margin.to("cpu", copy=True), **found_so_far(out, fooled, generator)})
+                progress.report({"query": i, "rows": rows.to("cpu", copy=True),
+                                 "best": best.to("cpu", copy=True),
+                                 "margin": best_margin.to("cpu", copy=True),
+                                 **found_so_far(out, fooled, generator)})
             candidate, window = propose(i, xs, best, generator)
             m = margin(engine.query(candidate, window), y[rows])
             better = m < best_margin
@@ -127,7 +132,8 @@ def _random_search(
 def _resume_search(
     saved: dict[str, Any], out: torch.Tensor, fooled: torch.Tensor, generator: torch.Generator | None
 ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(next query, rows, best, best margin) of a reported search; its results so far go into ``out``/``fooled``."""
+    """(next query, rows, best, best margin) of a reported search; its results so far go into
+    ``out``/``fooled``."""
     restore_found(saved, out, fooled, generator, "Square search")
     device = out.device
     return (int(saved["query"]), saved["rows"].to(device), saved["best"].to(device, out.dtype),
@@ -135,7 +141,8 @@ def _resume_search(
 
 
 def _position(size: int, side: int, like: torch.Tensor, generator: torch.Generator | None) -> int:
-    """A random top-left coordinate of a window of ``side`` in ``size`` (one per query, shared by the batch)."""
+    """A random top-left coordinate of a window of ``side`` in ``size`` (one per query, shared by the
+    batch)."""
     return int(torch.randint(max(size - side, 1), (1,), generator=generator, device=like.device))
 
 
@@ -178,7 +185,8 @@ def _pyramid(rows: int, cols: int, device: torch.device) -> torch.Tensor:
 
 
 def _l2_pattern(side: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """(side, side): a pyramid on the top half minus one on the bottom half, unit L2 norm, randomly transposed."""
+    """(side, side): a pyramid on the top half minus one on the bottom half, unit L2 norm, randomly
+    transposed."""
     top = side // 2
     p = torch.cat([_pyramid(top, side, like.device), -_pyramid(side - top, side, like.device)])
     p = p / p.norm()
@@ -251,8 +259,8 @@ class SquareAttack(InferenceCopyAttack):
                 "loss": "margin"}
 
     def describe(self) -> str:
-        return (f"{self.name}: Square, {self.queries} queries, {self.norm.title} eps {fmt_eps(self.eps)}, p_init {P_INIT}, "
-                "margin loss")
+        return (f"{self.name}: Square, {self.queries} queries, {self.norm.title} eps {fmt_eps(self.eps)}, "
+                f"p_init {P_INIT}, margin loss")
 
     def run_prepared(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None

@@ -19,7 +19,8 @@ from agkd_bml.attacks.pgd import PgdAttack
 
 @dataclass(kw_only=True, frozen=True)
 class TransferAttack(Attack):
-    """``transfer:PATH``: ``inner`` (PGD-20 by default) run on the source model loaded from ``source_path``."""
+    """``transfer:PATH``: ``inner`` (PGD-20 by default) run on the source model loaded from
+    ``source_path``."""
 
     name: str
     source_path: str

@@ -25,11 +25,11 @@ from agkd_bml.analysis.timing import run_timing, timing_table
 from agkd_bml.analysis.training_curves import plot_training
 from agkd_bml.analysis.tsne import tsne_figure
 from agkd_bml.attacks import Attack, full_length, parse_attacks
-from agkd_bml.cli.evaluation import curves, evaluate_checkpoints
 from agkd_bml.cli.options import add_eval_options, command_handler
 from agkd_bml.data import Dataset
 from agkd_bml.errors import UserError
 from agkd_bml.evaluation import EvalOptions, ModelLoader, require_positive
+from agkd_bml.evaluation.runs import curves, evaluate_checkpoints
 from agkd_bml.fileio import write_text
 
 
@@ -58,8 +58,10 @@ def knn(
             raise UserError(f"--k {k} is larger than the index ({m} training images)")
         kw = dict(batch_size=options.batch_size, device=loader.device, seed=options.seed)
         index = embed(model, data.x_train[:m], data.y_train[:m], **kw)
-        row = {"model": label, "k": k, "metric": metric, "index": m, "n": int(x.shape[0]), "attack": adv.describe()}
-        for split, emb in (("clean", embed(model, x, y, **kw)), (adv.name, embed(model, x, y, attack=adv, **kw))):
+        row = {"model": label, "k": k, "metric": metric, "index": m, "n": int(x.shape[0]),
+               "attack": adv.describe()}
+        for split, emb in (("clean", embed(model, x, y, **kw)),
+                           (adv.name, embed(model, x, y, attack=adv, **kw))):
             pred = knn_predict(index.embedding, index.labels, emb.embedding, k=k, metric=metric,
                                num_classes=data.spec.num_classes)
             row[f"softmax {split}"] = float((emb.pred == y).float().mean())
@@ -69,8 +71,9 @@ def knn(
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += [f"| {r['model']} | " + " | ".join(f"{100 * r[c]:.2f}" for c in cols) + " |" for r in rows]
     first = rows[0]
-    lines += ["", f"Accuracy (%) on the first n={first['n']} test images (all of them, attacked or not). k-NN: k={k}, "
-              f"{metric} distance, index = embeddings of the first {first['index']} training images. "
+    lines += ["",
+              f"Accuracy (%) on the first n={first['n']} test images (all of them, attacked or not). k-NN: "
+              f"k={k}, {metric} distance, index = embeddings of the first {first['index']} training images. "
               f"AEs crafted against the softmax head: {first['attack']}; seed {options.seed}."]
     text = "\n".join(lines)
     print(text)
@@ -123,7 +126,8 @@ def tsne(
         keep = torch.cat([(y == c).nonzero().squeeze(1)[:per_class] for c in range(data.spec.num_classes)])
         kw = dict(batch_size=options.batch_size, device=loader.device, seed=options.seed)
         clean = embed(model, x[keep], y[keep], **kw)
-        advs = {c: embed(model, x[keep][y[keep] == c], y[keep][y[keep] == c], attack=adv, **kw) for c in chosen}
+        advs = {c: embed(model, x[keep][y[keep] == c], y[keep][y[keep] == c], attack=adv, **kw) for c
+                in chosen}
         panels[label] = (clean, advs)
     title = f"t-SNE of penultimate embeddings (scikit-learn, seed {options.seed}); AEs: {adv.describe()}"
     files = tsne_figure(panels, names, Path(out) / "tsne", title=title, seed=options.seed)
@@ -155,14 +159,15 @@ def attention(
     for f in files:
         print(f"wrote {f}", file=sys.stderr)
     who = f"teacher {teacher}" if teacher_model else "no teacher (give --teacher)"
-    return (f"![attention](attention.png)\n\nClass-irrelevant attention maps on the first {images} test images; "
-            f"{who}. AEs: {adv.describe()}.\n\n![Grad-CAM](gradcam.png)\n\nGrad-CAM of the true and the "
-            "predicted class on each model's AE.")
+    return (f"![attention](attention.png)\n\nClass-irrelevant attention maps on the first {images} test "
+            f"images; {who}. AEs: {adv.describe()}.\n\n![Grad-CAM](gradcam.png)\n\nGrad-CAM of the true and "
+            "the predicted class on each model's AE.")
 
 
 def report(
     runs: Sequence[str], *, out: str = "report", attacks: str = "clean,fgsm,pgd-20,cw-20", n: int = 1000,
-    curve_n: int = 500, k: int = 50, index_limit: int = 10000, classes: str | None = None, per_class: int = 100,
+    curve_n: int = 500, k: int = 50, index_limit: int = 10000, classes: str | None = None,
+    per_class: int = 100,
     images: int = 6, teacher: str | None = None, options: EvalOptions = EvalOptions(),
 ) -> Path:
     """``agkd-bml report``: evaluation table, curves, k-NN, t-SNE, attention and training time in one page."""
@@ -175,9 +180,12 @@ def report(
     curves(runs, out=out, options=on(curve_n))
     sections.append(f"## Accuracy vs attack steps and budget\n\n![curves](curves.png)\n\nData: `curves.csv` "
                     f"(first {curve_n} test images).")
-    sections.append("## k-NN on penultimate embeddings\n\n" + knn(runs, k=k, index_limit=index_limit, out=out, options=on(n)))
-    sections.append("## t-SNE\n\n" + tsne(runs, classes=classes, per_class=per_class, out=out, options=on(None)))
-    sections.append("## Attention\n\n" + attention(runs, images=images, teacher=teacher, out=out, options=on(None)))
+    neighbours = knn(runs, k=k, index_limit=index_limit, out=out, options=on(n))
+    sections.append("## k-NN on penultimate embeddings\n\n" + neighbours)
+    sections.append("## t-SNE\n\n" + tsne(runs, classes=classes, per_class=per_class, out=out,
+                                          options=on(None)))
+    sections.append("## Attention\n\n" + attention(runs, images=images, teacher=teacher, out=out,
+                                                   options=on(None)))
     sections.append("## Training time\n\n" + timing_table([run_timing(r) for r in runs]))
     sections.append(f"Report built in {time.perf_counter() - start:.0f}s.")
     text = "\n\n".join(sections) + "\n"
@@ -208,8 +216,8 @@ def training_curves(runs: list[str], *, out: str = "training-curves") -> list[Pa
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     k = sub.add_parser("knn", help="k-NN on penultimate embeddings vs the softmax head (Table 9)",
-                       description="Classify clean and attacked test images by a k-NN vote among the embeddings "
-                       "of training images, next to the softmax accuracy.")
+                       description="Classify clean and attacked test images by a k-NN vote among the "
+                                   "embeddings of training images, next to the softmax accuracy.")
     k.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
     k.add_argument("--k", type=int, default=50, help="neighbours (default: 50)")
     k.add_argument("--metric", default="cosine", help="cosine or l2 (default: cosine)")
@@ -222,38 +230,48 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ts = sub.add_parser("tsne", help="t-SNE of embeddings: clean points by class, one class's AEs in red",
                         description="Figures 3, 6-9: one column per model, one row per chosen class.")
     ts.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
-    ts.add_argument("--classes", default=None, help="comma-separated class names or indices (default: the first two)")
+    ts.add_argument("--classes", default=None,
+                    help="comma-separated class names or indices (default: the first two)")
     ts.add_argument("--per-class", type=int, default=100, help="clean test images per class (default: 100)")
     ts.add_argument("--attack", default="pgd-20")
     ts.add_argument("--out", default="tsne", help="folder for tsne.png / tsne.pdf (default: ./tsne)")
     add_eval_options(ts)
     ts.set_defaults(handler=command_handler(tsne))
 
-    at = sub.add_parser("attention", help="attention maps of AEs vs the teacher's, and Grad-CAM (Figures 1, 4)")
+    at = sub.add_parser("attention",
+                        help="attention maps of AEs vs the teacher's, and Grad-CAM (Figures 1, 4)")
     at.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
     at.add_argument("--images", type=int, default=8, help="test images shown (default: 8)")
-    at.add_argument("--teacher", default=None, help="clean teacher checkpoint (default: the first run's --teacher)")
+    at.add_argument("--teacher", default=None,
+                    help="clean teacher checkpoint (default: the first run's --teacher)")
     at.add_argument("--attack", default="pgd-20")
-    at.add_argument("--out", default="attention", help="folder for attention.png and gradcam.png (default: ./attention)")
+    at.add_argument("--out", default="attention",
+                    help="folder for attention.png and gradcam.png (default: ./attention)")
     add_eval_options(at)
     at.set_defaults(handler=command_handler(attention))
 
-    tc = sub.add_parser("training-curves", help="plot runs' training: loss terms, lr, held-out clean and PGD, best epoch",
-                        description="Plot one or several runs' metrics.jsonl (also of a run still training): each "
-                        "loss term, the learning rate, held-out clean and PGD accuracy, and the epoch best.pt keeps.")
+    tc = sub.add_parser("training-curves",
+                        help="plot runs' training: loss terms, lr, held-out clean and PGD, best epoch",
+                        description="Plot one or several runs' metrics.jsonl (also of a run still "
+                                    "training): each loss term, the learning rate, held-out clean and PGD "
+                                    "accuracy, and the epoch best.pt keeps.")
     tc.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     tc.add_argument("--out", default="training-curves", help="OUT.png and OUT.pdf")
     tc.set_defaults(handler=command_handler(training_curves))
 
-    r = sub.add_parser("report", help="one Markdown + HTML page: table, curves, k-NN, t-SNE, attention, timing",
-                       description="Evaluate the given runs and write report.md / report.html with every figure.")
+    r = sub.add_parser("report",
+                       help="one Markdown + HTML page: table, curves, k-NN, t-SNE, attention, timing",
+                       description="Evaluate the given runs and write report.md / report.html with every "
+                                   "figure.")
     r.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or checkpoints)")
     r.add_argument("--out", default="report", help="folder of the report (default: ./report)")
-    r.add_argument("--attacks", default="clean,fgsm,pgd-20,cw-20", help="attack specs of the table (add aa for AutoAttack)")
+    r.add_argument("--attacks", default="clean,fgsm,pgd-20,cw-20",
+                   help="attack specs of the table (add aa for AutoAttack)")
     r.add_argument("--n", type=int, default=1000, help="test images for the table and k-NN (default: 1000)")
     r.add_argument("--curve-n", type=int, default=500, help="test images for the curves (default: 500)")
     r.add_argument("--k", type=int, default=50)
-    r.add_argument("--index-limit", type=int, default=10000, help="training images in the k-NN index (default: 10000)")
+    r.add_argument("--index-limit", type=int, default=10000,
+                   help="training images in the k-NN index (default: 10000)")
     r.add_argument("--classes", default=None, help="t-SNE classes (default: the first two)")
     r.add_argument("--per-class", type=int, default=100)
     r.add_argument("--images", type=int, default=6, help="images in the attention figures")

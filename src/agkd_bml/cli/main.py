@@ -23,7 +23,9 @@ COMMAND_MODULES = (training, evaluation, analysis, reproduce, quickstart)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="agkd-bml", description="AGKD-BML adversarial training, the methods it is compared with, and their evaluation.")
+    parser = Parser(prog="agkd-bml",
+                    description="AGKD-BML adversarial training, the methods it is compared with, and their "
+                                "evaluation.")
     parser.add_argument("--version", action="version", version=f"agkd-bml {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -41,7 +43,8 @@ class StderrLines(logging.Handler):
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--"]:  # `torchrun ... -m agkd_bml -- eval --n 100`: the "--" shields --n from torchrun's parser
+    # `torchrun ... -m agkd_bml -- eval --n 100`: the "--" shields --n from torchrun's parser
+    if argv[:1] == ["--"]:
         argv = argv[1:]
     args = build_parser().parse_args(argv)
     # status and progress lines (AutoAttack's per part, among others) go to stderr; tables to stdout
@@ -60,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except KeyboardInterrupt:
-        print("agkd-bml: interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)
+        print("agkd-bml: interrupted; the last checkpoint is intact (continue with --resume)",
+              file=sys.stderr)
         return 130
 
 

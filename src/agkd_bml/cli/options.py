@@ -24,7 +24,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        shown = action.default not in (None, False, argparse.SUPPRESS) and not isinstance(action.default, bool)
+        shown = (action.default not in (None, False, argparse.SUPPRESS) and
+                 not isinstance(action.default, bool))
         if shown and action.option_strings and "default" not in text and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
@@ -53,30 +54,34 @@ def add_progress(p: argparse.ArgumentParser, text: str = "no progress bars") -> 
     p.add_argument("--no-progress", action="store_true", help=text)
 
 
-def add_eval_options(p: argparse.ArgumentParser, n: int | None = None, *, data: bool = True, foreign: bool = False) -> None:
+def add_eval_options(p: argparse.ArgumentParser, n: int | None = None, *, data: bool = True,
+                     foreign: bool = False) -> None:
     """The :class:`EvalOptions` as options (``data=False``: without --n, --dataset and --data-dir;
     ``foreign``: with --model-weights and --normalize, for commands that take models of any origin)."""
     if data:
-        p.add_argument("--n", type=int, default=n, help=f"use the first N test images (default: {n if n else 'all'})")
+        p.add_argument("--n", type=int, default=n,
+                       help=f"use the first N test images (default: {n if n else 'all'})")
     p.add_argument("--batch-size", type=int, default=256, help="images per attacked batch")
-    p.add_argument("--eps", type=number, default=None, help="the attack budget (default: the dataset's, e.g. 8/255 for L-inf on CIFAR-10)")
+    p.add_argument("--eps", type=number, default=None,
+                   help="the attack budget (default: the dataset's, e.g. 8/255 for L-inf on CIFAR-10)")
     p.add_argument("--seed", type=int, default=0, help="seed of random starts and library attacks")
     if data:
         p.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the checkpoint's")
         p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--weights", default="last", choices=WEIGHTS,
-                   help="which weights of each run: last (last.pt), best (best.pt: best held-out PGD accuracy, clean accuracy for standard runs, "
-                   "runs trained with --val-split) or ema (the moving average of runs trained with --ema); "
-                   "default: last")
+                   help="which weights of each run: last (last.pt), best (best.pt: best held-out PGD "
+                        "accuracy, clean accuracy for standard runs, runs trained with --val-split) or ema "
+                        "(the moving average of runs trained with --ema); default: last")
     if foreign:
         p.add_argument("--model-weights", metavar="FILE", action="append", default=None,
-                       help="a state dict (torch.save, loaded with weights_only=True) for the py: factories' models: "
-                            "once for all of them, or repeated, one per py: model in their order; also under a "
-                            "state_dict/model/net key, and saved from nn.DataParallel (module. keys)")
+                       help="a state dict (torch.save, loaded with weights_only=True) for the py: factories' "
+                            "models: "
+                            "once for all of them, or repeated, one per py: model in their order; also under "
+                            "a state_dict/model/net key, and saved from nn.DataParallel (module. keys)")
         p.add_argument("--normalize", metavar="MEAN,STD", default=None,
-                       help="for a foreign model that expects normalised inputs: `dataset` (the data's own mean "
-                       "and std), MEAN,STD, or one mean per channel then one std per channel")
+                       help="for a foreign model that expects normalised inputs: `dataset` (the data's own "
+                            "mean and std), MEAN,STD, or one mean per channel then one std per channel")
     add_progress(p)
 
 
@@ -88,7 +93,8 @@ def eval_options(args: argparse.Namespace) -> EvalOptions:
     return EvalOptions(**given, progress=not args.no_progress)
 
 
-#: parsed arguments that are not a command function's parameters: the parser's own, and those :func:`call` maps
+#: parsed arguments that are not a command function's parameters: the parser's own, and those :func:`call`
+# maps
 GLOBAL_OPTIONS = frozenset({"command", "handler", "debug", "no_progress"})
 
 
@@ -115,7 +121,8 @@ def call(fn: Callable[..., Any], args: argparse.Namespace) -> Any:
 
 
 def command_handler(fn: Callable[..., Any], *, status: bool = False) -> Callable[[argparse.Namespace], int]:
-    """The handler of a subcommand: ``fn`` called through :func:`call`; exit code 0 (or ``fn``'s if ``status``)."""
+    """The handler of a subcommand: ``fn`` called through :func:`call`; exit code 0 (or ``fn``'s if
+    ``status``)."""
 
     def handler(args: argparse.Namespace) -> int:
         result = call(fn, args)

@@ -1,4 +1,5 @@
-"""``agkd-bml train``, ``presets`` and ``methods``: the training options come from the config and the methods."""
+"""``agkd-bml train``, ``presets`` and ``methods``: the training options come from the config and the
+methods."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from agkd_bml.methods import METHODS, PARAMS, methods_using
 from agkd_bml.train import preset_names, preset_path, resolve, train
 
 
-def _option(p: argparse.ArgumentParser, name: str, type_: str, default: Any, help: str, **extra: Any) -> None:  # noqa: A002
+# noqa: A002
+def _option(p: argparse.ArgumentParser, name: str, type_: str, default: Any, help: str, **extra: Any) -> None:
     """One ``--name`` option; unset options stay None so that presets and files below them show through."""
     text = help
     if "default" not in text:  # help texts that explain their default say it themselves
@@ -58,7 +60,8 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(
-    *, preset: str | None, config: str | None, overrides: dict[str, Any], resume: bool = False, start_if_none: bool = False,
+    *, preset: str | None, config: str | None, overrides: dict[str, Any], resume: bool = False,
+    start_if_none: bool = False,
     overwrite: bool = False, progress: bool = True, dry_run: bool = False,
 ) -> Path:
     """``agkd-bml train``: resolve the config (defaults < preset < file < overrides) and train it."""
@@ -74,15 +77,18 @@ def _train(args: argparse.Namespace) -> int:
     names = [n for n in (*FIELDS, *PARAMS) if n != "params"]
     overrides = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     run_train(preset=args.preset, config=args.config, overrides=overrides, resume=args.resume,
-              start_if_none=args.start_if_none, overwrite=args.overwrite, progress=not args.no_progress, dry_run=args.dry_run)
+              start_if_none=args.start_if_none, overwrite=args.overwrite, progress=not args.no_progress,
+              dry_run=args.dry_run)
     return 0
 
 
 def list_presets() -> None:
-    """``agkd-bml presets``: each shipped preset with its whole description (the comment lines that open it)."""
+    """``agkd-bml presets``: each shipped preset with its whole description (the comment lines that open
+    it)."""
     for name in preset_names():
         lines = preset_path(name).read_text().splitlines()
-        text = " ".join(ln.lstrip("# ").strip() for ln in itertools.takewhile(lambda ln: ln.startswith("#"), lines))
+        opening = itertools.takewhile(lambda ln: ln.startswith("#"), lines)
+        text = " ".join(ln.lstrip("# ").strip() for ln in opening)
         print(f"{name}\n" + textwrap.fill(text, width=100, initial_indent="    ", subsequent_indent="    ",
                                                   break_on_hyphens=False))
 
@@ -99,18 +105,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "train", help="train a model with one method",
         description="Train a model. Values come from the defaults, then --preset, then --config FILE.yaml, "
         "then the options given here. The run directory gets config.yaml, metrics.jsonl (one JSON line "
-        "per epoch) and atomic checkpoints last.pt / prev.pt. Options marked [methods] apply to those methods only.",
+        "per epoch) and atomic checkpoints last.pt / prev.pt. Options marked [methods] apply to those "
+        "methods only.",
     )
     t.add_argument("--preset", help="a shipped preset (see `agkd-bml presets`)")
     t.add_argument("--config", metavar="FILE", help="a YAML file of options (keys as below, with _ or -)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest checkpoint (an error where it has none)")
     t.add_argument("--start-if-none", action="store_true",
-                   help="with or without --resume: resume the run in --out, or start it where it has no checkpoint")
+                   help="with or without --resume: resume the run in --out, or start it where it has no "
+                        "checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
     add_progress(t, "no progress bar (log lines only)")
-    t.add_argument("--dry-run", action="store_true", help="check config, data, teacher and run directory, then stop")
+    t.add_argument("--dry-run", action="store_true",
+                   help="check config, data, teacher and run directory, then stop")
     add_config_options(t)
     t.set_defaults(handler=_train)
-    sub.add_parser("presets", help="list the shipped presets").set_defaults(handler=command_handler(list_presets))
-    sub.add_parser("methods", help="list the training methods").set_defaults(handler=command_handler(list_methods))
+    for name, what, fn in (("presets", "the shipped presets", list_presets),
+                           ("methods", "the training methods", list_methods)):
+        sub.add_parser(name, help=f"list {what}").set_defaults(handler=command_handler(fn))

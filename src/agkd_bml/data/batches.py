@@ -77,7 +77,8 @@ class ClassIndex:
         self.missing = [int(c) for c in torch.nonzero(self.counts == 0).flatten()]
 
     def sample(self, classes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Return one uniformly random index of class ``classes[i]`` for every ``i`` (classes present only)."""
+        """Return one uniformly random index of class ``classes[i]`` for every ``i`` (classes present
+        only)."""
         counts = self.counts[classes]
         u = torch.rand(classes.shape[0], device=classes.device, generator=generator, dtype=torch.float64)
         pos = self.offsets[classes] + (u * counts).long().clamp_max_(counts - 1)
@@ -92,7 +93,8 @@ class ImageSampler:
     """
 
     def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, num_classes: int, augment: Augment | None, device: torch.device
+        self, x: torch.Tensor, y: torch.Tensor, num_classes: int, augment: Augment | None,
+        device: torch.device
     ) -> None:
         self.index = ClassIndex(y.to(device), num_classes)
         if self.index.missing:
@@ -104,7 +106,8 @@ class ImageSampler:
         self.y = y.to(device)
         self.augment = augment
 
-    def draw(self, classes: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self, classes: torch.Tensor,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(images in [0, 1], labels)`` with ``labels == classes``."""
         idx = self.index.sample(classes, generator)
         images = to_float(self.x[idx])

@@ -70,7 +70,8 @@ class Dataset:
         if n is None or n >= self.x_train.shape[0]:
             return self
         idx = torch.randperm(self.x_train.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
-        return Dataset(spec=self.spec, x_train=self.x_train[idx], y_train=self.y_train[idx], x_test=self.x_test, y_test=self.y_test)
+        return Dataset(spec=self.spec, x_train=self.x_train[idx], y_train=self.y_train[idx],
+                       x_test=self.x_test, y_test=self.y_test)
 
     def hold_out(self, n: int, seed: int = 0) -> tuple[Dataset, torch.Tensor, torch.Tensor]:
         """(the rest, held-out images, their labels): ``n`` training images, as many of each class as can be.
@@ -80,18 +81,22 @@ class Dataset:
         """
         counts = torch.bincount(self.y_train, minlength=self.spec.num_classes)
         if not 0 < n < self.x_train.shape[0]:
-            raise UserError(f"--val-split must be between 1 and {self.x_train.shape[0] - 1} (the training images); got {n}")
+            raise UserError(f"--val-split must be between 1 and {self.x_train.shape[0] - 1} (the training "
+                            f"images); got {n}")
         gen = torch.Generator().manual_seed(seed)
         per_class = [(self.y_train == c).nonzero().squeeze(1) for c in range(self.spec.num_classes)]
         per_class = [idx[torch.randperm(idx.numel(), generator=gen)] for idx in per_class]
         k = self.spec.num_classes
-        take = [min(n // k + (c < n % k), int(counts[c])) for c in range(k)]  # balanced; a small class gives all
+        # balanced; a small class gives all
+        take = [min(n // k + (c < n % k), int(counts[c])) for c in range(k)]
         if sum(take) < n:
-            raise UserError(f"--val-split {n}: the smallest classes have too few training images for a balanced split")
+            raise UserError(f"--val-split {n}: the smallest classes have too few training images for a "
+                            "balanced split")
         held = torch.cat([idx[:k] for idx, k in zip(per_class, take, strict=True)]).sort().values
         keep = torch.ones(self.x_train.shape[0], dtype=torch.bool)
         keep[held] = False
-        rest = Dataset(spec=self.spec, x_train=self.x_train[keep], y_train=self.y_train[keep], x_test=self.x_test, y_test=self.y_test)
+        rest = Dataset(spec=self.spec, x_train=self.x_train[keep], y_train=self.y_train[keep],
+                       x_test=self.x_test, y_test=self.y_test)
         return rest, self.x_train[held], self.y_train[held]
 
 
@@ -115,7 +120,8 @@ def _to_nchw(x: np.ndarray, what: str) -> np.ndarray:
         return x[:, None]
     if x.ndim == 4 and x.shape[-1] in (1, 3):
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    raise UserError(f"{what} must be uint8 images of shape (N, H, W) or (N, H, W, C) with C in 1 or 3; got {x.shape}")
+    raise UserError(f"{what} must be uint8 images of shape (N, H, W) or (N, H, W, C) with C in 1 or 3; got "
+                    f"{x.shape}")
 
 
 def from_arrays(
@@ -134,7 +140,8 @@ def from_arrays(
 ) -> Dataset:
     """Validate numpy arrays (uint8 NHW / NHWC images, integer labels) and wrap them as a :class:`Dataset`.
 
-    ``default_eps``: the dataset's L-inf budget; ``None``: the convention of its image shape (:func:`image_linf_eps`).
+    ``default_eps``: the dataset's L-inf budget; ``None``: the convention of its image shape
+    (:func:`image_linf_eps`).
     """
     xs = {}
     ys = {}
@@ -147,13 +154,15 @@ def from_arrays(
             raise UserError(f"{name}: y_{split} must be one-dimensional; got shape {y.shape}")
         x = _to_nchw(x, f"{name}: x_{split}")
         if x.shape[0] != y.shape[0]:
-            raise UserError(f"{name}: x_{split} has {x.shape[0]} images but y_{split} has {y.shape[0]} labels")
+            raise UserError(f"{name}: x_{split} has {x.shape[0]} images but y_{split} has {y.shape[0]} "
+                            "labels")
         if x.shape[0] == 0:
             raise UserError(f"{name}: the {split} split is empty")
         xs[split] = x
         ys[split] = y.astype(np.int64)
     if xs["train"].shape[1:] != xs["test"].shape[1:]:
-        raise UserError(f"{name}: train images {xs['train'].shape[1:]} and test images {xs['test'].shape[1:]} differ in shape")
+        raise UserError(f"{name}: train images {xs['train'].shape[1:]} and test images "
+                        f"{xs['test'].shape[1:]} differ in shape")
     c, h, w = xs["train"].shape[1:]
     if h != w or h == 0:
         raise UserError(f"{name}: images must be square and non-empty; got {h}x{w}")
@@ -168,8 +177,9 @@ def from_arrays(
         absent = sorted(set(range(k)) - set(np.unique(ys["train"]).tolist()))
         if absent:
             shown = ", ".join(map(str, absent[:8])) + (", ..." if len(absent) > 8 else "")
-            raise UserError(f"{name}: labels must be the class indices 0..K-1, but {len(absent)} of 0..{k - 1} have "
-                            f"no training images ({shown}); renumber them, or give the classes as a class_names array")
+            raise UserError(f"{name}: labels must be the class indices 0..K-1, but {len(absent)} of "
+                            f"0..{k - 1} have no training images ({shown}); renumber them, or give the "
+                            "classes as a class_names array")
     if mean is None or std is None:
         mean, std = _channel_stats(xs["train"])
     spec = DataSpec(
@@ -232,7 +242,8 @@ def load_npz(path: str) -> Dataset:
         with np.load(p, allow_pickle=False) as f:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
             if missing:
-                raise UserError(f"{path}: missing array(s) {', '.join(missing)}; need x_train, y_train, x_test, y_test")
+                raise UserError(f"{path}: missing array(s) {', '.join(missing)}; need x_train, y_train, "
+                                "x_test, y_test")
             arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
             names = tuple(str(s) for s in f["class_names"]) if "class_names" in f.files else None
     except UserError:
@@ -338,7 +349,8 @@ DATA_DIR_ENV = "AGKD_BML_DATA"
 
 def default_data_dir() -> str:
     """Where datasets by name live unless ``--data-dir`` says otherwise: ``$AGKD_BML_DATA``, else a per-user
-    cache (``$XDG_CACHE_HOME/agkd-bml/data``, ``~/.cache/agkd-bml/data``), so one download serves every project."""
+    cache (``$XDG_CACHE_HOME/agkd-bml/data``, ``~/.cache/agkd-bml/data``), so one download serves every
+    project."""
     if os.environ.get(DATA_DIR_ENV):
         return os.environ[DATA_DIR_ENV]
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -346,7 +358,8 @@ def default_data_dir() -> str:
 
 
 def load_dataset(name: str, *, data_dir: str | None = None, download: bool = False) -> Dataset:
-    """Load a dataset by name (see :data:`DATASETS`; files in ``data_dir``, by default :func:`default_data_dir`,
+    """Load a dataset by name (see :data:`DATASETS`; files in ``data_dir``, by default
+    :func:`default_data_dir`,
     fetched there by torchvision with ``download``) or ``npz:PATH``."""
     if name.startswith("npz:"):
         return load_npz(name[4:])

@@ -94,12 +94,15 @@ def audit(
     budgets = {f: pgd_attack(20, f * eps) if f != 1.0 else ladder[20] for f in EPS_FACTORS}
     longer, restarted = pgd_attack(100, eps), pgd_attack(20, eps, restarts=3)
     unbounded = pgd_attack(20, LARGE_EPS)
-    attacks: list[Attack] = [fgsm, *ladder.values(), *(a for f, a in budgets.items() if f != 1.0), longer, restarted,
-                             unbounded, SquareAttack(name=f"square-{square_queries}", eps=eps, queries=square_queries)]
+    attacks: list[Attack] = [fgsm, *ladder.values(), *(a for f, a in budgets.items() if f != 1.0), longer,
+                             restarted,
+                             unbounded,
+                             SquareAttack(name=f"square-{square_queries}", eps=eps, queries=square_queries)]
     if spsa_steps:
         attacks.append(SpsaAttack(name=f"spsa-{spsa_steps}", steps=spsa_steps, eps=eps))
     if source is not None:
-        attacks.append(TransferAttack(name=f"transfer:{source_name}", source_path=source_name, inner=ladder[20], source=source))
+        attacks.append(TransferAttack(name=f"transfer:{source_name}", source_path=source_name,
+                                      inner=ladder[20], source=source))
     results = evaluate_attacks(model, x, y, attacks, batch_size=batch_size, device=device, seed=seed,
                                progress=progress, desc="audit ")
     r = {a.name: res for a, res in zip(attacks, results, strict=True)}
@@ -108,15 +111,17 @@ def audit(
 
     share = zero_gradient_share(model, x, y, batch_size=batch_size, device=device)
     checks.append(Check("gradients are non-zero", share <= ZERO_GRAD_LIMIT,
-                        f"{100 * share:.1f}% of {x.shape[0]} images have an all-zero (or non-finite) input gradient "
-                        f"of the CW margin (limit {100 * ZERO_GRAD_LIMIT:g}%)"))
+                        f"{100 * share:.1f}% of {x.shape[0]} images have an all-zero (or non-finite) input "
+                        f"gradient of the CW margin (limit {100 * ZERO_GRAD_LIMIT:g}%)"))
 
     beats = pgd20.accuracy < r["fgsm"].accuracy or r["fgsm"].accuracy <= tolerance
     checks.append(Check("iterative attacks beat one-step", beats,
-                        f"PGD-20 {_pct(pgd20)} vs FGSM {_pct(r['fgsm'])} (PGD-20 must be lower unless FGSM is at ~0)"))
+                        f"PGD-20 {_pct(pgd20)} vs FGSM {_pct(r['fgsm'])} (PGD-20 must be lower unless FGSM "
+                        "is at ~0)"))
 
     def monotone(points: list[tuple[str, AttackResult]], what: str) -> Check:
-        rises = [f"{a} -> {b}" for (a, ra), (b, rb) in zip(points, points[1:], strict=False) if rb.accuracy > ra.accuracy + tolerance]
+        rises = [f"{a} -> {b}" for (a, ra),
+                 (b, rb) in zip(points, points[1:], strict=False) if rb.accuracy > ra.accuracy + tolerance]
         text = ", ".join(f"{label} {_pct(res)}" for label, res in points)
         return Check(f"accuracy is non-increasing in {what}", not rises,
                      text + (f"; rises at {'; '.join(rises)}" if rises else "") + f" ({tol})")
@@ -126,7 +131,8 @@ def audit(
 
     big = r[unbounded.name]
     checks.append(Check("an unbounded attack breaks the model", big.accuracy <= tolerance,
-                        f"PGD-20 at eps {LARGE_EPS:g} (whole pixel range): {_pct(big)} (limit {100 * tolerance:g}%)"))
+                        f"PGD-20 at eps {LARGE_EPS:g} (whole pixel range): {_pct(big)} (limit "
+                        f"{100 * tolerance:g}%)"))
 
     strongest = min(r[longer.name].accuracy, r[restarted.name].accuracy)
     checks.append(Check("the attack has converged", pgd20.accuracy - strongest <= 2 * tolerance,
@@ -140,11 +146,14 @@ def audit(
                             f"{a.name} {_pct(r[a.name])} vs PGD-20 {_pct(pgd20)} ({tol})"))
     if source is None:
         checks.append(Check("transfer is no stronger than white-box", None,
-                            "give --source CHECKPOINT (e.g. the clean teacher) to craft PGD-20 AEs on another model"))
+                            "give --source CHECKPOINT (e.g. the clean teacher) to craft PGD-20 AEs on "
+                            "another model"))
     else:
         t = r[f"transfer:{source_name}"]
-        checks.append(Check("transfer is no stronger than white-box", t.accuracy >= pgd20.accuracy - tolerance,
-                            f"PGD-20 from {source_name}: {_pct(t)} vs white-box PGD-20 {_pct(pgd20)} ({tol})"))
+        checks.append(Check("transfer is no stronger than white-box",
+                            t.accuracy >= pgd20.accuracy - tolerance,
+                            f"PGD-20 from {source_name}: {_pct(t)} vs white-box PGD-20 {_pct(pgd20)} "
+                            f"({tol})"))
     return checks
 
 
@@ -153,7 +162,8 @@ def verdict(checks: list[Check], n: int, eps: float) -> str:
     failed = [c.name for c in checks if c.passed is False]
     passed = sum(c.passed is True for c in checks)
     skipped = sum(c.passed is None for c in checks)
-    head = f"on n={n} test images, eps {fmt_eps(eps)}: {passed} passed, {len(failed)} failed, {skipped} skipped"
+    head = (f"on n={n} test images, eps {fmt_eps(eps)}: {passed} passed, {len(failed)} failed, {skipped} "
+            "skipped")
     if failed:
         return (f"verdict: FAIL {head}. Signs of gradient masking; failed: {'; '.join(failed)}. Do not trust "
                 "gradient-based robustness numbers of this model.")

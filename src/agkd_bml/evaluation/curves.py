@@ -27,7 +27,8 @@ EPS_CURVE_STEPS = 20
 def pgd_attack(steps: int, eps: float, restarts: int = 1) -> PgdAttack:
     """PGD as in the tables: step eps/4 from a uniform random start."""
     suffix = f"x{restarts}" if restarts > 1 else ""
-    return PgdAttack(name=f"pgd-{steps}@{fmt_eps(eps)}{suffix}", steps=steps, eps=eps, step_size=eps / 4, random_start=True, restarts=restarts)
+    return PgdAttack(name=f"pgd-{steps}@{fmt_eps(eps)}{suffix}", steps=steps, eps=eps, step_size=eps / 4,
+                     random_start=True, restarts=restarts)
 
 
 @dataclass
@@ -56,7 +57,8 @@ def accuracy_curves(
     levels = eps_levels if eps_levels is not None else tuple(f * eps for f in EPS_FACTORS)
     by_steps = evaluate_attacks(model, x, y, [pgd_attack(k, eps) for k in steps], batch_size=batch_size,
                                 device=device, seed=seed, progress=progress, desc=desc)
-    by_eps = evaluate_attacks(model, x, y, [pgd_attack(EPS_CURVE_STEPS, e) for e in levels], batch_size=batch_size,
+    by_eps = evaluate_attacks(model, x, y, [pgd_attack(EPS_CURVE_STEPS, e) for e in levels],
+                              batch_size=batch_size,
                               device=device, seed=seed, progress=progress, desc=desc)
     return Curves(list(zip(steps, by_steps, strict=True)), list(zip(levels, by_eps, strict=True)))
 
@@ -65,7 +67,8 @@ def curves_csv(curves: dict[str, Curves]) -> str:
     """One row per (model, axis, point) with accuracy and its 95% Wilson interval."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["model", "axis", "steps", "eps", "step_size", "accuracy", "ci95_low", "ci95_high", "n", "seed"])
+    w.writerow(["model", "axis", "steps", "eps", "step_size", "accuracy", "ci95_low", "ci95_high", "n",
+                "seed"])
     for name, c in curves.items():
         for axis, points in (("steps", c.by_steps), ("eps", c.by_eps)):
             for _, r in points:
@@ -84,11 +87,14 @@ def plot_curves(curves: dict[str, Curves], stem: Path) -> list[Path]:
 
     fig, (ax_s, ax_e) = plt.subplots(1, 2, figsize=(10, 4))
     for name, c in curves.items():
-        ax_s.plot([k for k, _ in c.by_steps], [100 * r.accuracy for _, r in c.by_steps], marker="o", label=name)
-        ax_e.plot([255 * e for e, _ in c.by_eps], [100 * r.accuracy for _, r in c.by_eps], marker="o", label=name)
+        ax_s.plot([k for k, _ in c.by_steps], [100 * r.accuracy for _, r in c.by_steps], marker="o",
+                  label=name)
+        ax_e.plot([255 * e for e, _ in c.by_eps], [100 * r.accuracy for _, r in c.by_eps], marker="o",
+                  label=name)
     first = next(iter(curves.values()))
     eps, n = first.by_steps[0][1].attack.eps, first.by_steps[0][1].n
-    ax_s.set(xscale="log", xlabel="PGD steps", ylabel="accuracy (%)", title=f"PGD, eps {fmt_eps(eps)}, step eps/4")
+    ax_s.set(xscale="log", xlabel="PGD steps", ylabel="accuracy (%)",
+             title=f"PGD, eps {fmt_eps(eps)}, step eps/4")
     ax_e.set(xlabel="eps (x/255)", ylabel="accuracy (%)", title=f"PGD-{EPS_CURVE_STEPS}, step eps/4")
     for ax in (ax_s, ax_e):
         ax.grid(alpha=0.3)

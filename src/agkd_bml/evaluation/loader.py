@@ -33,7 +33,8 @@ class EvalOptions:
 
     n: int | None = None  #: the first N test images (None: all)
     batch_size: int = 256
-    eps: float | None = None  #: the budget (None: the dataset's, see :func:`~agkd_bml.attacks.norms.dataset_eps`)
+    #: the budget (None: the dataset's, see :func:`~agkd_bml.attacks.norms.dataset_eps`)
+    eps: float | None = None
     seed: int = 0  #: random starts and library attacks
     dataset: str | None = None  #: evaluate on this dataset instead of the checkpoint's
     data_dir: str | None = None
@@ -42,7 +43,8 @@ class EvalOptions:
     weights: str = "last"  #: of each run: ``last``, ``best`` (best.pt, held-out PGD) or ``ema``
     #: state dicts for the ``py:`` factories' models: one for all, or one per ``py:`` model in the given order
     model_weights: tuple[str, ...] = ()
-    normalize: str | None = None  #: wrap a foreign model in this normalisation (``dataset``, ``M,S``, per channel)
+    #: wrap a foreign model in this normalisation (``dataset``, ``M,S``, per channel)
+    normalize: str | None = None
     norm: str = "linf"  #: the threat model of the attacks: ``linf`` or ``l2``
 
 
@@ -57,8 +59,9 @@ def check_compatible(path: str, own: DataSpec, spec: DataSpec) -> None:
     """A checkpoint can be evaluated on (or attack) data of its own input shape and number of classes."""
     if (own.num_classes, own.channels, own.size) != (spec.num_classes, spec.channels, spec.size):
         raise UserError(
-            f"{path} was trained on {own.name} ({own.num_classes} classes, {own.channels}x{own.size}x{own.size}); "
-            f"it cannot be used on {spec.name} ({spec.num_classes} classes, {spec.channels}x{spec.size}x{spec.size})"
+            f"{path} was trained on {own.name} ({own.num_classes} classes, "
+            f"{own.channels}x{own.size}x{own.size}); it cannot be used on {spec.name} ({spec.num_classes} "
+            f"classes, {spec.channels}x{spec.size}x{spec.size})"
         )
 
 
@@ -75,8 +78,9 @@ def _label(path: str, taken: set[str]) -> str:
 
 def describe_foreign(source: str, weights: str | None,
                      normalize: tuple[Sequence[float], Sequence[float]] | None) -> str:
-    """What a foreign model's row is, for the table's footnote: a figure must say which weights it scored, and a
-    factory's model without ``--model-weights`` has whatever weights the factory gives it (random ones, often)."""
+    """What a foreign model's row is, for the table's footnote: a figure must say which weights it scored, and
+    a factory's model without ``--model-weights`` has whatever weights the factory gives it (random ones,
+    often)."""
     if weights:
         digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:12]
         held = f"weights {weights} (sha256 {digest})"
@@ -115,7 +119,8 @@ def check_fits(label: str, model: torch.nn.Module, data: Dataset, device: torch.
 
 
 class ModelLoader:
-    """Checkpoints (or foreign models) and their test data for the evaluation commands (each dataset loaded once).
+    """Checkpoints (or foreign models) and their test data for the evaluation commands (each dataset loaded
+    once).
 
     ``features``: the command needs the last feature map and embedding (attention maps, k-NN, t-SNE),
     which only this project's models provide.
@@ -134,8 +139,10 @@ class ModelLoader:
         self.configs: dict[str, TrainConfig] = {}  #: training config of each loaded checkpoint, by path
         self.factories = 0  #: ``py:`` models loaded so far (the next one takes ``model_weights[factories]``)
 
-    def model(self, path: str, name: str | None = None) -> tuple[str, Classifier, Dataset, torch.Tensor, torch.Tensor]:
-        """(row label, model, dataset, first ``n`` test images, their labels) of a checkpoint or foreign model;
+    def model(self, path: str,
+              name: str | None = None) -> tuple[str, Classifier, Dataset, torch.Tensor, torch.Tensor]:
+        """(row label, model, dataset, first ``n`` test images, their labels) of a checkpoint or foreign
+        model;
         ``name`` replaces the row label (which is otherwise the run folder's or the factory's name)."""
         if name is not None:
             if name in self.taken:
@@ -145,7 +152,8 @@ class ModelLoader:
             label, model, data = self._external(path, name)
         else:
             if self.options.model_weights or self.options.normalize:
-                raise UserError(f"--model-weights and --normalize apply to py:, .pt2 and TorchScript models; {path} "
+                raise UserError("--model-weights and --normalize apply to py:, .pt2 and TorchScript models; "
+                                f"{path} "
                                 "is a checkpoint of this project, which holds its weights and normalisation")
             model, ckpt = load_model(path, self.device, self.options.weights)
             saved = self.configs[path] = ckpt.config
@@ -164,7 +172,8 @@ class ModelLoader:
         return self.datasets[name]
 
     def _factory_weights(self, path: str) -> str | None:
-        """The ``--model-weights`` file of the ``py:`` model ``path`` (the next in order, or the one for all)."""
+        """The ``--model-weights`` file of the ``py:`` model ``path`` (the next in order, or the one for
+        all)."""
         if not path.startswith("py:") or not self.options.model_weights:
             return None
         given = self.options.model_weights
@@ -172,34 +181,36 @@ class ModelLoader:
         if len(given) == 1:
             return given[0]
         if index >= len(given):
-            raise UserError(f"--model-weights gives {len(given)} files but there are more py: models; give one file "
-                            "for all of them, or one per py: model in their order")
+            raise UserError(f"--model-weights gives {len(given)} files but there are more py: models; give "
+                            "one file for all of them, or one per py: model in their order")
         return given[index]
 
     def _external(self, path: str, name: str | None = None) -> tuple[str, torch.nn.Module, Dataset]:
         """A model this project did not train, checked against the data it is evaluated on."""
         if self.features:
-            raise UserError(f"{path}: this command needs a model's feature maps and embeddings, which only this "
-                            "project's checkpoints provide; evaluate foreign models with eval, audit or curves")
+            raise UserError(f"{path}: this command needs a model's feature maps and embeddings, which only "
+                            "this project's checkpoints provide; evaluate foreign models with eval, audit or "
+                            "curves")
         if not self.options.dataset:
             raise UserError(f"{path} is a model of its own: say which data to evaluate it on with --dataset")
         if self.options.weights != "last":
             raise UserError("--weights best / ema choose among the weights of this project's runs; "
                             "give a foreign model's weights with --model-weights")
         data = self._data(self.options.dataset)
-        normalize = parse_normalize(self.options.normalize, (data.spec.mean, data.spec.std)) if self.options.normalize else None
+        given = self.options.normalize
+        normalize = parse_normalize(given, (data.spec.mean, data.spec.std)) if given else None
         weights = self._factory_weights(path)
         if weights is None and self.options.model_weights and not path.startswith("py:"):
-            raise UserError("--model-weights applies to py: factories only (an exported or TorchScript model holds "
-                            "its weights)")
+            raise UserError("--model-weights applies to py: factories only (an exported or TorchScript model "
+                            "holds its weights)")
         model = load_external(path, weights=weights, device=self.device, normalize=normalize)
         target = path[3:].rpartition(":")[2] if path.startswith("py:") else Path(path).stem
         label = name or _label(target, self.taken)
         check_fits(label, model, data, self.device)
         self.foreign[label] = describe_foreign(path, weights, normalize)
         if path.startswith("py:") and not weights:
-            self.note(f"{label}: no --model-weights, so {path} is evaluated with the weights its factory gives it "
-                      "(random ones unless the factory loads some)")
+            self.note(f"{label}: no --model-weights, so {path} is evaluated with the weights its factory "
+                      "gives it (random ones unless the factory loads some)")
         return label, model, data
 
     def source(self, path: str) -> Classifier:

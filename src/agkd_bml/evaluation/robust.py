@@ -47,7 +47,8 @@ class AttackResult:
 
 
 def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of a fraction ``p`` of ``n`` images (good near 0 and 1, unlike p ± z·se)."""
+    """The 95% Wilson score interval of a fraction ``p`` of ``n`` images (good near 0 and 1, unlike p ±
+    z·se)."""
     if n == 0:
         return (float("nan"), float("nan"))
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
@@ -101,12 +102,16 @@ def evaluate_attacks(
         def run(attack: Attack | None, xs: torch.Tensor, ys: torch.Tensor, label: str) -> torch.Tensor:
             point = None
             if state is not None:
-                point = state.load({"model": digest, "images": tensor_digest(xs, ys), "seed": seed, "rng": "per-batch",
+                point = state.load({"model": digest, "images": tensor_digest(xs, ys), "seed": seed,
+                                    "rng": "per-batch",
                                     "batch_size": batch_size, "attack": _identity(attack)})
-            bar = tqdm(total=math.ceil(xs.shape[0] / batch_size), desc=f"{desc}{label}", leave=False, unit="batch",
+            bar = tqdm(total=math.ceil(xs.shape[0] / batch_size), desc=f"{desc}{label}", leave=False,
+                       unit="batch",
                        disable=None if progress and attack is not None and job.main else True)
             with bar:
-                return _correct(model, xs, ys, attack, _Run(batch_size=batch_size, device=device, seed=seed, job=job, bar=bar, state=state), point)
+                return _correct(model, xs, ys, attack,
+                                _Run(batch_size=batch_size, device=device, seed=seed, job=job, bar=bar,
+                                     state=state), point)
 
         clean = run(None, x, y, "clean")
         for attack in attacks:
@@ -126,7 +131,8 @@ def _identity(attack: Attack | None) -> dict:
 
 
 def batch_generator(device: torch.device, seed: int, index: int) -> torch.Generator:
-    """The generator of batch ``index``: ``seed`` itself for the first batch, a hash of both for the others."""
+    """The generator of batch ``index``: ``seed`` itself for the first batch, a hash of both for the
+    others."""
     if index == 0:
         return torch.Generator(device=device).manual_seed(seed)
     digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
@@ -169,7 +175,8 @@ def _correct(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack
         if r.state is not None and point is not None and r.job.main:
             point.batches, point.tallies, point.done, point.partial = done, tallies, len(done) == total, None
             r.state.save(point)
-    if r.state is not None and point is not None and not point.done and r.job.main:  # nothing to do: mark it done
+    # nothing to do: mark it done
+    if r.state is not None and point is not None and not point.done and r.job.main:
         point.batches, point.tallies, point.done, point.partial = done, tallies, True, None
         r.state.save(point)
     counts = getattr(attack, "fooled_by", None)
@@ -202,7 +209,8 @@ def _progress(point: Point | None, b: int, r: _Run) -> Progress | None:
 
 def _batch(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, b: int,
            r: _Run, progress: Progress | None) -> tuple[torch.Tensor, dict[str, int]]:
-    """Correctness on batch ``b`` (on the CPU, ready to be gathered and saved) and the attack's tally of it."""
+    """Correctness on batch ``b`` (on the CPU, ready to be gathered and saved) and the attack's tally of
+    it."""
     sl = slice(b * r.batch_size, (b + 1) * r.batch_size)
     xb, yb = to_float(x[sl]).to(r.device), y[sl].to(r.device)
     if attack is None:

@@ -4,10 +4,10 @@ AutoAttack on a thousand images takes minutes to hours; a crash, a pre-emption o
 must not throw that away. An :class:`EvalState` folder holds one file per point, keyed by everything the
 result depends on (the weights' checksum, the attack's settings, the images, the seed, the batch size),
 written atomically as batches finish, and within a batch as a staged attack (AutoAttack, part by part)
-reports its progress (:class:`~agkd_bml.attacks.base.Progress`). Each batch is seeded by its own index, so a rerun that skips
-finished points and continues an unfinished one at its next batch gets exactly an uninterrupted run's
-result. A file whose key differs from the point asked for is never used: asking for a point under other
-settings makes a new file, and a file that does not match its own name is refused.
+reports its progress (:class:`~agkd_bml.attacks.base.Progress`). Each batch is seeded by its own index, so a
+rerun that skips finished points and continues an unfinished one at its next batch gets exactly an
+uninterrupted run's result. A file whose key differs from the point asked for is never used: asking for a
+point under other settings makes a new file, and a file that does not match its own name is refused.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class EvalState:
     already computed without computing anything itself.
     """
 
-    def __init__(self, folder: str | Path, settings: dict[str, Any] | None = None, *, saved_only: bool = False) -> None:
+    def __init__(self, folder: str | Path, settings: dict[str, Any] | None = None, *,
+                 saved_only: bool = False) -> None:
         self.folder = Path(folder)
         self.saved_only = saved_only
         self._saved_at: dict[str, float] = {}
@@ -80,15 +81,16 @@ class EvalState:
             try:
                 saved = json.loads(path.read_text())
             except (OSError, ValueError) as exc:
-                raise UserError(f"evaluation state {path} cannot be read ({exc}); delete the folder or use another --state") from exc
+                raise UserError(f"evaluation state {path} cannot be read ({exc}); delete the folder or use "
+                                "another --state") from exc
             def shown(v: Any) -> str:
                 return "default" if v is None else repr(v)
 
             diff = [f"{k} {shown(saved.get(k))} (now {shown(settings.get(k))})"
                     for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
             if diff:
-                raise UserError(f"evaluation state {self.folder} was written with other settings: {', '.join(diff)}; "
-                                "use another --state / --out, or delete it to start over")
+                raise UserError(f"evaluation state {self.folder} was written with other settings: "
+                                f"{', '.join(diff)}; use another --state / --out, or delete it to start over")
             return
         self._new_settings = settings
 
@@ -122,24 +124,30 @@ class EvalState:
             raw = torch.load(path, map_location="cpu", weights_only=True)
             saved = json.loads(raw["key"])
         except Exception as exc:  # a torn or foreign file: name it rather than guess
-            raise UserError(f"evaluation state {path} cannot be read ({exc}); delete it to recompute that point") from exc
+            raise UserError(f"evaluation state {path} cannot be read ({exc}); delete it to recompute that "
+                            "point") from exc
         if saved != json.loads(json.dumps(key)):
-            raise UserError(f"evaluation state {path} was written with other settings; delete it or use another --state")
+            raise UserError(f"evaluation state {path} was written with other settings; delete it or use "
+                            "another --state")
         if self.saved_only and not raw["done"]:
             raise NotSaved(f"the saved result {path} is not finished")
-        return Point(key=key, batches=list(raw["batches"]), done=bool(raw["done"]), tallies=list(raw.get("tallies", [])), partial=raw.get("partial"))
+        return Point(key=key, batches=list(raw["batches"]), done=bool(raw["done"]),
+                     tallies=list(raw.get("tallies", [])), partial=raw.get("partial"))
 
     def save(self, point: Point, *, force: bool = False) -> None:
-        """Write ``point`` atomically (unfinished points at most every :data:`SAVE_EVERY_S` unless ``force``)."""
+        """Write ``point`` atomically (unfinished points at most every :data:`SAVE_EVERY_S` unless
+        ``force``)."""
         path = self._path(point.key)
         now = time.monotonic()
         if not (force or point.done) and now - self._saved_at.get(str(path), 0.0) < SAVE_EVERY_S:
             return
         if self._new_settings is not None:
             settings, self._new_settings = self._new_settings, None
-            atomic_write(self.folder / "settings.json", lambda f: f.write(json.dumps(settings, sort_keys=True).encode()))
+            atomic_write(self.folder / "settings.json",
+                         lambda f: f.write(json.dumps(settings, sort_keys=True).encode()))
         buf = io.BytesIO()
-        torch.save({"key": json.dumps(point.key, sort_keys=True), "batches": point.batches, "done": point.done,
+        torch.save({"key": json.dumps(point.key, sort_keys=True), "batches": point.batches,
+                    "done": point.done,
                     "tallies": point.tallies, "partial": point.partial}, buf)
         atomic_write(path, lambda f: f.write(buf.getvalue()))
         self._saved_at[str(path)] = now

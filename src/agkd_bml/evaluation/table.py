@@ -67,7 +67,8 @@ def format_table(rows: dict[str, list[AttackResult]], weights: str | None = None
 
 
 def _rounded(n: int, **fractions: float) -> dict[str, float]:
-    """Fractions rounded to what ``n`` images resolve (one digit past 1/n: 46/450 is 0.1022, not 0.10222221910953522)."""
+    """Fractions rounded to what ``n`` images resolve (one digit past 1/n: 46/450 is 0.1022, not
+    0.10222221910953522)."""
     digits = len(str(max(n, 1))) + 1
     return {k: round(v, digits) if v == v else v for k, v in fractions.items()}
 
@@ -88,7 +89,8 @@ def records(rows: dict[str, list[AttackResult]], weights: str | None = None,
             out.append({
                 "model": name, "attack": r.attack.name, "correct": int(r.correct.sum()), "n": r.n,
                 **_rounded(r.n, accuracy=r.accuracy, ci95_low=lo, ci95_high=hi), "seed": r.seed,
-                "eps": r.attack.eps, "norm": r.attack.norm.name, "settings": r.attack.settings(), **extra, **tally,
+                "eps": r.attack.eps, "norm": r.attack.norm.name, "settings": r.attack.settings(), **extra,
+                **tally,
             })
         if len(results) > 1:
             wc = combined(results)
@@ -104,7 +106,8 @@ def robustbench_record(name: str, results: list[AttackResult], dataset: str = ""
     """A RobustBench-style summary of one model (``clean_acc`` / ``autoattack_acc`` as percent strings).
 
     RobustBench's leaderboard entries hold clean and AutoAttack accuracy for a threat model and budget; the
-    same fields here let a result be set beside theirs (theirs use all 10,000 test images: see ``n_examples``).
+    same fields here let a result be set beside theirs (theirs use all 10,000 test images: see
+    ``n_examples``).
     """
     by_name = {r.attack.name: r for r in results}
     aa = next((r for r in results if r.attack.name.startswith("aa")), None)
@@ -145,9 +148,11 @@ def write_tables(
     writer.writeheader()
     writer.writerows({**r, "settings": json.dumps(r["settings"], sort_keys=True)} for r in recs)
     warnings = [f"- {name}: {flag}" for name, m in models.items() for flag in m["flags"]]
-    md = format_table(rows, weights, foreign) + ("\n\nWarnings (checks before and after the attacks):\n" + "\n".join(warnings)
+    md = format_table(rows, weights, foreign) + ("\n\nWarnings (checks before and after the attacks):\n"
+                                                 + "\n".join(warnings)
                                          if warnings else "")
-    files = {f"{stem}.md": md + "\n", f"{stem}.csv": buf.getvalue(), f"{stem}.json": json.dumps(summary, indent=2) + "\n"}
+    files = {f"{stem}.md": md + "\n", f"{stem}.csv": buf.getvalue(),
+             f"{stem}.json": json.dumps(summary, indent=2) + "\n"}
     for name, text in files.items():
         write_text(out / name, text)
     return [out / n for n in files]

@@ -1,4 +1,5 @@
-"""AGKD-BML (Wang et al., ICCV 2021) and its ablations ``bml`` (no distillation) and ``agkd`` (no metric learning).
+"""AGKD-BML (Wang et al., ICCV 2021) and its ablations ``bml`` (no distillation) and ``agkd`` (no metric
+learning).
 
 One training step, as in the paper and the authors' released code:
 
@@ -41,7 +42,8 @@ class AgkdBml(Method):
     name = "agkd-bml"
     default_steps = 2
     default_smoothing = 0.5
-    attack_targeted = True  # forward AEs towards the most confusing class, backward AEs back to the source class
+    # forward AEs towards the most confusing class, backward AEs back to the source class
+    attack_targeted = True
     use_agkd: ClassVar[bool] = True
     use_bml: ClassVar[bool] = True
     needs_teacher = True
@@ -77,7 +79,8 @@ class AgkdBml(Method):
             kind, teacher = self.hp.attention, self.ctx.teacher
             with torch.inference_mode():
                 teacher_maps = distilled_map(kind, teacher(clean).features, teacher.fc.weight, orig, false)
-            adv_features = torch.cat([out.features[:n], out.features[2 * n :]]) if self.use_bml else out.features[:n]
+            adv_features = torch.cat([out.features[:n],
+                                      out.features[2 * n :]]) if self.use_bml else out.features[:n]
             student_maps = distilled_map(kind, adv_features, unwrap(model).fc.weight, orig, false)
             pairs = 2 if self.use_bml else 1
             terms["agkd"] = pairs * F.l1_loss(student_maps, teacher_maps.clone())
@@ -85,7 +88,8 @@ class AgkdBml(Method):
             anchor, positive, negative = out.embedding.chunk(3)
             hp = self.hp
             terms["bml"] = metric_loss(
-                anchor, positive, negative, margin=hp.margin, weight=hp.lambda_triplet, norm_weight=hp.lambda_norm
+                anchor, positive, negative, margin=hp.margin, weight=hp.lambda_triplet,
+                norm_weight=hp.lambda_norm
             )
         if self.hp.mart:
             terms["mart"] = mart_loss(clean_logits, fwd_logits, y, self.hp.beta)

@@ -23,8 +23,8 @@ LossTerms = dict[str, torch.Tensor]
 
 
 def default_step_size(steps: int, eps: float) -> float:
-    """The training attack's step when ``--step-size`` is not given: eps/4, or ``2.5 * eps / steps`` (capped at
-    eps) where eps/4 steps cannot cross the ball.
+    """The training attack's step when ``--step-size`` is not given: eps/4, or ``2.5 * eps / steps`` (capped
+    at eps) where eps/4 steps cannot cross the ball.
 
     eps/4 is the paper's 2/255 for 7 and 10 steps. With it, two steps move at most eps/2 past the random
     start, so a 2-step method would train against about half the budget of the 7-step ones; at the small
@@ -48,7 +48,8 @@ class TrainingAttack:
     eps: float  #: L-inf budget (the dataset's default unless set)
     steps: int  #: 0: the method trains on clean images only
     step_size: float
-    targeted: bool  #: towards a chosen class (AGKD-BML's most confusing class) rather than away from the label
+    #: towards a chosen class (AGKD-BML's most confusing class) rather than away from the label
+    targeted: bool
     loss: str  #: what the attack ascends: ``ce`` or ``kl`` (TRADES)
 
     @property
@@ -58,7 +59,8 @@ class TrainingAttack:
 
 
 def resolve_attack(cfg: TrainConfig, spec: DataSpec) -> TrainingAttack:
-    """The training attack of ``cfg`` on data ``spec``: the config's values, else the method's and dataset's defaults."""
+    """The training attack of ``cfg`` on data ``spec``: the config's values, else the method's and dataset's
+    defaults."""
     from agkd_bml.methods import METHODS  # the registry imports this module
 
     cls = METHODS[cfg.method]
@@ -70,7 +72,8 @@ def resolve_attack(cfg: TrainConfig, spec: DataSpec) -> TrainingAttack:
         step_size = cls.default_step * eps
     else:
         step_size = default_step_size(steps, eps)
-    return TrainingAttack(eps=eps, steps=steps, step_size=step_size, targeted=cls.attack_targeted, loss=cls.attack_loss)
+    return TrainingAttack(eps=eps, steps=steps, step_size=step_size, targeted=cls.attack_targeted,
+                          loss=cls.attack_loss)
 
 
 def resolved(cfg: TrainConfig, spec: DataSpec) -> TrainConfig:
@@ -78,8 +81,10 @@ def resolved(cfg: TrainConfig, spec: DataSpec) -> TrainConfig:
     from agkd_bml.methods import METHODS
 
     attack = resolve_attack(cfg, spec)
-    smoothing = METHODS[cfg.method].default_smoothing if cfg.optim.label_smoothing is None else cfg.optim.label_smoothing
-    return cfg.replace(eps=attack.eps, steps=attack.steps, step_size=attack.step_size, label_smoothing=smoothing)
+    smoothing = (METHODS[cfg.method].default_smoothing if cfg.optim.label_smoothing is None
+                 else cfg.optim.label_smoothing)
+    return cfg.replace(eps=attack.eps, steps=attack.steps, step_size=attack.step_size,
+                       label_smoothing=smoothing)
 
 
 @dataclass(kw_only=True)
@@ -108,14 +113,16 @@ class Method(ABC):
     name: ClassVar[str]
     summary: ClassVar[str] = ""  #: one line for `agkd-bml methods`
     default_steps: ClassVar[int] = 0  #: attack steps when ``--steps`` is not given
-    #: the attack step as a multiple of eps when ``--step-size`` is not given (None: :func:`default_step_size`)
+    #: the attack step as a multiple of eps when ``--step-size`` is not given (None:
+    # :func:`default_step_size`)
     default_step: ClassVar[float | None] = None
     default_smoothing: ClassVar[float] = 0.0  #: label smoothing when ``--label-smoothing`` is not given
     attack_targeted: ClassVar[bool] = False  #: whether its training attack is targeted
     attack_loss: ClassVar[str] = "ce"  #: the loss its training attack ascends
     needs_teacher: ClassVar[bool] = False
     needs_sampler: ClassVar[bool] = False
-    #: whether the training attack runs the model in train mode (BatchNorm on batch statistics) instead of eval
+    #: whether the training attack runs the model in train mode (BatchNorm on batch statistics) instead of
+    # eval
     attack_in_train_mode: ClassVar[bool] = False
     #: the method's own hyper-parameters: each becomes a ``--name`` option and a config key
     params: ClassVar[tuple[HyperParam, ...]] = ()
@@ -128,7 +135,8 @@ class Method(ABC):
         self.eps = ctx.attack.eps
         self.steps = ctx.attack.steps
         self.step_size = ctx.attack.step_size
-        self.smoothing = self.default_smoothing if cfg.optim.label_smoothing is None else cfg.optim.label_smoothing
+        self.smoothing = (self.default_smoothing if cfg.optim.label_smoothing is None
+                          else cfg.optim.label_smoothing)
 
     def settings(self) -> dict[str, float | int | bool]:
         """The resolved hyper-parameters, recorded in the run's metrics so every number says what made it."""

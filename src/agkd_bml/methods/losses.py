@@ -1,4 +1,5 @@
-"""Loss terms shared by the training methods, written as the AGKD-BML paper and its released code define them."""
+"""Loss terms shared by the training methods, written as the AGKD-BML paper and its released code define
+them."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def smooth_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: 
 
 
 def _minmax(a: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(N, H, W) maps -> (N, H*W) scaled to [0, 1] per sample (a constant map gives zeros; ``eps`` keeps it finite)."""
+    """(N, H, W) maps -> (N, H*W) scaled to [0, 1] per sample (a constant map gives zeros; ``eps`` keeps it
+    finite)."""
     a = a.flatten(1)
     a = a - a.amin(1, keepdim=True)
     return a / (a.amax(1, keepdim=True) + eps)
@@ -87,7 +89,8 @@ ATTENTION_KINDS = ("agkd", "gc-orig", "gc-false", "cam-avg")
 def distilled_map(
     kind: str, features: torch.Tensor, fc_weight: torch.Tensor, orig: torch.Tensor, false: torch.Tensor
 ) -> torch.Tensor:
-    """The attention map of ``kind`` for features whose true class is ``orig`` and attacked class ``false``."""
+    """The attention map of ``kind`` for features whose true class is ``orig`` and attacked class
+    ``false``."""
     if kind == "agkd":
         return attention_map(features)
     if kind == "cam-avg":
@@ -124,8 +127,10 @@ def metric_loss(
     weight: float,
     norm_weight: float,
 ) -> torch.Tensor:
-    """``weight * (triplet + norm_weight * L_norm)``: the BML / SML loss (weights 2 and 0.001 in the paper)."""
-    return weight * (triplet_loss(anchor, positive, negative, margin) + norm_weight * embedding_norm(anchor, positive, negative))
+    """``weight * (triplet + norm_weight * L_norm)``: the BML / SML loss (weights 2 and 0.001 in the
+    paper)."""
+    return weight * (triplet_loss(anchor, positive, negative, margin) + norm_weight
+                     * embedding_norm(anchor, positive, negative))
 
 
 def mart_loss(

@@ -11,11 +11,16 @@ from agkd_bml.methods.losses import ATTENTION_KINDS
 
 BETA = HyperParam(name="beta", default=6.0, help="TRADES / MART trade-off weight")
 MARGIN = HyperParam(name="margin", default=0.03, help="triplet margin of SML / BML")
-LAMBDA_TRIPLET = HyperParam(name="lambda_triplet", default=2.0, help="weight of the metric-learning loss (lambda_1)")
-LAMBDA_NORM = HyperParam(name="lambda_norm", default=0.001, help="weight of the embedding-norm term inside it (lambda_2)")
+LAMBDA_TRIPLET = HyperParam(name="lambda_triplet", default=2.0,
+                            help="weight of the metric-learning loss (lambda_1)")
+LAMBDA_NORM = HyperParam(name="lambda_norm", default=0.001,
+                         help="weight of the embedding-norm term inside it (lambda_2)")
 METRIC = (MARGIN, LAMBDA_TRIPLET, LAMBDA_NORM)
 ATTENTION = HyperParam(
-    name="attention", default="agkd", help="map AGKD distils (Table 6): agkd (class-irrelevant, the paper's), gc-orig / gc-false "
-    "(Grad-CAM of the original / false class), cam-avg (CAM averaged over classes)", choices=tuple(ATTENTION_KINDS),
+    name="attention", default="agkd",
+    help="map AGKD distils (Table 6): agkd (class-irrelevant, the paper's), gc-orig / gc-false "
+    "(Grad-CAM of the original / false class), cam-avg (CAM averaged over classes)",
+    choices=tuple(ATTENTION_KINDS),
 )
-MART = HyperParam(name="mart", default=False, help="add MART's BCE + beta * weighted KL to AGKD-BML (the released 10-step code)")
+MART = HyperParam(name="mart", default=False,
+                  help="add MART's BCE + beta * weighted KL to AGKD-BML (the released 10-step code)")

@@ -28,7 +28,8 @@ from agkd_bml.methods.params import METRIC
 from agkd_bml.models import Classifier
 
 
-def hardest_negative(anchor: torch.Tensor, pool: torch.Tensor, pool_labels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def hardest_negative(anchor: torch.Tensor, pool: torch.Tensor, pool_labels: torch.Tensor,
+                     labels: torch.Tensor) -> torch.Tensor:
     """Index into ``pool`` of the closest (angular distance) embedding of a class other than ``labels[i]``."""
     a = torch.nn.functional.normalize(anchor.detach(), dim=1)
     p = torch.nn.functional.normalize(pool.detach(), dim=1)
@@ -38,7 +39,8 @@ def hardest_negative(anchor: torch.Tensor, pool: torch.Tensor, pool_labels: torc
 
 
 class Sml(Method):
-    summary = "Single-directional metric learning (Mao et al.): untargeted anchor, hardest negative in the batch."
+    summary = ("Single-directional metric learning (Mao et al.): untargeted anchor, hardest negative in the "
+               "batch.")
     name = "sml"
     default_steps = 7
     params = METRIC
@@ -55,6 +57,7 @@ class Sml(Method):
         return {
             "ce": smooth_cross_entropy(adv_logits, y, self.smoothing),
             "metric": metric_loss(
-                anchor, positive, negative, margin=hp.margin, weight=hp.lambda_triplet, norm_weight=hp.lambda_norm
+                anchor, positive, negative, margin=hp.margin, weight=hp.lambda_triplet,
+                norm_weight=hp.lambda_norm
             ),
         }

@@ -15,7 +15,8 @@ from agkd_bml.models.modes import eval_mode
 
 def _kl(adv_logits: torch.Tensor, clean_log_probs: torch.Tensor) -> torch.Tensor:
     """Per-sample KL(p_clean || p_adv)."""
-    return F.kl_div(F.log_softmax(upcast(adv_logits), 1), clean_log_probs, reduction="none", log_target=True).sum(1)
+    return F.kl_div(F.log_softmax(upcast(adv_logits),
+                                  1), clean_log_probs, reduction="none", log_target=True).sum(1)
 
 
 class Trades(Method):

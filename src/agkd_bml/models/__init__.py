@@ -1,4 +1,5 @@
-"""Model registry: ``build_model(arch, spec)`` for ``small-cnn`` (``small-cnn-wN``: base width N instead of 32), ``wrn-D-K``,
+"""Model registry: ``build_model(arch, spec)`` for ``small-cnn`` (``small-cnn-wN``: base width N instead of
+32), ``wrn-D-K``,
 ``preact-resnet18`` (``preact-resnet18-wN``: first-stage width N instead of 64), ``resnet50``."""
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ MODELS: dict[str, Callable[[int], tuple[nn.Module, int]]] = {
     "resnet50": resnet50_64,
 }
 _WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
-#: the small CNN with base width N (32 is ``small-cnn``; parameters grow as N squared): the capacity study's models
+#: the small CNN with base width N (32 is ``small-cnn``; parameters grow as N squared): the capacity study's
+# models
 _WIDE_CNN = re.compile(r"^small-cnn-w(\d+)$")
-#: PreAct ResNet-18 with first-stage width N (64 is ``preact-resnet18``): a residual model that fits a CPU at N = 16
+#: PreAct ResNet-18 with first-stage width N (64 is ``preact-resnet18``): a residual model that fits a CPU at
+# N = 16
 _WIDE_RESNET18 = re.compile(r"^preact-resnet18-w(\d+)$")
 #: width-parameterised families: pattern -> backbone builder taking (input channels, width)
 _WIDTHS: dict[re.Pattern[str], Callable[..., tuple[nn.Module, int]]] = {_WIDE_CNN: small_cnn,
@@ -43,14 +46,16 @@ def check_arch(arch: str) -> None:
         if wide:
             if int(wide.group(1)) < 1:
                 family = arch[: arch.rindex("-w")]
-                raise UserError(f"architecture {arch!r}: the {'base' if family == 'small-cnn' else 'first-stage'} "
+                raise UserError(f"architecture {arch!r}: the "
+                                f"{'base' if family == 'small-cnn' else 'first-stage'} "
                                 f"width N of {family}-wN must be >= 1")
             return
     m = _WRN.match(arch)
     if not m:
         raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCH_CHOICES)}")
     if (int(m.group(1)) - 4) % 6 != 0 or int(m.group(2)) < 1:
-        raise UserError(f"architecture {arch!r}: WideResNet depth must be 6n+4 (16, 22, 28, 34, ...) and width >= 1")
+        raise UserError(f"architecture {arch!r}: WideResNet depth must be 6n+4 (16, 22, 28, 34, ...) and "
+                        "width >= 1")
 
 
 def build_model(arch: str, spec: DataSpec) -> Classifier:

@@ -22,7 +22,8 @@ class ModelOutput(NamedTuple):
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
-    """Whether ``x`` is a 4-d batch stored channels-last (and not also plain contiguous, as with 1 channel)."""
+    """Whether ``x`` is a 4-d batch stored channels-last (and not also plain contiguous, as with 1
+    channel)."""
     return x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 

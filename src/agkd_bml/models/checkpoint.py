@@ -58,12 +58,15 @@ class Checkpoint:
     scaler: dict[str, Any] = field(default_factory=dict)  #: absent before mixed precision existed
     metrics: dict[str, Any] = field(default_factory=dict)  #: the last epoch's line of ``metrics.jsonl``
     ema: dict[str, Any] = field(default_factory=dict)  #: ``--ema``: decay, updates and the averaged weights
-    best: dict[str, Any] = field(default_factory=dict)  #: ``--val-split``: epoch and held-out PGD of ``best.pt``
+    #: ``--val-split``: epoch and held-out PGD of ``best.pt``
+    best: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The on-disk form (format tag and weights checksum included)."""
-        return {"format": FORMAT, "arch": self.arch, "data": self.data.to_dict(), "config": self.config.to_dict(),
-                "epoch": self.epoch, "model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
+        return {"format": FORMAT, "arch": self.arch, "data": self.data.to_dict(),
+                "config": self.config.to_dict(),
+                "epoch": self.epoch, "model": self.model, "optimizer": self.optimizer,
+                "scheduler": self.scheduler,
                 "scaler": self.scaler, "metrics": self.metrics, "ema": self.ema, "best": self.best,
                 "checksum": weights_checksum(self.model),
                 "ema_checksum": weights_checksum(self.ema["weights"]) if self.ema else ""}
@@ -71,8 +74,11 @@ class Checkpoint:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Checkpoint:
         """The record of an on-disk dict, written by this version or an earlier one (missing parts empty)."""
-        return cls(arch=d["arch"], data=DataSpec.from_dict(d["data"]), config=load_config(d["config"]), epoch=int(d["epoch"]),
-                   model=d["model"], **{k: d.get(k) or {} for k in ("optimizer", "scheduler", "scaler", "metrics", "ema", "best")})
+        return cls(arch=d["arch"], data=DataSpec.from_dict(d["data"]), config=load_config(d["config"]),
+                   epoch=int(d["epoch"]),
+                   model=d["model"],
+                   **{k: d.get(k) or {} for k in ("optimizer", "scheduler", "scaler", "metrics", "ema",
+                                                  "best")})
 
 
 def save_checkpoint(ckpt: Checkpoint, run_dir: Path) -> Path:
@@ -92,10 +98,10 @@ def save_checkpoint(ckpt: Checkpoint, run_dir: Path) -> Path:
         free = shutil.disk_usage(run_dir).free / 2**20
         good = run_dir / PREV if (run_dir / PREV).exists() else None
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"could not write the checkpoint of epoch {ckpt.epoch} to {last} ({reason}; {free:.0f} MiB free "
-                        f"there: is the disk full?). "
-                        + (f"The last good checkpoint is {good} (epoch {ckpt.epoch - 1}): free some space, then run "
-                           "the same train command with --resume." if good else
+        raise UserError(f"could not write the checkpoint of epoch {ckpt.epoch} to {last} ({reason}; "
+                        f"{free:.0f} MiB free there: is the disk full?). "
+                        + (f"The last good checkpoint is {good} (epoch {ckpt.epoch - 1}): free some space, "
+                           "then run the same train command with --resume." if good else
                            "No earlier checkpoint exists: free some space and start again.")) from exc
     return last
 
@@ -143,16 +149,19 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "global" not in str(exc).lower():  # not a pickle that names classes or functions: not a pickle at all
+        # not a pickle that names classes or functions: not a pickle at all
+        if "global" not in str(exc).lower():
             raise UserError(f"{p} is not an agkd-bml checkpoint, an exported program (.pt2) or a TorchScript "
-                            "archive: the weights-only torch.load cannot read it (nothing in it was run)") from exc
+                            "archive: the weights-only torch.load cannot read it (nothing in it was "
+                            "run)") from exc
         raise UserError(unreadable(p, exc)) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise UserError(unreadable(p, exc)) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         if bare_state_dict(ckpt) is not None:
-            raise UserError(f"{p} holds bare weights (a state dict), not an agkd-bml checkpoint: give the model as "
-                            f"py:FILE.py:FACTORY (a function that builds it) with --model-weights {p} and --dataset")
+            raise UserError(f"{p} holds bare weights (a state dict), not an agkd-bml checkpoint: give the "
+                            "model as py:FILE.py:FACTORY (a function that builds it) with --model-weights "
+                            f"{p} and --dataset")
         raise UserError(f"{p} is not an agkd-bml checkpoint (no '{FORMAT}' format tag)")
     if ckpt.get("checksum") != weights_checksum(ckpt["model"]):
         raise UserError(f"checkpoint {p} is corrupt: its weights do not match their SHA-256 checksum")
@@ -183,7 +192,8 @@ def newest_valid(run_dir: Path, log: Any = print) -> Checkpoint | None:
         log(f"resuming from {run_dir / name} (epoch {ckpt.epoch})")
         return ckpt
     if problems:
-        raise UserError(f"no valid checkpoint to resume in {run_dir} ({'; '.join(problems)}); use --overwrite to start again")
+        raise UserError(f"no valid checkpoint to resume in {run_dir} ({'; '.join(problems)}); use "
+                        "--overwrite to start again")
     return None
 
 
@@ -202,5 +212,6 @@ def load_model(
     try:
         model.load_state_dict(ckpt.ema["weights"] if weights == "ema" else ckpt.model)
     except RuntimeError as exc:
-        raise UserError(f"checkpoint {path}: its weights do not fit a {ckpt.arch} for {ckpt.data.name}") from exc
+        raise UserError(f"checkpoint {path}: its weights do not fit a {ckpt.arch} for "
+                        f"{ckpt.data.name}") from exc
     return model.to(device).eval(), ckpt

@@ -41,7 +41,8 @@ class External(nn.Module):
     ``features`` and ``embedding`` are empty (0 channels): only the logits of a foreign model are known.
     """
 
-    def __init__(self, net: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(self, net: nn.Module, *, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
         super().__init__()
         self.net = net
         self.normalized = mean is not None
@@ -65,7 +66,8 @@ class External(nn.Module):
         return self
 
 
-def as_model(model: nn.Module, *, normalize: tuple[Sequence[float], Sequence[float]] | None = None) -> nn.Module:
+def as_model(model: nn.Module, *,
+             normalize: tuple[Sequence[float], Sequence[float]] | None = None) -> nn.Module:
     """The one adapter at the attack boundary: any module becomes one whose forward returns ``ModelOutput``.
 
     Our own models (and ones already adapted) pass through unchanged; anything else (a module returning a
@@ -74,14 +76,16 @@ def as_model(model: nn.Module, *, normalize: tuple[Sequence[float], Sequence[flo
     ``normalize=(mean, std)`` puts a normalisation in front of a model that expects normalised inputs.
     """
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    if normalize is None and (isinstance(inner, (Classifier, External)) or getattr(inner, "returns_model_output", False)):
+    if normalize is None and (isinstance(inner, (Classifier,
+                                                 External)) or getattr(inner, "returns_model_output", False)):
         return model
     mean, std = normalize if normalize is not None else (None, None)
     return External(inner, mean=mean, std=std)
 
 
 def output_logits(out: Any) -> torch.Tensor:
-    """The logits in a model's output: a tensor, ``.logits`` (Hugging Face style), ``["logits"]`` or ``out[0]``."""
+    """The logits in a model's output: a tensor, ``.logits`` (Hugging Face style), ``["logits"]`` or
+    ``out[0]``."""
     if isinstance(out, torch.Tensor):
         logits = out
     elif isinstance(getattr(out, "logits", None), torch.Tensor):
@@ -91,9 +95,11 @@ def output_logits(out: Any) -> torch.Tensor:
     elif isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         logits = out[0]
         if logits.ndim != 2:
-            shapes = ", ".join(str(tuple(o.shape)) if isinstance(o, torch.Tensor) else type(o).__name__ for o in out)
-            raise UserError(f"the model returned a tuple of {shapes}; its first element must be the logits (batch, "
-                            "classes): wrap the network in a module in your factory whose forward returns them")
+            shapes = ", ".join(str(tuple(o.shape)) if isinstance(o, torch.Tensor) else type(o).__name__ for o
+                               in out)
+            raise UserError(f"the model returned a tuple of {shapes}; its first element must be the logits "
+                            "(batch, classes): wrap the network in a module in your factory whose forward "
+                            "returns them")
     else:
         raise UserError(f"the model returned {type(out).__name__}; it must return logits (a tensor), a tuple "
                         "that starts with them, or an object with .logits")
@@ -121,11 +127,13 @@ def _is_torchscript(path: Path) -> bool:
 
 def load_external(source: str, *, weights: str | None = None, device: torch.device | str = "cpu",
                   normalize: tuple[Sequence[float], Sequence[float]] | None = None) -> External:
-    """The model named by ``source`` (see the module docstring), with ``weights`` (a state dict file) loaded."""
+    """The model named by ``source`` (see the module docstring), with ``weights`` (a state dict file)
+    loaded."""
     if source.startswith(PY_PREFIX):
         net = _from_factory(source[len(PY_PREFIX):])
     elif weights:
-        raise UserError("--model-weights applies to py: factories only (an exported or TorchScript model holds its weights)")
+        raise UserError("--model-weights applies to py: factories only (an exported or TorchScript model "
+                        "holds its weights)")
     elif source.endswith(".pt2"):
         net = _read(source, _exported_module, "an exported program (torch.export.save)")
     else:
@@ -153,7 +161,8 @@ class FixedBatch(nn.Module):
         outs = []
         for chunk in x.split(self.batch):
             short = self.batch - chunk.shape[0]
-            padded = torch.cat([chunk, chunk[-1:].detach().expand(short, *chunk.shape[1:])]) if short else chunk
+            padded = torch.cat([chunk,
+                                chunk[-1:].detach().expand(short, *chunk.shape[1:])]) if short else chunk
             outs.append(output_logits(self.net(padded))[: chunk.shape[0]])
         return torch.cat(outs)
 
@@ -166,8 +175,8 @@ def _exported_module(path: str) -> nn.Module:
                   and node.name in program.graph_signature.user_inputs), None)
     shape = getattr(first.meta.get("val"), "shape", None) if first is not None else None
     if shape and isinstance(shape[0], int):  # a static batch; a dynamic one is a SymInt
-        print(f"note: {path} was exported for batches of exactly {shape[0]} image(s), so it runs {shape[0]} at a "
-              "time (slower); export with dynamic_shapes=({0: torch.export.Dim('batch')},) to run whole "
+        print(f"note: {path} was exported for batches of exactly {shape[0]} image(s), so it runs {shape[0]} "
+              "at a time (slower); export with dynamic_shapes=({0: torch.export.Dim('batch')},) to run whole "
               "batches", file=sys.stderr)
         return FixedBatch(net, int(shape[0]))
     return net
@@ -184,13 +193,15 @@ def _read(path: str, read: Any, what: str) -> nn.Module:
     try:
         return read(path)
     except Exception as exc:  # torch raises many kinds for a file of the wrong kind; name the file instead
-        raise UserError(f"{path} is not {what}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise UserError(f"{path} is not {what}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     finally:
         quiet.setLevel(level)
 
 
 def _importable(folder: Path) -> None:
-    """Put ``folder`` first on ``sys.path`` (once), as Python does for a script's folder and ``python -m`` for the
+    """Put ``folder`` first on ``sys.path`` (once), as Python does for a script's folder and ``python -m`` for
+    the
     working directory: a factory file imports the model code beside it, and is left able to (lazy imports)."""
     entry = str(folder.resolve())
     if entry not in sys.path:
@@ -234,7 +245,8 @@ def _from_factory(spec: str) -> nn.Module:
     return net
 
 
-#: The keys under which training scripts commonly save a state dict, with epoch, accuracy and optimizer beside it.
+#: The keys under which training scripts commonly save a state dict, with epoch, accuracy and optimizer beside
+# it.
 _STATE_KEYS = ("state_dict", "model", "net")
 
 
@@ -248,14 +260,16 @@ def bare_state_dict(saved: Any) -> dict[str, torch.Tensor] | None:
     return None
 
 
-#: Key prefixes that wrappers add: ``nn.DataParallel`` / DDP (``module.``) and ``torch.compile`` (``_orig_mod.``).
+#: Key prefixes that wrappers add: ``nn.DataParallel`` / DDP (``module.``) and ``torch.compile``
+# (``_orig_mod.``).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def _unwrapped(state: dict[str, Any], expected: set[str]) -> dict[str, Any]:
-    """``state`` with its keys re-rooted to fit the model's: the prefix that a wrapper added to every key removed
-    when the model's own keys lack it (weights saved from a DataParallel model, as most robustness code bases
-    save them), and, when the factory wraps the network in a module of its own (to pick the logits out of a
+    """``state`` with its keys re-rooted to fit the model's: the prefix that a wrapper added to every key
+    removed when the model's own keys lack it (weights saved from a DataParallel model, as most robustness
+    code bases save them), and, when the factory wraps the network in a module of its own (to pick the logits
+    out of a
     tuple, say) so that every key of the model starts with one attribute name, that name put in front."""
     stripped = True
     while stripped and state:
@@ -279,7 +293,8 @@ def _mismatch(state: dict[str, Any], expected: set[str], error: RuntimeError) ->
         return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
     if not missing and not extra:  # the same keys: a shape differs
-        return next((ln.strip() for ln in str(error).splitlines()[1:] if "size mismatch" in ln), str(error).splitlines()[0])
+        return next((ln.strip() for ln in str(error).splitlines()[1:] if "size mismatch" in ln),
+                    str(error).splitlines()[0])
     return "; ".join(part for part in (f"{len(missing)} key(s) missing: {some(missing)}" if missing else "",
                                        f"{len(extra)} unexpected: {some(extra)}" if extra else "") if part)
 
@@ -302,10 +317,13 @@ def _load_weights(net: nn.Module, path: str) -> None:
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
-        raise UserError(f"--model-weights {path} does not fit the model: {_mismatch(state, expected, exc)}") from exc
+        raise UserError(f"--model-weights {path} does not fit the model: "
+                        f"{_mismatch(state, expected, exc)}") from exc
 
 
-def parse_normalize(text: str, dataset_stats: tuple[Sequence[float], Sequence[float]]) -> tuple[list[float], list[float]]:
+def parse_normalize(text: str,
+                    dataset_stats: tuple[Sequence[float],
+                                         Sequence[float]]) -> tuple[list[float], list[float]]:
     """``--normalize``: ``dataset`` (the data's own mean and std), ``M,S`` or ``M1,..,Mc,S1,..,Sc``."""
     if text == "dataset":
         return list(dataset_stats[0]), list(dataset_stats[1])
@@ -314,7 +332,7 @@ def parse_normalize(text: str, dataset_stats: tuple[Sequence[float], Sequence[fl
     except ValueError:
         values = []
     if not values or len(values) % 2 or any(s <= 0 for s in values[len(values) // 2:]):
-        raise UserError(f"--normalize {text!r}: give `dataset`, MEAN,STD or one mean per channel then one std "
-                        "per channel (e.g. 0.4914,0.4822,0.4465,0.2471,0.2435,0.2616), stds positive")
+        raise UserError(f"--normalize {text!r}: give `dataset`, MEAN,STD or one mean per channel then one "
+                        "std per channel (e.g. 0.4914,0.4822,0.4465,0.2471,0.2435,0.2616), stds positive")
     half = len(values) // 2
     return values[:half], values[half:]

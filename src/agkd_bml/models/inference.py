@@ -7,7 +7,8 @@ Three changes that leave the function the same (up to float rounding) and make e
 - weights and inputs in ``channels_last``, the layout oneDNN (CPU) and cuDNN (CUDA) convolutions prefer;
 - a convolution followed by a ReLU becomes :class:`ConvReLU`: on CPU, its passes without an input
   gradient (Square's queries, success checks) run both as one oneDNN call with the ReLU fused in and
-  the weights cast once, not on every pass (bit-identical here; Square about 1.06-1.1x faster on the small CNN).
+  the weights cast once, not on every pass (bit-identical here; Square about 1.06-1.1x faster on the small
+  CNN).
 
 "Followed by" is read in two ways. Inside an ``nn.Sequential`` it is the next layer (the small CNN). Where a
 model's own ``forward`` code connects its layers (residual blocks, and models from outside the project), the
@@ -94,7 +95,8 @@ class ConvReLU(nn.Module):
 
 
 def _fuse_conv_relu(module: nn.Module) -> None:
-    """Replace each ``Conv2d`` followed (past folded-BatchNorm ``Identity``s) by a ``ReLU`` with :class:`ConvReLU`.
+    """Replace each ``Conv2d`` followed (past folded-BatchNorm ``Identity``s) by a ``ReLU`` with
+    :class:`ConvReLU`.
 
     Exact types only, here and in :func:`_fold_batchnorm`: a subclass (a weight-standardised convolution,
     a container with its own ``forward``) may compute something else, which a fused call would skip.
@@ -114,7 +116,8 @@ def _fuse_conv_relu(module: nn.Module) -> None:
 
 class _Tracer(fx.Tracer):
     """``torch.fx``'s tracer with :class:`ConvReLU` as a layer (not traced into) and our own helpers as calls:
-    :func:`normalise` (its layout test is not traceable) and :func:`output_logits` (it inspects the output)."""
+    :func:`normalise` (its layout test is not traceable) and :func:`output_logits` (it inspects the
+    output)."""
 
     def __init__(self) -> None:
         super().__init__(autowrap_functions=(normalise, output_logits))
@@ -132,7 +135,8 @@ def trace(model: nn.Module) -> fx.GraphModule | None:
         graph = tracer.trace(model)
     except Exception:  # control flow on values, unsupported Python: such a model keeps its own code
         return None
-    for node in list(graph.nodes):  # the Identity left by each folded BatchNorm and fused ReLU: no call at all
+    # the Identity left by each folded BatchNorm and fused ReLU: no call at all
+    for node in list(graph.nodes):
         if node.op == "call_module" and type(tracer.root.get_submodule(str(node.target))) is nn.Identity:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
@@ -146,7 +150,8 @@ _RELUS = (torch.relu, torch.relu_, F.relu)
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return type(modules[str(node.target)]) is nn.ReLU
-    return (node.op == "call_function" and node.target in _RELUS) or (node.op == "call_method" and node.target in ("relu", "relu_"))
+    return ((node.op == "call_function" and node.target in _RELUS)
+            or (node.op == "call_method" and node.target in ("relu", "relu_")))
 
 
 def _fuse_graph(gm: fx.GraphModule) -> bool:
@@ -158,7 +163,8 @@ def _fuse_graph(gm: fx.GraphModule) -> bool:
             calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     changed = False
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or calls[str(node.target)] != 1 or type(modules[str(node.target)]) is not nn.Conv2d:
+        target = str(node.target)
+        if node.op != "call_module" or calls[target] != 1 or type(modules[target]) is not nn.Conv2d:
             continue
         conv = modules[str(node.target)]
         if len(node.users) == 1:  # a BatchNorm that only this convolution feeds
@@ -188,7 +194,8 @@ def _fuse_graph(gm: fx.GraphModule) -> bool:
 
 def inference_copy(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with BatchNorm folded into convolutions, channels-last weights and
-    convolution + ReLU pairs as :class:`ConvReLU` (a traced ``GraphModule`` where its own code connects them)."""
+    convolution + ReLU pairs as :class:`ConvReLU` (a traced ``GraphModule`` where its own code connects
+    them)."""
     fast = copy.deepcopy(unwrap(model)).eval()
     for p in fast.parameters():
         p.requires_grad_(False)

@@ -62,14 +62,16 @@ CONV, ELEMENTWISE, WHOLE, SHAPE = "conv", "elementwise", "whole", "shape"
 
 
 def _reach(lo: int, hi: int, kernel: int, stride: int, padding: int, size: int) -> tuple[int, int]:
-    """The outputs [a, b) of a convolution along one axis (input ``size``) whose kernels read inputs [lo, hi)."""
+    """The outputs [a, b) of a convolution along one axis (input ``size``) whose kernels read inputs [lo,
+    hi)."""
     out = (size + 2 * padding - kernel) // stride + 1
     return max(0, math.ceil((lo + padding - kernel + 1) / stride)), min(out, (hi - 1 + padding) // stride + 1)
 
 
 def _windowable_conv(module: nn.Module) -> nn.Conv2d | None:
     conv = module.conv if type(module) is ConvReLU else module if type(module) is nn.Conv2d else None
-    if conv is None or conv.padding_mode != "zeros" or isinstance(conv.padding, str) or conv.dilation != (1, 1):
+    if (conv is None or conv.padding_mode != "zeros" or isinstance(conv.padding, str) or conv.dilation
+        != (1, 1)):
         return None
     return conv
 
@@ -105,9 +107,11 @@ class WindowedForward:
         (self.input,) = (n for n in self.nodes if n.op == "placeholder")
         self.varying = self._varying()
         #: each node's inputs that depend on the images
-        self.inputs = {n: tuple(a for a in n.all_input_nodes if a in self.varying) for n in [*self.nodes, self.output]}
+        self.inputs = {n: tuple(a for a in n.all_input_nodes if a in self.varying) for n
+                       in [*self.nodes, self.output]}
         self.kinds: dict[fx.Node, str] = {}
-        self.read: set[fx.Node] = set()  #: the nodes whose cached values a query reads (the others need no update)
+        #: the nodes whose cached values a query reads (the others need no update)
+        self.read: set[fx.Node] = set()
         self.cache: dict[fx.Node, Any] = {}
         self.best_logits = torch.empty(0)
         self._pending: dict[fx.Node, tuple[Window | None, Any]] = {}
@@ -124,7 +128,8 @@ class WindowedForward:
         try:
             with torch.inference_mode():
                 windowed.start(example[:1])
-        except Exception:  # noqa: BLE001 - the graph fails where the model did not (or gives no logits): full passes
+        # noqa: BLE001 - the graph fails where the model did not (or gives no logits): full passes
+        except Exception:
             return None
         return windowed if windowed.useful() else None
 
@@ -160,13 +165,16 @@ class WindowedForward:
         constants: list[torch.Tensor] = []
         fx.node.map_aggregate((node.args, node.kwargs),
                               lambda v: constants.append(v) if isinstance(v, torch.Tensor) else None)
-        constants += [self.cache[a] for a in node.all_input_nodes if a not in self.varying and isinstance(self.cache[a], torch.Tensor)]
-        if any(a.shape != out.shape for a in args) or any(c.ndim > 0 and (c.ndim < 3 or c.shape[-2:] != (1, 1)) for c in constants):
+        constants += [self.cache[a] for a in node.all_input_nodes if a not in self.varying
+                      and isinstance(self.cache[a], torch.Tensor)]
+        if any(a.shape != out.shape for a in args) or any(
+                c.ndim > 0 and (c.ndim < 3 or c.shape[-2:] != (1, 1)) for c in constants):
             return WHOLE
         return ELEMENTWISE
 
     def useful(self) -> bool:
-        """Whether some convolution is computed on windows: its input changes in a window, never as a whole."""
+        """Whether some convolution is computed on windows: its input changes in a window, never as a
+        whole."""
         windowed = {self.input}
         for node in self.nodes:
             if node in self.varying and self.kinds.get(node) in (CONV, ELEMENTWISE) and all(
@@ -206,7 +214,8 @@ class WindowedForward:
                 cache[node] = self._run(node, cache.__getitem__)
         self.cache = cache
         if not self.kinds:
-            self.kinds = {node: self._kind(node) for node in self.nodes if node in self.varying and node is not self.input}
+            self.kinds = {node: self._kind(node) for node in self.nodes if node in self.varying and node is
+                          not self.input}
             # a one-input element-wise node reads only its input's new window, never its cached value
             self.read = {self.input, *self.inputs[self.output]}
             for node, kind in self.kinds.items():
@@ -221,9 +230,9 @@ class WindowedForward:
         return output_logits(out)
 
     def matches_full_passes(self, x: torch.Tensor, sides: tuple[int, ...]) -> bool:
-        """Whether windowed logits equal full passes bit for bit on images ``x`` (a few are enough) for windows
-        of each of ``sides`` at the four corners, the middle of each edge, the centre, and next to two corners:
-        a crop at one border and not at the other may take another kernel than a crop at both.
+        """Whether windowed logits equal full passes bit for bit on images ``x`` (a few are enough) for
+        windows of each of ``sides`` at the four corners, the middle of each edge, the centre, and next to two
+        corners: a crop at one border and not at the other may take another kernel than a crop at both.
 
         Call it in the precision the queries will run in. A convolution on a crop may be computed by
         another kernel than on the whole image (oneDNN chooses by shape) and round differently: a
@@ -261,7 +270,8 @@ class WindowedForward:
                 change = self._convolve(node, changed[node.args[0]])  # type: ignore[index]
                 if change is not None:
                     changed[node] = change
-            elif kind == ELEMENTWISE and all(changed[a][0] is not None for a in self.inputs[node] if a in changed):
+            elif kind == ELEMENTWISE and all(changed[a][0] is not None for a in self.inputs[node] if a
+                                             in changed):
                 changed[node] = self._elementwise(node, changed)
             else:
                 changed[node] = (None, self._run(node, lambda a: self._whole(a, changed)))
@@ -307,8 +317,10 @@ class WindowedForward:
 
         return (top, bottom, left, right), self._run(node, value)
 
-    def _convolve(self, node: fx.Node, change: tuple[Window | None, Any]) -> tuple[Window, torch.Tensor] | None:
-        """(the changed window of a convolution's output, its values), given its input's changed window, or None
+    def _convolve(self, node: fx.Node,
+                  change: tuple[Window | None, Any]) -> tuple[Window, torch.Tensor] | None:
+        """(the changed window of a convolution's output, its values), given its input's changed window, or
+        None
         when the window reaches no output."""
         module = self.modules[str(node.target)]
         conv = _windowable_conv(module)
@@ -327,7 +339,8 @@ class WindowedForward:
             # garbage: 3x3, stride 2, 3-4 input columns; PyTorch 2.14.1, 2026-12-06): two columns are exact
             o_left, o_right = (o_left, o_right + 1) if o_right < out_w else (o_left - 1, o_right)
         if (o_top, o_bottom, o_left, o_right) == (0, out_h, 0, out_w):  # the whole output: a plain pass
-            return (0, out_h, 0, out_w), self._call(node, (self._whole(node.args[0], {node.args[0]: change}),), {})  # type: ignore[dict-item, index]
+            return (0, out_h, 0,
+                    out_w), self._call(node, (self._whole(node.args[0], {node.args[0]: change}),), {})  # type: ignore[dict-item, index]
         # the input rows/columns these outputs read, in padded coordinates, and their part inside the image
         r0, r1 = o_top * sh - ph, (o_bottom - 1) * sh - ph + kh
         c0, c1 = o_left * sw - pw, (o_right - 1) * sw - pw + kw
@@ -335,7 +348,8 @@ class WindowedForward:
         crop = inp[:, :, i0:i1, j0:j1].clone()
         a0, a1, b0, b1 = max(top, i0), min(bottom, i1), max(left, j0), min(right, j1)
         if a0 < a1 and b0 < b1:
-            crop[:, :, a0 - i0 : a1 - i0, b0 - j0 : b1 - j0] = new[:, :, a0 - top : a1 - top, b0 - left : b1 - left]
+            piece = new[:, :, a0 - top : a1 - top, b0 - left : b1 - left]
+            crop[:, :, a0 - i0 : a1 - i0, b0 - j0 : b1 - j0] = piece
         if (i0, i1, j0, j1) != (r0, r1, c0, c1):
             crop = F.pad(crop, (j0 - c0, c1 - j1, i0 - r0, r1 - i1))
         return (o_top, o_bottom, o_left, o_right), _unpadded(module, crop)
@@ -353,7 +367,8 @@ class WindowedForward:
             if window is not None:
                 top, bottom, left, right = window
                 cached[:, :, top:bottom, left:right][rows] = new[rows]
-            elif _batch_rows(new, better.shape[0]) and _batch_rows(cached, better.shape[0]) and new.shape == cached.shape:
+            elif (_batch_rows(new, better.shape[0]) and _batch_rows(cached, better.shape[0])
+                  and new.shape == cached.shape):
                 cached = cached.clone() if cached is new else cached
                 cached[rows] = new[rows]
                 self.cache[node] = cached

@@ -7,7 +7,8 @@ from torch import nn
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation basic block (WRN and PreAct ResNet); the shortcut takes the activated input when the shape changes."""
+    """Pre-activation basic block (WRN and PreAct ResNet); the shortcut takes the activated input when the
+    shape changes."""
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
@@ -15,7 +16,8 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = None if cin == cout and stride == 1 else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+        same = cin == cout and stride == 1
+        self.shortcut = None if same else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = torch.relu(self.bn1(x))

@@ -31,9 +31,11 @@ from agkd_bml.models import build_model
 from agkd_bml.reproduction.multistep import RunSpec, mcnemar, score_rows
 from agkd_bml.reproduction.recipes import Context, DataChoice, Scores
 
-#: (size label, architecture), smallest first: the small CNN at base width 16, 32 (the medium scale's), 64, 128
+#: (size label, architecture), smallest first: the small CNN at base width 16, 32 (the medium scale's), 64,
+# 128
 SIZES = (("w16", "small-cnn-w16"), ("w32", "small-cnn"), ("w64", "small-cnn-w64"), ("w128", "small-cnn-w128"))
-ROWS = (RunSpec(label="AT-7", method="pgd-at", steps=7), RunSpec(label="AGKD-BML-7", method="agkd-bml", steps=7))
+ROWS = (RunSpec(label="AT-7", method="pgd-at", steps=7),
+        RunSpec(label="AGKD-BML-7", method="agkd-bml", steps=7))
 PAIR = ("AT-7", "AGKD-BML-7")
 SPECS = "clean,pgd-20"  #: scored besides AutoAttack
 PAPER_ARCH = "wrn-28-10"  #: the paper's model, where the gap's trend is carried for comparison
@@ -59,8 +61,8 @@ def parse_only(only: str | None) -> set[tuple[str, str]] | None:
     for item in only.split(","):
         size, _, row = item.strip().partition(":")
         if size not in sizes or row not in rows:
-            raise UserError(f"--only {item!r}: give SIZE:ROW with SIZE one of {', '.join(sorted(sizes))} and ROW one "
-                            f"of {', '.join(sorted(rows))} (e.g. w128:AT-7)")
+            raise UserError(f"--only {item!r}: give SIZE:ROW with SIZE one of {', '.join(sorted(sizes))} and "
+                            f"ROW one of {', '.join(sorted(rows))} (e.g. w128:AT-7)")
         chosen.add((size, row))
     return chosen
 
@@ -95,7 +97,8 @@ def _saved_scores(ctx: Context, row: RunSpec) -> Scores:
     ctx.saved_only = True
     try:
         scores = score_rows(ctx, (row,), SPECS)
-        print(f"== capacity: {ctx.out.name} {row.label}: finished and scored before; shown as saved", file=sys.stderr)
+        print(f"== capacity: {ctx.out.name} {row.label}: finished and scored before; shown as saved",
+              file=sys.stderr)
         return scores
     except NotSaved:
         for key in [k for k in ctx.flags if k[0] == row.label]:  # the points it had before one was missing
@@ -112,19 +115,22 @@ def _cell(flags: torch.Tensor) -> str:
 
 def render(done: list[SizeScores]) -> str:
     """The capacity table (clean, PGD-20, AA with Wilson intervals, the AA gap, McNemar) and its note."""
-    lines = ["| size | parameters | model | clean | PGD-20 | AA | AA gap (AT-7 - AGKD-BML-7) | image by image under AA |",
+    lines = ["| size | parameters | model | clean | PGD-20 | AA | AA gap (AT-7 - AGKD-BML-7) | image by "
+             "image under AA |",
              "|---" * 8 + "|"]
     gaps = {s.size: g for s, g in aa_gaps(done)}
     for s in done:
         seed = s.ctx.scale.seeds[0]
         gap = f"{100 * gaps[s.size].value:+.1f} points" if s.size in gaps else "-"
-        test = mcnemar(s.ctx, *PAIR).removeprefix(f"AutoAttack, image by image, {PAIR[0]} vs {PAIR[1]}: ") or "-"
+        test = mcnemar(s.ctx, *PAIR).removeprefix(f"AutoAttack, image by image, {PAIR[0]} vs {PAIR[1]}: "
+                                                  "") or "-"
         for label in PAIR:
             if label not in s.scores:
                 continue
             cells = [_cell(s.ctx.flags[(label, seed, name)]) for name in ("clean", "pgd-20", "aa")]
             pair = (gap, test) if label == PAIR[0] else ("", "")  # once per width
-            lines.append(f"| {s.size} | {s.params / 1e6:.2f} M | {label} | {' | '.join(cells)} | {' | '.join(pair)} |")
+            lines.append(f"| {s.size} | {s.params / 1e6:.2f} M | {label} | {' | '.join(cells)} | "
+                         f"{' | '.join(pair)} |")
     pending = [f"{size}:{r.label}" for size, _ in SIZES for r in ROWS
                if not any(s.size == size and r.label in s.scores for s in done)]
     if pending:
@@ -160,8 +166,8 @@ def trend_text(done: list[SizeScores]) -> str:
     if not gaps:
         return ""
     per = ", ".join(f"{s.size} {_points(g)}" for s, g in gaps)
-    text = (f"**The AA gap ({PAIR[0]} - {PAIR[1]}, points) by width**, [95% interval of the paired difference over "
-            f"the same test images]: {per}.")
+    text = (f"**The AA gap ({PAIR[0]} - {PAIR[1]}, points) by width**, [95% interval of the paired "
+            f"difference over the same test images]: {per}.")
     trend = log_linear_trend([s.params for s, _ in gaps], [g for _, g in gaps])
     if trend is None:
         return text
@@ -170,24 +176,27 @@ def trend_text(done: list[SizeScores]) -> str:
 
 def _trend_sentences(trend: Trend, gaps: list[tuple[SizeScores, Gap]]) -> str:
     lo, hi = trend.slope_ci95
-    verdict = ("the gap shrinks as the models grow" if hi < 0 else "the gap grows as the models grow" if lo > 0
-               else "no change of the gap with size can be told apart from the images' sampling at this precision")
+    verdict = ("the gap shrinks as the models grow" if hi < 0 else "the gap grows as the models grow" if lo
+               > 0
+               else "no change of the gap with size can be told apart from the images' sampling at this "
+                    "precision")
     params = [s.params for s, _ in gaps]
     span = max(params) / min(params)
-    text = (f"A straight line in log-parameters through the {trend.sizes} widths (each gap weighted by its inverse "
-            f"variance): {100 * trend.slope:+.1f} points per 4-fold parameters [{100 * lo:+.1f}, {100 * hi:+.1f}], "
-            f"so {verdict}.")
+    text = (f"A straight line in log-parameters through the {trend.sizes} widths (each gap weighted by its "
+            f"inverse variance): {100 * trend.slope:+.1f} points per 4-fold parameters [{100 * lo:+.1f}, "
+            f"{100 * hi:+.1f}], so {verdict}.")
     if trend.residual_p is not None:
-        text += (f" The gaps scatter about the line with chi-square {trend.chi2:.1f} on {trend.sizes - 2} degree(s) of "
-                 f"freedom (p = {trend.residual_p:.2g}; a small p says the widths differ by more than a line and "
-                 "image sampling explain: seed-to-seed variation, or a bend).")
+        text += (f" The gaps scatter about the line with chi-square {trend.chi2:.1f} on {trend.sizes - 2} "
+                 f"degree(s) of freedom (p = {trend.residual_p:.2g}; a small p says the widths differ by "
+                 "more than a line and image sampling explain: seed-to-seed variation, or a bend).")
     paper = sum(p.numel() for p in build_model(PAPER_ARCH, gaps[0][0].ctx.data.spec).parameters())
     g, g_lo, g_hi = trend.at(paper)
-    text += (f" Carried to the paper's {PAPER_ARCH} ({paper / 1e6:.1f} M parameters, {paper / max(params):.0f} times the "
-             f"largest width here), the line gives {100 * g:+.1f} points [{100 * g_lo:+.1f}, "
-             f"{100 * g_hi:+.1f}]: an extrapolation of a line fitted over a {span:.0f}-fold span, and another "
-             "architecture, so a guide to what larger widths should show, not a prediction of the paper's number. "
-             "The intervals count the test images' sampling only: each width is one training seed.")
+    text += (f" Carried to the paper's {PAPER_ARCH} ({paper / 1e6:.1f} M parameters, "
+             f"{paper / max(params):.0f} times the largest width here), the line gives {100 * g:+.1f} points "
+             f"[{100 * g_lo:+.1f}, {100 * g_hi:+.1f}]: an extrapolation of a line fitted over a "
+             f"{span:.0f}-fold span, and another architecture, so a guide to what larger widths should show, "
+             "not a prediction of the paper's number. The intervals count the test images' sampling only: "
+             "each width is one training seed.")
     return text
 
 
@@ -200,19 +209,21 @@ def note(done: list[SizeScores]) -> str:
     devices = sorted({run_timing(r)["device"] for r in runs if (r / "metrics.jsonl").is_file()})
     images = f"{sc.train_limit} training images" if sc.train_limit else "all training images"
     attacks = "\n".join(f"- {a.describe()}" for a in ctx.attacks("clean,pgd-20,aa"))
-    return (f"Scale `{ctx.scale_name}` at each width: the small CNN (4 conv-BN-ReLU layers, base width 16 to 128) on "
-            f"{ctx.data_name} ({images} after holding out {sc.val_split} for selection), {sc.epochs} epochs (lr {sc.lr} "
-            f"decayed x0.1 at {list(sc.milestones)}), batch {sc.batch_size}, training precision `{sc.amp}`, seed "
-            f"{sc.seeds[0]}; trained on {', '.join(devices) or '?'}. Weights: {sc.weights} ({WEIGHTS_NOTE[sc.weights]}). "
-            "AT-7 and AGKD-BML-7 train with 7 steps of eps/4; the AGKD teacher is a clean run of the same width with "
-            f"label smoothing {sc.teacher_smoothing}. Robust accuracy (%) on the first {ctx.test(sc.eval_n)[2]} test "
-            f"images (AutoAttack: first {ctx.test(sc.aa_n)[2]}), [95% Wilson interval]; evaluation in float32. "
-            "Image by image: exact McNemar test on the images robust for one model only.\n\n" + attacks)
+    return (f"Scale `{ctx.scale_name}` at each width: the small CNN (4 conv-BN-ReLU layers, base width 16 to "
+            f"128) on {ctx.data_name} ({images} after holding out {sc.val_split} for selection), {sc.epochs} "
+            f"epochs (lr {sc.lr} decayed x0.1 at {list(sc.milestones)}), batch {sc.batch_size}, training "
+            f"precision `{sc.amp}`, seed {sc.seeds[0]}; trained on {', '.join(devices) or '?'}. Weights: "
+            f"{sc.weights} ({WEIGHTS_NOTE[sc.weights]}). AT-7 and AGKD-BML-7 train with 7 steps of eps/4; "
+            f"the AGKD teacher is a clean run of the same width with label smoothing {sc.teacher_smoothing}. "
+            f"Robust accuracy (%) on the first {ctx.test(sc.eval_n)[2]} test images (AutoAttack: first "
+            f"{ctx.test(sc.aa_n)[2]}), [95% Wilson interval]; evaluation in float32. Image by image: exact "
+            "McNemar test on the images robust for one model only.\n\n" + attacks)
 
 
 def write_figure(done: list[SizeScores], out: Path) -> list[Path]:
-    """``capacity.png`` / ``.pdf`` (left: clean and AA accuracy against parameters, both models, Wilson intervals;
-    right: the AA gap with its paired interval and the line of :func:`trend_text` over the widths measured) and
+    """``capacity.png`` / ``.pdf`` (left: clean and AA accuracy against parameters, both models, Wilson
+    intervals; right: the AA gap with its paired interval and the line of :func:`trend_text` over the widths
+    measured) and
     ``capacity.csv`` (the accuracy points)."""
     plt = pyplot()
     fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(11, 4))
@@ -232,9 +243,12 @@ def write_figure(done: list[SizeScores], out: Path) -> list[Path]:
                 w.writerow([s.size, s.arch, s.params, label, name, acc, lo, hi, f.numel()])
             if pts:
                 x, y, lo, hi = (list(v) for v in zip(*pts, strict=True))
-                ax.errorbar(x, [100 * v for v in y], yerr=[[100 * (a - b) for a, b in zip(y, lo, strict=True)],
-                                                           [100 * (b - a) for a, b in zip(y, hi, strict=True)]],
-                            fmt="o" + style, color=colour, capsize=3, label=f"{label} {'AutoAttack' if name == 'aa' else 'clean'}")
+                ax.errorbar(x, [100 * v for v in y],
+                            yerr=[[100 * (a - b) for a, b in zip(y, lo, strict=True)],
+                                                           [100 * (b - a) for a,
+                                                            b in zip(y, hi, strict=True)]],
+                            fmt="o" + style, color=colour, capsize=3,
+                            label=f"{label} {'AutoAttack' if name == 'aa' else 'clean'}")
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel("accuracy (%)")
@@ -267,8 +281,10 @@ def _gap_panel(ax: Any, gaps: list[tuple[SizeScores, Gap]]) -> None:
     ax.grid(alpha=0.3)
 
 
-def capacity(out: Path, scale: str, *, progress: bool, only: str | None, data: DataChoice = DataChoice()) -> str:
-    """Train and score the capacity study (or the ``--only`` rows of it); write ``OUT/capacity.md`` and the figure."""
+def capacity(out: Path, scale: str, *, progress: bool, only: str | None,
+             data: DataChoice = DataChoice()) -> str:
+    """Train and score the capacity study (or the ``--only`` rows of it); write ``OUT/capacity.md`` and the
+    figure."""
     done = score_sizes(out, scale, progress, parse_only(only), data)
     text = render(done) + "\n\n![capacity](capacity.png)\n\nData: `capacity.csv`."
     write_figure(done, out)

@@ -31,18 +31,23 @@ class RunSpec:
     seeds: int = 1  #: how many of the scale's seeds
     params: dict[str, Any] = field(default_factory=dict)
     init_from_teacher: bool = False
-    stop_after_decay: int | None = None  #: stop this many epochs after the first lr decay (the paper's early stop)
+    #: stop this many epochs after the first lr decay (the paper's early stop)
+    stop_after_decay: int | None = None
 
 
 TABLE1_ROWS = (
-    RunSpec(label="UM", method="standard"), RunSpec(label="AT-7", method="pgd-at", steps=7, seeds=2), RunSpec(label="SML-7", method="sml", steps=7),
-    RunSpec(label="TRADES-10", method="trades", steps=10, seeds=2), RunSpec(label="MART-10", method="mart", steps=10, seeds=2),
-    RunSpec(label="AGKD-BML-2", method="agkd-bml", steps=2), RunSpec(label="AGKD-BML-7", method="agkd-bml", steps=7, seeds=2),
+    RunSpec(label="UM", method="standard"), RunSpec(label="AT-7", method="pgd-at", steps=7, seeds=2),
+    RunSpec(label="SML-7", method="sml", steps=7),
+    RunSpec(label="TRADES-10", method="trades", steps=10, seeds=2),
+    RunSpec(label="MART-10", method="mart", steps=10, seeds=2),
+    RunSpec(label="AGKD-BML-2", method="agkd-bml", steps=2),
+    RunSpec(label="AGKD-BML-7", method="agkd-bml", steps=7, seeds=2),
 )
 #: Table 5: the released code's AGKD-BML (10 steps, MART term, student from the teacher, early stop) vs AT-7.
 TABLE5_ROWS = (
     RunSpec(label="AT-7", method="pgd-at", steps=7, seeds=2),
-    RunSpec(label="AGKD-BML-10+MART", method="agkd-bml", steps=10, params={"mart": True}, init_from_teacher=True, stop_after_decay=1),
+    RunSpec(label="AGKD-BML-10+MART", method="agkd-bml", steps=10, params={"mart": True},
+            init_from_teacher=True, stop_after_decay=1),
 )
 DECIDING = ("AT-7", "AGKD-BML-7")  #: the pair compared over 2 seeds and image by image
 #: the other adversarial baselines, also compared with AGKD-BML-7 image by image (on each seed they share)
@@ -64,11 +69,13 @@ def train_row(ctx: Context, row: RunSpec, seed: int) -> Path:
     """Train (or reuse) one row's run of one seed; return its directory."""
     distils = METHODS[row.method].needs_teacher or row.init_from_teacher
     run = ctx.run_dir(row.label, seed)
-    cfg = run_config(ctx.scale, row.method, seed, run, teacher(ctx, seed) if distils else None, ctx.data_choice)
+    cfg = run_config(ctx.scale, row.method, seed, run, teacher(ctx, seed) if distils else None,
+                     ctx.data_choice)
     epochs = cfg.optim.epochs
     if row.stop_after_decay is not None and cfg.optim.milestones:
         epochs = min(cfg.optim.epochs, cfg.optim.milestones[0] + row.stop_after_decay)
-    # the step size is the library's default for the row's steps (methods.base.default_step_size), as with `train`
+    # the step size is the library's default for the row's steps (methods.base.default_step_size), as with
+    # `train`
     cfg = cfg.replace(steps=row.steps, init_from_teacher=row.init_from_teacher, epochs=epochs)
     ctx.train(row.label, seed, cfg.with_params(**row.params))
     return run
@@ -78,7 +85,8 @@ def train_rows(ctx: Context, rows: tuple[RunSpec, ...]) -> dict[tuple[str, int],
     """Train (or reuse) every row's runs, the deciding pair first: a reproduction stopped part-way, hours into
     a medium run, has the runs that answer the question before the others."""
     order = sorted(rows, key=lambda row: row.label not in DECIDING)  # stable: table order otherwise
-    return {(row.label, seed): train_row(ctx, row, seed) for row in order for seed in ctx.scale.seeds[: row.seeds]}
+    return {(row.label, seed): train_row(ctx, row, seed) for row in order for seed
+            in ctx.scale.seeds[: row.seeds]}
 
 
 def score_rows(ctx: Context, rows: tuple[RunSpec, ...], specs: str) -> Scores:
@@ -101,7 +109,8 @@ def score_rows(ctx: Context, rows: tuple[RunSpec, ...], specs: str) -> Scores:
 
 
 def _score_group(ctx: Context, rows: tuple[RunSpec, ...], specs: str, scores: Scores) -> None:
-    """Train (or reuse) ``rows`` and add their scores, the last-iterate PGD-20 and the worst case to ``scores``."""
+    """Train (or reuse) ``rows`` and add their scores, the last-iterate PGD-20 and the worst case to
+    ``scores``."""
     runs = train_rows(ctx, rows)
     scores.update(score_attacks(ctx, runs, specs, aa=True))
     last = dataclasses.replace(full_length(ctx.attacks("pgd-20")[0]), name="pgd-20-last")

@@ -48,23 +48,31 @@ class Scale:
     val_split: int = 0  #: training images held out for the per-epoch numbers and best.pt
     ema: float = 0.0  #: EMA decay of the weights (0: none)
     weights: str = "last"  #: which weights the tables evaluate: last, best (held-out PGD) or ema
-    teacher_smoothing: float | None = None  #: the AGKD teacher: its own run with this label smoothing (None: UM)
-    multi_step: bool = False  #: table1 is the multi-step comparison (AT-7, SML-7, TRADES-10, MART-10, AGKD-BML-2/7)
+    #: the AGKD teacher: its own run with this label smoothing (None: UM)
+    teacher_smoothing: float | None = None
+    #: table1 is the multi-step comparison (AT-7, SML-7, TRADES-10, MART-10, AGKD-BML-2/7)
+    multi_step: bool = False
     amp: str = "auto"  #: the runs' --amp (training only: every table evaluates in full precision)
 
 
 SCALES = {
     # about an hour of training on 2 CPU cores for table2 (12 runs), see docs/reproduction.md
-    "small": Scale(dataset=None, arch="small-cnn", train_limit=10000, epochs=8, milestones=(6,), lr=0.05, batch_size=128, seeds=(0, 1), eval_n=1000, aa_n=500),
-    "paper": Scale(dataset="cifar10", arch="wrn-28-10", train_limit=None, epochs=200, milestones=(100, 150), lr=0.1, batch_size=128, seeds=(0,), eval_n=10000, aa_n=10000, preset="paper-cifar10"),
-    "tiny": Scale(dataset="digits", arch="small-cnn", train_limit=128, epochs=1, milestones=(), lr=0.05, batch_size=64, seeds=(0, 1), eval_n=32, aa_n=8),
+    "small": Scale(dataset=None, arch="small-cnn", train_limit=10000, epochs=8, milestones=(6,), lr=0.05,
+                   batch_size=128, seeds=(0, 1), eval_n=1000, aa_n=500),
+    "paper": Scale(dataset="cifar10", arch="wrn-28-10", train_limit=None, epochs=200, milestones=(100, 150),
+                   lr=0.1, batch_size=128, seeds=(0,), eval_n=10000, aa_n=10000, preset="paper-cifar10"),
+    "tiny": Scale(dataset="digits", arch="small-cnn", train_limit=128, epochs=1, milestones=(), lr=0.05,
+                  batch_size=64, seeds=(0, 1), eval_n=32, aa_n=8),
     # the multi-step comparison on all 50,000 CIFAR-10 training images less 1,000 held out, trained in bf16
     # autocast where the cores have it (2.2x faster on AVX512-BF16 cores, same accuracy; on cores without it
     # bf16 is emulated and slower than float32, so those train in float32: docs/reproduction.md); budget
     # measured to fit about 6.5 hours of table1 on 2 AVX512-BF16 cores, see docs/reproduction.md
-    "medium": Scale(dataset=None, arch="small-cnn", train_limit=None, epochs=15, milestones=(10, 13), lr=0.05, batch_size=128, seeds=(0, 1), eval_n=1000, aa_n=1000,
-                    val_split=1000, ema=0.999, weights="best", teacher_smoothing=0.5, multi_step=True, amp="native-bf16"),
-    "tiny-medium": Scale(dataset="digits", arch="small-cnn", train_limit=128, epochs=1, milestones=(), lr=0.05, batch_size=64, seeds=(0, 1), eval_n=32, aa_n=8, val_split=50, ema=0.9,
+    "medium": Scale(dataset=None, arch="small-cnn", train_limit=None, epochs=15, milestones=(10, 13), lr=0.05,
+                    batch_size=128, seeds=(0, 1), eval_n=1000, aa_n=1000,
+                    val_split=1000, ema=0.999, weights="best", teacher_smoothing=0.5, multi_step=True,
+                    amp="native-bf16"),
+    "tiny-medium": Scale(dataset="digits", arch="small-cnn", train_limit=128, epochs=1, milestones=(),
+                         lr=0.05, batch_size=64, seeds=(0, 1), eval_n=32, aa_n=8, val_split=50, ema=0.9,
                          weights="best", teacher_smoothing=0.5, multi_step=True),
 }
 
@@ -92,7 +100,8 @@ def run_config(scale: Scale, method: str, seed: int, out: Path, teacher: Path | 
     base.update(method=method, seed=seed, out=str(out), teacher=str(teacher) if teacher else None,
                 data_dir=data.data_dir, download=data.download)
     if not scale.preset:
-        base.update(dataset=scale.dataset, arch=scale.arch, train_limit=scale.train_limit, epochs=scale.epochs,
+        base.update(dataset=scale.dataset, arch=scale.arch, train_limit=scale.train_limit,
+                    epochs=scale.epochs,
                     milestones=list(scale.milestones), lr=scale.lr, batch_size=scale.batch_size,
                     val_split=scale.val_split, ema=scale.ema, amp=scale.amp)
     cfg = TrainConfig.from_dict(base)
@@ -112,10 +121,12 @@ class Context:
     trained_s: float = 0.0  #: seconds this call spent training table2's runs (0 when all were finished)
     #: per-sample correctness by (label, seed, attack name), kept by :meth:`score` for paired tests
     flags: dict[tuple[str, int, str], torch.Tensor] = field(default_factory=dict)
-    #: called with the scores so far when a scorer has some rows done and others still to train (a partial table)
+    #: called with the scores so far when a scorer has some rows done and others still to train (a partial
+    # table)
     partial: Callable[[Scores], None] | None = None
     arch: str | None = None  #: train this architecture instead of the scale's (the capacity study)
-    #: train and attack nothing: use finished runs and saved results only, raising :class:`NotSaved` for the rest
+    #: train and attack nothing: use finished runs and saved results only, raising :class:`NotSaved` for the
+    # rest
     saved_only: bool = False
 
     @property
@@ -124,8 +135,9 @@ class Context:
         if self.data_choice.dataset:
             scale = dataclasses.replace(scale, dataset=self.data_choice.dataset)
         elif scale.dataset is None:
-            raise UserError(f"--scale {self.scale_name} trains on CIFAR-10: give --dataset cifar10 (torchvision's files "
-                            "in --data-dir; --download fetches them) or --dataset npz:PATH (docs/data.md builds one)")
+            raise UserError(f"--scale {self.scale_name} trains on CIFAR-10: give --dataset cifar10 "
+                            "(torchvision's files in --data-dir; --download fetches them) or --dataset "
+                            "npz:PATH (docs/data.md builds one)")
         return dataclasses.replace(scale, arch=self.arch) if self.arch else scale
 
     @cached_property
@@ -153,7 +165,8 @@ class Context:
             return
         print(f"== {label} seed {seed} -> {cfg.runtime.out}", file=sys.stderr)
         if finished_without_checkpoint(cfg):
-            print(f"{cfg.runtime.out}: finished (its results are kept, not its training checkpoints); reused", file=sys.stderr)
+            print(f"{cfg.runtime.out}: finished (its results are kept, not its training checkpoints); reused",
+                  file=sys.stderr)
             return
         train(cfg, resume=True, start_if_none=True, progress=self.progress)
 
@@ -166,7 +179,8 @@ class Context:
 
     @cached_property
     def data(self) -> Dataset:
-        return load_dataset(self.scale.dataset, data_dir=self.data_choice.data_dir, download=self.data_choice.download)
+        return load_dataset(self.scale.dataset, data_dir=self.data_choice.data_dir,
+                            download=self.data_choice.download)
 
     @property
     def train_images(self) -> int:
@@ -186,11 +200,13 @@ class Context:
         n = min(n, self.data.x_test.shape[0])
         return self.data.x_test[:n], self.data.y_test[:n], n
 
-    def score(self, scores: Scores, label: str, seed: int, model: torch.nn.Module, n: int, attacks: list[Attack]) -> None:
+    def score(self, scores: Scores, label: str, seed: int, model: torch.nn.Module, n: int,
+              attacks: list[Attack]) -> None:
         """Add each attack's robust accuracy (%) of one model on the first ``n`` test images to ``scores``."""
         x, y, _ = self.test(n)
         # every point is saved as it is computed (OUT/state), so a stopped target resumes its evaluation too
-        for r in evaluate_attacks(model, x, y, attacks, seed=seed, progress=self.progress, desc=f"{label}-s{seed} ",
+        for r in evaluate_attacks(model, x, y, attacks, seed=seed, progress=self.progress,
+                                  desc=f"{label}-s{seed} ",
                                   state=EvalState(self.out / "state", saved_only=self.saved_only)):
             scores.setdefault(label, {}).setdefault(r.attack.name, []).append(100 * r.accuracy)
             self.flags[(label, seed, r.attack.name)] = r.correct
@@ -219,7 +235,8 @@ def score_transfer(ctx: Context) -> Scores:
         if label == "UM":
             continue
         um = ctx.runs[("UM", seed)]
-        black = TransferAttack(name="transfer", source_path=str(um), inner=full_length(pgd20), source=ctx.model(um))
+        black = TransferAttack(name="transfer", source_path=str(um), inner=full_length(pgd20),
+                               source=ctx.model(um))
         ctx.score(scores, label, seed, ctx.model(run), ctx.scale.eval_n, [black, pgd20])
     return scores
 
@@ -235,8 +252,10 @@ def score_knn(ctx: Context) -> Scores:
     for (label, seed), run in ctx.runs.items():
         model = ctx.model(run)
         index = embed(model, data.x_train, data.y_train)
-        for split, emb in (("clean", embed(model, x, y)), ("pgd-20", embed(model, x, y, attack=attack, seed=seed))):
-            knn = knn_predict(index.embedding, index.labels, emb.embedding, k=50, num_classes=data.spec.num_classes)
+        for split, emb in (("clean", embed(model, x, y)),
+                           ("pgd-20", embed(model, x, y, attack=attack, seed=seed))):
+            knn = knn_predict(index.embedding, index.labels, emb.embedding, k=50,
+                              num_classes=data.spec.num_classes)
             cell = scores.setdefault(label, {})
             cell.setdefault(f"knn {split}", []).append(100 * float((knn == y).float().mean()))
             cell.setdefault(f"softmax {split}", []).append(100 * float((emb.pred == y).float().mean()))

@@ -104,11 +104,13 @@ class Table:
         headers = (self.first, *(c.header for c in self.columns), *self.paper_headers)
         lines = ["| " + " | ".join(headers) + " |", "|---" * len(headers) + "|"]
         for label in (label for label in self.rows or tuple(scores) if label in scores):
-            cells = (label, *(c.cell(label, scores[label]) for c in self.columns), *self.paper.get(label, blank))
+            cells = (label, *(c.cell(label, scores[label]) for c in self.columns),
+                     *self.paper.get(label, blank))
             lines.append("| " + " | ".join(cells) + " |")
         pending = [label for label in self.rows if label not in scores]
         if pending:
-            lines += ["", f"**Partial table**: {', '.join(pending)} not trained and scored yet; the same command "
+            lines += ["",
+                      f"**Partial table**: {', '.join(pending)} not trained and scored yet; the same command "
                       "resumes and completes it."]
         return "\n".join([*lines, "", self.note(ctx)])
 
@@ -127,7 +129,8 @@ _T1 = TABLE1_ATTACKS.split(",")
 
 TABLES: dict[str, Table] = {
     "table1": Table(
-        score=lambda ctx: score_attacks(ctx, {k: v for k, v in ctx.runs.items() if k[0] in TABLE1_MODELS}, TABLE1_ATTACKS),
+        score=lambda ctx: score_attacks(ctx, {k: v for k, v in ctx.runs.items() if k[0] in TABLE1_MODELS},
+                                        TABLE1_ATTACKS),
         columns=tuple(acc(k) for k in _T1), **published("table1"),
         note=lambda ctx: (f"{_seeds(ctx)} (mean ± standard deviation); robust accuracy (%) on the first "
                           f"{ctx.test(ctx.scale.eval_n)[2]} test images. AutoAttack is in `table2.md`.\n\n"
@@ -135,60 +138,66 @@ TABLES: dict[str, Table] = {
     ),
     "table2": Table(
         score=lambda ctx: score_attacks(ctx, ctx.runs, "clean,fgsm,pgd-20,cw-20", aa=True),
-        columns=(acc("clean"), acc("fgsm", "FGSM"), acc("pgd-20", "PGD-20"), acc("cw-20", "CW-20"), acc("aa", "AA")),
+        columns=(acc("clean"), acc("fgsm", "FGSM"), acc("pgd-20", "PGD-20"), acc("cw-20", "CW-20"),
+                 acc("aa", "AA")),
         **published("table2"),
         rows=tuple(label for label, _ in TABLE2),
         note=lambda ctx: (
-            f"Scale `{ctx.scale_name}`: {ctx.scale.arch} on {ctx.data_name} ({ctx.scale.train_limit or 'all'} "
-            f"training images), {ctx.scale.epochs} epochs, seeds {list(ctx.scale.seeds)} (mean ± standard deviation). "
-            f"Robust accuracy (%) on the first {ctx.scale.eval_n} test images (AutoAttack: first {ctx.scale.aa_n}); "
-            f"L-inf eps {fmt_eps(ctx.eps)}. FGSM: one step of eps; PGD-20 / CW-20: 20 steps of eps/4 from a random "
-            "start, 1 restart; AA: standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square-5000). Each method trains "
-            "with its paper attack steps (AT and SML 7, BML, AGKD and AGKD-BML 2), of eps/4, or of 2.5 eps/steps "
-            "capped at eps below 4 steps (runs trained before 2026-12-04: eps/4; each run's config.yaml says). The "
-            "AGKD teacher is the UM run "
-            f"of the same seed. Training took {ctx.trained_s / 60:.1f} min here (0 when all runs were already finished)."),
+            f"Scale `{ctx.scale_name}`: {ctx.scale.arch} on {ctx.data_name} "
+            f"({ctx.scale.train_limit or 'all'} training images), {ctx.scale.epochs} epochs, seeds "
+            f"{list(ctx.scale.seeds)} (mean ± standard deviation). Robust accuracy (%) on the first "
+            f"{ctx.scale.eval_n} test images (AutoAttack: first {ctx.scale.aa_n}); L-inf eps "
+            f"{fmt_eps(ctx.eps)}. FGSM: one step of eps; PGD-20 / CW-20: 20 steps of eps/4 from a random "
+            "start, 1 restart; AA: standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square-5000). Each method "
+            "trains with its paper attack steps (AT and SML 7, BML, AGKD and AGKD-BML 2), of eps/4, or of "
+            "2.5 eps/steps capped at eps below 4 steps (runs trained before 2026-12-04: eps/4; each run's "
+            "config.yaml says). The AGKD teacher is the UM run of the same seed. Training took "
+            f"{ctx.trained_s / 60:.1f} min here (0 when all runs were already finished)."),
     ),
     "table3": Table(
         score=score_transfer,
         columns=(acc("transfer", "black-box (PGD-20 from UM)"), acc("pgd-20", "white-box PGD-20")),
         **published("table3"),
-        note=lambda ctx: (f"{_seeds(ctx)}; first {ctx.test(ctx.scale.eval_n)[2]} test images. Black-box AEs: PGD-20 "
-                          "run for all 20 steps on the UM (natural) model of the same seed, as the paper's Table 3 "
-                          f"does with natural models. White-box: {ctx.attacks('pgd-20')[0].describe()}."),
+        note=lambda ctx: (f"{_seeds(ctx)}; first {ctx.test(ctx.scale.eval_n)[2]} test images. Black-box AEs: "
+                          "PGD-20 run for all 20 steps on the UM (natural) model of the same seed, as the "
+                          "paper's Table 3 does with natural models. White-box: "
+                          f"{ctx.attacks('pgd-20')[0].describe()}."),
     ),
     "table6": Table(
         score=score_attention_variants, first="distilled map",
-        columns=(Column("kind", lambda label, _row: "class-relevant" if label.startswith("GC") else "class-irrelevant"),
+        columns=(Column("kind", lambda label,
+                        _row: "class-relevant" if label.startswith("GC") else "class-irrelevant"),
                  acc("clean"), acc("pgd-20", "PGD-20")),
         **published("table6"),
         rows=tuple(label for label, _ in TABLE6),
-        note=lambda ctx: (f"{_seeds(ctx)}; AGKD without metric learning, 2-step training attacks, the UM run of the "
-                          f"same seed as teacher; first {ctx.test(ctx.scale.eval_n)[2]} test images; "
-                          f"{ctx.attacks('pgd-20')[0].describe()}. GC-orig / GC-false: Grad-CAM of the true class / "
-                          "of the class the AE is attacked towards."),
+        note=lambda ctx: (f"{_seeds(ctx)}; AGKD without metric learning, 2-step training attacks, the UM run "
+                          f"of the same seed as teacher; first {ctx.test(ctx.scale.eval_n)[2]} test images; "
+                          f"{ctx.attacks('pgd-20')[0].describe()}. GC-orig / GC-false: Grad-CAM of the true "
+                          "class / of the class the AE is attacked towards."),
     ),
     "table7": Table(
         score=score_timing,
         columns=(Column("attack steps", lambda _l, r: f"{r['steps'][0]:.0f}"),
-                 Column("median s/epoch (seeds)", lambda _l, r: " / ".join(f"{v:.1f}" for v in r["median_seconds_per_epoch"])),
+                 Column("median s/epoch (seeds)", lambda _l,
+                        r: " / ".join(f"{v:.1f}" for v in r["median_seconds_per_epoch"])),
                  Column("epochs", lambda _l, r: f"{r['epochs'][0]:.0f}"),
                  Column("images/s", lambda _l, r: f"{statistics.mean(r['images_per_s']):.0f}")),
         **published("table7"),
         rows=tuple(label for label, _ in TABLE2),
-        note=lambda ctx: (f"Scale `{ctx.scale_name}` ({ctx.scale.arch}, {ctx.scale.train_limit or 'all'} training "
-                          f"images, batch {ctx.scale.batch_size}) on {ctx.device}. The median over epochs ignores an "
-                          "epoch slowed by other work on the machine. The paper trains WRN-28-10 on 50,000 images on "
-                          "one V100: compare the ratios between methods, not the seconds."),
+        note=lambda ctx: (f"Scale `{ctx.scale_name}` ({ctx.scale.arch}, {ctx.scale.train_limit or 'all'} "
+                          f"training images, batch {ctx.scale.batch_size}) on {ctx.device}. The median over "
+                          "epochs ignores an epoch slowed by other work on the machine. The paper trains "
+                          "WRN-28-10 on 50,000 images on one V100: compare the ratios between methods, not "
+                          "the seconds."),
     ),
     "table9": Table(
         score=score_knn,
         columns=(pair("knn clean", "softmax clean", "clean k-NN / softmax"),
                  pair("knn pgd-20", "softmax pgd-20", "PGD-20 k-NN / softmax")),
         **published("table9"),
-        note=lambda ctx: (f"{_seeds(ctx)}; accuracy (%) on the first {ctx.test(ctx.scale.eval_n)[2]} test images, "
-                          f"attacked or not; k=50, cosine, index = the {ctx.train_images} training images' embeddings; "
-                          "AEs: PGD-20 run for all 20 steps."),
+        note=lambda ctx: (f"{_seeds(ctx)}; accuracy (%) on the first {ctx.test(ctx.scale.eval_n)[2]} test "
+                          f"images, attacked or not; k=50, cosine, index = the {ctx.train_images} training "
+                          "images' embeddings; AEs: PGD-20 run for all 20 steps."),
     ),
 }
 
@@ -197,17 +206,19 @@ def _multi_note(ctx: Context, rows: tuple[RunSpec, ...], specs: str) -> str:
     sc = ctx.scale
     seeds = ", ".join(f"{r.label} {r.seeds}" for r in rows)
     images = f"{sc.train_limit} training images" if sc.train_limit else "all training images"
-    return (f"Scale `{ctx.scale_name}`: {sc.arch} on {ctx.data_name} ({images} after holding out {sc.val_split} for "
-            f"selection), {sc.epochs} epochs (lr decay at {list(sc.milestones)}), weights: {sc.weights} "
-            f"({WEIGHTS_NOTE[sc.weights]}). Seeds per row: {seeds} (2 seeds: mean ± sd). Robust accuracy (%) on the "
-            f"first {ctx.test(sc.eval_n)[2]} test images (AutoAttack: first {ctx.test(sc.aa_n)[2]}); worst: right under "
-            "every attack of the row, per image. Each row trains with the attack steps its name gives, of eps/4 "
-            "(fewer than 4 steps: 2.5 eps/steps, capped at eps, i.e. eps for AGKD-BML-2); the AGKD "
-            f"teacher is a clean run with label smoothing {sc.teacher_smoothing} (the released code's). The paper's "
-            "TRADES and MART rows are with CAS (channel-wise activation suppressing).\n\n"
-            + _describe(ctx, specs + ",aa") + "\n- pgd-20 last it.: the same PGD-20 scored at its last iterate (the "
-            "paper's and the released code's protocol; ours keeps each image's first fooling iterate); not in worst"
-            "\n\n" + "\n\n".join(filter(None, (mcnemar(ctx, *DECIDING),
+    return (f"Scale `{ctx.scale_name}`: {sc.arch} on {ctx.data_name} ({images} after holding out "
+            f"{sc.val_split} for selection), {sc.epochs} epochs (lr decay at {list(sc.milestones)}), "
+            f"weights: {sc.weights} ({WEIGHTS_NOTE[sc.weights]}). Seeds per row: {seeds} (2 seeds: mean ± "
+            f"sd). Robust accuracy (%) on the first {ctx.test(sc.eval_n)[2]} test images (AutoAttack: first "
+            f"{ctx.test(sc.aa_n)[2]}); worst: right under every attack of the row, per image. Each row "
+            "trains with the attack steps its name gives, of eps/4 (fewer than 4 steps: 2.5 eps/steps, "
+            "capped at eps, i.e. eps for AGKD-BML-2); the AGKD teacher is a clean run with label smoothing "
+            f"{sc.teacher_smoothing} (the released code's). The paper's TRADES and MART rows are with CAS "
+            "(channel-wise activation suppressing).\n\n"
+            + _describe(ctx, specs + ",aa") + "\n- pgd-20 last it.: the same PGD-20 scored at its last "
+                                              "iterate (the "
+            "paper's and the released code's protocol; ours keeps each image's first fooling iterate); not "
+            "in worst\n\n" + "\n\n".join(filter(None, (mcnemar(ctx, *DECIDING),
                                                 *(mcnemar(ctx, b, DECIDING[1]) for b in BASELINES)))))
 
 
@@ -223,12 +234,14 @@ MULTI_TABLES: dict[str, Table] = {
     ),
     "table5": Table(
         score=lambda ctx: score_rows(ctx, TABLE5_ROWS, "clean,pgd-20"),
-        columns=(acc("clean"), acc("pgd-20", "PGD-20"), acc("pgd-20-last", "PGD-20 last it."), acc("aa", "AA"),
+        columns=(acc("clean"), acc("pgd-20", "PGD-20"), acc("pgd-20-last", "PGD-20 last it."),
+                 acc("aa", "AA"),
                  acc("worst")),
         **published("multi-step table5"),
         rows=tuple(r.label for r in TABLE5_ROWS),
         note=lambda ctx: (_multi_note(ctx, TABLE5_ROWS, "clean,pgd-20").replace(
-            "\n\n", " AGKD-BML-10+MART: the released code (10-step targeted attack, MART term, student initialised "
+            "\n\n",
+            " AGKD-BML-10+MART: the released code (10-step targeted attack, MART term, student initialised "
             "from the teacher), stopped one epoch after the first lr decay.\n\n", 1)
             + "\n\n" + mcnemar(ctx, "AT-7", "AGKD-BML-10+MART")),
     ),
@@ -266,11 +279,13 @@ def build(target: str, *, scale: str = "small", out: str | Path = "reproduce", y
     if scale not in SCALES:
         raise unknown_choice("scale", scale, SCALES)
     if scale == "paper" and not yes:
-        raise UserError("--scale paper trains WRN-28-10 for 200 epochs per run (days on one GPU); add --yes to start")
+        raise UserError("--scale paper trains WRN-28-10 for 200 epochs per run (days on one GPU); add --yes "
+                        "to start")
     if only and target != "capacity":
         raise UserError("--only chooses rows of the capacity study; other targets train all their rows")
     ctx = Context(scale_name=scale, out=Path(out), progress=progress, data_choice=data)
-    print(f"data: {ctx.data.spec.name} ({ctx.data.x_train.shape[0]} training, {ctx.data.x_test.shape[0]} test images)",
+    print(f"data: {ctx.data.spec.name} ({ctx.data.x_train.shape[0]} training, {ctx.data.x_test.shape[0]} "
+          "test images)",
           file=sys.stderr)
     if target == "capacity":
         if not ctx.scale.multi_step:
@@ -283,7 +298,8 @@ def build(target: str, *, scale: str = "small", out: str | Path = "reproduce", y
         raise UserError(f"{target} is the multi-step comparison: use --scale medium (or tiny-medium)")
     if target in tables:
         ctx.partial = lambda scores: _write(ctx, target, tables[target].format(ctx, scores),
-                                            " (partial: the rows that decide the question; the others follow)")
+                                            " (partial: the rows that decide the question; the others "
+                                            "follow)")
     text = tables[target].render(ctx) if target in tables else figures[target](ctx)
     _write(ctx, target, text)
     return text

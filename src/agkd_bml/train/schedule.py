@@ -11,7 +11,8 @@ from agkd_bml.config import TrainConfig
 CYCLIC_PEAK = 2 / 5
 
 
-def lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+def lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
+                 steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
     """The scheduler of ``cfg.optim.lr_schedule``; :func:`per_step` says when the trainer steps it.
 
     ``cyclic`` is the triangle of fast adversarial training: linear from 0 to ``--lr`` at epoch
@@ -24,7 +25,8 @@ def lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_e
         corners_x, corners_y = [0, peak, total], [0.0, 1.0, 0.0]
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda k: float(np.interp(k + 1, corners_x, corners_y)))
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.optim.milestones, gamma=cfg.optim.gamma)
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.optim.milestones,
+                                                gamma=cfg.optim.gamma)
 
 
 def per_step(cfg: TrainConfig) -> bool:

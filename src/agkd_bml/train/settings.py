@@ -24,7 +24,8 @@ from agkd_bml.train.amp import AMP_CHOICES
 
 def complete(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with every declared hyper-parameter set (its default where the config does not say)."""
-    return dataclasses.replace(cfg, params={name: cfg.params.get(name, p.default) for name, p in PARAMS.items()})
+    return dataclasses.replace(cfg,
+                               params={name: cfg.params.get(name, p.default) for name, p in PARAMS.items()})
 
 
 def check(cfg: TrainConfig) -> None:
@@ -98,7 +99,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def preset_names() -> list[str]:
     """Names of the presets shipped in ``agkd_bml/presets``."""
-    return sorted(p.name[:-5] for p in resources.files("agkd_bml.presets").iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[:-5] for p in resources.files("agkd_bml.presets").iterdir()
+                  if p.name.endswith(".yaml"))
 
 
 def preset_path(name: str) -> Path:
@@ -118,8 +120,10 @@ def preset_values(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     return merged
 
 
-def resolve(preset: str | None = None, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults < preset < config file (which may name its own ``preset``) < command-line overrides; checked."""
+def resolve(preset: str | None = None, config_file: str | None = None,
+            overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults < preset < config file (which may name its own ``preset``) < command-line overrides;
+    checked."""
     file_values = read_yaml(config_file) if config_file else {}
     preset = preset or file_values.get("preset")
     file_values.pop("preset", None)

@@ -62,7 +62,8 @@ LOCK = ".lock"
 #: Seed of the ``--val-split`` draw: one held-out set per dataset, shared by every run (teacher included).
 HOLD_OUT_SEED = 0
 #: Config keys that may change when a run is resumed (more epochs, another device).
-RESUMABLE_CHANGES = {"epochs", "device", "threads", "out", "val_n", "val_steps", "data_dir", "download", "skip_nonfinite",
+RESUMABLE_CHANGES = {"epochs", "device", "threads", "out", "val_n", "val_steps", "data_dir", "download",
+                     "skip_nonfinite",
                      "amp", "compile", "check_sync", "tensorboard"}
 
 
@@ -75,7 +76,8 @@ def tensorboard_writer(folder: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
-        raise UserError("--tensorboard needs the tensorboard package: pip install 'agkd-bml[tensorboard]'") from exc
+        raise UserError("--tensorboard needs the tensorboard package: pip install "
+                        "'agkd-bml[tensorboard]'") from exc
     return SummaryWriter(str(folder))
 
 
@@ -84,8 +86,10 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     def absolute(path: str | None) -> str | None:
         return str(Path(path).resolve()) if path else path
 
-    dataset = f"npz:{absolute(cfg.data.dataset[4:])}" if cfg.data.dataset.startswith("npz:") else cfg.data.dataset
-    return cfg.replace(out=absolute(str(cfg.run_dir())), dataset=dataset, data_dir=absolute(cfg.data.data_dir),
+    dataset = (f"npz:{absolute(cfg.data.dataset[4:])}" if cfg.data.dataset.startswith("npz:")
+               else cfg.data.dataset)
+    return cfg.replace(out=absolute(str(cfg.run_dir())), dataset=dataset,
+                       data_dir=absolute(cfg.data.data_dir),
                        teacher=absolute(cfg.model.teacher))
 
 
@@ -125,7 +129,8 @@ class Setup:
     ema: Ema | None = None
     ema_model: Classifier | None = None  #: a network the EMA weights are loaded into for validation
     best: dict[str, Any] = field(default_factory=dict)  #: epoch and held-out PGD accuracy of ``best.pt``
-    #: what produces the run (versions, device, commit, the training data's fingerprint), in every metrics line
+    #: what produces the run (versions, device, commit, the training data's fingerprint), in every metrics
+    # line
     provenance: dict[str, Any] = field(default_factory=dict)
     board: Any = None  #: ``--tensorboard``: the SummaryWriter of RUN/tensorboard
 
@@ -137,10 +142,10 @@ def _load_teacher(cfg: TrainConfig, student: Classifier, data: Dataset, device: 
         # a committed reproduction drops a finished run's training checkpoints; a teacher's last epoch must
         # outlive them until its students have trained, and when it did not, say what the ways on are
         raise UserError(
-            f"teacher {cfg.model.teacher} keeps only its best weights ({BEST}), not the last epoch ({LAST}) that a "
-            f"student distils: restore {LAST} where the teacher trained (commit it with `git add -f` until its "
-            f"students finish), move {cfg.model.teacher} away to train the teacher again, or give --teacher "
-            f"{run / BEST} to distil its best epoch instead")
+            f"teacher {cfg.model.teacher} keeps only its best weights ({BEST}), not the last epoch ({LAST}) "
+            f"that a student distils: restore {LAST} where the teacher trained (commit it with `git add -f` "
+            f"until its students finish), move {cfg.model.teacher} away to train the teacher again, or give "
+            f"--teacher {run / BEST} to distil its best epoch instead")
     teacher, ckpt = load_model(cfg.model.teacher, device)
     t_spec, s = ckpt.data, data.spec
     if (t_spec.num_classes, t_spec.channels, t_spec.size) != (s.num_classes, s.channels, s.size):
@@ -154,12 +159,13 @@ def _load_teacher(cfg: TrainConfig, student: Classifier, data: Dataset, device: 
         t_hw, s_hw = teacher(probe).features.shape[2:], student(probe).features.shape[2:]
     if t_hw != s_hw:
         raise UserError(
-            f"teacher ({ckpt.arch}) has {tuple(t_hw)} attention maps, student ({cfg.model.arch}) has {tuple(s_hw)}; "
-            "AGKD needs equal sizes"
+            f"teacher ({ckpt.arch}) has {tuple(t_hw)} attention maps, student ({cfg.model.arch}) has "
+            f"{tuple(s_hw)}; AGKD needs equal sizes"
         )
     if cfg.model.init_from_teacher:
         if ckpt.arch != cfg.model.arch:
-            raise UserError(f"--init-from-teacher needs the teacher's architecture ({ckpt.arch}), not {cfg.model.arch}")
+            raise UserError(f"--init-from-teacher needs the teacher's architecture ({ckpt.arch}), not "
+                            f"{cfg.model.arch}")
         student.load_state_dict(teacher.state_dict())
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -171,7 +177,8 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, create: bo
         raise UserError(f"run directory {run_dir} is a file; pass another --out")
     has_run = any((run_dir / f).exists() for f in RUN_FILES)
     if has_run and not (resume or overwrite):
-        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
+                        "replace it")
     if not create:
         return
     for stale in run_dir.glob(".*.tmp"):  # left by a process killed while writing
@@ -193,7 +200,8 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
     check(cfg)
     method_cls = METHODS[cfg.method]
     if method_cls.needs_teacher and not cfg.model.teacher:
-        raise UserError(f"method {cfg.method!r} distils a teacher's attention: pass --teacher RUN_DIR_OR_CHECKPOINT (a `standard` run)")
+        raise UserError(f"method {cfg.method!r} distils a teacher's attention: pass --teacher "
+                        "RUN_DIR_OR_CHECKPOINT (a `standard` run)")
     if cfg.model.init_from_teacher and not cfg.model.teacher:
         raise UserError("--init-from-teacher needs --teacher")
     if cfg.runtime.deterministic:
@@ -202,19 +210,23 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
     d, device_name = distributed.setup(cfg.runtime.device)
     device = resolve_device(device_name)
     if d.enabled and cfg.optim.batch_size % d.world:
-        raise UserError(f"--batch-size {cfg.optim.batch_size} is the global batch; it must divide by the {d.world} processes")
+        raise UserError(f"--batch-size {cfg.optim.batch_size} is the global batch; it must divide by the "
+                        f"{d.world} processes")
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.runtime.deterministic
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     run_dir = cfg.run_dir()
-    data = load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir, download=cfg.data.download)  # checked before any folder is made
+    # checked before any folder is made
+    data = load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir, download=cfg.data.download)
     if d.main:
         _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, create=create)
-        if create:  # one process trains a run folder: a second `train --out` of it is refused, naming the first
+        # one process trains a run folder: a second `train --out` of it is refused, naming the first
+        if create:
             hold_lock(run_dir / LOCK, f"run folder {run_dir}")
     distributed.barrier(d)
     val = None
-    if cfg.validation.val_split:  # held out before --train-limit, so that every run of the dataset holds out the same
+    # held out before --train-limit, so that every run of the dataset holds out the same
+    if cfg.validation.val_split:
         data, *val = data.hold_out(cfg.validation.val_split, HOLD_OUT_SEED)
     data = data.limit_train(cfg.data.train_limit, cfg.runtime.seed)
     if resume:
@@ -228,19 +240,26 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
     model = build_model(cfg.model.arch, data.spec).to(device, memory_format=torch.channels_last)
     if cfg.runtime.compile:
         model.compile()  # in place: state_dict keys, checkpoints and attributes stay those of the plain model
-    teacher = _load_teacher(cfg, model, data, device) if cfg.model.teacher and method_cls.needs_teacher or cfg.model.init_from_teacher else None
+    teacher = (_load_teacher(cfg, model, data, device) if cfg.model.teacher and method_cls.needs_teacher
+               or cfg.model.init_from_teacher else None)
     sampler = None
     if method_cls.needs_sampler:
         try:
-            sampler = ImageSampler(data.x_train, data.y_train, data.spec.num_classes, data.spec.augment, device)
+            sampler = ImageSampler(data.x_train, data.y_train, data.spec.num_classes, data.spec.augment,
+                                   device)
         except ValueError as exc:
             raise UserError(str(exc)) from exc
-    method = method_cls(cfg, MethodContext(num_classes=data.spec.num_classes, attack=resolve_attack(cfg, data.spec), teacher=teacher, sampler=sampler))
+    method = method_cls(cfg,
+                        MethodContext(num_classes=data.spec.num_classes,
+                                      attack=resolve_attack(cfg, data.spec), teacher=teacher,
+                                      sampler=sampler))
     if cfg.runtime.sync_bn:
         if not (d.enabled and device.type == "cuda"):
-            raise UserError("--sync-bn needs torchrun with several processes on CUDA (PyTorch's SyncBatchNorm is GPU-only)")
+            raise UserError("--sync-bn needs torchrun with several processes on CUDA (PyTorch's "
+                            "SyncBatchNorm is GPU-only)")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, same state_dict keys
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                weight_decay=cfg.optim.weight_decay)
     scheduler = lr_scheduler(cfg, optimizer, steps_per_epoch(data.x_train.shape[0], cfg.optim.batch_size))
     dtype = amp_dtype(cfg.runtime.amp, device)
     net = model
@@ -251,8 +270,10 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
         ema = Ema(net, cfg.optim.ema)
         ema_model = build_model(cfg.model.arch, data.spec).to(device, memory_format=torch.channels_last)
     made_by = provenance(device, tensor_digest(data.x_train, data.y_train)) if d.main else {}
-    return Setup(cfg=cfg, device=device, data=data, model=model, method=method, optimizer=optimizer, scheduler=scheduler, run_dir=run_dir, net=net, dist=d, amp=dtype,
-                 scaler=grad_scaler(device, dtype), val=tuple(val) if val else None, ema=ema, ema_model=ema_model,
+    return Setup(cfg=cfg, device=device, data=data, model=model, method=method, optimizer=optimizer,
+                 scheduler=scheduler, run_dir=run_dir, net=net, dist=d, amp=dtype,
+                 scaler=grad_scaler(device, dtype), val=tuple(val) if val else None, ema=ema,
+                 ema_model=ema_model,
                  provenance=made_by)
 
 
@@ -282,7 +303,8 @@ def _continue_saved(cfg: TrainConfig, run_dir: Path, spec: DataSpec) -> TrainCon
 
 
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> set[str]:
-    """The config keys in which a run asked for now differs from a saved one (beyond what may change on resume)."""
+    """The config keys in which a run asked for now differs from a saved one (beyond what may change on
+    resume)."""
     # a resolved key saved as None (a run from before the values were recorded), or left None now (a default
     # not yet resolved), is not a difference: resolution fills it from the saved run
     changed = {k for k, v in now.items()
@@ -297,8 +319,8 @@ def _differences(saved: dict[str, Any], now: dict[str, Any]) -> set[str]:
 
 
 def same_npz(saved: str, now: str) -> bool:
-    """Whether two ``npz:PATH`` datasets are the same file: the same contents where both paths exist here, else
-    (a run made on another machine, whose path means nothing here) the same file name.
+    """Whether two ``npz:PATH`` datasets are the same file: the same contents where both paths exist here,
+    else (a run made on another machine, whose path means nothing here) the same file name.
 
     A run records its dataset as the path it was given, relative to where it started; the same data reached
     from elsewhere (``reproduce --dataset npz:ELSEWHERE/cifar10.npz`` over a committed reproduction) is the
@@ -322,7 +344,8 @@ def file_sha256(path: Path) -> str:
 
 def finished_without_checkpoint(cfg: TrainConfig) -> bool:
     """Whether ``cfg``'s run finished and kept only its results (a committed reproduction keeps ``best.pt``,
-    ``config.yaml`` and ``metrics.jsonl``, not the training checkpoints), so there is nothing to train or resume.
+    ``config.yaml`` and ``metrics.jsonl``, not the training checkpoints), so there is nothing to train or
+    resume.
 
     Raises :class:`UserError` when the folder holds a run of another config.
     """
@@ -348,7 +371,8 @@ def _restore(s: Setup, log: Callable[[str], None], *, start_if_none: bool) -> in
     ckpt = newest_valid(s.run_dir, log)
     if ckpt is None:
         if not start_if_none:
-            raise UserError(f"nothing to resume in {s.run_dir} (no checkpoint there); run without --resume to start "
+            raise UserError(f"nothing to resume in {s.run_dir} (no checkpoint there); run without --resume "
+                            "to start "
                             "it, or add --start-if-none to resume a run or start it when it has none")
         log(f"nothing to resume in {s.run_dir}; starting fresh")
         return 0
@@ -357,7 +381,8 @@ def _restore(s: Setup, log: Callable[[str], None], *, start_if_none: bool) -> in
     changed = _differences(saved, now)
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in sorted(changed))
-        raise UserError(f"cannot resume {s.run_dir}: the config differs from the saved run ({diffs}); use --overwrite or another --out")
+        raise UserError(f"cannot resume {s.run_dir}: the config differs from the saved run ({diffs}); use "
+                        "--overwrite or another --out")
     if ckpt.arch != s.cfg.model.arch:
         raise UserError(f"cannot resume: checkpoint is {ckpt.arch}, config asks for {s.cfg.model.arch}")
     s.net.load_state_dict(ckpt.model)
@@ -387,7 +412,8 @@ def _validate(s: Setup, epoch: int) -> dict[str, Any]:
     attacks = parse_attacks(f"clean,pgd-{s.cfg.validation.val_steps}", eps=s.method.eps)
     kw = dict(batch_size=max(s.cfg.optim.batch_size, 256), device=s.device, seed=s.cfg.runtime.seed)
     clean, robust = evaluate_attacks(s.net, x, y, attacks, **kw)
-    out = {"val_clean": clean.accuracy, "val_pgd": robust.accuracy, "val_n": int(x.shape[0]), "val_source": source,
+    out = {"val_clean": clean.accuracy, "val_pgd": robust.accuracy, "val_n": int(x.shape[0]),
+           "val_source": source,
            "val_attack": attacks[1].describe()}
     if s.ema is not None:
         s.ema_model.load_state_dict(s.ema.weights)
@@ -411,11 +437,13 @@ def _truncate_metrics(path: Path, epochs: int) -> None:
 
 
 def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any]:
-    """Train one epoch; return its mean loss terms, its last step's lr and throughput. Raises :class:`TrainingDiverged`."""
+    """Train one epoch; return its mean loss terms, its last step's lr and throughput. Raises
+    :class:`TrainingDiverged`."""
     cfg, model, d = s.cfg, s.model, s.dist
     seed = epoch_seed(cfg.runtime.seed, epoch)
     order = torch.Generator().manual_seed(seed)  # the same data order on every rank...
-    gen = torch.Generator(device=s.device).manual_seed((seed + d.rank * 2**32) % 2**63)  # ...other draws per rank
+    # ...other draws per rank
+    gen = torch.Generator(device=s.device).manual_seed((seed + d.rank * 2**32) % 2**63)
     x, y = s.data.x_train, s.data.y_train
     batch = cfg.optim.batch_size // d.world
     n_batches = steps_per_epoch(x.shape[0], cfg.optim.batch_size)
@@ -429,17 +457,20 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
     start = time.perf_counter()
     model.train()
     # disable=None: tqdm turns itself off when stderr is not a terminal (no carriage returns in logs)
-    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=None if progress and d.main else True,
+    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+               disable=None if progress and d.main else True,
                leave=False, unit="batch")
     for step, (xb, yb) in enumerate(bar):
         xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(s.device, s.amp):
             terms = s.method.loss(model, xb, yb, gen)
         # one device-to-host copy for all terms (a float() per term would be one sync each on CUDA)
-        values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist(), strict=True))
+        values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist(),
+                          strict=True))
         bad = [f"loss term {k!r}" for k, v in values.items() if not math.isfinite(v)]
         if any_rank(bool(bad), d, s.device) and not bad:
-            bad = ["a loss term on another rank"]  # every rank must skip the backward (its all-reduce) together
+            # every rank must skip the backward (its all-reduce) together
+            bad = ["a loss term on another rank"]
         s.optimizer.zero_grad(set_to_none=True)
         if not bad:
             s.scaler.scale(sum(terms.values())).backward()
@@ -452,7 +483,8 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
             where = f"{', '.join(bad)} became non-finite at epoch {epoch + 1}, step {step + 1}"
             if s.skipped > cfg.runtime.skip_nonfinite:
                 raise TrainingDiverged(
-                    f"{where}; stopped, the last checkpoint is intact (try a lower --lr, or --skip-nonfinite N)"
+                    f"{where}; stopped, the last checkpoint is intact (try a lower --lr, or --skip-nonfinite "
+                    "N)"
                 )
             s.optimizer.zero_grad(set_to_none=True)
             bar.write(f"skipping step: {where} ({s.skipped}/{cfg.runtime.skip_nonfinite} skips used)")
@@ -475,8 +507,10 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
     keys = sorted(sums)
     *totals, seen = sum_over_ranks([sums[k] for k in keys] + [float(seen)], d, s.device)
     check_in_sync(s.net, d, s.device, f"at the end of epoch {epoch + 1}")
-    return {"loss": {k: v / max(seen, 1) for k, v in zip(keys, totals, strict=True)}, "lr": lr, "seconds": seconds,
-            "images_per_s": seen / seconds, "images": int(seen), "processes": d.world, "precision": precision_name(s.amp)}
+    return {"loss": {k: v / max(seen, 1) for k, v in zip(keys, totals, strict=True)}, "lr": lr,
+            "seconds": seconds,
+            "images_per_s": seen / seconds, "images": int(seen), "processes": d.world,
+            "precision": precision_name(s.amp)}
 
 
 def train(
@@ -500,10 +534,12 @@ def train(
         _prepare_run_dir(cfg.run_dir(), resume=False, overwrite=False, create=False)
     s = build(cfg, resume=resume or dry_run, overwrite=overwrite and not dry_run, create=not dry_run)
     if dry_run:
-        log(f"dry run: {cfg.method} ({cfg.model.arch}) on {s.data.spec.name} with {json.dumps(s.method.settings())} is ready to train into {s.run_dir}")
+        log(f"dry run: {cfg.method} ({cfg.model.arch}) on {s.data.spec.name} with "
+            f"{json.dumps(s.method.settings())} is ready to train into {s.run_dir}")
         return s.run_dir / LAST
     try:
-        return _run(s, resume=resume, start_if_none=start_if_none, log=log if s.dist.main else (lambda _m: None),
+        return _run(s, resume=resume, start_if_none=start_if_none,
+                    log=log if s.dist.main else (lambda _m: None),
                     progress=progress)
     finally:
         if s.board is not None:
@@ -514,7 +550,8 @@ def train(
 
 
 def improves(metrics: dict[str, Any], best: dict[str, Any], key: str) -> bool:
-    """Whether an epoch's held-out accuracies beat ``best.pt``'s: higher ``key``, or the same and higher clean.
+    """Whether an epoch's held-out accuracies beat ``best.pt``'s: higher ``key``, or the same and higher
+    clean.
 
     With 1,000 held-out images a robust curve that has flattened ties at one image's resolution; on a
     tie the earlier epoch is not the better model, the one that also classifies more clean images is
@@ -536,41 +573,49 @@ def _end_epoch(s: Setup, epoch: int, stats: dict[str, Any], lr: float, log: Call
     cfg = s.cfg
     metrics = {"epoch": epoch + 1, "lr": lr, **stats, **_validate(s, epoch), "method": cfg.method,
                "device": device_name(s.device), **s.method.settings(), "provenance": s.provenance}
-    record = dict(arch=cfg.model.arch, data=s.data.spec, config=cfg, epoch=epoch + 1, model=s.net.state_dict())
+    record = dict(arch=cfg.model.arch, data=s.data.spec, config=cfg, epoch=epoch + 1,
+                  model=s.net.state_dict())
     by = "val_pgd" if s.method.ctx.attack.adversarial else "val_clean"
     improved = s.val is not None and improves(metrics, s.best, by)
     if improved:
-        s.best = {"epoch": epoch + 1, "val_pgd": metrics["val_pgd"], "val_clean": metrics["val_clean"], "by": by}
+        s.best = {"epoch": epoch + 1, "val_pgd": metrics["val_pgd"], "val_clean": metrics["val_clean"],
+                  "by": by}
         save_best(Checkpoint(**record, metrics=metrics), s.run_dir)
     if s.val is not None:
         metrics["best_epoch"] = s.best["epoch"]
-    save_checkpoint(Checkpoint(**record, optimizer=s.optimizer.state_dict(), scheduler=s.scheduler.state_dict(),
+    save_checkpoint(Checkpoint(**record, optimizer=s.optimizer.state_dict(),
+                               scheduler=s.scheduler.state_dict(),
                                scaler=s.scaler.state_dict(), metrics=metrics,
                                ema=s.ema.state_dict() if s.ema is not None else {}, best=s.best), s.run_dir)
     with open(s.run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(metrics) + "\n")
     if s.board is not None:
-        scalars = {**{f"loss/{k}": v for k, v in stats["loss"].items()}, "lr": lr, "images_per_s": stats["images_per_s"],
-                   **{f"held_out/{k}": metrics[k] for k in ("val_clean", "val_pgd", "ema_val_clean", "ema_val_pgd")
+        scalars = {**{f"loss/{k}": v for k, v in stats["loss"].items()}, "lr": lr,
+                   "images_per_s": stats["images_per_s"],
+                   **{f"held_out/{k}": metrics[k] for k in ("val_clean", "val_pgd", "ema_val_clean",
+                                                            "ema_val_pgd")
                       if k in metrics}}
         for tag, value in scalars.items():
             s.board.add_scalar(tag, value, epoch + 1)
         s.board.flush()
     val = ""
     if "val_clean" in metrics:
-        val = (f", val clean {100 * metrics['val_clean']:.1f}% / PGD-{cfg.validation.val_steps} {100 * metrics['val_pgd']:.1f}%"
+        val = (f", val clean {100 * metrics['val_clean']:.1f}% / PGD-{cfg.validation.val_steps} "
+               f"{100 * metrics['val_pgd']:.1f}%"
                f" ({metrics['val_n']} {metrics['val_source']}){' best' if improved else ''}")
     if "ema_val_clean" in metrics:
         val += f", EMA {100 * metrics['ema_val_clean']:.1f}% / {100 * metrics['ema_val_pgd']:.1f}%"
     loss = " ".join(f"{k} {v:.3f}" for k, v in stats["loss"].items())
-    log(f"epoch {epoch + 1}/{cfg.optim.epochs}: {loss}, {stats['seconds']:.1f}s ({stats['images_per_s']:.0f} img/s){val}")
+    log(f"epoch {epoch + 1}/{cfg.optim.epochs}: {loss}, {stats['seconds']:.1f}s ({stats['images_per_s']:.0f} "
+        f"img/s){val}")
 
 
 def _run(s: Setup, *, resume: bool, start_if_none: bool, log: Callable[[str], None], progress: bool) -> Path:
     """The epochs of :func:`train`; under torchrun only rank 0 writes files (``log`` is silent elsewhere)."""
     cfg, main = s.cfg, s.dist.main
     start_epoch = _restore(s, log, start_if_none=start_if_none) if resume else 0
-    if start_epoch >= cfg.optim.epochs:  # a finished run's files stay as they are (its config.yaml says what made it)
+    # a finished run's files stay as they are (its config.yaml says what made it)
+    if start_epoch >= cfg.optim.epochs:
         log(f"{s.run_dir} already finished {start_epoch} epoch(s)")
         return s.run_dir / LAST
     if main and cfg.runtime.tensorboard:
@@ -579,13 +624,17 @@ def _run(s: Setup, *, resume: bool, start_if_none: bool, log: Callable[[str], No
         write_text(s.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         _truncate_metrics(s.run_dir / "metrics.jsonl", start_epoch)
     procs = f" x {s.dist.world} processes" if s.dist.enabled else ""
-    n, used = s.data.x_train.shape[0], s.data.x_train.shape[0] // cfg.optim.batch_size * cfg.optim.batch_size or s.data.x_train.shape[0]
-    images = f"{n} images" if used == n else f"{n} images ({used} an epoch in full batches of {cfg.optim.batch_size}, a new draw each epoch)"
+    n, used = (s.data.x_train.shape[0],
+               s.data.x_train.shape[0] // cfg.optim.batch_size * cfg.optim.batch_size
+               or s.data.x_train.shape[0])
+    images = (f"{n} images" if used == n else f"{n} images ({used} an epoch in full batches of "
+              f"{cfg.optim.batch_size}, a new draw each epoch)")
     log(f"training {cfg.method} ({cfg.model.arch}) on {s.data.spec.name}: {images}, "
         f"{cfg.optim.epochs} epochs, device {s.device}{procs}, {json.dumps(s.method.settings())}")
     if s.amp == torch.bfloat16 and not native_bf16(s.device):
-        log(f"warning: --amp {cfg.runtime.amp}: this {s.device.type.upper()} has no native bf16 (AVX512-BF16 or AMX), so "
-            "PyTorch emulates it and training is slower than in float32; --amp native-bf16 uses bf16 only where it is native")
+        log(f"warning: --amp {cfg.runtime.amp}: this {s.device.type.upper()} has no native bf16 (AVX512-BF16 "
+            "or AMX), so PyTorch emulates it and training is slower than in float32; --amp native-bf16 uses "
+            "bf16 only where it is native")
     for epoch in range(start_epoch, cfg.optim.epochs):
         stats = train_epoch(s, epoch, progress=progress)
         lr = stats.pop("lr")  # the lr of the epoch's last step
