@@ -16,8 +16,8 @@ everything else (projections, bookkeeping, Python). Square's windowed queries sk
 so their convolutions are counted where each window is computed (output values x inputs each reads).
 
     python -m benchmarks.autoattack_reference --checkpoint RUN --n 200
-    python -m benchmarks.autoattack_reference --checkpoint RUN --n 200 --norm l2   # AutoAttack-L2, eps 0.5
-"""
+    python -m benchmarks.autoattack_reference --checkpoint RUN --n 200
+--norm l2   # AutoAttack-L2, eps 0.5 """
 
 from __future__ import annotations
 
@@ -172,8 +172,8 @@ def per_image_flops(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, flo
 def run_ours(spec: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, classes: int,
              device: torch.device, batch: int,
              norm: str) -> tuple[float, float, dict[str, float], dict[str, tuple[int, int]]]:
-    """(seconds, robust accuracy, per-part seconds, per-part (forward images, gradient images, windowed
-    FLOPs))
+    """(seconds, robust accuracy, per-part seconds, per-part (forward
+    images, gradient images, windowed FLOPs))
     of one spec."""
     (attack,) = parse_attacks(spec, eps=eps, num_classes=classes, norm=norm)
     assert isinstance(attack, AutoAttack)

@@ -8,8 +8,8 @@ GPU time comes in short loans, so every part has a time bound and the parts run 
 tell (throughput first); a part whose bound no longer fits the budget is skipped with a line saying so.
 Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out`` after every part, so a run cut short still
 leaves what it measured. ``--smoke`` runs every part with tiny shapes on the CPU (the test suite runs it, so
-the script cannot rot between loans). See benchmarks/README.md for what to carry to the machine.
-"""
+the script cannot rot between loans). See benchmarks/README.md
+for what to carry to the machine. """
 
 from __future__ import annotations
 
@@ -76,8 +76,8 @@ SMOKE = Scale(arch="small-cnn", dataset="digits", batch=16, repeats=1, precision
 
 
 def peak_memory(device: torch.device) -> float:
-    """Peak memory in GiB since the last reset: the GPU's allocator, or the process's resident set on the
-    CPU."""
+    """Peak memory in GiB since the last reset: the GPU's allocator, or the
+    process's resident set on the CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -202,8 +202,8 @@ def known_answer(sc: Scale, device: torch.device, deadline: float, out: Path) ->
 
 def autoattack_vs_reference(sc: Scale, device: torch.device, deadline: float,
                             reference: Path) -> dict[str, Any]:
-    """``aa`` and ``aa-bf16`` against the reference AutoAttack on the same images: per-image agreement,
-    seconds."""
+    """``aa`` and ``aa-bf16`` against the reference AutoAttack on the same
+    images: per-image agreement, seconds."""
     if not (reference / "autoattack").is_dir():
         return {"skipped": f"reference AutoAttack not found at {reference}"}
     sys.path.insert(0, str(reference))
@@ -252,8 +252,8 @@ class _Logits(torch.nn.Module):
 
 
 def torchrun_path(sc: Scale, device: torch.device, deadline: float, out: Path) -> dict[str, Any]:
-    """A one-process torchrun training of a few steps (NCCL on CUDA, gloo on the CPU) and a torchrun
-    evaluation."""
+    """A one-process torchrun training of a few steps (NCCL on CUDA, gloo on the
+    CPU) and a torchrun evaluation."""
     run = out / "torchrun"
     args = ["train", "--method", "pgd-at", "--steps", "2", "--arch", "small-cnn", "--dataset", "digits",
             "--epochs", "1", "--train-limit", "512", "--val-n", "32", "--out", str(run), "--no-progress",

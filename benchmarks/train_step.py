@@ -10,8 +10,8 @@ achieved FLOP/s of each step (FLOPs counted by torch's flop counter over the who
 the model's fastest convolution run alone, measured in the same run, AGKD-BML-2 over PGD-AT-7, our
 PGD-20 evaluation against torchattacks' PGD on a trained checkpoint (``--eval-checkpoint``), our AutoAttack
 against the same cascade composed from torchattacks (``--aa-n``), and peak memory. Writes
-``benchmarks/results.json`` and prints a Markdown table; nothing here is a unit test.
-"""
+``benchmarks/results.json`` and prints a Markdown
+table; nothing here is a unit test. """
 
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ def timed_in_turns(fns: list[Callable[[], object]], repeats: int, device: torch.
     """Median seconds of each of ``fns``, run in turns (a, b, a, b, ...) after one warm-up each.
 
     A ratio of two of them is then measured side by side: a burst of load on a shared machine slows
-    both alike instead of whichever happened to run at the time.
-    """
+    both alike instead of
+    whichever happened to run at the time. """
     for fn in fns:
         fn()
     times: list[list[float]] = [[] for _ in fns]
@@ -100,8 +100,8 @@ def conv_peak(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *,
     The same kind of work as a training step (these convolutions, this dtype and memory layout), with its
     FLOPs counted by the same counter, so a step's share of it is a fraction of what this machine does
     with that work. A large matmul is a poor yardstick here: on the 2-core test machine oneDNN's
-    channels-last convolutions run about 1.5-2x faster than a 4096x4096 fp32 matmul.
-    """
+    channels-last convolutions run about 1.5-2x
+    faster than a 4096x4096 fp32 matmul. """
     shapes: dict[str, tuple[torch.nn.Conv2d, torch.Size]] = {}
     def record(name: str) -> Callable[..., None]:
         def hook(mod: torch.nn.Module, inp: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
@@ -171,8 +171,8 @@ def counted_flops(fn: Callable[[], object]) -> float:
 
 
 def compare_pgd20(checkpoint: str, n: int, device: torch.device) -> dict[str, float]:
-    """Seconds and robust accuracy of our PGD-20 evaluation and of torchattacks' PGD, same model and
-    images."""
+    """Seconds and robust accuracy of our PGD-20 evaluation and of
+    torchattacks' PGD, same model and images."""
     import torchattacks
 
     from agkd_bml.data import load_dataset, to_float
@@ -201,8 +201,8 @@ def compare_pgd20(checkpoint: str, n: int, device: torch.device) -> dict[str, fl
 
 
 def compare_autoattack(checkpoint: str, n: int, device: torch.device) -> dict[str, float]:
-    """Seconds and robust accuracy of our AutoAttack (``aa``, and ``aa-bf16``) and of the torchattacks
-    cascade.
+    """Seconds and robust accuracy of our AutoAttack (``aa``, and
+    ``aa-bf16``) and of the torchattacks cascade.
 
     Same model, images, eps and per-sample cascade; both report a point robust only if it is right clean
     and every part fails on it.

@@ -1,5 +1,5 @@
-"""Mixed precision: bf16 autocast on the CPU trains, and attacks under autocast keep their eps-ball
-exactly."""
+"""Mixed precision: bf16 autocast on the CPU trains, and attacks under
+autocast keep their eps-ball exactly."""
 
 from __future__ import annotations
 

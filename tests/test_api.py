@@ -1,5 +1,5 @@
-"""The Python API: README's example runs as written, and any nn.Module gets the same numbers as our CLI
-path."""
+"""The Python API: README's example runs as written, and any nn.Module gets
+the same numbers as our CLI path."""
 
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ def test_default_budget_follows_the_images_not_a_constant(tmp_path):
 
 
 def test_the_import_layers_contract_is_exhaustive():
-    """Every top-level module of the package has its place in the layers contract (a new one fails
-    lint-imports)."""
+    """Every top-level module of the package has its place in the layers contract
+    (a new one fails lint-imports)."""
     import tomllib
 
     pyproject = tomllib.loads((README.parent / "pyproject.toml").read_text())

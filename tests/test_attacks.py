@@ -123,8 +123,8 @@ def test_attacks_break_a_standard_cifar_model(tmp_path, cifar_path):
     """Acceptance on CIFAR-10 (about 4 min): a standard small CNN trained 6 epochs on all 50,000 images.
 
     (Briefly trained CIFAR models are smooth enough to keep 5-7% under PGD-20 at 8/255, so the short
-    fixtures of the default suite cannot stand in for "a standard model" here.)
-    """
+    fixtures of the default suite cannot stand
+    in for "a standard model" here.) """
     from agkd_bml.config import TrainConfig
     from agkd_bml.data import load_dataset
     from agkd_bml.train import load_model, train
@@ -196,8 +196,8 @@ def test_cw_pgd_moves_an_image_whose_true_class_leads_by_more_than_the_margin(te
 
 
 def test_last_iterate_protocol_is_never_stronger_than_first_fooling_iterate(teacher_run, capsys):
-    """``eval --last-iterate`` scores the paper's way; our default (first fooling iterate) is at least as
-    strong."""
+    """``eval --last-iterate`` scores the paper's way; our default (first fooling
+    iterate) is at least as strong."""
     from agkd_bml.cli import main
 
     args = ["eval", teacher_run, "--attacks", "clean,pgd-5", "--n", "64", "--eps", "0.03", "--no-progress"]

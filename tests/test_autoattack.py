@@ -122,8 +122,8 @@ def test_the_inference_copy_leaves_subclassed_layers_alone():
 
 
 def test_fab_t_finds_exactly_what_torchattacks_fab_t_finds(digits, trained):
-    """FAB-T's first restart is deterministic: ours (batched targets, no extra forward) must flip the same
-    images."""
+    """FAB-T's first restart is deterministic: ours (batched targets, no extra
+    forward) must flip the same images."""
     eps = 0.06
     x, y = to_float(digits.x_test[:120]), digits.y_test[:120]
     ours = FabAttack(name="fab-t", eps=eps, num_classes=10)(trained, x, y).images
@@ -273,8 +273,8 @@ def test_a_success_that_does_not_hold_in_fp32_gets_the_part_again_in_fp32(digits
 
 
 def test_bf16_search_runs_under_autocast_and_redoes_in_float32_what_float32_does_not_confirm(digits, trained):
-    """The wrapper owns the precision: the search under bf16 autocast, the confirmation and the redo
-    without."""
+    """The wrapper owns the precision: the search under bf16 autocast, the
+    confirmation and the redo without."""
     fast = inference_copy(trained)
     x, y = to_float(digits.x_test[:40]), digits.y_test[:40]
     part = native_components(0.06, 10)["apgd-ce"]
@@ -318,8 +318,8 @@ def test_eot_on_a_deterministic_model_finds_what_one_pass_finds(model, digits):
 
 def test_the_inference_copy_folds_and_fuses_through_a_models_own_forward(cifar_path):
     """A PreAct ResNet-18 from outside (its own forward: functional ReLUs, a ``+=`` shortcut) is traced: each
-    BatchNorm that only a convolution feeds is folded into it and each such ReLU fused, with the same logits
-    and
+    BatchNorm that only a convolution feeds is folded into it and each such
+    ReLU fused, with the same logits and
     input gradients; the BatchNorms after a residual sum stay."""
     from agkd_bml.models.external import load_external
 

@@ -1,5 +1,5 @@
-"""Models this project never saw: py: factories, exported programs and TorchScript, checked and evaluated
-alike."""
+"""Models this project never saw: py: factories, exported programs and
+TorchScript, checked and evaluated alike."""
 
 from __future__ import annotations
 
@@ -234,8 +234,8 @@ def test_a_factory_imports_the_code_beside_it(tmp_path, monkeypatch, capsys):
 
 
 def test_a_program_exported_with_a_fixed_batch_runs_on_any_batch(foreign, tmp_path, capsys):
-    """torch.export fixes the batch size unless told otherwise: such a program runs 3 images at a time (the
-    last
+    """torch.export fixes the batch size unless told otherwise: such a
+    program runs 3 images at a time (the last
     chunk padded), with the same table as the factory, and a note says how to export it for whole batches."""
     common = ["--dataset", "digits", "--normalize", NORM, "--attacks", "clean,pgd-5", "--n", "64",
               "--no-progress"]
@@ -295,8 +295,8 @@ def test_bad_foreign_input_is_one_line_and_exit_code_2(foreign, tmp_path, capsys
 
 
 def test_sigkill_during_autoattack_then_the_same_command_resumes_to_the_same_table(tmp_path, quickstart_runs):
-    """Kill ``eval --attacks aa`` after its first saved AA progress (one batch of 16 images: a part, or a
-    target
+    """Kill ``eval --attacks aa`` after its first saved AA progress (one
+    batch of 16 images: a part, or a target
     or a Square report inside one); the rerun continues and equals a clean run."""
     run = quickstart_runs[0] / "pgd-at-7"  # a digits PGD-AT model: AA has robust points to work on
     args = [sys.executable, "-m", "agkd_bml", "eval", str(run), "--attacks", "aa", "--n", "16",

@@ -1,7 +1,7 @@
 """The L2 threat model: its pieces, and our L2 attacks against torchattacks' L2 classes on a trained model.
 
-(FAB's L2 projection is checked against the reference routine with the L-inf one, in test_autoattack.py.)
-"""
+(FAB's L2 projection is checked against the reference routine with the
+L-inf one, in test_autoattack.py.) """
 
 from __future__ import annotations
 
@@ -83,8 +83,8 @@ def test_l2_parts_match_torchattacks_in_success_rate(digits, trained, spec):
 # its parts are checked one by one in the default suite (test_l2_parts_match_torchattacks...)
 @pytest.mark.slow
 def test_autoattack_l2_matches_the_torchattacks_l2_cascade(digits, trained):
-    """Same model and images: our AutoAttack-L2 and torchattacks' L2 parts as the same cascade agree to 1
-    image in 60."""
+    """Same model and images: our AutoAttack-L2 and torchattacks' L2 parts as the same
+    cascade agree to 1 image in 60."""
     x, y = digits.x_test[:60], digits.y_test[:60]
     ours, theirs = evaluate_attacks(trained, x, y, parse_attacks("aa,aa-torchattacks", eps=0.6, norm="l2"),
                                     seed=0)

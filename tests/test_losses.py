@@ -76,8 +76,8 @@ def test_label_smoothing_feature_scattering_convention():
 
 
 def test_mart_loss_equals_its_definition_term_by_term():
-    """MART (Wang et al. 2020): mean over images of -log(1 - p_adv[best wrong class]) plus beta times the KL
-    from
+    """MART (Wang et al. 2020): mean over images of -log(1 - p_adv[best wrong
+    class]) plus beta times the KL from
     the clean to the adversarial distribution weighted by 1 - p_clean[y]; written out here image by image."""
     import math
 

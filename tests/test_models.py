@@ -31,8 +31,8 @@ def test_forward_contract(arch, size, hw):
 
 
 def test_normalisation_is_inside_the_model():
-    """The model holds the data's mean and std and its forward applies them: the backbone sees (x - mean) /
-    std."""
+    """The model holds the data's mean and std and its forward applies them: the
+    backbone sees (x - mean) / std."""
     spec = _spec(channels=1, size=16)
     m = build_model("small-cnn", spec).eval()
     assert torch.allclose(m.mean.flatten(), torch.tensor([0.5]))

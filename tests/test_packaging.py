@@ -53,8 +53,8 @@ def test_help_says_what_each_command_does(capsys):
 
 @pytest.mark.slow
 def test_wheel_and_sdist_install_into_a_fresh_venv_and_run(tmp_path):
-    """`python -m build` gives a wheel and an sdist; each installs into a fresh venv (resolving torch as a
-    user's
+    """`python -m build` gives a wheel and an sdist; each installs into a
+    fresh venv (resolving torch as a user's
     pip would) and runs `agkd-bml quickstart --help`; a venv with a current `requests` keeps it."""
     subprocess.run([sys.executable, "-m", "build", "--outdir", str(tmp_path / "dist"), str(ROOT)], check=True,
                    capture_output=True)
@@ -73,17 +73,17 @@ def test_wheel_and_sdist_install_into_a_fresh_venv_and_run(tmp_path):
         assert "usage: agkd-bml quickstart" in out
 
 
-#: the one tracked file allowed over the size limit: the known answer's final weights as a half-precision
-# state
-#: dict, committed once so that anyone can re-check the comparison with another evaluator
-# (docs/reproduction.md)
+#: the one tracked file allowed over the size limit: the known answer's
+#: final weights as a half-precision state
+#: dict, committed once so that anyone can re-check the comparison with
+#: another evaluator (docs/reproduction.md)
 LARGE_FILE_EXCEPTIONS = {"reproduce/known-answer/fast-at-preact-resnet18-fp16.pt"}
 MAX_TRACKED_BYTES = 5 * 2**20
 
 
 def test_the_repository_stops_growing_by_checkpoints():
-    """63 versions of last.pt / prev.pt went into history during the capacity study; none may be tracked
-    now."""
+    """63 versions of last.pt / prev.pt went into history during the capacity
+    study; none may be tracked now."""
     listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, text=True)
     if listed.returncode:
         pytest.skip("not a git checkout")

@@ -42,8 +42,8 @@ class Returns(nn.Module):
 
 @pytest.mark.parametrize("kind", ["tensor", "tuple", "dict", "object"])
 def test_attacks_take_any_model_and_return_images(teacher_run, digits, kind):
-    """Every attack of the registry is called directly on a plain module (it failed with "'Tensor' object has
-    no
+    """Every attack of the registry is called directly on a plain module (it
+    failed with "'Tensor' object has no
     attribute 'logits'"), and returns images inside the ball that the model gets wrong where it says so."""
     ours = load_model(teacher_run)[0].eval()
     model = Returns(ours, kind)
@@ -109,7 +109,8 @@ def test_our_autoattack_needs_no_torchattacks_and_spsa_says_how_to_get_it(digits
 REFERENCE_SCRIPT = """\
 from autoattack import AutoAttack
 adversary = AutoAttack(model, norm="Linf", eps=0.1, version="standard", seed=0, device="cpu",
-log_path=log_path) x_adv, y_adv = adversary.run_standard_evaluation(x_test, y_test, bs=8, return_labels=True)
+                       log_path=log_path)
+x_adv, y_adv = adversary.run_standard_evaluation(x_test, y_test, bs=8, return_labels=True)
 """
 
 
@@ -136,8 +137,8 @@ def test_a_script_written_for_the_reference_autoattack_runs_with_one_import_chan
     assert 0 < int(results["ours"].sum()) < 8  # a robust model: some images hold, some fall
     log = (tmp_path / "ours.log").read_text()
     assert "initial accuracy:" in log and "robust accuracy after APGD-CE" in log and "robust accuracy:" in log
-    # each part's line shows the time so far, as the reference's does (it once showed the end time on every
-    # line)
+    # each part's line shows the time so far, as the reference's does (it once
+    # showed the end time on every line)
     times = [float(t) for t in re.findall(r"\(total time ([0-9.]+) s\)", log)]
     assert len(times) == 4 and times == sorted(times) and times[0] < times[-1]
 
@@ -189,8 +190,8 @@ def test_readme_attack_example_runs(capsys):
 
 
 def test_autoattack_shows_each_part_on_stderr_and_its_tally_in_eval_json(teacher_run, tmp_path, capsys):
-    """AutoAttack was silent within a batch, and the per-part tally was never shown; status lines went to
-    stdout."""
+    """AutoAttack was silent within a batch, and the per-part tally was never
+    shown; status lines went to stdout."""
     from agkd_bml.cli import main
 
     assert main(["eval", teacher_run, "--attacks", "clean,aa", "--n", "24", "--out", str(tmp_path),

@@ -83,8 +83,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted, point):
     _kill_when(out, 3, KILL_POINTS[point])
     if point == "mid-checkpoint-write":
         assert _mid_write(out), "the kill did not land inside a checkpoint write"
-    # the command a crashed run is restarted with: a kill inside the first checkpoint write leaves none to
-    # resume
+    # the command a crashed run is restarted with: a kill inside the first
+    # checkpoint write leaves none to resume
     r = subprocess.run(_train_cmd(out, 3, "--resume", "--start-if-none"), capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr

@@ -12,8 +12,8 @@ from agkd_bml.reproduction.targets import TABLES
 
 
 def _digits_npz(path: Path) -> str:
-    """The tiny scale's digits written as an .npz file (HWC uint8, as docs/data.md describes): a user's own
-    file."""
+    """The tiny scale's digits written as an .npz file (HWC uint8, as
+    docs/data.md describes): a user's own file."""
     from agkd_bml.data import load_dataset
 
     d = load_dataset("digits")
@@ -72,8 +72,8 @@ def test_reproduce_refuses_bad_input(tmp_path, capsys):
 
 
 def test_multi_step_comparison_tiny_end_to_end(tmp_path, capsys):
-    """table1 / table5 at a multi-step scale: faithful teacher, held-out selection, AA, worst case,
-    McNemar."""
+    """table1 / table5 at a multi-step scale: faithful teacher, held-out
+    selection, AA, worst case, McNemar."""
     out = ["--scale", "tiny-medium", "--out", str(tmp_path), "--no-progress"]
     assert main(["reproduce", "table1", *out]) == 0
     captured = capsys.readouterr()
@@ -146,8 +146,8 @@ def test_capacity_rows_train_score_and_are_reused_without_training_checkpoints(t
     assert ({p: p.read_text() for p in runs.glob("*/metrics.jsonl")} == before and
             not list(runs.glob("*/last.pt")))
     assert (tmp_path / "capacity.md").read_text() == table
-    # a call for other rows keeps the rows another call finished and scored, without training or attacking
-    # them
+    # a call for other rows keeps the rows another call finished and scored,
+    # without training or attacking them
     assert main([*args, "--only", "w16:AT-7"]) == 0
     out = capsys.readouterr().err  # status lines
     assert "AGKD-BML-7: finished and scored before" in out and "== T seed" not in out

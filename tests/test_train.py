@@ -139,8 +139,8 @@ def test_a_tie_in_held_out_pgd_goes_to_the_epoch_with_more_clean_accuracy():
 
 
 def test_a_clean_run_keeps_its_best_held_out_clean_accuracy(tmp_path):
-    """Without a training attack, best.pt follows held-out clean accuracy (PGD accuracy is noise near 0
-    there)."""
+    """Without a training attack, best.pt follows held-out clean accuracy (PGD
+    accuracy is noise near 0 there)."""
     cfg = small_config(tmp_path, method="standard", epochs=3, val_split=100, lr=0.2)
     train(cfg, **QUIET)
     lines = [json.loads(line) for line in (tmp_path / "standard" / "metrics.jsonl").read_text().splitlines()]

@@ -50,8 +50,8 @@ def test_windowed_logits_are_the_full_passes_through_accepts_and_dropped_rows(
         data, arch, precision, cifar_path):
     """Random windows (borders, 1 pixel to the whole image), random acceptances and rows leaving, as in
     Square: in float32 bit for bit where the probe says so, else to float rounding (then Square would not use
-    them); in bf16 to its rounding: oneDNN's AMX kernels may round a crop of a batch of 24 one bf16 unit away
-    from
+    them); in bf16 to its rounding: oneDNN's AMX kernels may round a crop of a
+    batch of 24 one bf16 unit away from
     the whole image on a row or two, which a probe on 8 images does not see."""
     torch.manual_seed(0)
     spec, images = _images(data, cifar_path)
@@ -195,8 +195,8 @@ def test_a_strided_convolution_on_a_crop_one_column_wide_is_exact(precision):
 
 
 def test_square_counts_a_windowed_success_once_a_full_pass_agrees(teacher_run, digits, monkeypatch):
-    """Windowed logits that lie (here: negated, past a probe that says yes) never make a robust image
-    fooled."""
+    """Windowed logits that lie (here: negated, past a probe that says yes)
+    never make a robust image fooled."""
     from agkd_bml.train import load_model
 
     net = inference_copy(load_model(teacher_run)[0])
@@ -234,8 +234,8 @@ class _ValueBranch(nn.Module):
 
 @pytest.mark.parametrize("arch", ["wrn-10-1", "preact-resnet18-w8"])
 def test_residual_networks_are_windowed_exactly(arch, cifar_path):
-    """The residual sum is element-wise: its window is the union of its branches' (the probe is bit for
-    bit)."""
+    """The residual sum is element-wise: its window is the union of its
+    branches' (the probe is bit for bit)."""
     spec, images = _images("cifar", cifar_path)
     net = inference_copy(_model(arch, spec))
     windowed = WindowedForward.of(net, images)
@@ -245,8 +245,8 @@ def test_residual_networks_are_windowed_exactly(arch, cifar_path):
 
 
 def test_layers_it_cannot_follow_are_computed_whole(digits):
-    """Past a layer it does not know (or a dilated or reflect-padded convolution) the rest runs on whole
-    values:
+    """Past a layer it does not know (or a dilated or reflect-padded
+    convolution) the rest runs on whole values:
     the logits stay the full pass's."""
     torch.manual_seed(0)
     x = channels_last(to_float(digits.x_test[:8]))

@@ -7,8 +7,8 @@ file), above :mod:`agkd_bml.attacks`, :mod:`agkd_bml.models` (networks that retu
 map and embedding in one pass), :mod:`agkd_bml.data` (datasets as in-memory uint8 tensors) and
 :mod:`agkd_bml.config`. :mod:`agkd_bml.api` (``agkd_bml.attack``, ``agkd_bml.evaluate``) is the evaluator
 as Python functions for any model; :mod:`agkd_bml.compat` holds drop-ins for the reference AutoAttack
-(``agkd_bml.AutoAttack``) and RobustBench (``agkd_bml.benchmark``).
-"""
+(``agkd_bml.AutoAttack``) and
+RobustBench (``agkd_bml.benchmark``). """
 
 __version__ = "0.2.0"
 

@@ -3,8 +3,8 @@
 The same attacks, per-sample worst case, Wilson intervals, checks and resumable state as ``agkd-bml
 eval``, without the command line: the model is any module from images in [0, 1] to logits (or wrapped
 with ``normalize``), the data are tensors. :func:`attack` returns the adversarial images of one attack;
-:func:`evaluate_dataset` loads a dataset by name or ``.npz`` path first.
-"""
+:func:`evaluate_dataset` loads a dataset
+by name or ``.npz`` path first. """
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ class AttackOutput:
     clean_correct: torch.Tensor  #: bool (N,): the model is right on the clean image
     fooled: torch.Tensor  #: bool (N,): the model is wrong on ``images``
     broken_by: list[str | None] | None  #: AutoAttack only: the part that broke each image (None: none did)
-    #: AutoAttack only: wall seconds spent in each part, in the cascade's order (the reference's log shows
-    # them)
+    #: AutoAttack only: wall seconds spent in each part, in the cascade's
+    #: order (the reference's log shows them)
     seconds_by: dict[str, float] | None = None
     attack: str  #: the attack's full description (steps, step size, eps, restarts)
 
@@ -104,7 +104,7 @@ def attack(
     if len(parsed) != 1:
         raise UserError(f"attack() takes one attack; got {attack!r} (use evaluate() for several)")
     atk = parsed[0]
-    fooled, broken = ~clean, [None] * x.shape[0]
+    fooled, broken = ~clean, list[str | None]([None] * x.shape[0])
     idx = clean.nonzero().squeeze(1)
     for b, start in enumerate(range(0, idx.numel(), batch_size)):
         rows = idx[start:start + batch_size]
@@ -113,10 +113,10 @@ def attack(
         if isinstance(atk, AutoAttack):
             for i, part in zip(rows.tolist(), atk.broken_by(), strict=True):
                 broken[i] = part
-    cascade = isinstance(atk, AutoAttack)
+    cascade = atk if isinstance(atk, AutoAttack) else None
     return AttackOutput(images=images, clean_correct=clean, fooled=fooled,
                         broken_by=broken if cascade else None,
-                        seconds_by={p: atk.seconds_by.get(p, 0.0) for p in atk.components} if cascade
+                        seconds_by={p: cascade.seconds_by.get(p, 0.0) for p in cascade.components} if cascade
                         else None,
                         attack=atk.describe())
 
@@ -194,8 +194,8 @@ def evaluate(
     :func:`evaluate_dataset` takes the dataset's own. ``normalize=(mean, std)`` wraps a model that expects
     normalised inputs. ``state``: a folder where per-sample results are saved as they come, so a rerun after a
     crash continues (same result). ``out``: also write the tables. The checks' warnings (randomized model,
-    probabilities instead of logits, zero gradients, Square beating the white-box parts) are printed and kept
-    in ``flags``.
+    probabilities instead of logits, zero gradients, Square beating the white-box parts)
+    are printed and kept in ``flags``.
     """
     if norm not in NORMS:
         raise UserError(f"norm {norm!r} is not available; use 'linf' or 'l2'")
@@ -235,7 +235,7 @@ def evaluate_dataset(
     count = data.x_test.shape[0] if n is None else min(n, data.x_test.shape[0])
     options.setdefault("eps", dataset_eps(data.spec, str(options.get("norm", "linf"))))
     return evaluate(model, data.x_test[:count], data.y_test[:count], dataset=data.spec.name,
-                    num_classes=data.spec.num_classes, **options)  # type: ignore[arg-type]
+                    num_classes=data.spec.num_classes, **options)  # type: ignore[arg-type]  # evaluate() checks them
 
 
 def _check_data(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

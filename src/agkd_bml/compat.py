@@ -46,8 +46,8 @@ class AutoAttack:
 
     >>> from agkd_bml import AutoAttack   # instead of: from autoattack import AutoAttack
     >>> adversary = AutoAttack(model, norm="Linf", eps=8 / 255, version="standard")  # doctest: +SKIP
-    >>> x_adv = adversary.run_standard_evaluation(x_test, y_test, bs=250)  # doctest: +SKIP
-    """
+    >>> x_adv = adversary.run_standard_evaluation(x_test,
+    y_test, bs=250)  # doctest: +SKIP """
 
     def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 0.3, seed: int | None = None,
                  verbose: bool = True, attacks_to_run: list[str] | tuple[str, ...] = (),
@@ -120,8 +120,8 @@ def benchmark(model: nn.Module, n_examples: int = 10_000, dataset: str = "cifar1
     """RobustBench's ``benchmark``: ``(clean_acc, robust_acc)`` (fractions) of standard AutoAttack on the
     first ``n_examples`` test images of ``dataset`` (a name such as ``cifar10``, downloaded into ``data_dir``
     by torchvision, or ``npz:PATH``). ``eps`` defaults to the threat model's (8/255 Linf, 0.5 L2 on CIFAR).
-    ``to_disk`` writes the result to ``model_info/<dataset>/<threat_model>/<model_name>.json``, as RobustBench
-    does.
+    ``to_disk`` writes the result to
+    ``model_info/<dataset>/<threat_model>/<model_name>.json``, as RobustBench does.
     """
     if threat_model not in _NORMS:
         raise UserError(f"threat_model {threat_model!r} is not available here; use 'Linf' or 'L2'")

@@ -197,12 +197,12 @@ class TrainConfig:
                             f"{', '.join(LR_SCHEDULES)}")
         if o.lr_schedule == "cyclic" and o.milestones:
             raise UserError("--milestones apply to --lr-schedule multistep; the cyclic schedule has none")
-        for name, maybe in (("eps", a.eps), ("step_size", a.step_size)):
-            if maybe is not None and maybe < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0; got {maybe}")
-            if maybe is not None and maybe > 1:
-                raise UserError(f"--{name.replace('_', '-')} {maybe} is in pixel units, but images are in "
-                                f"[0, 1]; did you mean {maybe:g}/255 = {maybe / 255:.6f}?")
+        for name, budget in (("eps", a.eps), ("step_size", a.step_size)):
+            if budget is not None and budget < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0; got {budget}")
+            if budget is not None and budget > 1:
+                raise UserError(f"--{name.replace('_', '-')} {budget} is in pixel units, but images are in "
+                                f"[0, 1]; did you mean {budget:g}/255 = {budget / 255:.6f}?")
         if o.label_smoothing is not None and not 0 <= o.label_smoothing < 1:
             raise UserError(f"--label-smoothing must be in [0, 1); got {o.label_smoothing}")
 
@@ -210,8 +210,8 @@ class TrainConfig:
         return Path(self.runtime.out) if self.runtime.out else Path("runs") / self.method
 
     def to_dict(self) -> dict[str, Any]:
-        """The flat form of ``config.yaml``: the fields by their flat names, then the method's
-        hyper-parameters."""
+        """The flat form of ``config.yaml``: the fields by their flat names,
+        then the method's hyper-parameters."""
         return {**{name: self.value(name) for name in SECTION_OF}, **self.params}
 
     def value(self, name: str) -> Any:
@@ -221,8 +221,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """The record of a flat dict: field names go to their sections, every other key is a
-        hyper-parameter."""
+        """The record of a flat dict: field names go to their sections, every
+        other key is a hyper-parameter."""
         by_section: dict[str | None, dict[str, Any]] = {}
         params = dict(values.get("params") or {})
         for name, value in values.items():

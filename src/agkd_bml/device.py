@@ -23,8 +23,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 in hardware: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or
-    AMX-BF16.
+    """Whether ``device`` computes bf16 in hardware: a CUDA GPU with bf16, or
+    a CPU with AVX512-BF16 or AMX-BF16.
 
     Elsewhere PyTorch emulates bf16 on the CPU, and a bf16 training step costs more than a float32 one
     (1.7x for the small CNN's PGD-AT-7 on a 2-core Ice Lake without AVX512-BF16, where it is 2.2x faster

@@ -1,8 +1,8 @@
 """What produced a result: package and library versions, device, the project's commit, the data's fingerprint.
 
 Every result file (``metrics.jsonl``, ``eval.json``) carries this record, so a number read months later
-still says which code, which PyTorch, which machine and which exact data made it.
-"""
+still says which code, which PyTorch, which
+machine and which exact data made it. """
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def source_commit() -> str | None:
 
 
 def provenance(device: torch.device | str | None = None, data: str | None = None) -> dict[str, Any]:
-    """The record of what produced a result: ``data`` is a fingerprint (:func:`tensor_digest`) of its
-    images."""
+    """The record of what produced a result: ``data`` is a fingerprint
+    (:func:`tensor_digest`) of its images."""
     from agkd_bml import __version__
     from agkd_bml.device import device_name
 

@@ -1,5 +1,5 @@
-"""Analyses behind the paper's figures and side tables: k-NN on embeddings, t-SNE, attention, training time,
-and
+"""Analyses behind the paper's figures and side tables: k-NN on embeddings,
+t-SNE, attention, training time, and
 how a paired accuracy gap moves with model size."""
 
 from agkd_bml.analysis.attention import attention_figures, overlay, upsample

@@ -2,22 +2,24 @@
 
 Figure 4: for sample images, the AE, the clean teacher's class-irrelevant map of the clean image, and
 each model's map of its AE; AGKD pulls the latter towards the former. Figure 1: Grad-CAM of the true
-and of the adversarial class on the AE (closed form for our GAP + linear heads, see ``grad_cam``).
-"""
+and of the adversarial class on the AE (closed form for our GAP +
+linear heads, see ``grad_cam``). """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from agkd_bml.analysis.plotting import pyplot, save_figure
 from agkd_bml.attacks import Attack
 from agkd_bml.data import to_float
 from agkd_bml.methods.losses import attention_map, grad_cam
-from agkd_bml.models import Classifier
 from agkd_bml.models.modes import eval_mode
 
 
@@ -30,17 +32,18 @@ def upsample(amap: torch.Tensor, feature_size: tuple[int, int], size: int) -> to
 def overlay(image: torch.Tensor, amap: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
     """An (H, W, 3) RGB array in [0, 1]: the image with the jet-coloured map (H, W) blended on top."""
     plt = pyplot()
-    rgb = image.detach().float().cpu()
-    rgb = (rgb.expand(3, -1, -1) if rgb.shape[0] == 1 else rgb).permute(1, 2, 0).numpy()
+    img = image.detach().float().cpu()
+    rgb = (img.expand(3, -1, -1) if img.shape[0] == 1 else img).permute(1, 2, 0).numpy()
     heat = plt.get_cmap("jet")(amap.detach().float().cpu().numpy())[..., :3]
     return (1 - alpha) * rgb + alpha * heat
 
 
-def maps(model: Classifier, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+def maps(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
     """(N, H, W) maps at the image size: class-irrelevant, or Grad-CAM of ``classes`` when given."""
     with torch.no_grad(), eval_mode(model):
         feats = model(x).features
-    a = attention_map(feats) if classes is None else grad_cam(feats, model.fc.weight, classes)
+    head = cast(nn.Linear, model.fc)  # a Classifier's linear head (maps need our models' features)
+    a = attention_map(feats) if classes is None else grad_cam(feats, head.weight, classes)
     return upsample(a, tuple(feats.shape[2:]), x.shape[-1])
 
 
@@ -54,8 +57,8 @@ def _show(ax, img: np.ndarray | torch.Tensor, title: str) -> None:
 
 
 def attention_figures(
-    models: dict[str, Classifier],
-    teacher: Classifier | None,
+    models: Mapping[str, nn.Module],  # called on images in [0, 1], returning ModelOutput with features
+    teacher: nn.Module | None,
     x: torch.Tensor,
     y: torch.Tensor,
     attack: Attack,

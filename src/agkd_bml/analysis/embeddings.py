@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from agkd_bml.attacks import Attack
 from agkd_bml.data import iterate_batches
-from agkd_bml.models import Classifier
 from agkd_bml.models.modes import eval_mode
 
 
@@ -22,7 +22,7 @@ class Embedded:
 
 
 def embed(
-    model: Classifier,
+    model: nn.Module,  # called on images in [0, 1], returns ModelOutput
     x: torch.Tensor,
     y: torch.Tensor,
     *,
@@ -31,8 +31,8 @@ def embed(
     device: torch.device | str = "cpu",
     seed: int = 0,
 ) -> Embedded:
-    """Embed uint8 images ``x``, attacked by ``attack`` first when given (random starts seeded by
-    ``seed``)."""
+    """Embed uint8 images ``x``, attacked by ``attack`` first when given
+    (random starts seeded by ``seed``)."""
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     embs, preds = [], []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ def save_figure(fig: Any, stem: Path, formats: tuple[str, ...] = ("png", "pdf"))
     paths = []
     for ext in formats:
         path = stem.with_suffix(f".{ext}")
-        atomic_write(path, lambda f, ext=ext: fig.savefig(f, format=ext, dpi=120, bbox_inches="tight"))
+        atomic_write(path, functools.partial(fig.savefig, format=ext, dpi=120, bbox_inches="tight"))
         paths.append(path)
     pyplot().close(fig)
     return paths

@@ -1,11 +1,12 @@
 """A run's training as curves: each loss term, the learning rate, held-out clean and PGD accuracy, best epoch.
 
 Read from ``metrics.jsonl`` only, so it works on a run still training (each finished epoch is a point) and on
-the committed runs of a reproduction; several runs share the axes, one colour each.
-"""
+the committed runs of a reproduction; several runs
+share the axes, one colour each. """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.ticker import MaxNLocator
@@ -14,7 +15,7 @@ from agkd_bml.analysis.plotting import pyplot, save_figure
 from agkd_bml.analysis.timing import read_metrics
 
 
-def plot_training(runs: list[str | Path], out: str | Path) -> list[Path]:
+def plot_training(runs: Sequence[str | Path], out: str | Path) -> list[Path]:
     """Draw the training curves of ``runs`` into ``out``.png and ``out``.pdf; return their paths."""
     fig, (loss_ax, lr_ax, acc_ax) = pyplot().subplots(1, 3, figsize=(15, 4.2))
     for i, run in enumerate(runs):

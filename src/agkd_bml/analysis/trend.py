@@ -64,8 +64,8 @@ class Trend:
     chi2: float  #: weighted squared residuals (0 for two sizes)
 
     def at(self, parameters: float) -> tuple[float, float, float]:
-        """(gap, 95% low, 95% high) the line gives at ``parameters`` (beyond the sizes fitted: an
-        extrapolation)."""
+        """(gap, 95% low, 95% high) the line gives at ``parameters`` (beyond the
+        sizes fitted: an extrapolation)."""
         dx = math.log(parameters, 4) - self.centre
         gap, se = self.level + self.slope * dx, math.hypot(self.level_se, dx * self.slope_se)
         return gap, gap - Z95 * se, gap + Z95 * se

@@ -1,8 +1,8 @@
 """t-SNE of penultimate embeddings (the paper's Figures 3, 6-9): where do a class's AEs land?
 
 Clean test points are triangles coloured by class; the AEs of one chosen class are red circles. A model
-whose AEs stay inside their class's cluster has a feature space the attack cannot move far.
-"""
+whose AEs stay inside their class's cluster has a feature
+space the attack cannot move far. """
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from agkd_bml.analysis.plotting import pyplot, save_figure
 
 
 def tsne_2d(points: np.ndarray, seed: int = 0) -> np.ndarray:
-    """scikit-learn's exact-seeded Barnes-Hut t-SNE to 2-D (PCA init, perplexity 30 or less for few
-    points)."""
+    """scikit-learn's exact-seeded Barnes-Hut t-SNE to 2-D (PCA init,
+    perplexity 30 or less for few points)."""
     from sklearn.manifold import TSNE
 
     perplexity = min(30.0, max(2.0, (points.shape[0] - 1) / 3))

@@ -1,5 +1,5 @@
-"""APGD (Croce & Hein 2020): APGD-CE, APGD-DLR and the multi-targeted APGD-T of AutoAttack, L-inf or L2,
-batched.
+"""APGD (Croce & Hein 2020): APGD-CE, APGD-DLR and the multi-targeted APGD-T
+of AutoAttack, L-inf or L2, batched.
 
 ``eot`` > 1 averages each iteration's gradient over that many forward-backward passes (Expectation over
 Transformation), for randomized models: AutoAttack's ``rand`` version runs APGD-CE and APGD-DLR with 20.
@@ -19,8 +19,8 @@ Three things make it cheaper without changing what it finds:
 - APGD-T's later targets skip the images an earlier one broke, as in the reference; on a GPU (and in
   bf16 on a CPU) several targets are stacked in one batch (:func:`over_targets`), and once one target breaks
   an image all its copies leave the batch;
-- the caller may pass a model prepared by :func:`agkd_bml.models.inference.inference_copy`.
-"""
+- the caller may pass a model prepared by
+:func:`agkd_bml.models.inference.inference_copy`. """
 
 from __future__ import annotations
 
@@ -67,9 +67,9 @@ def target_classes(logits: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def _oscillated(loss_steps: torch.Tensor, i: int, k: int) -> torch.Tensor:
-    """Per image: did the loss rise in at most RHO * k of the last k steps? (Python's wrap-around at -1
-    kept.)"""
-    rises = sum((loss_steps[i - c] > loss_steps[i - c - 1]).float() for c in range(k))
+    """Per image: did the loss rise in at most RHO * k of the last k steps?
+    (Python's wrap-around at -1 kept.)"""
+    rises = torch.stack([(loss_steps[i - c] > loss_steps[i - c - 1]).float() for c in range(k)]).sum(0)
     return rises <= k * RHO
 
 
@@ -80,8 +80,8 @@ def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _initial_state(x: torch.Tensor, x_adv: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor,
                    eps: float) -> dict[str, torch.Tensor]:
-    """Every per-row tensor APGD carries, at its start (step size 2 eps); rows are dropped from all at
-    once."""
+    """Every per-row tensor APGD carries, at its start (step size 2 eps);
+    rows are dropped from all at once."""
     m = x.shape[0]
     return {
         "x0": x, "x_adv": x_adv, "x_old": x_adv, "grad": grad, "x_best": x_adv, "grad_best": grad,
@@ -140,8 +140,8 @@ def apgd(
     ``owner`` groups rows that attack the same image (APGD-T's copies, one per target): once one row of
     a group fools the model, the whole group stops. ``model`` must return :class:`ModelOutput` and is
     used as given (eval mode and frozen parameters are the caller's job). ``start`` replaces the random
-    start (tests use it to rerun an image from the same start in another batch).
-    """
+    start (tests use it to rerun an image from
+    the same start in another batch). """
     m = x.shape[0]
     owner = torch.arange(m, device=x.device) if owner is None else owner
     out = x.clone()
@@ -152,7 +152,8 @@ def apgd(
     def loss_and_grad(xa: torch.Tensor,
                       rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         xa = xa.detach().requires_grad_(True)
-        total_loss, total_grad = 0.0, 0.0
+        total_loss: torch.Tensor | float = 0.0
+        total_grad: torch.Tensor | float = 0.0
         for _ in range(eot):  # the reference: mean gradient and loss, the last pass's prediction
             with torch.enable_grad():
                 logits = model(xa).logits
@@ -164,6 +165,7 @@ def apgd(
                     loss = F.cross_entropy(logits.float(), y[rows], reduction="none")
             (grad,) = torch.autograd.grad(loss.sum(), xa)
             total_loss, total_grad = total_loss + loss.detach(), total_grad + grad.detach()
+        assert isinstance(total_loss, torch.Tensor) and isinstance(total_grad, torch.Tensor)  # eot >= 1
         return total_loss / eot, total_grad / eot, logits.detach().argmax(1) != y[rows]
 
     rows = torch.arange(m, device=x.device)
@@ -246,8 +248,8 @@ def over_targets(
     Targets go in groups whose rows fit ``max_rows`` (default :func:`target_rows`); only the images no
     earlier group broke join the next one, and within a group an image stops once any target broke it.
     With ``progress``, each finished group is reported (next target, results so far, the state of the
-    ``generator`` that ``run`` draws from) and a saved report is continued at its next target.
-    """
+    ``generator`` that ``run`` draws from) and a saved report
+    is continued at its next target. """
     with torch.no_grad():
         targets = target_classes(model(x).logits, count)
     max_rows = target_rows(x.device) if max_rows is None else max_rows
@@ -297,8 +299,8 @@ def num_targets(num_classes: int) -> int:
 
 @dataclass(kw_only=True, frozen=True)
 class ApgdAttack(InferenceCopyAttack):
-    """``apgd-ce`` / ``apgd-dlr`` (untargeted) or ``apgd-t`` (targeted DLR, 9 targets), 100 iterations, 1
-    restart."""
+    """``apgd-ce`` / ``apgd-dlr`` (untargeted) or ``apgd-t`` (targeted DLR, 9
+    targets), 100 iterations, 1 restart."""
 
     name: str
     eps: float
@@ -329,8 +331,8 @@ class ApgdAttack(InferenceCopyAttack):
     def run_prepared(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(adv, fooled) on a model from :func:`inference_copy` (AutoAttack prepares it once for all
-        parts)."""
+        """(adv, fooled) on a model from :func:`inference_copy` (AutoAttack
+        prepares it once for all parts)."""
         return self._run(model, x, y, generator, None)
 
     def run_prepared_staged(

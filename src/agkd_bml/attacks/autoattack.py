@@ -20,8 +20,8 @@ Two implementations with the same interface:
   (torchattacks' own ``AutoAttack`` class runs APGD with 10 iterations, not the reference's 100.)
 
 Both report their progress after each part (:class:`~agkd_bml.attacks.base.Progress`), so a resumable
-evaluation interrupted inside a batch continues at the part it stopped in.
-"""
+evaluation interrupted inside a batch
+continues at the part it stopped in. """
 
 from __future__ import annotations
 
@@ -113,8 +113,8 @@ class AutoAttack(Attack):
     fooled_by: dict[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
     #: wall seconds spent in each part, summed over calls (the benchmark's per-part times)
     seconds_by: dict[str, float] = field(default_factory=dict, compare=False, hash=False, repr=False)
-    #: the last call's ``"part"``: per image, the index in :attr:`components` of the part that broke it (-1:
-    # none)
+    #: the last call's ``"part"``: per image, the index in :attr:`components`
+    #: of the part that broke it (-1: none)
     last: dict[str, torch.Tensor] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def broken_by(self) -> list[str | None]:

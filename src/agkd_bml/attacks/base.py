@@ -4,8 +4,8 @@ An attack's subclass writes :meth:`Attack.run`, the search itself. Calling the a
 x, y)``) is final and does what no attack may forget: the model runs in eval mode with frozen parameters
 (both restored afterwards, so its BatchNorm statistics, ``.grad`` and train/eval mode stay as they were),
 the result is projected onto the eps-ball and [0, 1], and it comes back with the mask of the images it
-fools, decided by one pass of the caller's model (as foolbox 3's attacks return ``success``).
-"""
+fools, decided by one pass of the caller's model (as foolbox
+3's attacks return ``success``). """
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ class Progress:
     AutoAttack on one batch can run for minutes; an attack made of stages (the cascade's parts) reports
     what it needs to go on (images, masks, its random generator's state) after each stage, and the caller
     saves it. Called again with that as ``saved``, the attack skips the finished stages and continues with
-    exactly the state it had, so the result equals an uninterrupted call's. Attacks without stages ignore it.
-    """
+    exactly the state it had, so the result equals an uninterrupted call's.
+    Attacks without stages ignore it. """
 
     saved: dict[str, Any] | None  #: what an earlier, interrupted call reported last (None: start afresh)
     report: Callable[[dict[str, Any]], None]  #: called after each finished stage (the caller saves it)
@@ -57,16 +57,16 @@ class Progress:
 
 def found_so_far(out: torch.Tensor, fooled: torch.Tensor,
                  generator: torch.Generator | None) -> dict[str, Any]:
-    """The part of a :class:`Progress` report every search shares: its results so far and the generator's
-    state."""
+    """The part of a :class:`Progress` report every search shares: its results
+    so far and the generator's state."""
     return {"out": out.to("cpu", copy=True), "fooled": fooled.to("cpu", copy=True),
             "rng": rng_state(generator)}
 
 
 def restore_found(saved: dict[str, Any], out: torch.Tensor, fooled: torch.Tensor,
                   generator: torch.Generator | None, what: str) -> None:
-    """Put a :func:`found_so_far` report back into ``out``/``fooled`` and the generator (refused if it does
-    not fit)."""
+    """Put a :func:`found_so_far` report back into ``out``/``fooled`` and the
+    generator (refused if it does not fit)."""
     if saved["out"].shape != out.shape:
         raise UserError(f"the saved {what} ({tuple(saved['out'].shape)} images) does not fit these "
                         f"{tuple(out.shape)} images; delete the state")
@@ -90,8 +90,8 @@ class Attack(ABC):
     """One fully specified attack on models that take inputs in [0, 1] and return ``ModelOutput``.
 
     An attack is a frozen record of everything a reported number depends on; :meth:`settings` returns
-    it as a flat dict (written next to every accuracy) and :meth:`describe` as one line for tables.
-    """
+    it as a flat dict (written next to every accuracy) and
+    :meth:`describe` as one line for tables. """
 
     name: str  #: the spec string it came from, e.g. ``pgd-20``
     eps: float

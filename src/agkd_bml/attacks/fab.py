@@ -18,8 +18,8 @@ no result (up to float rounding):
   in bf16 on a CPU) several targets are stacked in one batch (:func:`~agkd_bml.attacks.apgd.over_targets`);
 - it runs on the prepared model of :func:`agkd_bml.models.inference.inference_copy`;
 - the L-inf projection finds its step length by bisection instead of a full sort of every row (2.5x
-  faster at the same result, to float rounding); the L2 one is the reference's sort, in closed form.
-"""
+  faster at the same result, to float rounding); the L2 one is the
+reference's sort, in closed form. """
 
 from __future__ import annotations
 
@@ -48,16 +48,16 @@ _BISECT, _NEWTON = 20, 2
 
 
 def project_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The smallest L-inf step ``d`` (rows of ``t``, in [0, 1]) with ``w . (t + d) = b`` and ``t + d`` in the
-    box.
+    """The smallest L-inf step ``d`` (rows of ``t``, in [0, 1]) with ``w . (t +
+    d) = b`` and ``t + d`` in the box.
 
     The reference routine of FAB (``projection_linf``). With the hyperplane oriented so that ``c = w.t - b
     >= 0`` must be removed, coordinate i moves against ``w_i`` by ``min(lam, room_i)`` (``room_i`` is its
     distance to the box edge it moves to), and ``F(lam) = sum |w_i| min(lam, room_i)`` is increasing and
     concave: bisection brackets the ``lam`` with ``F(lam) = c``, and Newton steps from the bracket's left
     end make it exact on its linear piece. When even the whole box cannot remove ``c``, every coordinate
-    moves to its edge. The reference sorts each row instead, 2.5x slower here on 86 rows of 3,072.
-    """
+    moves to its edge. The reference sorts each row instead, 2.5x
+    slower here on 86 rows of 3,072. """
     with torch.autocast(t.device.type, enabled=False):  # sums over thousands of terms: never in bf16
         side = torch.where((w * t).sum(1) >= b, 1.0, -1.0)
         w = w * side[:, None]
@@ -85,8 +85,8 @@ _TINY = 1e-8
 
 
 def project_l2(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The smallest L2 step ``d`` (rows of ``t``, in [0, 1]) with ``w . (t + d) = b`` and ``t + d`` in the
-    box.
+    """The smallest L2 step ``d`` (rows of ``t``, in [0, 1]) with ``w . (t +
+    d) = b`` and ``t + d`` in the box.
 
     The reference routine of FAB (``projection_l2``), solved in closed form. With the hyperplane oriented
     so that ``c = w.t - b >= 0`` must be removed, the minimiser is ``d_i = -sign(w_i) min(lam |w_i|, room_i)``
@@ -94,8 +94,8 @@ def project_l2(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     piecewise linear and increasing, with a kink where coordinate i reaches its edge, ``r_i = room_i /
     |w_i|``. Sorted by ``r``, prefix sums give F at every kink; the root's piece is the number of kinks
     where F is still short of c, and on it ``lam = (c - saturated part) / (sum of the free w_i^2)``. When
-    even the whole box cannot remove ``c``, every coordinate moves to its edge.
-    """
+    even the whole box cannot remove ``c``,
+    every coordinate moves to its edge. """
     with torch.autocast(t.device.type, enabled=False):  # sums over thousands of terms: never in bf16
         side = torch.where((w * t).sum(1) >= b, 1.0, -1.0)
         w = w * side[:, None]

@@ -2,8 +2,8 @@
 
 Every gradient attack is written once against :class:`Norm`; a threat model is one subclass with these
 pieces, not a new copy of each attack. L-inf is the paper's (and the only one training uses); L2 is the
-other standard threat model of robustness benchmarks (RobustBench, AutoAttack's L2 version).
-"""
+other standard threat model of robustness benchmarks
+(RobustBench, AutoAttack's L2 version). """
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ class Norm(ABC):
 
     @abstractmethod
     def surface_direction(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Random noise whose scaling to norm 1 is APGD's start direction (uniform for L-inf, Gaussian for
-        L2)."""
+        """Random noise whose scaling to norm 1 is APGD's start direction
+        (uniform for L-inf, Gaussian for L2)."""
 
     @abstractmethod
     def step(self, grad: torch.Tensor) -> torch.Tensor:
@@ -46,8 +46,8 @@ class Norm(ABC):
 
     @abstractmethod
     def project(self, x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-        """The point of the ball around ``x`` intersected with [0, 1] that the attacks of this norm move
-        to."""
+        """The point of the ball around ``x`` intersected with [0, 1] that
+        the attacks of this norm move to."""
 
     def to_surface(self, x: torch.Tensor, d: torch.Tensor, eps: float) -> torch.Tensor:
         """``x`` plus ``d`` scaled to norm exactly eps (the ball's surface), clipped to [0, 1]."""
@@ -84,8 +84,8 @@ class L2(Norm):
 
     The projection shrinks the perturbation onto the ball, then clips to the box, as every reference
     implementation does (AutoAttack, torchattacks, RobustBench): clipping moves each pixel towards the
-    clean one, so the result stays inside the ball.
-    """
+    clean one, so
+    the result stays inside the ball. """
 
     name, title = "l2", "L2"
 
@@ -120,8 +120,8 @@ def default_l2_eps(channels: int, size: int) -> float:
     """0.5 on 3x32x32 images, scaled by the square root of the number of pixel values elsewhere.
 
     An L2 ball of radius eps spreads eps / sqrt(d) per coordinate over d coordinates, so this keeps the
-    per-pixel budget of CIFAR-10's standard 0.5 (0.072 on 1x8x8 digits).
-    """
+    per-pixel budget of CIFAR-10's
+    standard 0.5 (0.072 on 1x8x8 digits). """
     return L2_EPS_CIFAR * math.sqrt(channels * size * size / (3 * 32 * 32))
 
 
@@ -138,6 +138,6 @@ def default_eps(norm: str, *, channels: int, size: int, linf: float | None = Non
 
 
 def dataset_eps(spec: DataSpec, norm: str = "linf") -> float:
-    """The default budget on a dataset: its own L-inf eps (8/255 on CIFAR-10), or the L2 one of its image
-    size."""
+    """The default budget on a dataset: its own L-inf eps (8/255 on CIFAR-10),
+    or the L2 one of its image size."""
     return default_eps(norm, channels=spec.channels, size=spec.size, linf=spec.default_eps)

@@ -2,8 +2,8 @@
 
 AutoAttack's parts run thousands of passes, so they attack the BatchNorm-folded, channels-last copy.
 ``run_prepared`` takes that copy and returns ``(adv, fooled)``, so a cascade prepares it once and knows
-which images each part broke; ``run`` is the plain :class:`Attack` entry point on the user's model.
-"""
+which images each part broke; ``run`` is the plain :class:`Attack`
+entry point on the user's model. """
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ class InferenceCopyAttack(Attack):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
         progress: Progress,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`run_prepared`, resumable within the call (Square, every few hundred queries); the others
-        just run."""
+        """:meth:`run_prepared`, resumable within the call (Square, every few
+        hundred queries); the others just run."""
         return self.run_prepared(model, x, y, generator)
 
     def run(

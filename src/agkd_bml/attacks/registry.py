@@ -1,14 +1,15 @@
 """Attack specs from CLI strings such as ``clean,fgsm,bim-7,pgd-20,cw-100,mim-40,aa,square-5000,spsa-100``.
 
 A new attack is one new file plus one :data:`ATTACKS` line: a builder from (steps, context) to an
-:class:`Attack`, and whether it takes a step count.
-"""
+:class:`Attack`, and
+whether it takes a step count. """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from torch import nn
 
@@ -135,13 +136,16 @@ TRANSFER_PREFIX = "transfer:"
 SourceLoader = Callable[[str], nn.Module]
 
 
-def full_length(attack: Attack) -> Attack:
+AttackT = TypeVar("AttackT", bound=Attack)
+
+
+def full_length(attack: AttackT) -> AttackT:
     """``attack`` with all its steps run on every image.
 
     Evaluation stops each image at its first fooling iterate, which is right for counting broken points
     but leaves AEs just across the decision boundary. AEs that are studied (embeddings, k-NN, t-SNE,
-    attention) or transferred to another model must be the full attack's, as in the paper.
-    """
+    attention) or transferred to another model must be the
+    full attack's, as in the paper. """
     return (replace(attack, early_stop=False) if isinstance(attack, PgdAttack) and attack.early_stop
             else attack)
 
@@ -162,7 +166,7 @@ def _one(item: str, ctx: Context, load_source: SourceLoader | None) -> Attack:
             raise UserError("transfer attacks need a source model loader here")
         # all 20 steps on the source: stopping once the *source* is fooled would weaken the transfer
         inner = full_length(ATTACKS["pgd"].build(20, replace(ctx, targeted=False)))
-        # type: ignore[arg-type]
+        assert isinstance(inner, PgdAttack)  # the "pgd" family builds PgdAttack
         return TransferAttack(name=item, source_path=path, inner=inner, source=load_source(path))
     m = _SPEC.match(item.lower())
     family = ATTACKS.get(m.group(1)) if m else None
@@ -190,11 +194,11 @@ def parse_attacks(
     load_source: SourceLoader | None = None,
     norm: str = "linf",
 ) -> list[Attack]:
-    """Parse ``clean,fgsm,pgd-20,...`` into attacks; ``step_size``, ``restarts``, ``targeted`` override
-    defaults.
+    """Parse ``clean,fgsm,pgd-20,...`` into attacks; ``step_size``,
+    ``restarts``, ``targeted`` override defaults.
 
-    ``norm``: the threat model, ``linf`` (default) or ``l2``.
-    """
+    ``norm``: the threat
+    model, ``linf`` (default) or ``l2``. """
     if norm not in NORMS:
         raise UserError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
     if not eps >= 0:

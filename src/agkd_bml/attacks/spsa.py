@@ -1,8 +1,8 @@
 """SpsaAttack (Uesato et al. 2018), the gradient-free attack of the paper's section 4.5, via torchattacks.
 
 It estimates gradients from finite differences of the margin loss along random +-1 directions, so it
-still works where a model's analytic gradients are masked (zero, noisy or shattered).
-"""
+still works where a model's analytic gradients are
+masked (zero, noisy or shattered). """
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from agkd_bml.attacks.torchattacks_adapter import run_library_attack, torchattac
 
 @dataclass(kw_only=True, frozen=True)
 class SpsaAttack(Attack):
-    """``spsa-K``: K iterations of Adam on SpsaAttack gradient estimates (Uesato et al.: lr 0.01, delta
-    0.01)."""
+    """``spsa-K``: K iterations of Adam on SpsaAttack gradient estimates
+    (Uesato et al.: lr 0.01, delta 0.01)."""
 
     name: str
     steps: int

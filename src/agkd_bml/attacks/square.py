@@ -19,8 +19,8 @@ probe says so, about 2x fewer seconds per query on the small CNN on 2 cores); mo
 queries and GPUs get full passes. A success seen through windowed queries counts once a full pass agrees.
 Square is AutoAttack's longest part (5,000 queries on every image still robust), so with a
 :class:`~agkd_bml.attacks.base.Progress` it reports its search every :data:`REPORT_EVERY` queries and
-resumes from such a report to the uninterrupted call's result.
-"""
+resumes from such a report to
+the uninterrupted call's result. """
 
 from __future__ import annotations
 
@@ -132,8 +132,8 @@ def _random_search(
 def _resume_search(
     saved: dict[str, Any], out: torch.Tensor, fooled: torch.Tensor, generator: torch.Generator | None
 ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(next query, rows, best, best margin) of a reported search; its results so far go into
-    ``out``/``fooled``."""
+    """(next query, rows, best, best margin) of a reported search; its results so
+    far go into ``out``/``fooled``."""
     restore_found(saved, out, fooled, generator, "Square search")
     device = out.device
     return (int(saved["query"]), saved["rows"].to(device), saved["best"].to(device, out.dtype),
@@ -141,8 +141,8 @@ def _resume_search(
 
 
 def _position(size: int, side: int, like: torch.Tensor, generator: torch.Generator | None) -> int:
-    """A random top-left coordinate of a window of ``side`` in ``size`` (one per query, shared by the
-    batch)."""
+    """A random top-left coordinate of a window of ``side`` in ``size`` (one
+    per query, shared by the batch)."""
     return int(torch.randint(max(size - side, 1), (1,), generator=generator, device=like.device))
 
 
@@ -185,8 +185,8 @@ def _pyramid(rows: int, cols: int, device: torch.device) -> torch.Tensor:
 
 
 def _l2_pattern(side: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """(side, side): a pyramid on the top half minus one on the bottom half, unit L2 norm, randomly
-    transposed."""
+    """(side, side): a pyramid on the top half minus one on the bottom half,
+    unit L2 norm, randomly transposed."""
     top = side // 2
     p = torch.cat([_pyramid(top, side, like.device), -_pyramid(side - top, side, like.device)])
     p = p / p.norm()

@@ -1,8 +1,8 @@
 """Black-box transfer (paper Table 3): AEs crafted white-box on a *source* model, scored on the target.
 
 A defense whose white-box accuracy is lower than its transfer accuracy behaves as expected; the
-reverse is a classic sign of gradient masking (its own gradients are worse than a stranger's).
-"""
+reverse is a classic sign of gradient masking (its own
+gradients are worse than a stranger's). """
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from agkd_bml.attacks.pgd import PgdAttack
 
 @dataclass(kw_only=True, frozen=True)
 class TransferAttack(Attack):
-    """``transfer:PATH``: ``inner`` (PGD-20 by default) run on the source model loaded from
-    ``source_path``."""
+    """``transfer:PATH``: ``inner`` (PGD-20 by default) run on the source
+    model loaded from ``source_path``."""
 
     name: str
     source_path: str
@@ -28,11 +28,11 @@ class TransferAttack(Attack):
     source: nn.Module = field(compare=False, repr=False)
 
     @property
-    def eps(self) -> float:  # type: ignore[override]
+    def eps(self) -> float:  # type: ignore[override]  # read-only: the inner attack's budget
         return self.inner.eps
 
     @property
-    def norm(self) -> Norm:  # type: ignore[override]
+    def norm(self) -> Norm:  # type: ignore[override]  # read-only: the inner attack's threat model
         return self.inner.norm
 
     def settings(self) -> dict[str, Any]:

@@ -1,22 +1,25 @@
 """``agkd-bml knn``, ``tsne``, ``attention`` and ``report``: the analyses behind the paper's figures.
 
 Each returns a Markdown section and writes its files, so ``report`` is ``eval``, ``curves`` and all of
-them in a row, called as the typed functions they are.
-"""
+them in a row, called
+as the typed functions they are. """
 
 from __future__ import annotations
 
 import argparse
 import csv
 import dataclasses
+import functools
 import io
 import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from agkd_bml.analysis.attention import attention_figures
 from agkd_bml.analysis.embeddings import embed
@@ -56,12 +59,12 @@ def knn(
         m = data.x_train.shape[0] if index_limit is None else min(index_limit, data.x_train.shape[0])
         if k > m:
             raise UserError(f"--k {k} is larger than the index ({m} training images)")
-        kw = dict(batch_size=options.batch_size, device=loader.device, seed=options.seed)
-        index = embed(model, data.x_train[:m], data.y_train[:m], **kw)
-        row = {"model": label, "k": k, "metric": metric, "index": m, "n": int(x.shape[0]),
+        embedded = functools.partial(embed, model, batch_size=options.batch_size, device=loader.device,
+                                     seed=options.seed)
+        index = embedded(data.x_train[:m], data.y_train[:m])
+        row: dict[str, Any] = {"model": label, "k": k, "metric": metric, "index": m, "n": int(x.shape[0]),
                "attack": adv.describe()}
-        for split, emb in (("clean", embed(model, x, y, **kw)),
-                           (adv.name, embed(model, x, y, attack=adv, **kw))):
+        for split, emb in (("clean", embedded(x, y)), (adv.name, embedded(x, y, attack=adv))):
             pred = knn_predict(index.embedding, index.labels, emb.embedding, k=k, metric=metric,
                                num_classes=data.spec.num_classes)
             row[f"softmax {split}"] = float((emb.pred == y).float().mean())
@@ -116,7 +119,7 @@ def tsne(
     loader = ModelLoader(options, features=True)
     panels = {}
     names: tuple[str, ...] = ()
-    adv = None
+    adv: Attack | None = None
     for path in checkpoints:
         label, model, data, x, y = loader.model(path)
         names = data.spec.class_names
@@ -124,11 +127,12 @@ def tsne(
         adv = _attack(attack, loader, data)
         # the first per_class test images of every class (clean), and of each chosen class (attacked)
         keep = torch.cat([(y == c).nonzero().squeeze(1)[:per_class] for c in range(data.spec.num_classes)])
-        kw = dict(batch_size=options.batch_size, device=loader.device, seed=options.seed)
-        clean = embed(model, x[keep], y[keep], **kw)
-        advs = {c: embed(model, x[keep][y[keep] == c], y[keep][y[keep] == c], attack=adv, **kw) for c
-                in chosen}
+        embedded = functools.partial(embed, model, batch_size=options.batch_size, device=loader.device,
+                                     seed=options.seed)
+        clean = embedded(x[keep], y[keep])
+        advs = {c: embedded(x[keep][y[keep] == c], y[keep][y[keep] == c], attack=adv) for c in chosen}
         panels[label] = (clean, advs)
+    assert adv is not None  # checkpoints: at least one (argparse's nargs="+")
     title = f"t-SNE of penultimate embeddings (scikit-learn, seed {options.seed}); AEs: {adv.describe()}"
     files = tsne_figure(panels, names, Path(out) / "tsne", title=title, seed=options.seed)
     for f in files:
@@ -143,8 +147,8 @@ def attention(
     """``agkd-bml attention``: the teacher's and each model's attention maps, and Grad-CAM (Figures 1, 4)."""
     require_positive(images=images)
     loader = ModelLoader(options, features=True)
-    models = {}
-    data = None
+    models: dict[str, nn.Module] = {}
+    data: Dataset | None = None
     for path in checkpoints:
         label, model, data, _, _ = loader.model(path)
         models[label] = model
@@ -152,6 +156,7 @@ def attention(
             saved = loader.configs[path].model.teacher
             teacher = saved if saved and Path(saved).exists() else None
     teacher_model = loader.source(teacher) if teacher else None
+    assert data is not None  # checkpoints: at least one (argparse's nargs="+")
     adv = _attack(attack, loader, data)
     x, y = data.x_test[:images], data.y_test[:images]
     files = attention_figures(models, teacher_model, x, y, adv, data.spec.class_names, Path(out),

@@ -3,8 +3,8 @@
 Each command is a function with keyword-only, typed parameters (callable from Python, by the other
 commands and by tests); its ``add_parser`` declares the same names as options. :func:`call` is the one
 adapter from parsed arguments to such a function: it passes each parameter whose name is an option,
-``progress`` from ``--no-progress``, and ``options`` (:class:`EvalOptions`) from the shared options.
-"""
+``progress`` from ``--no-progress``, and ``options``
+(:class:`EvalOptions`) from the shared options. """
 
 from __future__ import annotations
 
@@ -93,8 +93,8 @@ def eval_options(args: argparse.Namespace) -> EvalOptions:
     return EvalOptions(**given, progress=not args.no_progress)
 
 
-#: parsed arguments that are not a command function's parameters: the parser's own, and those :func:`call`
-# maps
+#: parsed arguments that are not a command function's parameters: the
+#: parser's own, and those :func:`call` maps
 GLOBAL_OPTIONS = frozenset({"command", "handler", "debug", "no_progress"})
 
 
@@ -121,8 +121,8 @@ def call(fn: Callable[..., Any], args: argparse.Namespace) -> Any:
 
 
 def command_handler(fn: Callable[..., Any], *, status: bool = False) -> Callable[[argparse.Namespace], int]:
-    """The handler of a subcommand: ``fn`` called through :func:`call`; exit code 0 (or ``fn``'s if
-    ``status``)."""
+    """The handler of a subcommand: ``fn`` called through :func:`call`; exit
+    code 0 (or ``fn``'s if ``status``)."""
 
     def handler(args: argparse.Namespace) -> int:
         result = call(fn, args)

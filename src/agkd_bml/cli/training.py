@@ -1,5 +1,5 @@
-"""``agkd-bml train``, ``presets`` and ``methods``: the training options come from the config and the
-methods."""
+"""``agkd-bml train``, ``presets`` and ``methods``: the training options come
+from the config and the methods."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from agkd_bml.methods import METHODS, PARAMS, methods_using
 from agkd_bml.train import preset_names, preset_path, resolve, train
 
 
-# noqa: A002
 def _option(p: argparse.ArgumentParser, name: str, type_: str, default: Any, help: str, **extra: Any) -> None:
     """One ``--name`` option; unset options stay None so that presets and files below them show through."""
     text = help
@@ -83,8 +82,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def list_presets() -> None:
-    """``agkd-bml presets``: each shipped preset with its whole description (the comment lines that open
-    it)."""
+    """``agkd-bml presets``: each shipped preset with its whole description
+    (the comment lines that open it)."""
     for name in preset_names():
         lines = preset_path(name).read_text().splitlines()
         opening = itertools.takewhile(lambda ln: ln.startswith("#"), lines)

@@ -35,9 +35,10 @@ def iterate_batches(
 
     ``shard=(rank, world)`` gives rank ``rank`` every ``world``-th index of the (shuffled) order, cut to
     an equal share: with a per-rank ``batch_size`` of B / world, step k of all ranks together covers
-    exactly the k-th global batch of B a single process would see.
-    """
+    exactly the k-th global batch
+    of B a single process would see. """
     rank, world = shard
+    perm: torch.Tensor | None
     if world > 1:
         full = torch.randperm(x.shape[0], generator=order) if order is not None else torch.arange(x.shape[0])
         share = x.shape[0] // world
@@ -66,8 +67,8 @@ class ClassIndex:
     """Indices of the training set grouped by class, to draw a random image of any class in one gather.
 
     Kept as one sorted index array plus per-class offsets and counts on the data's device, so drawing
-    ``B`` samples of ``B`` classes is a few tensor ops: no Python loop over samples, no host-device sync.
-    """
+    ``B`` samples of ``B`` classes is a few tensor ops: no Python loop
+    over samples, no host-device sync. """
 
     def __init__(self, labels: torch.Tensor, num_classes: int) -> None:
         labels = labels.long()
@@ -77,8 +78,8 @@ class ClassIndex:
         self.missing = [int(c) for c in torch.nonzero(self.counts == 0).flatten()]
 
     def sample(self, classes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Return one uniformly random index of class ``classes[i]`` for every ``i`` (classes present
-        only)."""
+        """Return one uniformly random index of class ``classes[i]`` for
+        every ``i`` (classes present only)."""
         counts = self.counts[classes]
         u = torch.rand(classes.shape[0], device=classes.device, generator=generator, dtype=torch.float64)
         pos = self.offsets[classes] + (u * counts).long().clamp_max_(counts - 1)
@@ -89,8 +90,8 @@ class ImageSampler:
     """Draws, for each requested class, a random augmented training image of that class.
 
     AGKD-BML needs, for each sample, a clean image of its most confusing class (the backward sample).
-    The uint8 training set lives on the training device, so the draw is one gather plus augmentation.
-    """
+    The uint8 training set lives on the training device, so the draw
+    is one gather plus augmentation. """
 
     def __init__(
         self, x: torch.Tensor, y: torch.Tensor, num_classes: int, augment: Augment | None,

@@ -1,11 +1,12 @@
 """Dataset loaders. Every dataset ends up as uint8 NCHW tensors in memory plus a :class:`DataSpec`.
 
 Keeping small datasets as uint8 tensors (CIFAR-10 is 150 MB) lets batching, augmentation and drawing
-backward samples happen as tensor ops, with no per-image Python work.
-"""
+backward samples happen as tensor ops,
+with no per-image Python work. """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -140,8 +141,8 @@ def from_arrays(
 ) -> Dataset:
     """Validate numpy arrays (uint8 NHW / NHWC images, integer labels) and wrap them as a :class:`Dataset`.
 
-    ``default_eps``: the dataset's L-inf budget; ``None``: the convention of its image shape
-    (:func:`image_linf_eps`).
+    ``default_eps``: the dataset's L-inf budget; ``None``: the convention of its
+    image shape (:func:`image_linf_eps`).
     """
     xs = {}
     ys = {}
@@ -206,8 +207,8 @@ def load_digits(size: int = 16) -> Dataset:
     """scikit-learn's bundled 8x8 digits (1,797 real images), upsampled to ``size`` and split 75/25.
 
     Upsampling to 16x16 gives a 4x4 last feature map after two stride-2 stages, which AGKD needs.
-    The split is stratified with a fixed seed, so every machine gets the same train and test images.
-    """
+    The split is stratified with a fixed seed, so every machine gets
+    the same train and test images. """
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 
@@ -233,8 +234,8 @@ def load_npz(path: str) -> Dataset:
     """Any ``.npz`` with ``x_train, y_train, x_test, y_test`` (uint8 NHW or NHWC, integer labels).
 
     eps defaults to 0.3 for MNIST-like data (1 channel, 28x28) and 8/255 otherwise; CIFAR-10 class names
-    are used when the file name says ``cifar10`` and has 10 classes, or the file's own ``class_names``.
-    """
+    are used when the file name says ``cifar10`` and has 10 classes, or
+    the file's own ``class_names``. """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"npz file {path!r} does not exist")
@@ -337,7 +338,7 @@ def load_tiny_imagenet(data_dir: str, download: bool) -> Dataset:
 #: Dataset names accepted by ``--dataset`` (plus ``npz:PATH``), each with its loader.
 DATASETS: dict[str, Callable[[str, bool], Dataset]] = {
     "digits": lambda data_dir, download: load_digits(),
-    **{n: (lambda data_dir, download, n=n: _torchvision(n, data_dir, download))
+    **{n: functools.partial(_torchvision, n)
        for n in ("cifar10", "cifar100", "svhn", "mnist", "fashion-mnist")},
     "tiny-imagenet": load_tiny_imagenet,
 }
@@ -349,8 +350,8 @@ DATA_DIR_ENV = "AGKD_BML_DATA"
 
 def default_data_dir() -> str:
     """Where datasets by name live unless ``--data-dir`` says otherwise: ``$AGKD_BML_DATA``, else a per-user
-    cache (``$XDG_CACHE_HOME/agkd-bml/data``, ``~/.cache/agkd-bml/data``), so one download serves every
-    project."""
+    cache (``$XDG_CACHE_HOME/agkd-bml/data``, ``~/.cache/agkd-bml/data``), so
+    one download serves every project."""
     if os.environ.get(DATA_DIR_ENV):
         return os.environ[DATA_DIR_ENV]
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")

@@ -5,8 +5,8 @@ A defense that only *hides* its gradients looks robust to gradient attacks and i
 all measurable: one-step attacks do as well as iterative ones, more steps or a bigger budget stop
 helping, even an unbounded attack fails, gradient-free or transferred attacks beat white-box ones, or
 the input gradients are simply zero. Each check compares attacks on the *same* images with the same
-seed, so small differences are real; ``tolerance`` absorbs the rest.
-"""
+seed, so small differences are real;
+``tolerance`` absorbs the rest. """
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from agkd_bml.data import iterate_batches
 from agkd_bml.evaluation.curves import pgd_attack
 from agkd_bml.evaluation.robust import AttackResult, evaluate_attacks
 from agkd_bml.fileio import write_text
-from agkd_bml.models import Classifier
 from agkd_bml.models.modes import eval_mode
 
 STEP_LADDER = (1, 5, 10, 20, 50)
@@ -54,8 +53,8 @@ def zero_gradient_share(
     """Share of images whose input gradient of the CW margin is exactly zero everywhere.
 
     The margin (logit difference) is used, not cross-entropy: CE's gradient underflows to zero on very
-    confident points of any model, while a zero margin gradient means the network is flat in its input.
-    """
+    confident points of any model, while a zero margin gradient means
+    the network is flat in its input. """
     zero, total = 0, 0
     with eval_mode(model):
         for xb, yb in iterate_batches(x, y, batch_size, device=device):
@@ -70,7 +69,7 @@ def zero_gradient_share(
 
 
 def audit(
-    model: Classifier,
+    model: nn.Module,  # called on images in [0, 1], returns ModelOutput
     x: torch.Tensor,
     y: torch.Tensor,
     *,

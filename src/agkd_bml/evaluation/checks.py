@@ -1,18 +1,18 @@
-"""Flags raised before and after AutoAttack, like auto-attack's ``checks.py``: signs an evaluation is
-unreliable.
+"""Flags raised before and after AutoAttack, like auto-attack's ``checks.py``:
+signs an evaluation is unreliable.
 
 Each check is cheap (a few passes on one batch) and returns a one-line warning or nothing. They catch the
 classic ways a robustness number is inflated without any attack being wrong: a randomized model (two
 forwards differ, so a deterministic attack chases noise), a forward that switches itself to training mode
 (BatchNorm on batch statistics), probabilities instead of logits (the losses saturate), input gradients
 that are zero or not finite (gradient attacks are blind there), too few classes for the targeted parts,
-and a black-box attack (Square) that finds what the white-box parts missed.
-"""
+and a black-box attack (Square) that finds
+what the white-box parts missed. """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -29,13 +29,14 @@ from agkd_bml.models.modes import eval_mode
 _MODE_DEPENDENT = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)
 #: Relative change of the logits between two forwards of the same images above which a model is randomized.
 RANDOM_TOLERANCE = 1e-4
-#: Share of the test points Square may break after the white-box parts before the run is flagged
-# (auto-attack's).
+#: Share of the test points Square may break after the white-box parts before
+#: the run is flagged (auto-attack's).
 SQUARE_TOLERANCE = 0.002
 
 
 def model_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, num_classes: int,
-                attacks: list[Attack] = (), device: torch.device | str = "cpu", batch: int = 64) -> list[str]:
+                attacks: Sequence[Attack] = (), device: torch.device | str = "cpu",
+                batch: int = 64) -> list[str]:
     """Warnings about ``model`` on the first ``batch`` images of ``x`` (uint8 or float in [0, 1])."""
     xb = (to_float(x[:batch]) if not x.is_floating_point() else x[:batch]).to(device)
     yb = y[:batch].to(device)
@@ -86,8 +87,8 @@ def _gradient_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[
 
 
 def square_flag(attack: Attack, n: int) -> str | None:
-    """After AutoAttack on ``n`` points: a warning when Square broke more than 0.2% the white-box parts
-    missed."""
+    """After AutoAttack on ``n`` points: a warning when Square broke more than
+    0.2% the white-box parts missed."""
     if not isinstance(attack, AutoAttack) or "square" not in attack.components or n == 0:
         return None
     share = attack.fooled_by.get("square", 0) / n

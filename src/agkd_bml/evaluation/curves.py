@@ -1,22 +1,24 @@
 """Accuracy vs PGD steps and vs eps (the paper's Figure 5), as CSV and a two-panel plot.
 
 A robust model that does not mask gradients loses accuracy monotonically as the attack gets more steps
-or a larger budget; a curve that flattens early or rises again is a warning sign (see ``audit``).
-"""
+or a larger budget; a curve that flattens early or rises again is
+a warning sign (see ``audit``). """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
+from torch import nn
 
 from agkd_bml.attacks import PgdAttack, fmt_eps
 from agkd_bml.evaluation.robust import AttackResult, evaluate_attacks
 from agkd_bml.fileio import atomic_write, write_text
-from agkd_bml.models import Classifier
 
 STEPS = (1, 2, 3, 5, 7, 10, 20, 50, 100)
 #: Budgets as multiples of the dataset's eps: 0 .. 2.5 eps in 10 steps (0 .. 20/255 at 8/255).
@@ -40,7 +42,7 @@ class Curves:
 
 
 def accuracy_curves(
-    model: Classifier,
+    model: nn.Module,  # called on images in [0, 1], returns ModelOutput
     x: torch.Tensor,
     y: torch.Tensor,
     *,
@@ -72,7 +74,7 @@ def curves_csv(curves: dict[str, Curves]) -> str:
     for name, c in curves.items():
         for axis, points in (("steps", c.by_steps), ("eps", c.by_eps)):
             for _, r in points:
-                a = r.attack
+                a = cast(PgdAttack, r.attack)  # the curves are PGD's
                 lo, hi = r.wilson()
                 w.writerow([name, axis, a.steps, a.eps, a.step_size, r.accuracy, lo, hi, r.n, r.seed])
     return buf.getvalue()
@@ -105,7 +107,7 @@ def plot_curves(curves: dict[str, Curves], stem: Path) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         path = stem.with_suffix(f".{ext}")
-        atomic_write(path, lambda f, ext=ext: fig.savefig(f, format=ext, dpi=120))
+        atomic_write(path, functools.partial(fig.savefig, format=ext, dpi=120))
         paths.append(path)
     plt.close(fig)
     return paths

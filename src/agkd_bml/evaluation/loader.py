@@ -4,8 +4,8 @@ Every command that looks at trained models (eval, curves, audit, knn, tsne, atte
 same :class:`EvalOptions` and loads through :class:`ModelLoader`, so a new model source or data option is
 added once. Loading needs only :mod:`agkd_bml.models.checkpoint`, never the trainer. Besides this project's
 checkpoints and run folders, a model may come from anywhere (:mod:`agkd_bml.models.external`: a Python
-factory, an exported program, TorchScript); it is checked against the data before any attack runs.
-"""
+factory, an exported program, TorchScript); it is checked against
+the data before any attack runs. """
 
 from __future__ import annotations
 
@@ -79,8 +79,8 @@ def _label(path: str, taken: set[str]) -> str:
 def describe_foreign(source: str, weights: str | None,
                      normalize: tuple[Sequence[float], Sequence[float]] | None) -> str:
     """What a foreign model's row is, for the table's footnote: a figure must say which weights it scored, and
-    a factory's model without ``--model-weights`` has whatever weights the factory gives it (random ones,
-    often)."""
+    a factory's model without ``--model-weights`` has whatever weights the
+    factory gives it (random ones, often)."""
     if weights:
         digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:12]
         held = f"weights {weights} (sha256 {digest})"
@@ -119,8 +119,8 @@ def check_fits(label: str, model: torch.nn.Module, data: Dataset, device: torch.
 
 
 class ModelLoader:
-    """Checkpoints (or foreign models) and their test data for the evaluation commands (each dataset loaded
-    once).
+    """Checkpoints (or foreign models) and their test data for the evaluation
+    commands (each dataset loaded once).
 
     ``features``: the command needs the last feature map and embedding (attention maps, k-NN, t-SNE),
     which only this project's models provide.
@@ -140,9 +140,9 @@ class ModelLoader:
         self.factories = 0  #: ``py:`` models loaded so far (the next one takes ``model_weights[factories]``)
 
     def model(self, path: str,
-              name: str | None = None) -> tuple[str, Classifier, Dataset, torch.Tensor, torch.Tensor]:
-        """(row label, model, dataset, first ``n`` test images, their labels) of a checkpoint or foreign
-        model;
+              name: str | None = None) -> tuple[str, torch.nn.Module, Dataset, torch.Tensor, torch.Tensor]:
+        """(row label, model, dataset, first ``n`` test images, their
+        labels) of a checkpoint or foreign model;
         ``name`` replaces the row label (which is otherwise the run folder's or the factory's name)."""
         if name is not None:
             if name in self.taken:
@@ -172,8 +172,8 @@ class ModelLoader:
         return self.datasets[name]
 
     def _factory_weights(self, path: str) -> str | None:
-        """The ``--model-weights`` file of the ``py:`` model ``path`` (the next in order, or the one for
-        all)."""
+        """The ``--model-weights`` file of the ``py:`` model ``path`` (the
+        next in order, or the one for all)."""
         if not path.startswith("py:") or not self.options.model_weights:
             return None
         given = self.options.model_weights

@@ -2,8 +2,8 @@
 
 Convention (AutoAttack / RobustBench): a test point counts as robust under an attack only if the model
 classifies it correctly both clean and attacked, and attacks are run only on the points it gets right
-clean (the others are already errors; attacking them would only cost time).
-"""
+clean (the others are already errors;
+attacking them would only cost time). """
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from agkd_bml import distributed
 from agkd_bml.attacks import Attack, Progress
 from agkd_bml.data import to_float
 from agkd_bml.evaluation.state import EvalState, Point, model_digest, tensor_digest
-from agkd_bml.models import Classifier
 from agkd_bml.models.modes import eval_mode
 
 
@@ -47,8 +47,8 @@ class AttackResult:
 
 
 def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of a fraction ``p`` of ``n`` images (good near 0 and 1, unlike p ±
-    z·se)."""
+    """The 95% Wilson score interval of a fraction ``p`` of ``n`` images (good
+    near 0 and 1, unlike p ± z·se)."""
     if n == 0:
         return (float("nan"), float("nan"))
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
@@ -64,8 +64,8 @@ def no_cudnn_benchmark() -> Iterator[None]:
     evaluation's batch shapes vary without end: attacks run on the clean-correct images only, PGD drops
     each image as it is fooled, AutoAttack's parts take the survivors of the last. With benchmark mode on,
     every new shape is timed anew, forward and backward, in every layer; a ``reproduce`` process that
-    trains and then evaluates would spend most of its time there.
-    """
+    trains and then evaluates
+    would spend most of its time there. """
     before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False
     try:
@@ -75,7 +75,7 @@ def no_cudnn_benchmark() -> Iterator[None]:
 
 
 def evaluate_attacks(
-    model: Classifier,
+    model: nn.Module,  # called on images in [0, 1], returns ModelOutput
     x: torch.Tensor,
     y: torch.Tensor,
     attacks: list[Attack],
@@ -92,8 +92,8 @@ def evaluate_attacks(
     Batch ``b`` of every attack draws its randomness from a generator seeded by ``(seed, b)``, so a number
     is reproducible and does not depend on how the batches were shared out: under ``torchrun`` each rank
     attacks every world-th batch and all ranks get the gathered result, identical to one process's. With
-    ``state``, results are saved as they come and a rerun continues where it stopped (same result).
-    """
+    ``state``, results are saved as they come and a rerun continues
+    where it stopped (same result). """
     device = torch.device(device)
     job = distributed.current()
     digest = model_digest(model) if state is not None else ""
@@ -131,8 +131,8 @@ def _identity(attack: Attack | None) -> dict:
 
 
 def batch_generator(device: torch.device, seed: int, index: int) -> torch.Generator:
-    """The generator of batch ``index``: ``seed`` itself for the first batch, a hash of both for the
-    others."""
+    """The generator of batch ``index``: ``seed`` itself for the first
+    batch, a hash of both for the others."""
     if index == 0:
         return torch.Generator(device=device).manual_seed(seed)
     digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
@@ -151,15 +151,15 @@ class _Run:
     state: EvalState | None
 
 
-def _correct(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, r: _Run,
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, r: _Run,
              point: Point | None) -> torch.Tensor:
     """Per-sample correctness of ``model`` on ``x`` attacked by ``attack`` (clean when None).
 
     Batches go in rounds of one per rank; after each round every rank holds all results so far, and rank 0
     saves them (``state``), so a stopped run resumes at its first unfinished round. A cascade's per-part
     tally (which part broke how many images, read by the checks) travels and is saved with each batch, so
-    it covers all batches, also those of other ranks or of an earlier, interrupted run.
-    """
+    it covers all batches, also those of other ranks or
+    of an earlier, interrupted run. """
     total = math.ceil(x.shape[0] / r.batch_size)
     done = list(point.batches) if point is not None else []
     tallies = list(point.tallies) if point is not None else []
@@ -168,7 +168,8 @@ def _correct(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack
         b = first + r.job.rank
         progress = _progress(point, b, r) if b < total else None
         mine = _batch(model, x, y, attack, b, r, progress) if b < total else None
-        got = [t for t in distributed.gather_objects(mine, r.job) if t is not None]
+        got = [cast(tuple[torch.Tensor, dict[str, int]], t) for t in distributed.gather_objects(mine, r.job)
+               if t is not None]
         done.extend(c for c, _ in got)
         tallies.extend(t for _, t in got)
         r.bar.update(len(got))
@@ -192,8 +193,8 @@ def _progress(point: Point | None, b: int, r: _Run) -> Progress | None:
     """Batch ``b``'s progress within the attack: resumed from and saved to ``point`` (rank 0's batches).
 
     A report is saved like a finished batch, at most every ``SAVE_EVERY_S``; the finished batches saved
-    with it are the ones before ``b``, so a resume continues batch ``b`` where its last report left it.
-    """
+    with it are the ones before ``b``, so a resume continues batch ``b``
+    where its last report left it. """
     if r.state is None or point is None or not r.job.main:
         return None
     state = r.state
@@ -207,10 +208,10 @@ def _progress(point: Point | None, b: int, r: _Run) -> Progress | None:
     return Progress(saved, report)
 
 
-def _batch(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, b: int,
+def _batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack | None, b: int,
            r: _Run, progress: Progress | None) -> tuple[torch.Tensor, dict[str, int]]:
-    """Correctness on batch ``b`` (on the CPU, ready to be gathered and saved) and the attack's tally of
-    it."""
+    """Correctness on batch ``b`` (on the CPU, ready to be gathered and
+    saved) and the attack's tally of it."""
     sl = slice(b * r.batch_size, (b + 1) * r.batch_size)
     xb, yb = to_float(x[sl]).to(r.device), y[sl].to(r.device)
     if attack is None:

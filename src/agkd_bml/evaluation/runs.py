@@ -2,8 +2,8 @@
 ``curves`` and ``audit`` (the CLI only parses their options).
 
 Each function loads its models through :class:`~agkd_bml.evaluation.loader.ModelLoader` (our checkpoints, or
-``py:`` factories, exported programs and TorchScript files), prints what it measured and writes its tables.
-"""
+``py:`` factories, exported programs and TorchScript files), prints what it
+measured and writes its tables. """
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def evaluate_checkpoints(
     restarts: int = 1, targeted: bool = False, last_iterate: bool = False, out: str | None = None,
     state: str | None = None, names: Sequence[str] | None = None, options: EvalOptions = EvalOptions(),
 ) -> dict[str, list[AttackResult]]:
-    """``agkd-bml eval``: each checkpoint (or foreign model) on the test set of its dataset (or
-    ``options.dataset``).
+    """``agkd-bml eval``: each checkpoint (or foreign model) on the test set of
+    its dataset (or ``options.dataset``).
 
     ``names``: the rows' names, one per checkpoint (default: the run folder's or the factory's name).
 
@@ -42,8 +42,8 @@ def evaluate_checkpoints(
     paper's and the baselines' code) instead of at the first iterate that fools the model (ours: never
     weaker). Both are offered so that a table can show how much of a gap comes from the protocol.
     ``state`` (default ``OUT/state`` with ``out``): per-sample results saved as they come, so the same
-    command run again after a crash continues where it stopped and prints the same table.
-    """
+    command run again after a crash continues where it
+    stopped and prints the same table. """
     require_positive(n=options.n, batch_size=options.batch_size, restarts=restarts)
     job, device = distributed.setup(options.device)  # under torchrun, each rank attacks every world-th batch
     try:
@@ -83,7 +83,7 @@ def _evaluate(
     names: Sequence[str] | None = None,
 ) -> dict[str, list[AttackResult]]:
     say = print if job.main else _quiet
-    loader = ModelLoader(options, **({} if job.main else {"note": _quiet}))
+    loader = ModelLoader(options) if job.main else ModelLoader(options, note=_quiet)
     # Fail on a bad spec (or source checkpoint) before any work.
     # (any budget checks the specs: each model's own is resolved below, from its dataset)
     parse_attacks(attacks, eps=options.eps if options.eps is not None else 1.0, load_source=loader.source,

@@ -7,8 +7,8 @@ written atomically as batches finish, and within a batch as a staged attack (Aut
 reports its progress (:class:`~agkd_bml.attacks.base.Progress`). Each batch is seeded by its own index, so a
 rerun that skips finished points and continues an unfinished one at its next batch gets exactly an
 uninterrupted run's result. A file whose key differs from the point asked for is never used: asking for a
-point under other settings makes a new file, and a file that does not match its own name is refused.
-"""
+point under other settings makes a new file, and a file that does not
+match its own name is refused. """
 
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ class EvalState:
     the folder with points no table of the first one would read. Other attacks or models with the same
     settings share the folder (finished points are reused). With ``saved_only``, it hands out finished
     points only and raises :class:`NotSaved` for any other, so a table can show what another process has
-    already computed without computing anything itself.
-    """
+    already computed
+    without computing anything itself. """
 
     def __init__(self, folder: str | Path, settings: dict[str, Any] | None = None, *,
                  saved_only: bool = False) -> None:
@@ -135,8 +135,8 @@ class EvalState:
                      tallies=list(raw.get("tallies", [])), partial=raw.get("partial"))
 
     def save(self, point: Point, *, force: bool = False) -> None:
-        """Write ``point`` atomically (unfinished points at most every :data:`SAVE_EVERY_S` unless
-        ``force``)."""
+        """Write ``point`` atomically (unfinished points at most every
+        :data:`SAVE_EVERY_S` unless ``force``)."""
         path = self._path(point.key)
         now = time.monotonic()
         if not (force or point.done) and now - self._saved_at.get(str(path), 0.0) < SAVE_EVERY_S:

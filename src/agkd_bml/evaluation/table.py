@@ -43,8 +43,8 @@ def format_table(rows: dict[str, list[AttackResult]], weights: str | None = None
     """A Markdown table of accuracies (%), with a footnote line per attack giving its settings.
 
     ``weights`` (last, best, ema) adds a line saying which weights of the runs were evaluated; ``foreign``
-    (row label -> description) says the same of models from elsewhere: their source, weights and inputs.
-    """
+    (row label -> description) says the same of models from elsewhere:
+    their source, weights and inputs. """
     first = next(iter(rows.values()))
     header = [r.attack.name for r in first] + (["worst-case"] if len(first) > 1 else [])
     lines = ["| model | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
@@ -67,8 +67,8 @@ def format_table(rows: dict[str, list[AttackResult]], weights: str | None = None
 
 
 def _rounded(n: int, **fractions: float) -> dict[str, float]:
-    """Fractions rounded to what ``n`` images resolve (one digit past 1/n: 46/450 is 0.1022, not
-    0.10222221910953522)."""
+    """Fractions rounded to what ``n`` images resolve (one digit past 1/n: 46/450 is
+    0.1022, not 0.10222221910953522)."""
     digits = len(str(max(n, 1))) + 1
     return {k: round(v, digits) if v == v else v for k, v in fractions.items()}
 
@@ -106,8 +106,8 @@ def robustbench_record(name: str, results: list[AttackResult], dataset: str = ""
     """A RobustBench-style summary of one model (``clean_acc`` / ``autoattack_acc`` as percent strings).
 
     RobustBench's leaderboard entries hold clean and AutoAttack accuracy for a threat model and budget; the
-    same fields here let a result be set beside theirs (theirs use all 10,000 test images: see
-    ``n_examples``).
+    same fields here let a result be set beside theirs (theirs use all
+    10,000 test images: see ``n_examples``).
     """
     by_name = {r.attack.name: r for r in results}
     aa = next((r for r in results if r.attack.name.startswith("aa")), None)
@@ -132,8 +132,8 @@ def write_tables(
 
     The JSON holds every (model, attack) record under ``results``, per model a RobustBench-style summary
     and the warnings of :mod:`agkd_bml.evaluation.checks` under ``models``, and what produced it (versions,
-    device, commit, the images' fingerprint: :func:`agkd_bml.provenance.provenance`) under ``provenance``.
-    """
+    device, commit, the images' fingerprint:
+    :func:`agkd_bml.provenance.provenance`) under ``provenance``. """
     out = Path(out_dir)
     recs = records(rows, weights, foreign)
     models = {name: {"robustbench": robustbench_record(name, results, (datasets or {}).get(name, "")),

@@ -1,5 +1,5 @@
-"""AGKD-BML (Wang et al., ICCV 2021) and its ablations ``bml`` (no distillation) and ``agkd`` (no metric
-learning).
+"""AGKD-BML (Wang et al., ICCV 2021) and its ablations ``bml`` (no distillation)
+and ``agkd`` (no metric learning).
 
 One training step, as in the paper and the authors' released code:
 
@@ -14,17 +14,18 @@ One training step, as in the paper and the authors' released code:
    + lambda_2 * L_norm) [+ MART on (x^s, forward AE) in the released 10-step variant].
 
 The ``agkd`` ablation has no backward sample (the backward pair exists for metric learning), so it
-attacks and distils the forward pair only.
-"""
+attacks and
+distils the forward pair only. """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 
 from agkd_bml.attacks import most_confusing_class
+from agkd_bml.config import HyperParam
 from agkd_bml.methods.base import LossTerms, Method
 from agkd_bml.methods.losses import (
     distilled_map,
@@ -48,9 +49,9 @@ class AgkdBml(Method):
     use_bml: ClassVar[bool] = True
     needs_teacher = True
     needs_sampler = True
-    params = (*METRIC, ATTENTION, MART, BETA)
+    params: ClassVar[tuple[HyperParam, ...]] = (*METRIC, ATTENTION, MART, BETA)
 
-    def settings(self) -> dict[str, float | int | bool]:
+    def settings(self) -> dict[str, float | int | bool | str]:
         return {**super().settings(), "agkd": self.use_agkd, "bml": self.use_bml, "mart": self.hp.mart,
                 "attention": self.hp.attention if self.use_agkd else "none"}
 
@@ -60,6 +61,7 @@ class AgkdBml(Method):
         with torch.no_grad(), eval_mode(model):
             y_mc = most_confusing_class(model(x).logits, y)
         if self.use_bml:
+            assert self.ctx.sampler is not None  # needs_sampler: the trainer hands one over
             x_back, _ = self.ctx.sampler.draw(y_mc, generator)
             clean = torch.cat([x, x_back])
             adv = self.attack(model, clean, torch.cat([y_mc, y]), generator, targeted=True)
@@ -77,11 +79,13 @@ class AgkdBml(Method):
             # The loss is a sum of one mean L1 per pair, i.e. pairs * the mean over both.
             orig, false = (torch.cat([y, y_mc]), torch.cat([y_mc, y])) if self.use_bml else (y, y_mc)
             kind, teacher = self.hp.attention, self.ctx.teacher
+            assert teacher is not None  # needs_teacher: the trainer hands it over
             with torch.inference_mode():
                 teacher_maps = distilled_map(kind, teacher(clean).features, teacher.fc.weight, orig, false)
             adv_features = torch.cat([out.features[:n],
                                       out.features[2 * n :]]) if self.use_bml else out.features[:n]
-            student_maps = distilled_map(kind, adv_features, unwrap(model).fc.weight, orig, false)
+            head = cast(Classifier, unwrap(model)).fc
+            student_maps = distilled_map(kind, adv_features, head.weight, orig, false)
             pairs = 2 if self.use_bml else 1
             terms["agkd"] = pairs * F.l1_loss(student_maps, teacher_maps.clone())
         if self.use_bml:

@@ -2,14 +2,14 @@
 
 A method turns a clean batch into named loss terms; the trainer sums them, back-propagates and logs each
 term. Everything a method may need beyond the batch (the frozen teacher, the sampler of backward images,
-the resolved attack budget) is handed over once in :class:`MethodContext`.
-"""
+the resolved attack budget) is handed over
+once in :class:`MethodContext`. """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,8 +29,8 @@ def default_step_size(steps: int, eps: float) -> float:
     eps/4 is the paper's 2/255 for 7 and 10 steps. With it, two steps move at most eps/2 past the random
     start, so a 2-step method would train against about half the budget of the 7-step ones; at the small
     scale, AGKD-BML-2 with step eps kept 17.3% under PGD-20 and 8.6% under AA against 10.9% and 5.8% with
-    eps/4 (docs/reproduction.md). One rule for ``train``, ``reproduce`` and the API.
-    """
+    eps/4 (docs/reproduction.md). One rule for
+    ``train``, ``reproduce`` and the API. """
     if steps <= 0 or steps >= 4:
         return eps / 4
     return min(eps, 2.5 * eps / steps)
@@ -59,8 +59,8 @@ class TrainingAttack:
 
 
 def resolve_attack(cfg: TrainConfig, spec: DataSpec) -> TrainingAttack:
-    """The training attack of ``cfg`` on data ``spec``: the config's values, else the method's and dataset's
-    defaults."""
+    """The training attack of ``cfg`` on data ``spec``: the config's values, else the
+    method's and dataset's defaults."""
     from agkd_bml.methods import METHODS  # the registry imports this module
 
     cls = METHODS[cfg.method]
@@ -100,7 +100,8 @@ class MethodContext:
 class HyperValues(dict):
     """A method's resolved hyper-parameters, read as attributes (``self.hp.beta``)."""
 
-    def __getattr__(self, name: str) -> object:
+    # Any: the values come by name; settings.check has checked each against its declaration
+    def __getattr__(self, name: str) -> Any:
         try:
             return self[name]
         except KeyError as exc:
@@ -113,16 +114,16 @@ class Method(ABC):
     name: ClassVar[str]
     summary: ClassVar[str] = ""  #: one line for `agkd-bml methods`
     default_steps: ClassVar[int] = 0  #: attack steps when ``--steps`` is not given
-    #: the attack step as a multiple of eps when ``--step-size`` is not given (None:
-    # :func:`default_step_size`)
+    #: the attack step as a multiple of eps when ``--step-size`` is not
+    #: given (None: :func:`default_step_size`)
     default_step: ClassVar[float | None] = None
     default_smoothing: ClassVar[float] = 0.0  #: label smoothing when ``--label-smoothing`` is not given
     attack_targeted: ClassVar[bool] = False  #: whether its training attack is targeted
     attack_loss: ClassVar[str] = "ce"  #: the loss its training attack ascends
     needs_teacher: ClassVar[bool] = False
     needs_sampler: ClassVar[bool] = False
-    #: whether the training attack runs the model in train mode (BatchNorm on batch statistics) instead of
-    # eval
+    #: whether the training attack runs the model in train mode (BatchNorm
+    #: on batch statistics) instead of eval
     attack_in_train_mode: ClassVar[bool] = False
     #: the method's own hyper-parameters: each becomes a ``--name`` option and a config key
     params: ClassVar[tuple[HyperParam, ...]] = ()
@@ -138,7 +139,7 @@ class Method(ABC):
         self.smoothing = (self.default_smoothing if cfg.optim.label_smoothing is None
                           else cfg.optim.label_smoothing)
 
-    def settings(self) -> dict[str, float | int | bool]:
+    def settings(self) -> dict[str, float | int | bool | str]:
         """The resolved hyper-parameters, recorded in the run's metrics so every number says what made it."""
         a = self.ctx.attack  # "loss" in the metrics is the loss terms, so the attack's is "attack_loss"
         return {"eps": a.eps, "step_size": a.step_size, "steps": a.steps, "targeted": a.targeted,

@@ -1,7 +1,11 @@
-"""Loss terms shared by the training methods, written as the AGKD-BML paper and its released code define
-them."""
+"""Loss terms shared by the training methods, written as the AGKD-BML paper
+and its released code define them."""
 
 from __future__ import annotations
+
+import functools
+import operator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +18,8 @@ def smooth_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> 
     """Feature-Scattering label smoothing: ``1 - s`` on the true class, ``s / (K - 1)`` on each other.
 
     (PyTorch's built-in ``label_smoothing`` instead spreads ``s / K`` over *all* classes; the paper's
-    0.5 follows Feature Scattering, so the true class gets exactly 0.5.)
-    """
+    0.5 follows Feature Scattering, so
+    the true class gets exactly 0.5.) """
     one_hot = F.one_hot(labels, num_classes).float()
     return one_hot * (1.0 - smoothing) + (1.0 - one_hot) * (smoothing / (num_classes - 1))
 
@@ -29,8 +33,8 @@ def smooth_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: 
 
 
 def _minmax(a: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(N, H, W) maps -> (N, H*W) scaled to [0, 1] per sample (a constant map gives zeros; ``eps`` keeps it
-    finite)."""
+    """(N, H, W) maps -> (N, H*W) scaled to [0, 1] per sample (a constant map gives
+    zeros; ``eps`` keeps it finite)."""
     a = a.flatten(1)
     a = a - a.amin(1, keepdim=True)
     return a / (a.amax(1, keepdim=True) + eps)
@@ -41,16 +45,16 @@ class _GradInOwnLayout(torch.autograd.Function):
 
     The channel sum's gradient is an expand over channels, which reaches the model's channels-last
     feature map as an NCHW tensor; the last ReLU's backward then takes PyTorch's strided path (about 7%
-    of the student's backward in an AGKD-BML step here). Matching the layout keeps the fast path.
-    """
+    of the student's backward in an AGKD-BML step here). Matching
+    the layout keeps the fast path. """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # ctx: FunctionCtx, which takes any attribute
         ctx.channels_last = is_channels_last(x)
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         return grad.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad
 
 
@@ -70,8 +74,8 @@ def grad_cam(features: torch.Tensor, fc_weight: torch.Tensor, classes: torch.Ten
 
     With a global-average-pool + linear head, d logit_c / d A_k(i, j) = w[c, k] / (H W) everywhere, so
     Grad-CAM's channel weights are exactly the head's weights: ReLU(sum_k w[c, k] A_k) up to scale. The
-    closed form is exact, differentiable, and needs no second backward pass during training.
-    """
+    closed form is exact, differentiable, and needs no second
+    backward pass during training. """
     cam = torch.einsum("nchw,nc->nhw", upcast(features), upcast(fc_weight)[classes])
     return _minmax(cam.relu())
 
@@ -89,8 +93,8 @@ ATTENTION_KINDS = ("agkd", "gc-orig", "gc-false", "cam-avg")
 def distilled_map(
     kind: str, features: torch.Tensor, fc_weight: torch.Tensor, orig: torch.Tensor, false: torch.Tensor
 ) -> torch.Tensor:
-    """The attention map of ``kind`` for features whose true class is ``orig`` and attacked class
-    ``false``."""
+    """The attention map of ``kind`` for features whose true class is
+    ``orig`` and attacked class ``false``."""
     if kind == "agkd":
         return attention_map(features)
     if kind == "cam-avg":
@@ -115,7 +119,7 @@ def triplet_loss(
 
 def embedding_norm(*embeddings: torch.Tensor) -> torch.Tensor:
     """Sum over the given embeddings of their mean squared entry (the ``L_norm`` term of the BML loss)."""
-    return sum(upcast(e).pow(2).mean() for e in embeddings)
+    return functools.reduce(operator.add, (upcast(e).pow(2).mean() for e in embeddings))
 
 
 def metric_loss(
@@ -127,8 +131,8 @@ def metric_loss(
     weight: float,
     norm_weight: float,
 ) -> torch.Tensor:
-    """``weight * (triplet + norm_weight * L_norm)``: the BML / SML loss (weights 2 and 0.001 in the
-    paper)."""
+    """``weight * (triplet + norm_weight * L_norm)``: the BML / SML loss
+    (weights 2 and 0.001 in the paper)."""
     return weight * (triplet_loss(anchor, positive, negative, margin) + norm_weight
                      * embedding_norm(anchor, positive, negative))
 
@@ -139,8 +143,8 @@ def mart_loss(
     """MART's extra terms (Wang et al. 2020): boosted BCE on the AE's best wrong class + beta * weighted KL.
 
     ``-log(1 - p_adv[best wrong class])`` + beta * mean_i KL(p_clean_i || p_adv_i) * (1 - p_clean_i[y_i]).
-    The CE on the AE itself is left to the caller (MART uses plain CE, AGKD-BML its smoothed CE).
-    """
+    The CE on the AE itself is left to the caller (MART uses plain
+    CE, AGKD-BML its smoothed CE). """
     adv_probs = F.softmax(upcast(adv_logits), dim=1)
     top2 = adv_probs.topk(2, dim=1).indices
     wrong = torch.where(top2[:, 0] == labels, top2[:, 1], top2[:, 0])

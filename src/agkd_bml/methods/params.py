@@ -1,8 +1,8 @@
 """Hyper-parameters that several methods share, declared once (a method lists those it reads).
 
 A method's own parameter is one more :class:`~agkd_bml.config.HyperParam` in its ``params``; the CLI
-option, the YAML key, the ``--help`` line and the check that it applies to the chosen method all follow.
-"""
+option, the YAML key, the ``--help`` line and the check that it applies
+to the chosen method all follow. """
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Model registry: ``build_model(arch, spec)`` for ``small-cnn`` (``small-cnn-wN``: base width N instead of
-32), ``wrn-D-K``,
+"""Model registry: ``build_model(arch, spec)`` for ``small-cnn`` (``small-cnn-wN``: base
+width N instead of 32), ``wrn-D-K``,
 ``preact-resnet18`` (``preact-resnet18-wN``: first-stage width N instead of 64), ``resnet50``."""
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ MODELS: dict[str, Callable[[int], tuple[nn.Module, int]]] = {
     "resnet50": resnet50_64,
 }
 _WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
-#: the small CNN with base width N (32 is ``small-cnn``; parameters grow as N squared): the capacity study's
-# models
+#: the small CNN with base width N (32 is ``small-cnn``; parameters grow as N
+#: squared): the capacity study's models
 _WIDE_CNN = re.compile(r"^small-cnn-w(\d+)$")
-#: PreAct ResNet-18 with first-stage width N (64 is ``preact-resnet18``): a residual model that fits a CPU at
-# N = 16
+#: PreAct ResNet-18 with first-stage width N (64 is ``preact-resnet18``): a
+#: residual model that fits a CPU at N = 16
 _WIDE_RESNET18 = re.compile(r"^preact-resnet18-w(\d+)$")
 #: width-parameterised families: pattern -> backbone builder taking (input channels, width)
 _WIDTHS: dict[re.Pattern[str], Callable[..., tuple[nn.Module, int]]] = {_WIDE_CNN: small_cnn,
@@ -63,12 +63,14 @@ def build_model(arch: str, spec: DataSpec) -> Classifier:
     check_arch(arch)
     if arch in MODELS:
         backbone, out_channels = MODELS[arch](spec.channels)
-    elif _WRN.match(arch) is None:
-        pattern, build = next((p, b) for p, b in _WIDTHS.items() if p.match(arch))
-        backbone, out_channels = build(spec.channels, width=int(pattern.match(arch).group(1)))
-    else:
-        depth, widen = (int(v) for v in _WRN.match(arch).groups())
+    elif wrn := _WRN.match(arch):
+        depth, widen = (int(v) for v in wrn.groups())
         backbone, out_channels = wide_resnet(spec.channels, depth, widen)
+    else:  # check_arch accepted it: one of the width patterns matches
+        for pattern, build in _WIDTHS.items():
+            if width := pattern.match(arch):
+                backbone, out_channels = build(spec.channels, width=int(width.group(1)))
+                break
     return Classifier(backbone, out_channels, spec.num_classes, spec.mean, spec.std)
 
 

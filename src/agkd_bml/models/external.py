@@ -10,8 +10,8 @@ maps or embeddings refuse it). Three sources are read:
 - a TorchScript archive (``torch.jit.save``; deprecated in PyTorch 2.14, still common). Its TorchScript
   code runs when called, like any model's forward.
 
-``normalize`` wraps a model that expects normalised inputs, so users need not edit it.
-"""
+``normalize`` wraps a model that expects normalised
+inputs, so users need not edit it. """
 
 from __future__ import annotations
 
@@ -38,12 +38,14 @@ PY_PREFIX = "py:"
 class External(nn.Module):
     """A foreign model with an optional normalisation in front; its forward returns :class:`ModelOutput`.
 
-    ``features`` and ``embedding`` are empty (0 channels): only the logits of a foreign model are known.
-    """
+    ``features`` and ``embedding`` are empty (0 channels): only the
+    logits of a foreign model are known. """
 
     def __init__(self, net: nn.Module, *, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:
         super().__init__()
+        self.mean: torch.Tensor  # buffers, registered below when given
+        self.std: torch.Tensor
         self.net = net
         self.normalized = mean is not None
         if mean is not None and std is not None:
@@ -73,8 +75,8 @@ def as_model(model: nn.Module, *,
     Our own models (and ones already adapted) pass through unchanged; anything else (a module returning a
     tensor, a tuple or list led by the logits, a dict or an object with ``logits``) is wrapped in
     :class:`External`, so attacks read ``model(x).logits`` whatever the user's model returns.
-    ``normalize=(mean, std)`` puts a normalisation in front of a model that expects normalised inputs.
-    """
+    ``normalize=(mean, std)`` puts a normalisation in front of a model
+    that expects normalised inputs. """
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     if normalize is None and (isinstance(inner, (Classifier,
                                                  External)) or getattr(inner, "returns_model_output", False)):
@@ -84,8 +86,8 @@ def as_model(model: nn.Module, *,
 
 
 def output_logits(out: Any) -> torch.Tensor:
-    """The logits in a model's output: a tensor, ``.logits`` (Hugging Face style), ``["logits"]`` or
-    ``out[0]``."""
+    """The logits in a model's output: a tensor, ``.logits`` (Hugging Face
+    style), ``["logits"]`` or ``out[0]``."""
     if isinstance(out, torch.Tensor):
         logits = out
     elif isinstance(getattr(out, "logits", None), torch.Tensor):
@@ -127,8 +129,8 @@ def _is_torchscript(path: Path) -> bool:
 
 def load_external(source: str, *, weights: str | None = None, device: torch.device | str = "cpu",
                   normalize: tuple[Sequence[float], Sequence[float]] | None = None) -> External:
-    """The model named by ``source`` (see the module docstring), with ``weights`` (a state dict file)
-    loaded."""
+    """The model named by ``source`` (see the module docstring), with
+    ``weights`` (a state dict file) loaded."""
     if source.startswith(PY_PREFIX):
         net = _from_factory(source[len(PY_PREFIX):])
     elif weights:
@@ -150,8 +152,8 @@ class FixedBatch(nn.Module):
     ``torch.export`` fixes every dimension it is not told is dynamic, the batch included, so a program
     exported with one example image accepts one image per call. Attacks call the model on batches of every
     size; the last chunk is padded with copies of its last image and the padding's logits are dropped, so
-    each image's logits and input gradient are the ones the program gives it alone.
-    """
+    each image's logits and input gradient are the
+    ones the program gives it alone. """
 
     def __init__(self, net: nn.Module, batch: int) -> None:
         super().__init__()
@@ -200,8 +202,8 @@ def _read(path: str, read: Any, what: str) -> nn.Module:
 
 
 def _importable(folder: Path) -> None:
-    """Put ``folder`` first on ``sys.path`` (once), as Python does for a script's folder and ``python -m`` for
-    the
+    """Put ``folder`` first on ``sys.path`` (once), as Python does for a
+    script's folder and ``python -m`` for the
     working directory: a factory file imports the model code beside it, and is left able to (lazy imports)."""
     entry = str(folder.resolve())
     if entry not in sys.path:
@@ -245,8 +247,8 @@ def _from_factory(spec: str) -> nn.Module:
     return net
 
 
-#: The keys under which training scripts commonly save a state dict, with epoch, accuracy and optimizer beside
-# it.
+#: The keys under which training scripts commonly save a state dict, with
+#: epoch, accuracy and optimizer beside it.
 _STATE_KEYS = ("state_dict", "model", "net")
 
 
@@ -260,16 +262,16 @@ def bare_state_dict(saved: Any) -> dict[str, torch.Tensor] | None:
     return None
 
 
-#: Key prefixes that wrappers add: ``nn.DataParallel`` / DDP (``module.``) and ``torch.compile``
-# (``_orig_mod.``).
+#: Key prefixes that wrappers add: ``nn.DataParallel`` / DDP (``module.``) and
+#: ``torch.compile`` (``_orig_mod.``).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def _unwrapped(state: dict[str, Any], expected: set[str]) -> dict[str, Any]:
     """``state`` with its keys re-rooted to fit the model's: the prefix that a wrapper added to every key
     removed when the model's own keys lack it (weights saved from a DataParallel model, as most robustness
-    code bases save them), and, when the factory wraps the network in a module of its own (to pick the logits
-    out of a
+    code bases save them), and, when the factory wraps the network in a module of
+    its own (to pick the logits out of a
     tuple, say) so that every key of the model starts with one attribute name, that name put in front."""
     stripped = True
     while stripped and state:

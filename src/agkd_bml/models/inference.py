@@ -7,8 +7,8 @@ Three changes that leave the function the same (up to float rounding) and make e
 - weights and inputs in ``channels_last``, the layout oneDNN (CPU) and cuDNN (CUDA) convolutions prefer;
 - a convolution followed by a ReLU becomes :class:`ConvReLU`: on CPU, its passes without an input
   gradient (Square's queries, success checks) run both as one oneDNN call with the ReLU fused in and
-  the weights cast once, not on every pass (bit-identical here; Square about 1.06-1.1x faster on the small
-  CNN).
+  the weights cast once, not on every pass (bit-identical here; Square about
+  1.06-1.1x faster on the small CNN).
 
 "Followed by" is read in two ways. Inside an ``nn.Sequential`` it is the next layer (the small CNN). Where a
 model's own ``forward`` code connects its layers (residual blocks, and models from outside the project), the
@@ -17,12 +17,13 @@ that one layer only; the copy is then the traced ``GraphModule``. A model ``torc
 flow on values) keeps its own code and only the ``nn.Sequential`` pairs.
 
 The copy has frozen parameters (attacks ask autograd for input gradients only) and is in eval mode, so
-the caller's model, its ``.grad`` and its train/eval mode stay untouched.
-"""
+the caller's model, its ``.grad`` and its
+train/eval mode stay untouched. """
 
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 from torch import fx, nn
@@ -55,13 +56,14 @@ class ConvReLU(nn.Module):
 
     Such passes (forward-only attacks like Square, success checks) are most of AutoAttack's network
     work; fusing drops the ReLU's own read-write of the activation, and the weights are cast to the
-    autocast dtype once instead of on every pass. Passes that need gradients keep the autograd path.
-    """
+    autocast dtype once instead of on every pass. Passes that need
+    gradients keep the autograd path. """
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.conv = conv
-        self._geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        self._geometry: tuple[list[int], list[int], list[int], int] = (
+            list(cast(tuple[int, int], conv.padding)), list(conv.stride), list(conv.dilation), conv.groups)
         self._cast: dict[torch.dtype, tuple[tuple[int, int], torch.Tensor, torch.Tensor | None]] = {}
 
     def _weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -99,8 +101,8 @@ def _fuse_conv_relu(module: nn.Module) -> None:
     :class:`ConvReLU`.
 
     Exact types only, here and in :func:`_fold_batchnorm`: a subclass (a weight-standardised convolution,
-    a container with its own ``forward``) may compute something else, which a fused call would skip.
-    """
+    a container with its own ``forward``) may compute something else,
+    which a fused call would skip. """
     for child in list(module.modules()):
         if type(child) is not nn.Sequential:
             continue
@@ -116,8 +118,8 @@ def _fuse_conv_relu(module: nn.Module) -> None:
 
 class _Tracer(fx.Tracer):
     """``torch.fx``'s tracer with :class:`ConvReLU` as a layer (not traced into) and our own helpers as calls:
-    :func:`normalise` (its layout test is not traceable) and :func:`output_logits` (it inspects the
-    output)."""
+    :func:`normalise` (its layout test is not traceable) and
+    :func:`output_logits` (it inspects the output)."""
 
     def __init__(self) -> None:
         super().__init__(autowrap_functions=(normalise, output_logits))
@@ -194,8 +196,8 @@ def _fuse_graph(gm: fx.GraphModule) -> bool:
 
 def inference_copy(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with BatchNorm folded into convolutions, channels-last weights and
-    convolution + ReLU pairs as :class:`ConvReLU` (a traced ``GraphModule`` where its own code connects
-    them)."""
+    convolution + ReLU pairs as :class:`ConvReLU` (a traced ``GraphModule``
+    where its own code connects them)."""
     fast = copy.deepcopy(unwrap(model)).eval()
     for p in fast.parameters():
         p.requires_grad_(False)

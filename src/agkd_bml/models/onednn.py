@@ -8,8 +8,8 @@ input; anything else (no oneDNN, a missing op, another signature, another result
 pass takes the public ``F.conv2d`` path, which computes the same function.
 
 The switch: ``AGKD_BML_FUSED_CONV=0`` in the environment, or :func:`set_enabled` from Python (the test of
-both paths uses it), turns the fused call off.
-"""
+both paths uses
+it), turns the fused call off. """
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ _state: dict[str, FusedConvReLU | None | bool] = {"probed": False, "op": None, "
 
 
 def _probe() -> FusedConvReLU | None:
-    """The op if it exists here and computes ``relu(conv2d(x))`` (checked once on a 2x3x6x6 input), else
-    None."""
+    """The op if it exists here and computes ``relu(conv2d(x))`` (checked once
+    on a 2x3x6x6 input), else None."""
     if not torch.backends.mkldnn.is_available():
         return None
     try:
@@ -49,8 +49,8 @@ def _probe() -> FusedConvReLU | None:
 
 
 def fused_conv_relu() -> FusedConvReLU | None:
-    """The fused op, called as ``op(x, w, b, padding, stride, dilation, groups, "relu", [], "")``, or None
-    where
+    """The fused op, called as ``op(x, w, b, padding, stride, dilation,
+    groups, "relu", [], "")``, or None where
     it is switched off or the probe failed (then use ``relu(conv2d(...))``)."""
     if not _state["enabled"] or os.environ.get(ENV_SWITCH, "1") == "0":
         return None

@@ -31,7 +31,7 @@ import itertools
 import math
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -62,8 +62,8 @@ CONV, ELEMENTWISE, WHOLE, SHAPE = "conv", "elementwise", "whole", "shape"
 
 
 def _reach(lo: int, hi: int, kernel: int, stride: int, padding: int, size: int) -> tuple[int, int]:
-    """The outputs [a, b) of a convolution along one axis (input ``size``) whose kernels read inputs [lo,
-    hi)."""
+    """The outputs [a, b) of a convolution along one axis (input ``size``)
+    whose kernels read inputs [lo, hi)."""
     out = (size + 2 * padding - kernel) // stride + 1
     return max(0, math.ceil((lo + padding - kernel + 1) / stride)), min(out, (hi - 1 + padding) // stride + 1)
 
@@ -80,7 +80,8 @@ def _unpadded(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The convolution ``module`` on a crop that already holds its zero padding."""
     if type(module) is ConvReLU:
         return module.unpadded(x)
-    return F.conv2d(x, module.weight, module.bias, module.stride, 0, module.dilation, module.groups)
+    conv = cast(nn.Conv2d, module)
+    return F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
 
 
 def _spatial(value: Any) -> bool:
@@ -96,8 +97,8 @@ class WindowedForward:
 
     ``start(best)`` runs a full pass and caches each node's value; ``logits(candidate, window)`` gives the
     logits of ``candidate`` (equal to the best points outside ``window``); ``accept(better)`` makes the
-    last candidate the best point of the rows in ``better``; ``keep(rows)`` drops the other rows.
-    """
+    last candidate the best point of the rows in ``better``;
+    ``keep(rows)`` drops the other rows. """
 
     def __init__(self, graph: fx.GraphModule) -> None:
         self.graph = graph
@@ -128,8 +129,7 @@ class WindowedForward:
         try:
             with torch.inference_mode():
                 windowed.start(example[:1])
-        # noqa: BLE001 - the graph fails where the model did not (or gives no logits): full passes
-        except Exception:
+        except Exception:  # the graph fails where the model did not (or gives no logits): full passes
             return None
         return windowed if windowed.useful() else None
 
@@ -173,8 +173,8 @@ class WindowedForward:
         return ELEMENTWISE
 
     def useful(self) -> bool:
-        """Whether some convolution is computed on windows: its input changes in a window, never as a
-        whole."""
+        """Whether some convolution is computed on windows: its input
+        changes in a window, never as a whole."""
         windowed = {self.input}
         for node in self.nodes:
             if node in self.varying and self.kinds.get(node) in (CONV, ELEMENTWISE) and all(
@@ -196,6 +196,7 @@ class WindowedForward:
             return torch.relu(args[0]) if type(module) is nn.ReLU else module(*args, **kwargs)
         if node.op == "call_method":
             return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        # a call_function node's target is a callable, which fx types as Target (a str too)
         return node.target(*args, **kwargs)  # type: ignore[operator]
 
     def _run(self, node: fx.Node, value: Callable[[fx.Node], Any]) -> Any:
@@ -266,6 +267,7 @@ class WindowedForward:
         for node, kind in self.kinds.items():
             if kind == SHAPE or not any(a in changed for a in self.inputs[node]):
                 continue
+            # fx types node.args as Argument; a convolution's first argument is a Node
             if kind == CONV and changed[node.args[0]][0] is not None:  # type: ignore[index]
                 change = self._convolve(node, changed[node.args[0]])  # type: ignore[index]
                 if change is not None:
@@ -299,6 +301,7 @@ class WindowedForward:
                      ) -> tuple[Window, torch.Tensor]:
         """An element-wise node on the union of its inputs' changed windows."""
         windows = [changed[a][0] for a in self.inputs[node] if a in changed]
+        # windows: the non-None ones (the callers filter them)
         top, bottom = min(w[0] for w in windows), max(w[1] for w in windows)  # type: ignore[index]
         left, right = min(w[2] for w in windows), max(w[3] for w in windows)  # type: ignore[index]
 
@@ -311,7 +314,7 @@ class WindowedForward:
             if a not in changed:
                 return crop
             crop = crop.clone()
-            (t, b, lo, r), new = changed[a]  # type: ignore[misc]
+            (t, b, lo, r), new = changed[a]  # type: ignore[misc]  # a changed input has its window
             crop[:, :, t - top : b - top, lo - left : r - left] = new
             return crop
 
@@ -320,15 +323,15 @@ class WindowedForward:
     def _convolve(self, node: fx.Node,
                   change: tuple[Window | None, Any]) -> tuple[Window, torch.Tensor] | None:
         """(the changed window of a convolution's output, its values), given its input's changed window, or
-        None
-        when the window reaches no output."""
+        None when the window reaches no output."""
         module = self.modules[str(node.target)]
         conv = _windowable_conv(module)
         assert conv is not None
-        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-        inp = self.cache[node.args[0]]  # type: ignore[index]
+        (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
+        ph, pw = cast(tuple[int, int], conv.padding)  # _windowable_conv refuses "same" / "valid"
+        inp = self.cache[node.args[0]]  # type: ignore[index]  # the first argument is a Node (fx: Argument)
         height, width = inp.shape[-2:]
-        (top, bottom, left, right), new = change  # type: ignore[misc]
+        (top, bottom, left, right), new = change  # type: ignore[misc]  # the caller checked: not None
         o_top, o_bottom = _reach(top, bottom, kh, sh, ph, height)
         o_left, o_right = _reach(left, right, kw, sw, pw, width)
         if o_top >= o_bottom or o_left >= o_right:
@@ -339,8 +342,9 @@ class WindowedForward:
             # garbage: 3x3, stride 2, 3-4 input columns; PyTorch 2.14.1, 2026-12-06): two columns are exact
             o_left, o_right = (o_left, o_right + 1) if o_right < out_w else (o_left - 1, o_right)
         if (o_top, o_bottom, o_left, o_right) == (0, out_h, 0, out_w):  # the whole output: a plain pass
-            return (0, out_h, 0,
-                    out_w), self._call(node, (self._whole(node.args[0], {node.args[0]: change}),), {})  # type: ignore[dict-item, index]
+            # the first argument is a Node (fx types it as Argument)
+            whole = self._whole(node.args[0], {node.args[0]: change})  # type: ignore[arg-type, dict-item]
+            return (0, out_h, 0, out_w), self._call(node, (whole,), {})
         # the input rows/columns these outputs read, in padded coordinates, and their part inside the image
         r0, r1 = o_top * sh - ph, (o_bottom - 1) * sh - ph + kh
         c0, c1 = o_left * sw - pw, (o_right - 1) * sw - pw + kw

@@ -7,8 +7,8 @@ from torch import nn
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation basic block (WRN and PreAct ResNet); the shortcut takes the activated input when the
-    shape changes."""
+    """Pre-activation basic block (WRN and PreAct ResNet); the shortcut takes the
+    activated input when the shape changes."""
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()

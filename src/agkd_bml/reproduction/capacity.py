@@ -6,8 +6,8 @@ teacher ``T``), on the same recipe at four widths of the small CNN (base width 1
 3.8 M parameters, 63 times), scores each on the same test images with the same attacks and AutoAttack,
 and compares the pair image by image per width. Each width is its own reproduction folder
 (``OUT/<size>/runs``, ``OUT/<size>/state``), so a stopped study resumes, and ``--only`` lets parallel
-processes (one GPU, several runs) train and score one row each.
-"""
+processes (one GPU, several
+runs) train and score one row each. """
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from agkd_bml.models import build_model
 from agkd_bml.reproduction.multistep import RunSpec, mcnemar, score_rows
 from agkd_bml.reproduction.recipes import Context, DataChoice, Scores
 
-#: (size label, architecture), smallest first: the small CNN at base width 16, 32 (the medium scale's), 64,
-# 128
+#: (size label, architecture), smallest first: the small CNN at base width
+#: 16, 32 (the medium scale's), 64, 128
 SIZES = (("w16", "small-cnn-w16"), ("w32", "small-cnn"), ("w64", "small-cnn-w64"), ("w128", "small-cnn-w128"))
 ROWS = (RunSpec(label="AT-7", method="pgd-at", steps=7),
         RunSpec(label="AGKD-BML-7", method="agkd-bml", steps=7))
@@ -73,8 +73,8 @@ def score_sizes(out: Path, scale: str, progress: bool, only: set[tuple[str, str]
 
     The rows ``--only`` leaves out are shown too where another call has already finished and scored them
     (nothing of theirs is trained or attacked here), so the table a call writes never drops a row that
-    was done; widths with no row chosen or done are left out.
-    """
+    was done; widths with no
+    row chosen or done are left out. """
     done = []
     for size, arch in SIZES:
         ctx = Context(scale_name=scale, out=out / size, progress=progress, data_choice=data, arch=arch)
@@ -160,8 +160,8 @@ def trend_text(done: list[SizeScores]) -> str:
     """The AA gap per width with its paired interval, the line through log-parameters and where it leads.
 
     Says in words whether the gap shrinks, stays or grows (the slope's interval below, across or above 0),
-    and carries the line to the paper's WRN-28-10 as a labelled extrapolation.
-    """
+    and carries the line to the paper's
+    WRN-28-10 as a labelled extrapolation. """
     gaps = aa_gaps(done)
     if not gaps:
         return ""
@@ -222,8 +222,8 @@ def note(done: list[SizeScores]) -> str:
 
 def write_figure(done: list[SizeScores], out: Path) -> list[Path]:
     """``capacity.png`` / ``.pdf`` (left: clean and AA accuracy against parameters, both models, Wilson
-    intervals; right: the AA gap with its paired interval and the line of :func:`trend_text` over the widths
-    measured) and
+    intervals; right: the AA gap with its paired interval and the line of
+    :func:`trend_text` over the widths measured) and
     ``capacity.csv`` (the accuracy points)."""
     plt = pyplot()
     fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(11, 4))
@@ -242,11 +242,10 @@ def write_figure(done: list[SizeScores], out: Path) -> list[Path]:
                 pts.append((s.params, acc, lo, hi))
                 w.writerow([s.size, s.arch, s.params, label, name, acc, lo, hi, f.numel()])
             if pts:
-                x, y, lo, hi = (list(v) for v in zip(*pts, strict=True))
-                ax.errorbar(x, [100 * v for v in y],
-                            yerr=[[100 * (a - b) for a, b in zip(y, lo, strict=True)],
-                                                           [100 * (b - a) for a,
-                                                            b in zip(y, hi, strict=True)]],
+                xs, ys, los, his = (list(v) for v in zip(*pts, strict=True))
+                ax.errorbar(xs, [100 * v for v in ys],
+                            yerr=[[100 * (a - b) for a, b in zip(ys, los, strict=True)],
+                                  [100 * (b - a) for a, b in zip(ys, his, strict=True)]],
                             fmt="o" + style, color=colour, capsize=3,
                             label=f"{label} {'AutoAttack' if name == 'aa' else 'clean'}")
     ax.set_xscale("log")
@@ -283,8 +282,8 @@ def _gap_panel(ax: Any, gaps: list[tuple[SizeScores, Gap]]) -> None:
 
 def capacity(out: Path, scale: str, *, progress: bool, only: str | None,
              data: DataChoice = DataChoice()) -> str:
-    """Train and score the capacity study (or the ``--only`` rows of it); write ``OUT/capacity.md`` and the
-    figure."""
+    """Train and score the capacity study (or the ``--only`` rows of it); write
+    ``OUT/capacity.md`` and the figure."""
     done = score_sizes(out, scale, progress, parse_only(only), data)
     text = render(done) + "\n\n![capacity](capacity.png)\n\nData: `capacity.csv`."
     write_figure(done, out)

@@ -4,19 +4,19 @@ Runs are named by method and training attack steps (AT-7, AGKD-BML-7, ...). At a
 AGKD teacher is its own clean run with the released code's label smoothing (``T``), UM stays the
 undefended row, every run holds out ``val_split`` training images, and the tables evaluate the scale's
 weights (``best``: the best held-out PGD accuracy; the test set never selects). The pair that decides the
-question, AT-7 against AGKD-BML-7, is also compared image by image under AutoAttack (exact McNemar test).
-"""
+question, AT-7 against AGKD-BML-7, is also compared image by image under
+AutoAttack (exact McNemar test). """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from scipy.stats import binomtest
 
-from agkd_bml.attacks import full_length
+from agkd_bml.attacks import PgdAttack, full_length
 from agkd_bml.methods import METHODS
 from agkd_bml.reproduction.recipes import Context, Scores, run_config, score_attacks
 
@@ -74,8 +74,8 @@ def train_row(ctx: Context, row: RunSpec, seed: int) -> Path:
     epochs = cfg.optim.epochs
     if row.stop_after_decay is not None and cfg.optim.milestones:
         epochs = min(cfg.optim.epochs, cfg.optim.milestones[0] + row.stop_after_decay)
-    # the step size is the library's default for the row's steps (methods.base.default_step_size), as with
-    # `train`
+    # the step size is the library's default for the row's steps
+    # (methods.base.default_step_size), as with `train`
     cfg = cfg.replace(steps=row.steps, init_from_teacher=row.init_from_teacher, epochs=epochs)
     ctx.train(row.label, seed, cfg.with_params(**row.params))
     return run
@@ -95,8 +95,8 @@ def score_rows(ctx: Context, rows: tuple[RunSpec, ...], specs: str) -> Scores:
     The deciding pair is trained and scored before the other rows are trained, and handed to
     ``ctx.partial`` (a partial table), so a medium reproduction stopped hours in already answers the
     question. PGD-20 is also scored at its last iterate (``pgd-20-last``), the paper's and the released
-    code's protocol, so a table shows how much of a PGD gap comes from the protocol rather than the model.
-    """
+    code's protocol, so a table shows how much of a PGD gap comes from the
+    protocol rather than the model. """
     scores: Scores = {}
     deciding = tuple(row for row in rows if row.label in DECIDING)
     rest = tuple(row for row in rows if row.label not in DECIDING)
@@ -109,11 +109,12 @@ def score_rows(ctx: Context, rows: tuple[RunSpec, ...], specs: str) -> Scores:
 
 
 def _score_group(ctx: Context, rows: tuple[RunSpec, ...], specs: str, scores: Scores) -> None:
-    """Train (or reuse) ``rows`` and add their scores, the last-iterate PGD-20 and the worst case to
-    ``scores``."""
+    """Train (or reuse) ``rows`` and add their scores, the last-iterate PGD-20
+    and the worst case to ``scores``."""
     runs = train_rows(ctx, rows)
     scores.update(score_attacks(ctx, runs, specs, aa=True))
-    last = dataclasses.replace(full_length(ctx.attacks("pgd-20")[0]), name="pgd-20-last")
+    pgd20 = cast(PgdAttack, ctx.attacks("pgd-20")[0])
+    last = dataclasses.replace(full_length(pgd20), name="pgd-20-last")
     for (label, seed), run in runs.items():
         ctx.score(scores, label, seed, ctx.model(run), ctx.scale.eval_n, [last])
     names = [*specs.split(","), "aa"]

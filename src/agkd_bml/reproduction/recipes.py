@@ -3,8 +3,8 @@
 A scale fixes everything that differs between ``small`` (2 CPU cores on the shared CIFAR-10 file), ``paper``
 (WRN-28-10, 200 epochs; a GPU job) and ``tiny`` (a smoke test). Runs are trained into
 ``OUT/runs/<label>-s<seed>``, reused when finished and resumed when not. A scorer turns runs into
-:data:`Scores` (model label -> column key -> one value per seed), which :mod:`.targets` renders.
-"""
+:data:`Scores` (model label -> column key -> one value per seed),
+which :mod:`.targets` renders. """
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 import torch
 
-from agkd_bml.attacks import Attack, TransferAttack, full_length, parse_attacks
+from agkd_bml.attacks import Attack, PgdAttack, TransferAttack, full_length, parse_attacks
 from agkd_bml.attacks.norms import dataset_eps
 from agkd_bml.config import TrainConfig
 from agkd_bml.data import Dataset, load_dataset
@@ -121,12 +122,12 @@ class Context:
     trained_s: float = 0.0  #: seconds this call spent training table2's runs (0 when all were finished)
     #: per-sample correctness by (label, seed, attack name), kept by :meth:`score` for paired tests
     flags: dict[tuple[str, int, str], torch.Tensor] = field(default_factory=dict)
-    #: called with the scores so far when a scorer has some rows done and others still to train (a partial
-    # table)
+    #: called with the scores so far when a scorer has some rows done and
+    #: others still to train (a partial table)
     partial: Callable[[Scores], None] | None = None
     arch: str | None = None  #: train this architecture instead of the scale's (the capacity study)
-    #: train and attack nothing: use finished runs and saved results only, raising :class:`NotSaved` for the
-    # rest
+    #: train and attack nothing: use finished runs and saved results only,
+    #: raising :class:`NotSaved` for the rest
     saved_only: bool = False
 
     @property
@@ -179,7 +180,9 @@ class Context:
 
     @cached_property
     def data(self) -> Dataset:
-        return load_dataset(self.scale.dataset, data_dir=self.data_choice.data_dir,
+        dataset = self.scale.dataset
+        assert dataset is not None  # the scale property asks for --dataset where the scale names none
+        return load_dataset(dataset, data_dir=self.data_choice.data_dir,
                             download=self.data_choice.download)
 
     @property
@@ -235,8 +238,8 @@ def score_transfer(ctx: Context) -> Scores:
         if label == "UM":
             continue
         um = ctx.runs[("UM", seed)]
-        black = TransferAttack(name="transfer", source_path=str(um), inner=full_length(pgd20),
-                               source=ctx.model(um))
+        inner = full_length(cast(PgdAttack, pgd20))
+        black = TransferAttack(name="transfer", source_path=str(um), inner=inner, source=ctx.model(um))
         ctx.score(scores, label, seed, ctx.model(run), ctx.scale.eval_n, [black, pgd20])
     return scores
 

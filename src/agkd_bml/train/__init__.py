@@ -1,5 +1,5 @@
-"""The training loop; checkpoints are :mod:`agkd_bml.models.checkpoint` (re-exported here for training
-code)."""
+"""The training loop; checkpoints are :mod:`agkd_bml.models.checkpoint`
+(re-exported here for training code)."""
 
 from agkd_bml.models.checkpoint import Checkpoint, load_checkpoint, load_model, save_checkpoint
 from agkd_bml.train.settings import preset_names, preset_path, resolve

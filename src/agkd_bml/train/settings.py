@@ -2,8 +2,8 @@
 
 This sits above the registries (methods, models, datasets, AMP modes), so it is where names are checked:
 :func:`check` runs before anything is built, and :func:`complete` fills in every declared
-hyper-parameter, so a run's ``config.yaml`` records each value that the training used.
-"""
+hyper-parameter, so a run's ``config.yaml`` records
+each value that the training used. """
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def check(cfg: TrainConfig) -> None:
 
 def _coerce(name: str, value: Any) -> Any:
     """Check a YAML value against the option's type (YAML gives ints, floats, bools, lists, None)."""
+    default: Any
     if name in PARAMS:
         default = PARAMS[name].default
     else:
@@ -122,8 +123,8 @@ def preset_values(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def resolve(preset: str | None = None, config_file: str | None = None,
             overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults < preset < config file (which may name its own ``preset``) < command-line overrides;
-    checked."""
+    """Defaults < preset < config file (which may name its own ``preset``) <
+    command-line overrides; checked."""
     file_values = read_yaml(config_file) if config_file else {}
     preset = preset or file_values.get("preset")
     file_values.pop("preset", None)

@@ -3,14 +3,17 @@
 Per epoch: batches in a seeded order, ``method.loss`` -> sum of named terms -> SGD step, a progress bar
 with the terms and throughput, the lr schedule, clean and PGD accuracy on a held-out slice of the test
 set, one JSON line of metrics and an atomic checkpoint. Randomness is derived from ``seed + epoch``, so
-a run resumed from the checkpoint of epoch ``e`` replays epoch ``e + 1`` exactly as an uninterrupted run.
-"""
+a run resumed from the checkpoint of epoch ``e`` replays epoch ``e + 1``
+exactly as an uninterrupted run. """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import math
+import operator
 import os
 import shutil
 import sys
@@ -18,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -33,7 +36,7 @@ from agkd_bml.data import Dataset, DataSpec, ImageSampler, iterate_batches, load
 from agkd_bml.device import device_name, resolve_device
 from agkd_bml.distributed import Dist, any_rank, check_in_sync, sum_over_ranks
 from agkd_bml.errors import UserError
-from agkd_bml.evaluation import evaluate_attacks
+from agkd_bml.evaluation import AttackResult, evaluate_attacks
 from agkd_bml.fileio import hold_lock, release_lock, write_text
 from agkd_bml.methods import METHODS, Method, MethodContext
 from agkd_bml.methods.base import resolve_attack, resolved
@@ -115,28 +118,29 @@ class Setup:
     cfg: TrainConfig
     device: torch.device
     data: Dataset
-    model: Classifier
+    model: torch.nn.Module  #: what the steps call: ``net``, or its DDP wrapper
     method: Method
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     run_dir: Path
-    net: Classifier | None = None  #: the bare network (``model`` may be its DDP wrapper)
+    net: Classifier  #: the bare network (``model`` may be its DDP wrapper)
     dist: Dist = Dist()
     amp: torch.dtype | None = None  #: autocast dtype, None for full precision
-    scaler: torch.amp.GradScaler | None = None
+    scaler: torch.amp.GradScaler
     skipped: int = 0  #: steps skipped so far for a non-finite loss or gradient
     val: tuple[torch.Tensor, torch.Tensor] | None = None  #: ``--val-split``: held-out training images, labels
     ema: Ema | None = None
     ema_model: Classifier | None = None  #: a network the EMA weights are loaded into for validation
     best: dict[str, Any] = field(default_factory=dict)  #: epoch and held-out PGD accuracy of ``best.pt``
-    #: what produces the run (versions, device, commit, the training data's fingerprint), in every metrics
-    # line
+    #: what produces the run (versions, device, commit, the training data's
+    #: fingerprint), in every metrics line
     provenance: dict[str, Any] = field(default_factory=dict)
     board: Any = None  #: ``--tensorboard``: the SummaryWriter of RUN/tensorboard
 
 
 def _load_teacher(cfg: TrainConfig, student: Classifier, data: Dataset, device: torch.device) -> Classifier:
     """Load and check the frozen teacher: same dataset shape, classes and last-feature-map size."""
+    assert cfg.model.teacher is not None  # build() asks for --teacher first
     run = Path(cfg.model.teacher)
     if run.is_dir() and (run / BEST).is_file() and not any((run / f).is_file() for f in (LAST, PREV)):
         # a committed reproduction drops a finished run's training checkpoints; a teacher's last epoch must
@@ -237,7 +241,7 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
     torch.manual_seed(cfg.runtime.seed)  # weight initialisation
     # channels-last on every device: cuDNN and oneDNN convolutions both prefer it (on 2 CPU cores a
     # training step is 14% (WRN-16-4) to 28% (small CNN) faster than in NCHW)
-    model = build_model(cfg.model.arch, data.spec).to(device, memory_format=torch.channels_last)
+    model = build_model(cfg.model.arch, data.spec).to(memory_format=torch.channels_last).to(device)
     if cfg.runtime.compile:
         model.compile()  # in place: state_dict keys, checkpoints and attributes stay those of the plain model
     teacher = (_load_teacher(cfg, model, data, device) if cfg.model.teacher and method_cls.needs_teacher
@@ -262,17 +266,18 @@ def build(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, cr
                                 weight_decay=cfg.optim.weight_decay)
     scheduler = lr_scheduler(cfg, optimizer, steps_per_epoch(data.x_train.shape[0], cfg.optim.batch_size))
     dtype = amp_dtype(cfg.runtime.amp, device)
-    net = model
+    net, step_model = model, cast(torch.nn.Module, model)  # the steps call the DDP wrapper under torchrun
     if d.enabled:
-        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        step_model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
+                                             else None)
     ema, ema_model = None, None
     if cfg.optim.ema:
         ema = Ema(net, cfg.optim.ema)
-        ema_model = build_model(cfg.model.arch, data.spec).to(device, memory_format=torch.channels_last)
+        ema_model = build_model(cfg.model.arch, data.spec).to(memory_format=torch.channels_last).to(device)
     made_by = provenance(device, tensor_digest(data.x_train, data.y_train)) if d.main else {}
-    return Setup(cfg=cfg, device=device, data=data, model=model, method=method, optimizer=optimizer,
+    return Setup(cfg=cfg, device=device, data=data, model=step_model, method=method, optimizer=optimizer,
                  scheduler=scheduler, run_dir=run_dir, net=net, dist=d, amp=dtype,
-                 scaler=grad_scaler(device, dtype), val=tuple(val) if val else None, ema=ema,
+                 scaler=grad_scaler(device, dtype), val=(val[0], val[1]) if val else None, ema=ema,
                  ema_model=ema_model,
                  provenance=made_by)
 
@@ -287,8 +292,8 @@ def _continue_saved(cfg: TrainConfig, run_dir: Path, spec: DataSpec) -> TrainCon
 
     A run records the training attack it resolved in ``config.yaml``; resuming continues that attack even
     if a default has changed since. Runs saved before the attack was recorded (``step_size: null``) all
-    trained with steps of eps/4, the only default then, so that is what they continue with.
-    """
+    trained with steps of eps/4, the only default then, so
+    that is what they continue with. """
     path = run_dir / "config.yaml"
     if not path.is_file():
         return cfg
@@ -303,8 +308,8 @@ def _continue_saved(cfg: TrainConfig, run_dir: Path, spec: DataSpec) -> TrainCon
 
 
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> set[str]:
-    """The config keys in which a run asked for now differs from a saved one (beyond what may change on
-    resume)."""
+    """The config keys in which a run asked for now differs from a saved one
+    (beyond what may change on resume)."""
     # a resolved key saved as None (a run from before the values were recorded), or left None now (a default
     # not yet resolved), is not a difference: resolution fills it from the saved run
     changed = {k for k, v in now.items()
@@ -344,11 +349,11 @@ def file_sha256(path: Path) -> str:
 
 def finished_without_checkpoint(cfg: TrainConfig) -> bool:
     """Whether ``cfg``'s run finished and kept only its results (a committed reproduction keeps ``best.pt``,
-    ``config.yaml`` and ``metrics.jsonl``, not the training checkpoints), so there is nothing to train or
-    resume.
+    ``config.yaml`` and ``metrics.jsonl``, not the training checkpoints), so
+    there is nothing to train or resume.
 
-    Raises :class:`UserError` when the folder holds a run of another config.
-    """
+    Raises :class:`UserError` when the folder
+    holds a run of another config. """
     run = cfg.run_dir()
     if any((run / f).exists() for f in (LAST, PREV)) or not (run / "config.yaml").is_file():
         return False
@@ -366,8 +371,8 @@ def _restore(s: Setup, log: Callable[[str], None], *, start_if_none: bool) -> in
     """Load the newest valid checkpoint of the run directory into ``s``; return its finished epochs.
 
     With no checkpoint to resume, ``start_if_none`` starts the run; otherwise that is an error: a ``--resume``
-    that silently trained from scratch (a mistyped folder, a config read from elsewhere) costs hours.
-    """
+    that silently trained from scratch (a mistyped folder, a config
+    read from elsewhere) costs hours. """
     ckpt = newest_valid(s.run_dir, log)
     if ckpt is None:
         if not start_if_none:
@@ -400,8 +405,8 @@ def _validate(s: Setup, epoch: int) -> dict[str, Any]:
     """Clean and PGD accuracy (same images and starts every epoch), of the weights and of their EMA.
 
     The images are the ``--val-split`` held-out training images, else the first ``val_n`` test images
-    (a trace of the run only: no weights are selected on them).
-    """
+    (a trace of the run only: no
+    weights are selected on them). """
     if s.val is not None:
         x, y, source = *s.val, "held-out training images"
     else:
@@ -410,14 +415,18 @@ def _validate(s: Setup, epoch: int) -> dict[str, Any]:
     if x.shape[0] == 0:
         return {}
     attacks = parse_attacks(f"clean,pgd-{s.cfg.validation.val_steps}", eps=s.method.eps)
-    kw = dict(batch_size=max(s.cfg.optim.batch_size, 256), device=s.device, seed=s.cfg.runtime.seed)
-    clean, robust = evaluate_attacks(s.net, x, y, attacks, **kw)
+
+    def scores(net: Classifier) -> list[AttackResult]:
+        return evaluate_attacks(net, x, y, attacks, batch_size=max(s.cfg.optim.batch_size, 256),
+                                device=s.device, seed=s.cfg.runtime.seed)
+
+    clean, robust = scores(s.net)
     out = {"val_clean": clean.accuracy, "val_pgd": robust.accuracy, "val_n": int(x.shape[0]),
            "val_source": source,
            "val_attack": attacks[1].describe()}
-    if s.ema is not None:
+    if s.ema is not None and s.ema_model is not None:
         s.ema_model.load_state_dict(s.ema.weights)
-        clean, robust = evaluate_attacks(s.ema_model, x, y, attacks, **kw)
+        clean, robust = scores(s.ema_model)
         out.update(ema_val_clean=clean.accuracy, ema_val_pgd=robust.accuracy)
     return out
 
@@ -463,7 +472,7 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
     for step, (xb, yb) in enumerate(bar):
         xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(s.device, s.amp):
-            terms = s.method.loss(model, xb, yb, gen)
+            terms = s.method.loss(cast(Classifier, model), xb, yb, gen)  # a DDP wrapper calls through
         # one device-to-host copy for all terms (a float() per term would be one sync each on CUDA)
         values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist(),
                           strict=True))
@@ -473,7 +482,7 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
             bad = ["a loss term on another rank"]
         s.optimizer.zero_grad(set_to_none=True)
         if not bad:
-            s.scaler.scale(sum(terms.values())).backward()
+            s.scaler.scale(functools.reduce(operator.add, terms.values())).backward()
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             # with fp16 loss scaling, an overflowing step is the scaler's business (it skips it and backs off)
             if not s.scaler.is_enabled() and not math.isfinite(float(torch.nn.utils.get_total_norm(grads))):
@@ -482,10 +491,8 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
             s.skipped += 1
             where = f"{', '.join(bad)} became non-finite at epoch {epoch + 1}, step {step + 1}"
             if s.skipped > cfg.runtime.skip_nonfinite:
-                raise TrainingDiverged(
-                    f"{where}; stopped, the last checkpoint is intact (try a lower --lr, or --skip-nonfinite "
-                    "N)"
-                )
+                raise TrainingDiverged(f"{where}; stopped, the last checkpoint is intact (try a lower --lr, "
+                                       "or --skip-nonfinite N)")
             s.optimizer.zero_grad(set_to_none=True)
             bar.write(f"skipping step: {where} ({s.skipped}/{cfg.runtime.skip_nonfinite} skips used)")
             continue
@@ -505,11 +512,10 @@ def train_epoch(s: Setup, epoch: int, *, progress: bool = True) -> dict[str, Any
         bar.set_postfix({**{k: f"{v:.3f}" for k, v in values.items()}, "img/s": f"{rate:.0f}"}, refresh=False)
     seconds = time.perf_counter() - start
     keys = sorted(sums)
-    *totals, seen = sum_over_ranks([sums[k] for k in keys] + [float(seen)], d, s.device)
+    *totals, images = sum_over_ranks([sums[k] for k in keys] + [float(seen)], d, s.device)
     check_in_sync(s.net, d, s.device, f"at the end of epoch {epoch + 1}")
-    return {"loss": {k: v / max(seen, 1) for k, v in zip(keys, totals, strict=True)}, "lr": lr,
-            "seconds": seconds,
-            "images_per_s": seen / seconds, "images": int(seen), "processes": d.world,
+    return {"loss": {k: v / max(images, 1) for k, v in zip(keys, totals, strict=True)}, "lr": lr,
+            "seconds": seconds, "images_per_s": images / seconds, "images": int(images), "processes": d.world,
             "precision": precision_name(s.amp)}
 
 
@@ -528,8 +534,8 @@ def train(
     ``resume`` continues the run's newest checkpoint and is an error where there is none, unless
     ``start_if_none`` (what scripts that rerun the same command want).
 
-    ``dry_run`` checks everything (config, data, teacher, run directory) and stops before training.
-    """
+    ``dry_run`` checks everything (config, data, teacher, run
+    directory) and stops before training. """
     if dry_run and not (resume or overwrite):
         _prepare_run_dir(cfg.run_dir(), resume=False, overwrite=False, create=False)
     s = build(cfg, resume=resume or dry_run, overwrite=overwrite and not dry_run, create=not dry_run)
@@ -550,13 +556,13 @@ def train(
 
 
 def improves(metrics: dict[str, Any], best: dict[str, Any], key: str) -> bool:
-    """Whether an epoch's held-out accuracies beat ``best.pt``'s: higher ``key``, or the same and higher
-    clean.
+    """Whether an epoch's held-out accuracies beat ``best.pt``'s: higher
+    ``key``, or the same and higher clean.
 
     With 1,000 held-out images a robust curve that has flattened ties at one image's resolution; on a
     tie the earlier epoch is not the better model, the one that also classifies more clean images is
-    (AGKD-BML-7 seed 0 of the medium scale tied at epochs 7 and 15, 59.5% and 65.6% clean).
-    """
+    (AGKD-BML-7 seed 0 of the medium scale tied at epochs 7
+    and 15, 59.5% and 65.6% clean). """
     return (metrics[key], metrics["val_clean"]) > (best.get(key, -1.0), best.get("val_clean", -1.0))
 
 
@@ -568,25 +574,25 @@ def _end_epoch(s: Setup, epoch: int, stats: dict[str, Any], lr: float, log: Call
     clean accuracy: their PGD accuracy is noise near zero.
 
     ``best.pt`` goes first: a crash between the two writes leaves ``last.pt`` of the epoch before, and the
-    resumed run replays this epoch and writes the same ``best.pt`` again.
-    """
+    resumed run replays this epoch and
+    writes the same ``best.pt`` again. """
     cfg = s.cfg
     metrics = {"epoch": epoch + 1, "lr": lr, **stats, **_validate(s, epoch), "method": cfg.method,
                "device": device_name(s.device), **s.method.settings(), "provenance": s.provenance}
-    record = dict(arch=cfg.model.arch, data=s.data.spec, config=cfg, epoch=epoch + 1,
-                  model=s.net.state_dict())
+    weights = Checkpoint(arch=cfg.model.arch, data=s.data.spec, config=cfg, epoch=epoch + 1,
+                         model=s.net.state_dict(), metrics=metrics)
     by = "val_pgd" if s.method.ctx.attack.adversarial else "val_clean"
     improved = s.val is not None and improves(metrics, s.best, by)
     if improved:
         s.best = {"epoch": epoch + 1, "val_pgd": metrics["val_pgd"], "val_clean": metrics["val_clean"],
                   "by": by}
-        save_best(Checkpoint(**record, metrics=metrics), s.run_dir)
+        save_best(weights, s.run_dir)
     if s.val is not None:
         metrics["best_epoch"] = s.best["epoch"]
-    save_checkpoint(Checkpoint(**record, optimizer=s.optimizer.state_dict(),
-                               scheduler=s.scheduler.state_dict(),
-                               scaler=s.scaler.state_dict(), metrics=metrics,
-                               ema=s.ema.state_dict() if s.ema is not None else {}, best=s.best), s.run_dir)
+    save_checkpoint(dataclasses.replace(weights, optimizer=s.optimizer.state_dict(),
+                                        scheduler=s.scheduler.state_dict(), scaler=s.scaler.state_dict(),
+                                        ema=s.ema.state_dict() if s.ema is not None else {}, best=s.best),
+                    s.run_dir)
     with open(s.run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(metrics) + "\n")
     if s.board is not None:
