@@ -103,6 +103,20 @@ def test_bad_analysis_input_is_a_one_line_error(teacher_run, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_mcnemar_counts_the_disagreements_and_gives_the_exact_two_sided_p():
+    """Only the images the two models disagree on count: 10 to 0 is p = 2 * 0.5**10; agreement on every
+    image is no evidence (p = 1); the same disagreements among more agreeing images give the same p."""
+    from agkd_bml.evaluation.stats import mcnemar
+
+    a = torch.tensor([True] * 10 + [False] * 5)
+    b = torch.tensor([False] * 10 + [False] * 5)
+    assert mcnemar(a, b) == (10, 0, pytest.approx(2 * 0.5**10))
+    assert mcnemar(a, a) == (0, 0, 1.0)
+    agree = torch.ones(100, dtype=torch.bool)
+    assert mcnemar(torch.cat([agree, a]), torch.cat([agree, b])) == mcnemar(a, b)
+    assert mcnemar(b, a) == (0, 10, pytest.approx(2 * 0.5**10))
+
+
 def test_paired_gap_and_its_line_through_log_parameters_match_independent_computations():
     """The gap's standard error is that of the mean per-image difference; the line is numpy's weighted fit
     with known variances; a line's own points give no residual scatter, and it carries on beyond them."""
@@ -110,7 +124,7 @@ def test_paired_gap_and_its_line_through_log_parameters_match_independent_comput
 
     import numpy as np
 
-    from agkd_bml.analysis.trend import log_linear_trend, paired_gap
+    from agkd_bml.evaluation.stats import log_linear_trend, paired_gap
 
     g = torch.Generator().manual_seed(0)
     gaps, params = [], [60_000, 240_000, 960_000]

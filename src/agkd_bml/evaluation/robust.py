@@ -22,6 +22,7 @@ from agkd_bml import distributed
 from agkd_bml.attacks import Attack, Progress
 from agkd_bml.data import to_float
 from agkd_bml.evaluation.state import EvalState, Point, model_digest, tensor_digest
+from agkd_bml.evaluation.stats import wilson_interval
 from agkd_bml.models.modes import eval_mode
 
 
@@ -44,16 +45,6 @@ class AttackResult:
     def wilson(self, z: float = 1.96) -> tuple[float, float]:
         """95% Wilson score interval of the accuracy."""
         return wilson_interval(self.accuracy, self.n, z)
-
-
-def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of a fraction ``p`` of ``n`` images (good
-    near 0 and 1, unlike p ± z·se)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 @contextmanager

@@ -22,9 +22,9 @@ import torch
 
 from agkd_bml.analysis.plotting import pyplot, save_figure
 from agkd_bml.analysis.timing import run_timing
-from agkd_bml.analysis.trend import Gap, Trend, log_linear_trend, paired_gap
 from agkd_bml.errors import UserError
 from agkd_bml.evaluation import NotSaved, wilson_interval
+from agkd_bml.evaluation.stats import Gap, Trend, log_linear_trend, paired_gap
 from agkd_bml.evaluation.table import WEIGHTS_NOTE
 from agkd_bml.fileio import write_text
 from agkd_bml.models import build_model

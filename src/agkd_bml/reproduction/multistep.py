@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from scipy.stats import binomtest
-
 from agkd_bml.attacks import PgdAttack, full_length
+from agkd_bml.evaluation import stats
 from agkd_bml.methods import METHODS
 from agkd_bml.reproduction.recipes import Context, Scores, run_config, score_attacks
 
@@ -134,8 +133,7 @@ def mcnemar(ctx: Context, a: str, b: str) -> str:
         fa, fb = ctx.flags.get((a, seed, "aa")), ctx.flags.get((b, seed, "aa"))
         if fa is None or fb is None:
             continue
-        only_a, only_b = int((fa & ~fb).sum()), int((fb & ~fa).sum())
-        p = binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+        only_a, only_b, p = stats.mcnemar(fa, fb)
         lines.append(f"seed {seed}: {only_a} images robust only for {a}, {only_b} only for {b} "
                      f"(of {fa.numel()}); exact McNemar p = {p:.3g}")
     return f"AutoAttack, image by image, {a} vs {b}: " + "; ".join(lines) + "." if lines else ""

@@ -1,4 +1,5 @@
-"""How a paired accuracy gap moves with model size: the gap per size, and a straight line through log-size.
+"""The statistics every result of ours carries: the Wilson interval of an accuracy, the exact McNemar test
+of two models on the same images, and how a paired accuracy gap moves with model size.
 
 The capacity study asks whether AGKD-BML's loss to PGD-AT under AutoAttack shrinks as the models grow.
 Each size gives one gap, measured on the same test images for both models, so its sampling error is that
@@ -18,9 +19,27 @@ import math
 from dataclasses import dataclass
 
 import torch
-from scipy.stats import chi2
+from scipy.stats import binomtest, chi2
 
 Z95 = 1.959963984540054
+
+
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a fraction ``p`` of ``n`` images (good near 0 and 1, unlike
+    p ± z·se)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mcnemar(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int, float]:
+    """(images right only for ``a``, only for ``b``, the exact McNemar p-value) of two models' per-image
+    flags on the same images: only the images they disagree on carry the comparison."""
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    p = binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return only_a, only_b, float(p)
 
 
 @dataclass(kw_only=True, frozen=True)
