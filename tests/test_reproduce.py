@@ -107,7 +107,8 @@ def test_multi_step_comparison_tiny_end_to_end(tmp_path, capsys):
     from agkd_bml.train import load_checkpoint
 
     cfg = load_checkpoint(runs / "AGKD-BML-7-s0").config
-    assert str(cfg.model.teacher).endswith("T-s0") and cfg.attack.steps == 7 and cfg.validation.val_split == 50
+    assert str(cfg.model.teacher).endswith("T-s0") and cfg.attack.steps == 7
+    assert cfg.validation.val_split == 50
     assert cfg.attack.step_size == 0.1 / 4  # 7 steps of eps/4, resolved and recorded in config.yaml
     # 2 steps: step eps (digits: 0.1)
     assert load_checkpoint(runs / "AGKD-BML-2-s0").config.attack.step_size == 0.1
