@@ -138,3 +138,23 @@ def test_the_config_is_typed_by_section_and_written_by_its_flat_names():
     # what every run before 0.2.0 trained with
     assert migrate({"method": "pgd-at"})["lr_schedule"] == "multistep"
 
+
+def test_each_method_reads_its_own_frozen_parameter_record_built_from_the_config(tmp_path):
+    """A method's hyper-parameters are a typed record of its own (shared ones declared once), filled from the
+    config, else from the declared defaults; the options are that record's fields."""
+    from agkd_bml.data import load_dataset
+    from agkd_bml.methods.base import MethodContext, resolve_attack
+    from agkd_bml.methods.params import AttentionParams, BetaParams, MetricParams
+
+    spec = load_dataset("digits").spec
+    for name, beta in (("trades", 3.0), ("mart", 6.0)):
+        cfg = small_config(tmp_path, method=name, **({"beta": beta} if beta != 6.0 else {}))
+        method = METHODS[name](cfg, MethodContext(num_classes=10, attack=resolve_attack(cfg, spec)))
+        assert isinstance(method.hp, BetaParams) and method.hp.beta == beta
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            method.hp.beta = 1.0  # type: ignore[misc]
+    agkd_bml = METHODS["agkd-bml"].Params
+    assert issubclass(agkd_bml, MetricParams) and issubclass(agkd_bml, AttentionParams)
+    assert not issubclass(METHODS["bml"].Params, AttentionParams)  # the ablation has no distilled map
+    assert [p.name for p in METHODS["sml"].params] == [f.name for f in dataclasses.fields(MetricParams)]
+

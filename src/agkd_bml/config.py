@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from agkd_bml.errors import UserError
 
@@ -273,3 +273,26 @@ class HyperParam:
     default: bool | float | str
     help: str
     choices: tuple[str, ...] = ()  #: allowed values of a string parameter (empty: any)
+
+
+def hyper(default: bool | float | str, help: str, *, choices: tuple[str, ...] = ()) -> Any:
+    """A field of a method's :class:`HyperParams`: its default, its ``--help`` line and its allowed values."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(kw_only=True, frozen=True)
+class HyperParams:
+    """A method's own hyper-parameters as a typed record: each method declares a subclass whose fields
+    (made with :func:`hyper`) are its options and config keys, and reads its values as ``self.hp.NAME``.
+
+    Parameters that several methods share are declared once, as small records the methods' records
+    inherit from (:mod:`agkd_bml.methods.params`), so one name always has one default and one meaning.
+    """
+
+    @classmethod
+    def declared(cls) -> tuple[HyperParam, ...]:
+        """The declarations of the fields, for the options, the config checks and ``--help``."""
+        # every field comes from hyper(), which gives it a default
+        return tuple(HyperParam(name=f.name, default=cast(bool | float | str, f.default),
+                                help=f.metadata["help"], choices=f.metadata["choices"])
+                     for f in dataclasses.fields(cls))

@@ -19,13 +19,14 @@ distils the forward pair only. """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 
 from agkd_bml.attacks import most_confusing_class
-from agkd_bml.config import HyperParam
+from agkd_bml.config import HyperParams
 from agkd_bml.methods.base import LossTerms, Method
 from agkd_bml.methods.losses import (
     distilled_map,
@@ -33,9 +34,24 @@ from agkd_bml.methods.losses import (
     metric_loss,
     smooth_cross_entropy,
 )
-from agkd_bml.methods.params import ATTENTION, BETA, MART, METRIC
+from agkd_bml.methods.params import AttentionParams, BetaParams, MartTermParams, MetricParams
 from agkd_bml.models import Classifier, unwrap
 from agkd_bml.models.modes import eval_mode
+
+
+@dataclass(kw_only=True, frozen=True)
+class AgkdBmlParams(MetricParams, AttentionParams, MartTermParams, BetaParams):
+    """AGKD-BML's: the metric loss, the distilled map, the released code's MART term."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class BmlParams(MetricParams, MartTermParams, BetaParams):
+    """The BML ablation's: no distilled map."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class AgkdParams(AttentionParams, MartTermParams, BetaParams):
+    """The AGKD ablation's: no metric loss."""
 
 
 class AgkdBml(Method):
@@ -49,11 +65,13 @@ class AgkdBml(Method):
     use_bml: ClassVar[bool] = True
     needs_teacher = True
     needs_sampler = True
-    params: ClassVar[tuple[HyperParam, ...]] = (*METRIC, ATTENTION, MART, BETA)
+    Params: ClassVar[type[HyperParams]] = AgkdBmlParams
+    hp: AgkdBmlParams | BmlParams | AgkdParams
 
     def settings(self) -> dict[str, float | int | bool | str]:
-        return {**super().settings(), "agkd": self.use_agkd, "bml": self.use_bml, "mart": self.hp.mart,
-                "attention": self.hp.attention if self.use_agkd else "none"}
+        hp = self.hp
+        return {**super().settings(), "agkd": self.use_agkd, "bml": self.use_bml, "mart": hp.mart,
+                "attention": hp.attention if isinstance(hp, AttentionParams) else "none"}
 
     def loss(
         self, model: Classifier, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
@@ -78,6 +96,7 @@ class AgkdBml(Method):
             # Distil into the adversarial views only: forward AE <- x^s, backward AE <- x^{y_mc}.
             # The loss is a sum of one mean L1 per pair, i.e. pairs * the mean over both.
             orig, false = (torch.cat([y, y_mc]), torch.cat([y_mc, y])) if self.use_bml else (y, y_mc)
+            assert isinstance(self.hp, AttentionParams)  # use_agkd: the record has the distilled map
             kind, teacher = self.hp.attention, self.ctx.teacher
             assert teacher is not None  # needs_teacher: the trainer hands it over
             with torch.inference_mode():
@@ -91,6 +110,7 @@ class AgkdBml(Method):
         if self.use_bml:
             anchor, positive, negative = out.embedding.chunk(3)
             hp = self.hp
+            assert isinstance(hp, MetricParams)  # use_bml: the record has the metric loss
             terms["bml"] = metric_loss(
                 anchor, positive, negative, margin=hp.margin, weight=hp.lambda_triplet,
                 norm_weight=hp.lambda_norm
@@ -107,7 +127,7 @@ class Bml(AgkdBml):
     name = "bml"
     use_agkd = False
     needs_teacher = False
-    params = (*METRIC, MART, BETA)
+    Params = BmlParams
 
 
 class Agkd(AgkdBml):
@@ -117,4 +137,4 @@ class Agkd(AgkdBml):
     name = "agkd"
     use_bml = False
     needs_sampler = False
-    params = (ATTENTION, MART, BETA)
+    Params = AgkdParams

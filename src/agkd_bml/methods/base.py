@@ -15,7 +15,7 @@ import torch
 
 from agkd_bml.attacks import pgd
 from agkd_bml.attacks.norms import dataset_eps
-from agkd_bml.config import HyperParam, TrainConfig
+from agkd_bml.config import HyperParam, HyperParams, TrainConfig
 from agkd_bml.data import DataSpec, ImageSampler
 from agkd_bml.models import Classifier
 
@@ -97,17 +97,6 @@ class MethodContext:
     sampler: ImageSampler | None = None  #: draws training images of given classes (backward samples)
 
 
-class HyperValues(dict):
-    """A method's resolved hyper-parameters, read as attributes (``self.hp.beta``)."""
-
-    # Any: the values come by name; settings.check has checked each against its declaration
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError as exc:
-            raise AttributeError(f"no hyper-parameter {name!r} (declare it in the method's params)") from exc
-
-
 class Method(ABC):
     """A training objective. Subclasses set ``name`` and the defaults, and implement :meth:`loss`."""
 
@@ -125,14 +114,22 @@ class Method(ABC):
     #: whether the training attack runs the model in train mode (BatchNorm
     #: on batch statistics) instead of eval
     attack_in_train_mode: ClassVar[bool] = False
-    #: the method's own hyper-parameters: each becomes a ``--name`` option and a config key
+    #: the method's own hyper-parameters, a record whose fields each become a ``--name`` option and a
+    #: config key (:class:`~agkd_bml.config.HyperParams`)
+    Params: ClassVar[type[HyperParams]] = HyperParams
+    #: their declarations (from :attr:`Params`), for the registry, the config checks and ``--help``
     params: ClassVar[tuple[HyperParam, ...]] = ()
+    #: the values of :attr:`Params` for this run: the config's, else the declared defaults
+    hp: HyperParams
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.params = cls.Params.declared()
 
     def __init__(self, cfg: TrainConfig, ctx: MethodContext) -> None:
         self.cfg = cfg
         self.ctx = ctx
-        #: resolved values of :attr:`params` (``self.hp.beta``); the config's, else the declared default
-        self.hp = HyperValues({p.name: cfg.params.get(p.name, p.default) for p in self.params})
+        self.hp = self.Params(**{p.name: cfg.params.get(p.name, p.default) for p in self.params})
         self.eps = ctx.attack.eps
         self.steps = ctx.attack.steps
         self.step_size = ctx.attack.step_size

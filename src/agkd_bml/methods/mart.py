@@ -6,7 +6,7 @@ import torch
 
 from agkd_bml.methods.base import LossTerms, Method
 from agkd_bml.methods.losses import mart_loss, smooth_cross_entropy
-from agkd_bml.methods.params import BETA
+from agkd_bml.methods.params import BetaParams
 from agkd_bml.models import Classifier
 
 
@@ -14,7 +14,8 @@ class Mart(Method):
     summary = "MART: boosted CE + beta * misclassification-weighted KL."
     name = "mart"
     default_steps = 10
-    params = (BETA,)
+    Params = BetaParams
+    hp: BetaParams
 
     def loss(
         self, model: Classifier, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None

@@ -24,7 +24,7 @@ import torch
 
 from agkd_bml.methods.base import LossTerms, Method
 from agkd_bml.methods.losses import metric_loss, smooth_cross_entropy
-from agkd_bml.methods.params import METRIC
+from agkd_bml.methods.params import MetricParams
 from agkd_bml.models import Classifier
 
 
@@ -43,7 +43,8 @@ class Sml(Method):
                "batch.")
     name = "sml"
     default_steps = 7
-    params = METRIC
+    Params = MetricParams
+    hp: MetricParams
 
     def loss(
         self, model: Classifier, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None

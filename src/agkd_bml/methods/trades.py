@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from agkd_bml.attacks import pgd, upcast
 from agkd_bml.methods.base import LossTerms, Method
 from agkd_bml.methods.losses import smooth_cross_entropy
-from agkd_bml.methods.params import BETA
+from agkd_bml.methods.params import BetaParams
 from agkd_bml.models import Classifier
 from agkd_bml.models.modes import eval_mode
 
@@ -24,7 +24,8 @@ class Trades(Method):
     name = "trades"
     default_steps = 10
     attack_loss = "kl"  # ascends KL(clean || adversarial), not the CE of the label
-    params = (BETA,)
+    Params = BetaParams
+    hp: BetaParams
 
     def loss(
         self, model: Classifier, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None
