@@ -199,7 +199,7 @@ def _counting(attack: AutoAttack, counter: PassCounter) -> AutoAttack:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(str(__doc__).split("\n\n")[0].split()))
     p.add_argument("--checkpoint", required=True, metavar="MODEL",
                    help="a run directory or checkpoint of this project, or a model from elsewhere "
                         "(py:FILE.py:FACTORY, .pt2, TorchScript) with --dataset, --model-weights and "

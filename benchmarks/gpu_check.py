@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.list:
         for name, bound, fn in PARTS:
-            print(f"{name}: at most {bound} s - {fn.__doc__.splitlines()[0]}")
+            print(f"{name}: at most {bound} s - {' '.join(str(fn.__doc__).split(chr(10) * 2)[0].split())}")
         return 0
     sc = SMOKE if args.smoke else real_scale(args.dataset)
     device = torch.device("cpu") if args.smoke else resolve_device(args.device)

@@ -226,7 +226,7 @@ def compare_autoattack(checkpoint: str, n: int, device: torch.device) -> dict[st
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(str(__doc__).split("\n\n")[0].split()))
     p.add_argument("--arch", default="small-cnn")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)

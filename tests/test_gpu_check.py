@@ -13,6 +13,8 @@ def test_gpu_check_lists_its_parts_with_their_time_bounds():
     out = subprocess.run([str(SCRIPT), "--list"], capture_output=True, text=True, check=True).stdout
     for part in ("throughput", "known-answer", "autoattack-vs-reference", "torchrun"):
         assert f"{part}: at most " in out
+    # each part's whole first paragraph (a docstring wrapped over lines once cut it mid-sentence)
+    assert all(line.endswith(".") for line in out.splitlines()), out
 
 
 def test_gpu_check_smoke_runs_every_part_and_writes_its_report(tmp_path, reference_autoattack):
