@@ -77,7 +77,9 @@ def uninterrupted_dir(ckpt) -> Path:
     return Path(ckpt.metrics["run_dir"])
 
 
-@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+# a kill between epochs is the plain case of the other two (inside an epoch, inside a checkpoint write)
+@pytest.mark.parametrize("point", [pytest.param(p, marks=pytest.mark.slow) if p == "between-epochs" else p
+                                   for p in sorted(KILL_POINTS)])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted, point):
     out = tmp_path / "run"
     _kill_when(out, 3, KILL_POINTS[point])
