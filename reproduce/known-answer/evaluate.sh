@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Score the known answer once train.sh has finished: the last epoch's weights (no selection, as Wong et al.),
 # float32, on the first 1,000 test images: clean, PGD-20 and AutoAttack (standard, L-inf 8/255), each with
-# its 95% Wilson interval, into reproduce/known-answer/eval (resumable: run it again). Then the weights as a
+# its 95% Wilson interval, into reproduce/known-answer/eval (resumable: run it again). AutoAttack takes many
+# hours on 2 cores; each batch is attacked by every part before the next starts, so what is finished is the
+# whole result on a first part of the test images, which `partial.py` reads at any time. Then the weights as a
 # half-precision state dict, the one tracked file allowed over 5 MB, for re-checking with another evaluator.
 # Usage: bash reproduce/known-answer/evaluate.sh DATASET (the one train.sh was given).
 set -euo pipefail
