@@ -1,15 +1,17 @@
 """Saved training configurations of every release, read back as today's :class:`~agkd_bml.config.TrainConfig`.
 
 A run's ``config.yaml`` and each of its checkpoints store the flat record (:meth:`TrainConfig.to_dict`).
-What changed between releases is written down here, and only here: a key renamed (:data:`RENAMED`) and a key
-added after a record was written (:data:`ADDED`, with the value every run before it trained with). A key a
-saved record lacks and that is in neither had its default of today then too. The method's hyper-parameters a
-record lacks are filled in by :func:`agkd_bml.train.settings.complete`, which knows the methods.
+What changed between releases is written down here, and only here: a key renamed (:data:`RENAMED`), a key
+added after a record was written (:data:`ADDED`, with the value every run before it trained with), and a
+key whose resolved value was not yet recorded (:data:`UNRECORDED`, with what those runs resolved it to). A
+key a saved record lacks and that is in none of them had its default of today then too. The method's
+hyper-parameters a record lacks are filled in by :func:`agkd_bml.train.settings.complete`, which knows
+the methods.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,12 @@ RENAMED: dict[str, str] = {}
 ADDED: dict[str, tuple[str, Any]] = {
     "lr_schedule": ("0.2.0", "multistep"),  # the cyclic schedule of fast AT came with 0.2.0
     "tensorboard": ("0.2.0", False),
+}
+
+#: flat name -> what a run saved with it ``null`` resolved it to, from the run's eps: the training attack's
+#: step was recorded from 0.2.0 on, and every run before trained with steps of eps/4, the only default then
+UNRECORDED: dict[str, Callable[[float], float]] = {
+    "step_size": lambda eps: eps / 4,
 }
 
 

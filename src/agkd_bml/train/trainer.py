@@ -40,7 +40,7 @@ from agkd_bml.evaluation import AttackResult, evaluate_attacks
 from agkd_bml.fileio import hold_lock, release_lock, write_text
 from agkd_bml.methods import METHODS, Method, MethodContext
 from agkd_bml.methods.base import resolve_attack, resolved
-from agkd_bml.migration import read_config_yaml
+from agkd_bml.migration import UNRECORDED, read_config_yaml
 from agkd_bml.models import Classifier, build_model
 from agkd_bml.models.checkpoint import (
     BEST,
@@ -291,9 +291,8 @@ def _continue_saved(cfg: TrainConfig, run_dir: Path, spec: DataSpec) -> TrainCon
     """``cfg`` with the resolved values of the run being resumed where the command leaves them to defaults.
 
     A run records the training attack it resolved in ``config.yaml``; resuming continues that attack even
-    if a default has changed since. Runs saved before the attack was recorded (``step_size: null``) all
-    trained with steps of eps/4, the only default then, so
-    that is what they continue with. """
+    if a default has changed since. Runs saved before a value was recorded continue with what they
+    resolved it to then (:data:`agkd_bml.migration.UNRECORDED`). """
     path = run_dir / "config.yaml"
     if not path.is_file():
         return cfg
@@ -301,9 +300,10 @@ def _continue_saved(cfg: TrainConfig, run_dir: Path, spec: DataSpec) -> TrainCon
     if saved.method != cfg.method:
         return cfg  # another run: _restore reports the difference
     values = {k: saved.value(k) for k in RESOLVED if cfg.value(k) is None and saved.value(k) is not None}
-    if cfg.attack.step_size is None and saved.attack.step_size is None:
-        eps = cfg.attack.eps if cfg.attack.eps is not None else saved.attack.eps
-        values["step_size"] = (eps if eps is not None else dataset_eps(spec)) / 4
+    eps = next((e for e in (cfg.attack.eps, saved.attack.eps) if e is not None), dataset_eps(spec))
+    for name, then in UNRECORDED.items():
+        if cfg.value(name) is None and saved.value(name) is None:
+            values[name] = then(eps)
     return cfg.replace(**values)
 
 
