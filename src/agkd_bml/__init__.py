@@ -1,13 +1,12 @@
 """agkd-bml: AGKD-BML adversarial training and the methods it is compared with.
 
 The package is laid out by job, in layers that import only downwards (checked by ``lint-imports``):
-:mod:`agkd_bml.cli` (the commands) above :mod:`agkd_bml.analysis` and :mod:`agkd_bml.train` (the one
-training loop), above :mod:`agkd_bml.evaluation` and :mod:`agkd_bml.methods` (one training objective per
-file), above :mod:`agkd_bml.attacks`, :mod:`agkd_bml.models` (networks that return logits, last feature
-map and embedding in one pass), :mod:`agkd_bml.data` (datasets as in-memory uint8 tensors) and
-:mod:`agkd_bml.config`. :mod:`agkd_bml.api` (``agkd_bml.attack``, ``agkd_bml.evaluate``) is the evaluator
-as Python functions for any model; :mod:`agkd_bml.compat` holds drop-ins for the reference AutoAttack
-(``agkd_bml.AutoAttack``) and
+:mod:`agkd_bml.cli` (the commands) above :mod:`agkd_bml.analysis` and :mod:`agkd_bml.train` (the one training
+loop), above :mod:`agkd_bml.evaluation` and :mod:`agkd_bml.methods` (one training objective per file), above
+:mod:`agkd_bml.attacks`, :mod:`agkd_bml.models` (networks that return logits, last feature map and embedding
+in one pass), :mod:`agkd_bml.data` (datasets as in-memory uint8 tensors) and :mod:`agkd_bml.config`.
+:mod:`agkd_bml.api` (``agkd_bml.attack``, ``agkd_bml.evaluate``) is the evaluator as Python functions for any
+model; :mod:`agkd_bml.compat` holds drop-ins for the reference AutoAttack (``agkd_bml.AutoAttack``) and
 RobustBench (``agkd_bml.benchmark``). """
 
 __version__ = "0.2.0"

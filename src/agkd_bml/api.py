@@ -1,10 +1,9 @@
 """The evaluator as a Python function: ``agkd_bml.evaluate(model, x, y)`` for any ``nn.Module``.
 
-The same attacks, per-sample worst case, Wilson intervals, checks and resumable state as ``agkd-bml
-eval``, without the command line: the model is any module from images in [0, 1] to logits (or wrapped
-with ``normalize``), the data are tensors. :func:`attack` returns the adversarial images of one attack;
-:func:`evaluate_dataset` loads a dataset
-by name or ``.npz`` path first. """
+The same attacks, per-sample worst case, Wilson intervals, checks and resumable state as ``agkd-bml eval``,
+without the command line: the model is any module from images in [0, 1] to logits (or wrapped with
+``normalize``), the data are tensors. :func:`attack` returns the adversarial images of one attack;
+:func:`evaluate_dataset` loads a dataset by name or ``.npz`` path first. """
 
 from __future__ import annotations
 

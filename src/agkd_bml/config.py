@@ -151,11 +151,10 @@ class RuntimeConfig:
 class TrainConfig:
     """Everything that determines a training run, by section (saved flat as the run's ``config.yaml``).
 
-    Code reads it typed (``cfg.optim.epochs``); people write it flat, as options and YAML keys
-    (``--epochs``, ``epochs: 10``): :data:`SECTION_OF` is the one mapping between the two, so the flat names
-    of every earlier release keep their meaning. Build one from flat names with :meth:`of` or
-    :meth:`from_dict`, change one with :meth:`replace`; a saved one is read back through
-    :mod:`agkd_bml.migration`.
+    Code reads it typed (``cfg.optim.epochs``); people write it flat, as options and YAML keys (``--epochs``,
+    ``epochs: 10``): :data:`SECTION_OF` is the one mapping between the two, so the flat names of every earlier
+    release keep their meaning. Build one from flat names with :meth:`of` or :meth:`from_dict`, change one
+    with :meth:`replace`; a saved one is read back through :mod:`agkd_bml.migration`.
     """
 
     method: str = _opt("agkd-bml", "training method (see `agkd-bml methods`)")

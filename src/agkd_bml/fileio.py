@@ -1,6 +1,5 @@
-"""Atomic file writes (a crash or a full disk never leaves a torn or
-half-written file) and the locks that keep
-two processes from writing one run folder or one evaluation point."""
+"""Atomic file writes (a crash or a full disk never leaves a torn or half-written file) and the locks that
+keep two processes from writing one run folder or one evaluation point."""
 
 from __future__ import annotations
 
@@ -17,9 +16,8 @@ from agkd_bml.errors import UserError
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Write via ``write(file_object)`` to a temporary file in ``path``'s folder, fsync, then rename.
 
-    A crash at any moment leaves either the old file or the new one, never a torn file; a full or
-    read-only disk raises :class:`UserError` and
-    leaves the old file as it was. """
+    A crash at any moment leaves either the old file or the new one, never a torn file; a full or read-only
+    disk raises :class:`UserError` and leaves the old file as it was. """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,8 +50,7 @@ def unreadable(path: str | Path, exc: BaseException) -> str:
     """Why the weights-only ``torch.load`` could not read ``path``, and what to do, in one line.
 
     The common cases: a whole model pickled with ``torch.save(model)`` (refused: unpickling it would run
-    code), a file cut short (a copy or a write interrupted), and a file
-    that is no PyTorch save at all. """
+    code), a file cut short (a copy or a write interrupted), and a file that is no PyTorch save at all. """
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "torch.nn.modules" in str(exc) or ("GLOBAL" in str(exc) and "Module" in str(exc)):
         return (f"{path} holds a whole pickled model (torch.save(model)), which cannot be loaded without "
@@ -79,8 +76,7 @@ def hold_lock(path: str | Path, what: str) -> None:
 
     ``flock`` locks belong to the open file, so the operating system releases them when the holder exits or
     crashes: a stale lock file never blocks anyone. The holder writes its process id and command line into the
-    file, which the refusal quotes. Where ``fcntl`` is
-    missing (Windows) nothing is locked. """
+    file, which the refusal quotes. Where ``fcntl`` is missing (Windows) nothing is locked. """
     try:
         import fcntl
     except ImportError:

@@ -1,12 +1,11 @@
 """Saved training configurations of every release, read back as today's :class:`~agkd_bml.config.TrainConfig`.
 
-A run's ``config.yaml`` and each of its checkpoints store the flat record (:meth:`TrainConfig.to_dict`).
-What changed between releases is written down here, and only here: a key renamed (:data:`RENAMED`), a key
-added after a record was written (:data:`ADDED`, with the value every run before it trained with), and a
-key whose resolved value was not yet recorded (:data:`UNRECORDED`, with what those runs resolved it to). A
-key a saved record lacks and that is in none of them had its default of today then too. The method's
-hyper-parameters a record lacks are filled in by :func:`agkd_bml.train.settings.complete`, which knows
-the methods.
+A run's ``config.yaml`` and each of its checkpoints store the flat record (:meth:`TrainConfig.to_dict`). What
+changed between releases is written down here, and only here: a key renamed (:data:`RENAMED`), a key added
+after a record was written (:data:`ADDED`, with the value every run before it trained with), and a key whose
+resolved value was not yet recorded (:data:`UNRECORDED`, with what those runs resolved it to). A key a saved
+record lacks and that is in none of them had its default of today then too. The method's hyper-parameters a
+record lacks are filled in by :func:`agkd_bml.train.settings.complete`, which knows the methods.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """What produced a result: package and library versions, device, the project's commit, the data's fingerprint.
 
-Every result file (``metrics.jsonl``, ``eval.json``) carries this record, so a number read months later
-still says which code, which PyTorch, which
-machine and which exact data made it. """
+Every result file (``metrics.jsonl``, ``eval.json``) carries this record, so a number read months later still
+says which code, which PyTorch, which machine and which exact data made it. """
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """Attention maps and Grad-CAM overlays (the paper's Figures 1 and 4).
 
-Figure 4: for sample images, the AE, the clean teacher's class-irrelevant map of the clean image, and
-each model's map of its AE; AGKD pulls the latter towards the former. Figure 1: Grad-CAM of the true
-and of the adversarial class on the AE (closed form for our GAP +
-linear heads, see ``grad_cam``). """
+Figure 4: for sample images, the AE, the clean teacher's class-irrelevant map of the clean image, and each
+model's map of its AE; AGKD pulls the latter towards the former. Figure 1: Grad-CAM of the true and of the
+adversarial class on the AE (closed form for our GAP + linear heads, see ``grad_cam``). """
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """A run's training as curves: each loss term, the learning rate, held-out clean and PGD accuracy, best epoch.
 
 Read from ``metrics.jsonl`` only, so it works on a run still training (each finished epoch is a point) and on
-the committed runs of a reproduction; several runs
-share the axes, one colour each. """
+the committed runs of a reproduction; several runs share the axes, one colour each. """
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """t-SNE of penultimate embeddings (the paper's Figures 3, 6-9): where do a class's AEs land?
 
-Clean test points are triangles coloured by class; the AEs of one chosen class are red circles. A model
-whose AEs stay inside their class's cluster has a feature
-space the attack cannot move far. """
+Clean test points are triangles coloured by class; the AEs of one chosen class are red circles. A model whose
+AEs stay inside their class's cluster has a feature space the attack cannot move far. """
 
 from __future__ import annotations
 

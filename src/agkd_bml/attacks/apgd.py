@@ -137,11 +137,10 @@ def apgd(
     """One APGD run per row of ``x``: ``loss_name`` (``ce`` or ``dlr``), or targeted DLR towards ``targets``;
     returns (adv, fooled). ``eot``: gradient averaged over this many passes (randomized models).
 
-    ``owner`` groups rows that attack the same image (APGD-T's copies, one per target): once one row of
-    a group fools the model, the whole group stops. ``model`` must return :class:`ModelOutput` and is
-    used as given (eval mode and frozen parameters are the caller's job). ``start`` replaces the random
-    start (tests use it to rerun an image from
-    the same start in another batch). """
+    ``owner`` groups rows that attack the same image (APGD-T's copies, one per target): once one row of a
+    group fools the model, the whole group stops. ``model`` must return :class:`ModelOutput` and is used as
+    given (eval mode and frozen parameters are the caller's job). ``start`` replaces the random start (tests
+    use it to rerun an image from the same start in another batch). """
     m = x.shape[0]
     owner = torch.arange(m, device=x.device) if owner is None else owner
     out = x.clone()
@@ -245,11 +244,10 @@ def over_targets(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attack each image towards its ``count`` most likely wrong classes; returns (adv, fooled).
 
-    Targets go in groups whose rows fit ``max_rows`` (default :func:`target_rows`); only the images no
-    earlier group broke join the next one, and within a group an image stops once any target broke it.
-    With ``progress``, each finished group is reported (next target, results so far, the state of the
-    ``generator`` that ``run`` draws from) and a saved report
-    is continued at its next target. """
+    Targets go in groups whose rows fit ``max_rows`` (default :func:`target_rows`); only the images no earlier
+    group broke join the next one, and within a group an image stops once any target broke it. With
+    ``progress``, each finished group is reported (next target, results so far, the state of the ``generator``
+    that ``run`` draws from) and a saved report is continued at its next target. """
     with torch.no_grad():
         targets = target_classes(model(x).logits, count)
     max_rows = target_rows(x.device) if max_rows is None else max_rows

@@ -20,8 +20,7 @@ Two implementations with the same interface:
   (torchattacks' own ``AutoAttack`` class runs APGD with 10 iterations, not the reference's 100.)
 
 Both report their progress after each part (:class:`~agkd_bml.attacks.base.Progress`), so a resumable
-evaluation interrupted inside a batch
-continues at the part it stopped in. """
+evaluation interrupted inside a batch continues at the part it stopped in. """
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
 """The one interface every attack implements, and the contract it enforces once for all of them.
 
-An attack's subclass writes :meth:`Attack.run`, the search itself. Calling the attack (``attack(model,
-x, y)``) is final and does what no attack may forget: the model runs in eval mode with frozen parameters
-(both restored afterwards, so its BatchNorm statistics, ``.grad`` and train/eval mode stay as they were),
-the result is projected onto the eps-ball and [0, 1], and it comes back with the mask of the images it
-fools, decided by one pass of the caller's model (as foolbox
-3's attacks return ``success``). """
+An attack's subclass writes :meth:`Attack.run`, the search itself. Calling the attack
+(``attack(model, x, y)``) is final and does what no attack may forget: the model runs in eval mode with frozen
+parameters (both restored afterwards, so its BatchNorm statistics, ``.grad`` and train/eval mode stay as they
+were), the result is projected onto the eps-ball and [0, 1], and it comes back with the mask of the images it
+fools, decided by one pass of the caller's model (as foolbox 3's attacks return ``success``). """
 
 from __future__ import annotations
 
@@ -45,11 +44,10 @@ class Adversarial(NamedTuple):
 class Progress:
     """Where an interrupted call of a long, staged attack stood, and where it reports its new progress.
 
-    AutoAttack on one batch can run for minutes; an attack made of stages (the cascade's parts) reports
-    what it needs to go on (images, masks, its random generator's state) after each stage, and the caller
-    saves it. Called again with that as ``saved``, the attack skips the finished stages and continues with
-    exactly the state it had, so the result equals an uninterrupted call's.
-    Attacks without stages ignore it. """
+    AutoAttack on one batch can run for minutes; an attack made of stages (the cascade's parts) reports what
+    it needs to go on (images, masks, its random generator's state) after each stage, and the caller saves it.
+    Called again with that as ``saved``, the attack skips the finished stages and continues with exactly the
+    state it had, so the result equals an uninterrupted call's. Attacks without stages ignore it. """
 
     saved: dict[str, Any] | None  #: what an earlier, interrupted call reported last (None: start afresh)
     report: Callable[[dict[str, Any]], None]  #: called after each finished stage (the caller saves it)
@@ -89,9 +87,8 @@ def restore_rng(generator: torch.Generator | None, state: torch.Tensor | None) -
 class Attack(ABC):
     """One fully specified attack on models that take inputs in [0, 1] and return ``ModelOutput``.
 
-    An attack is a frozen record of everything a reported number depends on; :meth:`settings` returns
-    it as a flat dict (written next to every accuracy) and
-    :meth:`describe` as one line for tables. """
+    An attack is a frozen record of everything a reported number depends on; :meth:`settings` returns it as a
+    flat dict (written next to every accuracy) and :meth:`describe` as one line for tables. """
 
     name: str  #: the spec string it came from, e.g. ``pgd-20``
     eps: float

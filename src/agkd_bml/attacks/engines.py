@@ -141,10 +141,9 @@ class Fp32Search:
 class Bf16Search:
     """Runs an attack's search under bf16 autocast; every success it reports holds in float32.
 
-    A bf16 pass can call a point adversarial that is not at full precision (it sits on the decision
-    boundary). Such an image gets the attack again in float32 (``redo``), which decides for it, so the
-    images reported broken are broken at full precision and the ones bf16 only nearly broke get the
-    float32 attack.
+    A bf16 pass can call a point adversarial that is not at full precision (it sits on the decision boundary).
+    Such an image gets the attack again in float32 (``redo``), which decides for it, so the images reported
+    broken are broken at full precision and the ones bf16 only nearly broke get the float32 attack.
     """
 
     def __init__(self, device: torch.device) -> None:

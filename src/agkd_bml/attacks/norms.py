@@ -1,9 +1,8 @@
 """The parts of an attack that depend on the threat model: starts, step direction, size, projection.
 
-Every gradient attack is written once against :class:`Norm`; a threat model is one subclass with these
-pieces, not a new copy of each attack. L-inf is the paper's (and the only one training uses); L2 is the
-other standard threat model of robustness benchmarks
-(RobustBench, AutoAttack's L2 version). """
+Every gradient attack is written once against :class:`Norm`; a threat model is one subclass with these pieces,
+not a new copy of each attack. L-inf is the paper's (and the only one training uses); L2 is the other standard
+threat model of robustness benchmarks (RobustBench, AutoAttack's L2 version). """
 
 from __future__ import annotations
 
@@ -83,9 +82,8 @@ class L2(Norm):
     """L2: a start uniform in radius along a Gaussian direction, normalised-gradient steps, radial shrinking.
 
     The projection shrinks the perturbation onto the ball, then clips to the box, as every reference
-    implementation does (AutoAttack, torchattacks, RobustBench): clipping moves each pixel towards the
-    clean one, so
-    the result stays inside the ball. """
+    implementation does (AutoAttack, torchattacks, RobustBench): clipping moves each pixel towards the clean
+    one, so the result stays inside the ball. """
 
     name, title = "l2", "L2"
 
@@ -120,8 +118,7 @@ def default_l2_eps(channels: int, size: int) -> float:
     """0.5 on 3x32x32 images, scaled by the square root of the number of pixel values elsewhere.
 
     An L2 ball of radius eps spreads eps / sqrt(d) per coordinate over d coordinates, so this keeps the
-    per-pixel budget of CIFAR-10's
-    standard 0.5 (0.072 on 1x8x8 digits). """
+    per-pixel budget of CIFAR-10's standard 0.5 (0.072 on 1x8x8 digits). """
     return L2_EPS_CIFAR * math.sqrt(channels * size * size / (3 * 32 * 32))
 
 

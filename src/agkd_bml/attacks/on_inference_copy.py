@@ -1,9 +1,8 @@
 """Attacks that run on the frozen, faster model copy of :func:`~agkd_bml.models.inference.inference_copy`.
 
 AutoAttack's parts run thousands of passes, so they attack the BatchNorm-folded, channels-last copy.
-``run_prepared`` takes that copy and returns ``(adv, fooled)``, so a cascade prepares it once and knows
-which images each part broke; ``run`` is the plain :class:`Attack`
-entry point on the user's model. """
+``run_prepared`` takes that copy and returns ``(adv, fooled)``, so a cascade prepares it once and knows which
+images each part broke; ``run`` is the plain :class:`Attack` entry point on the user's model. """
 
 from __future__ import annotations
 

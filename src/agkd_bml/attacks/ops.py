@@ -28,10 +28,9 @@ def cw_margin(logits: torch.Tensor, labels: torch.Tensor, margin: float = 50.0, 
 
     Ascending it (untargeted) stops pushing once the best other class wins by ``margin``; descending it
     (``targeted``, ``labels`` = the targets) stops once the target wins by ``margin``. This is the loss of
-    Carlini & Wagner as the Feature-Scattering / Bilateral / AGKD-BML code writes it (margin 50), which
-    clips on that one side: a clip on the other side too would zero the gradient exactly where the attack
-    has the furthest to go (an untargeted attack on an image whose
-    true class leads by more than 50). """
+    Carlini & Wagner as the Feature-Scattering / Bilateral / AGKD-BML code writes it (margin 50), which clips
+    on that one side: a clip on the other side too would zero the gradient exactly where the attack has the
+    furthest to go (an untargeted attack on an image whose true class leads by more than 50). """
     logits = upcast(logits)
     own = logits.gather(1, labels[:, None]).squeeze(1)
     other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).amax(1)

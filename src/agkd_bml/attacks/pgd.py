@@ -1,10 +1,9 @@
 """One projected-gradient routine: FGSM, BIM, PGD, MIM, targeted or not, CE or CW-margin loss.
 
-Why one routine: every attack the paper trains or evaluates with is a special case (FGSM = one step of
-size eps without random start, BIM = no random start, PGD = random start, MIM = momentum), so the
-properties that matter (eval-mode model, outputs inside the ball and [0, 1], no change to the model's
-parameter gradients) hold in one place. The threat model's parts (random start, step direction,
-projection) come from
+Why one routine: every attack the paper trains or evaluates with is a special case (FGSM = one step of size
+eps without random start, BIM = no random start, PGD = random start, MIM = momentum), so the properties that
+matter (eval-mode model, outputs inside the ball and [0, 1], no change to the model's parameter gradients)
+hold in one place. The threat model's parts (random start, step direction, projection) come from
 :class:`~agkd_bml.attacks.norms.Norm`. """
 
 from __future__ import annotations
@@ -56,8 +55,7 @@ def pgd(
 
     ``keep_mode`` runs the model in the mode it is in instead of eval mode: a training attack of a model in
     train mode then sees BatchNorm on batch statistics (and updates its running statistics), as the fast
-    adversarial training of Wong et al. (2020)
-    does; evaluation never wants it. """
+    adversarial training of Wong et al. (2020) does; evaluation never wants it. """
     if stop_when_fooled and targeted:
         raise ValueError("stop_when_fooled needs the true labels (an untargeted attack)")
     if eps < 0 or steps < 0:

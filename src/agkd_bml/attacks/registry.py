@@ -1,8 +1,7 @@
 """Attack specs from CLI strings such as ``clean,fgsm,bim-7,pgd-20,cw-100,mim-40,aa,square-5000,spsa-100``.
 
 A new attack is one new file plus one :data:`ATTACKS` line: a builder from (steps, context) to an
-:class:`Attack`, and
-whether it takes a step count. """
+:class:`Attack`, and whether it takes a step count. """
 
 from __future__ import annotations
 
@@ -142,10 +141,9 @@ AttackT = TypeVar("AttackT", bound=Attack)
 def full_length(attack: AttackT) -> AttackT:
     """``attack`` with all its steps run on every image.
 
-    Evaluation stops each image at its first fooling iterate, which is right for counting broken points
-    but leaves AEs just across the decision boundary. AEs that are studied (embeddings, k-NN, t-SNE,
-    attention) or transferred to another model must be the
-    full attack's, as in the paper. """
+    Evaluation stops each image at its first fooling iterate, which is right for counting broken points but
+    leaves AEs just across the decision boundary. AEs that are studied (embeddings, k-NN, t-SNE, attention) or
+    transferred to another model must be the full attack's, as in the paper. """
     return (replace(attack, early_stop=False) if isinstance(attack, PgdAttack) and attack.early_stop
             else attack)
 
@@ -197,8 +195,7 @@ def parse_attacks(
     """Parse ``clean,fgsm,pgd-20,...`` into attacks; ``step_size``,
     ``restarts``, ``targeted`` override defaults.
 
-    ``norm``: the threat
-    model, ``linf`` (default) or ``l2``. """
+    ``norm``: the threat model, ``linf`` (default) or ``l2``. """
     if norm not in NORMS:
         raise UserError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
     if not eps >= 0:

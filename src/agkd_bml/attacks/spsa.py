@@ -1,8 +1,7 @@
 """SpsaAttack (Uesato et al. 2018), the gradient-free attack of the paper's section 4.5, via torchattacks.
 
-It estimates gradients from finite differences of the margin loss along random +-1 directions, so it
-still works where a model's analytic gradients are
-masked (zero, noisy or shattered). """
+It estimates gradients from finite differences of the margin loss along random +-1 directions, so it still
+works where a model's analytic gradients are masked (zero, noisy or shattered). """
 
 from __future__ import annotations
 

@@ -11,16 +11,15 @@ location per query is shared by the batch and each channel gets its own sign, as
   query moves the perturbation's mass of two random windows into the first one, redrawn as such a
   pattern plus the old content, and scales the whole perturbation back to norm eps.
 
-An image leaves at its first misclassified point. Forward passes only, under ``torch.inference_mode``,
-on the prepared model of :func:`agkd_bml.models.inference.inference_copy`. On the CPU, an L-inf query
-recomputes only what its square reaches through the model's convolutions, residual blocks included
-(the windowed query engine of :mod:`agkd_bml.attacks.engines`: the same logits, bit for bit where its
-probe says so, about 2x fewer seconds per query on the small CNN on 2 cores); models it cannot trace, L2
-queries and GPUs get full passes. A success seen through windowed queries counts once a full pass agrees.
-Square is AutoAttack's longest part (5,000 queries on every image still robust), so with a
-:class:`~agkd_bml.attacks.base.Progress` it reports its search every :data:`REPORT_EVERY` queries and
-resumes from such a report to
-the uninterrupted call's result. """
+An image leaves at its first misclassified point. Forward passes only, under ``torch.inference_mode``, on the
+prepared model of :func:`agkd_bml.models.inference.inference_copy`. On the CPU, an L-inf query recomputes only
+what its square reaches through the model's convolutions, residual blocks included (the windowed query engine
+of :mod:`agkd_bml.attacks.engines`: the same logits, bit for bit where its probe says so, about 2x fewer
+seconds per query on the small CNN on 2 cores); models it cannot trace, L2 queries and GPUs get full passes. A
+success seen through windowed queries counts once a full pass agrees. Square is AutoAttack's longest part
+(5,000 queries on every image still robust), so with a :class:`~agkd_bml.attacks.base.Progress` it reports its
+search every :data:`REPORT_EVERY` queries and resumes from such a report to the uninterrupted call's result.
+"""
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
 """Running torchattacks' attacks on our models without letting them change anything they should not.
 
 torchattacks expects a module that returns logits, seeds the *global* RNG, calls ``.backward()`` (FAB) and
-switches the model to train mode afterwards if the wrapper it was given says so. The adapter hides all
-of that: the model sees eval mode and frozen parameters, the caller's RNG state is restored, and the
-result is projected onto the eps-ball (of the given norm) and [0, 1] in the input's dtype. The attack itself
-runs in float32 (on a float32 copy of a float64
-model), as torchattacks assumes. """
+switches the model to train mode afterwards if the wrapper it was given says so. The adapter hides all of
+that: the model sees eval mode and frozen parameters, the caller's RNG state is restored, and the result is
+projected onto the eps-ball (of the given norm) and [0, 1] in the input's dtype. The attack itself runs in
+float32 (on a float32 copy of a float64 model), as torchattacks assumes. """
 
 from __future__ import annotations
 

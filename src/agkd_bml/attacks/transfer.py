@@ -1,8 +1,7 @@
 """Black-box transfer (paper Table 3): AEs crafted white-box on a *source* model, scored on the target.
 
-A defense whose white-box accuracy is lower than its transfer accuracy behaves as expected; the
-reverse is a classic sign of gradient masking (its own
-gradients are worse than a stranger's). """
+A defense whose white-box accuracy is lower than its transfer accuracy behaves as expected; the reverse is a
+classic sign of gradient masking (its own gradients are worse than a stranger's). """
 
 from __future__ import annotations
 

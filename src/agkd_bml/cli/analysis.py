@@ -1,8 +1,7 @@
 """``agkd-bml knn``, ``tsne``, ``attention`` and ``report``: the analyses behind the paper's figures.
 
-Each returns a Markdown section and writes its files, so ``report`` is ``eval``, ``curves`` and all of
-them in a row, called
-as the typed functions they are. """
+Each returns a Markdown section and writes its files, so ``report`` is ``eval``, ``curves`` and all of them in
+a row, called as the typed functions they are. """
 
 from __future__ import annotations
 

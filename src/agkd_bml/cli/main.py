@@ -1,9 +1,8 @@
 """``agkd-bml {train,eval,curves,audit,knn,tsne,attention,report,reproduce,quickstart,presets,methods}``.
 
-Each subcommand lives with its parser in one module of this package and is a typed function; this file
-only assembles the parsers. Bad input never shows a traceback: every :class:`UserError` is printed as one
-line and the exit code is 2
-(``--debug`` shows the traceback). """
+Each subcommand lives with its parser in one module of this package and is a typed function; this file only
+assembles the parsers. Bad input never shows a traceback: every :class:`UserError` is printed as one line and
+the exit code is 2 (``--debug`` shows the traceback). """
 
 from __future__ import annotations
 

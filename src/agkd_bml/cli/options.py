@@ -1,10 +1,9 @@
 """The edge between argparse and the typed command functions, and the options several commands share.
 
-Each command is a function with keyword-only, typed parameters (callable from Python, by the other
-commands and by tests); its ``add_parser`` declares the same names as options. :func:`call` is the one
-adapter from parsed arguments to such a function: it passes each parameter whose name is an option,
-``progress`` from ``--no-progress``, and ``options``
-(:class:`EvalOptions`) from the shared options. """
+Each command is a function with keyword-only, typed parameters (callable from Python, by the other commands
+and by tests); its ``add_parser`` declares the same names as options. :func:`call` is the one adapter from
+parsed arguments to such a function: it passes each parameter whose name is an option, ``progress`` from
+``--no-progress``, and ``options`` (:class:`EvalOptions`) from the shared options. """
 
 from __future__ import annotations
 

@@ -18,9 +18,8 @@ from agkd_bml.train import train
 def quickstart_configs(out: str | Path, device: str = "auto") -> list[TrainConfig]:
     """The runs of the quickstart: a clean teacher, then AGKD-BML and PGD-AT students, on digits.
 
-    Each student's run is named after its training attack steps: AGKD-BML with its paper 2 steps, PGD-AT
-    with its paper 7 and, for a comparison at
-    equal cost in attack steps, with 2. """
+    Each student's run is named after its training attack steps: AGKD-BML with its paper 2 steps, PGD-AT with
+    its paper 7 and, for a comparison at equal cost in attack steps, with 2. """
     out = Path(out)
     common = dict(dataset="digits", arch="small-cnn", batch_size=64, lr=0.05, val_n=200, device=device)
     teacher = TrainConfig.of(method="standard", epochs=10, milestones=[8], label_smoothing=0.5,

@@ -2,8 +2,7 @@
 :mod:`agkd_bml.reproduction`.
 
 The targets live in the reproduction layer; the two figures drawn by the analysis commands (t-SNE and
-attention maps, as a user would draw
-them) are handed in from here. """
+attention maps, as a user would draw them) are handed in from here. """
 
 from __future__ import annotations
 

@@ -33,10 +33,9 @@ def iterate_batches(
     seeded per epoch sees the same batches after a restart; without it they come in order. Images
     travel to the device as uint8 (4x less traffic) and are converted and augmented there.
 
-    ``shard=(rank, world)`` gives rank ``rank`` every ``world``-th index of the (shuffled) order, cut to
-    an equal share: with a per-rank ``batch_size`` of B / world, step k of all ranks together covers
-    exactly the k-th global batch
-    of B a single process would see. """
+    ``shard=(rank, world)`` gives rank ``rank`` every ``world``-th index of the (shuffled) order, cut to an
+    equal share: with a per-rank ``batch_size`` of B / world, step k of all ranks together covers exactly the
+    k-th global batch of B a single process would see. """
     rank, world = shard
     perm: torch.Tensor | None
     if world > 1:
@@ -66,9 +65,8 @@ def iterate_batches(
 class ClassIndex:
     """Indices of the training set grouped by class, to draw a random image of any class in one gather.
 
-    Kept as one sorted index array plus per-class offsets and counts on the data's device, so drawing
-    ``B`` samples of ``B`` classes is a few tensor ops: no Python loop
-    over samples, no host-device sync. """
+    Kept as one sorted index array plus per-class offsets and counts on the data's device, so drawing ``B``
+    samples of ``B`` classes is a few tensor ops: no Python loop over samples, no host-device sync. """
 
     def __init__(self, labels: torch.Tensor, num_classes: int) -> None:
         labels = labels.long()
@@ -89,9 +87,8 @@ class ClassIndex:
 class ImageSampler:
     """Draws, for each requested class, a random augmented training image of that class.
 
-    AGKD-BML needs, for each sample, a clean image of its most confusing class (the backward sample).
-    The uint8 training set lives on the training device, so the draw
-    is one gather plus augmentation. """
+    AGKD-BML needs, for each sample, a clean image of its most confusing class (the backward sample). The
+    uint8 training set lives on the training device, so the draw is one gather plus augmentation. """
 
     def __init__(
         self, x: torch.Tensor, y: torch.Tensor, num_classes: int, augment: Augment | None,

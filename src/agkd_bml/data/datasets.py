@@ -1,8 +1,7 @@
 """Dataset loaders. Every dataset ends up as uint8 NCHW tensors in memory plus a :class:`DataSpec`.
 
-Keeping small datasets as uint8 tensors (CIFAR-10 is 150 MB) lets batching, augmentation and drawing
-backward samples happen as tensor ops,
-with no per-image Python work. """
+Keeping small datasets as uint8 tensors (CIFAR-10 is 150 MB) lets batching, augmentation and drawing backward
+samples happen as tensor ops, with no per-image Python work. """
 
 from __future__ import annotations
 
@@ -206,9 +205,8 @@ def from_arrays(
 def load_digits(size: int = 16) -> Dataset:
     """scikit-learn's bundled 8x8 digits (1,797 real images), upsampled to ``size`` and split 75/25.
 
-    Upsampling to 16x16 gives a 4x4 last feature map after two stride-2 stages, which AGKD needs.
-    The split is stratified with a fixed seed, so every machine gets
-    the same train and test images. """
+    Upsampling to 16x16 gives a 4x4 last feature map after two stride-2 stages, which AGKD needs. The split is
+    stratified with a fixed seed, so every machine gets the same train and test images. """
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 
@@ -233,9 +231,8 @@ def image_linf_eps(channels: int, size: int) -> float:
 def load_npz(path: str) -> Dataset:
     """Any ``.npz`` with ``x_train, y_train, x_test, y_test`` (uint8 NHW or NHWC, integer labels).
 
-    eps defaults to 0.3 for MNIST-like data (1 channel, 28x28) and 8/255 otherwise; CIFAR-10 class names
-    are used when the file name says ``cifar10`` and has 10 classes, or
-    the file's own ``class_names``. """
+    eps defaults to 0.3 for MNIST-like data (1 channel, 28x28) and 8/255 otherwise; CIFAR-10 class names are
+    used when the file name says ``cifar10`` and has 10 classes, or the file's own ``class_names``. """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"npz file {path!r} does not exist")
@@ -360,8 +357,7 @@ def default_data_dir() -> str:
 
 def load_dataset(name: str, *, data_dir: str | None = None, download: bool = False) -> Dataset:
     """Load a dataset by name (see :data:`DATASETS`; files in ``data_dir``, by default
-    :func:`default_data_dir`,
-    fetched there by torchvision with ``download``) or ``npz:PATH``."""
+    :func:`default_data_dir`, fetched there by torchvision with ``download``) or ``npz:PATH``."""
     if name.startswith("npz:"):
         return load_npz(name[4:])
     if name not in DATASETS:

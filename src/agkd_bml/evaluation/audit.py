@@ -1,12 +1,11 @@
 """Gradient-masking audit: the paper's section 4.5 and the standard checklist (Athalye et al. 2018,
 Carlini et al. 2019) as pass/fail checks with the numbers behind them.
 
-A defense that only *hides* its gradients looks robust to gradient attacks and is not. The symptoms are
-all measurable: one-step attacks do as well as iterative ones, more steps or a bigger budget stop
-helping, even an unbounded attack fails, gradient-free or transferred attacks beat white-box ones, or
-the input gradients are simply zero. Each check compares attacks on the *same* images with the same
-seed, so small differences are real;
-``tolerance`` absorbs the rest. """
+A defense that only *hides* its gradients looks robust to gradient attacks and is not. The symptoms are all
+measurable: one-step attacks do as well as iterative ones, more steps or a bigger budget stop helping, even an
+unbounded attack fails, gradient-free or transferred attacks beat white-box ones, or the input gradients are
+simply zero. Each check compares attacks on the *same* images with the same seed, so small differences are
+real; ``tolerance`` absorbs the rest. """
 
 from __future__ import annotations
 
@@ -53,8 +52,7 @@ def zero_gradient_share(
     """Share of images whose input gradient of the CW margin is exactly zero everywhere.
 
     The margin (logit difference) is used, not cross-entropy: CE's gradient underflows to zero on very
-    confident points of any model, while a zero margin gradient means
-    the network is flat in its input. """
+    confident points of any model, while a zero margin gradient means the network is flat in its input. """
     zero, total = 0, 0
     with eval_mode(model):
         for xb, yb in iterate_batches(x, y, batch_size, device=device):

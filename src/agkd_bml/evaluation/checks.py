@@ -2,12 +2,11 @@
 signs an evaluation is unreliable.
 
 Each check is cheap (a few passes on one batch) and returns a one-line warning or nothing. They catch the
-classic ways a robustness number is inflated without any attack being wrong: a randomized model (two
-forwards differ, so a deterministic attack chases noise), a forward that switches itself to training mode
-(BatchNorm on batch statistics), probabilities instead of logits (the losses saturate), input gradients
-that are zero or not finite (gradient attacks are blind there), too few classes for the targeted parts,
-and a black-box attack (Square) that finds
-what the white-box parts missed. """
+classic ways a robustness number is inflated without any attack being wrong: a randomized model (two forwards
+differ, so a deterministic attack chases noise), a forward that switches itself to training mode (BatchNorm on
+batch statistics), probabilities instead of logits (the losses saturate), input gradients that are zero or not
+finite (gradient attacks are blind there), too few classes for the targeted parts, and a black-box attack
+(Square) that finds what the white-box parts missed. """
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Accuracy vs PGD steps and vs eps (the paper's Figure 5), as CSV and a two-panel plot.
 
-A robust model that does not mask gradients loses accuracy monotonically as the attack gets more steps
-or a larger budget; a curve that flattens early or rises again is
-a warning sign (see ``audit``). """
+A robust model that does not mask gradients loses accuracy monotonically as the attack gets more steps or a
+larger budget; a curve that flattens early or rises again is a warning sign (see ``audit``). """
 
 from __future__ import annotations
 

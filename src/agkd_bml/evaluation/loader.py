@@ -1,11 +1,10 @@
 """Loading models and their test data for evaluation and analysis: one loader below the command layer.
 
-Every command that looks at trained models (eval, curves, audit, knn, tsne, attention, report) takes the
-same :class:`EvalOptions` and loads through :class:`ModelLoader`, so a new model source or data option is
-added once. Loading needs only :mod:`agkd_bml.models.checkpoint`, never the trainer. Besides this project's
+Every command that looks at trained models (eval, curves, audit, knn, tsne, attention, report) takes the same
+:class:`EvalOptions` and loads through :class:`ModelLoader`, so a new model source or data option is added
+once. Loading needs only :mod:`agkd_bml.models.checkpoint`, never the trainer. Besides this project's
 checkpoints and run folders, a model may come from anywhere (:mod:`agkd_bml.models.external`: a Python
-factory, an exported program, TorchScript); it is checked against
-the data before any attack runs. """
+factory, an exported program, TorchScript); it is checked against the data before any attack runs. """
 
 from __future__ import annotations
 
@@ -141,9 +140,8 @@ class ModelLoader:
 
     def model(self, path: str,
               name: str | None = None) -> tuple[str, torch.nn.Module, Dataset, torch.Tensor, torch.Tensor]:
-        """(row label, model, dataset, first ``n`` test images, their
-        labels) of a checkpoint or foreign model;
-        ``name`` replaces the row label (which is otherwise the run folder's or the factory's name)."""
+        """(row label, model, dataset, first ``n`` test images, their labels) of a checkpoint or foreign
+        model; ``name`` replaces the row label (which is otherwise the run folder's or the factory's name)."""
         if name is not None:
             if name in self.taken:
                 raise UserError(f"--name {name!r} is given to two rows; each row needs its own name")

@@ -1,9 +1,8 @@
 """Accuracy under attack, per sample, so that a worst case over attacks can be taken afterwards.
 
 Convention (AutoAttack / RobustBench): a test point counts as robust under an attack only if the model
-classifies it correctly both clean and attacked, and attacks are run only on the points it gets right
-clean (the others are already errors;
-attacking them would only cost time). """
+classifies it correctly both clean and attacked, and attacks are run only on the points it gets right clean
+(the others are already errors; attacking them would only cost time). """
 
 from __future__ import annotations
 
@@ -52,11 +51,10 @@ def no_cudnn_benchmark() -> Iterator[None]:
     """cuDNN's benchmark mode off while attacking, restored after.
 
     Training turns it on (fixed batch shapes: each shape is timed once, then the fastest kernels run). An
-    evaluation's batch shapes vary without end: attacks run on the clean-correct images only, PGD drops
-    each image as it is fooled, AutoAttack's parts take the survivors of the last. With benchmark mode on,
-    every new shape is timed anew, forward and backward, in every layer; a ``reproduce`` process that
-    trains and then evaluates
-    would spend most of its time there. """
+    evaluation's batch shapes vary without end: attacks run on the clean-correct images only, PGD drops each
+    image as it is fooled, AutoAttack's parts take the survivors of the last. With benchmark mode on, every
+    new shape is timed anew, forward and backward, in every layer; a ``reproduce`` process that trains and
+    then evaluates would spend most of its time there. """
     before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False
     try:
@@ -80,11 +78,10 @@ def evaluate_attacks(
 ) -> list[AttackResult]:
     """Run each attack on images ``x`` (N, C, H, W; uint8, or float in [0, 1]) with labels ``y``.
 
-    Batch ``b`` of every attack draws its randomness from a generator seeded by ``(seed, b)``, so a number
-    is reproducible and does not depend on how the batches were shared out: under ``torchrun`` each rank
-    attacks every world-th batch and all ranks get the gathered result, identical to one process's. With
-    ``state``, results are saved as they come and a rerun continues
-    where it stopped (same result). """
+    Batch ``b`` of every attack draws its randomness from a generator seeded by ``(seed, b)``, so a number is
+    reproducible and does not depend on how the batches were shared out: under ``torchrun`` each rank attacks
+    every world-th batch and all ranks get the gathered result, identical to one process's. With ``state``,
+    results are saved as they come and a rerun continues where it stopped (same result). """
     device = torch.device(device)
     job = distributed.current()
     digest = model_digest(model) if state is not None else ""
@@ -147,10 +144,9 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack 
     """Per-sample correctness of ``model`` on ``x`` attacked by ``attack`` (clean when None).
 
     Batches go in rounds of one per rank; after each round every rank holds all results so far, and rank 0
-    saves them (``state``), so a stopped run resumes at its first unfinished round. A cascade's per-part
-    tally (which part broke how many images, read by the checks) travels and is saved with each batch, so
-    it covers all batches, also those of other ranks or
-    of an earlier, interrupted run. """
+    saves them (``state``), so a stopped run resumes at its first unfinished round. A cascade's per-part tally
+    (which part broke how many images, read by the checks) travels and is saved with each batch, so it covers
+    all batches, also those of other ranks or of an earlier, interrupted run. """
     total = math.ceil(x.shape[0] / r.batch_size)
     done = list(point.batches) if point is not None else []
     tallies = list(point.tallies) if point is not None else []
@@ -183,9 +179,8 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack 
 def _progress(point: Point | None, b: int, r: _Run) -> Progress | None:
     """Batch ``b``'s progress within the attack: resumed from and saved to ``point`` (rank 0's batches).
 
-    A report is saved like a finished batch, at most every ``SAVE_EVERY_S``; the finished batches saved
-    with it are the ones before ``b``, so a resume continues batch ``b``
-    where its last report left it. """
+    A report is saved like a finished batch, at most every ``SAVE_EVERY_S``; the finished batches saved with
+    it are the ones before ``b``, so a resume continues batch ``b`` where its last report left it. """
     if r.state is None or point is None or not r.job.main:
         return None
     state = r.state

@@ -40,10 +40,9 @@ def evaluate_checkpoints(
 
     ``last_iterate``: the PGD-family attacks score each image at their last iterate (the protocol of the
     paper's and the baselines' code) instead of at the first iterate that fools the model (ours: never
-    weaker). Both are offered so that a table can show how much of a gap comes from the protocol.
-    ``state`` (default ``OUT/state`` with ``out``): per-sample results saved as they come, so the same
-    command run again after a crash continues where it
-    stopped and prints the same table. """
+    weaker). Both are offered so that a table can show how much of a gap comes from the protocol. ``state``
+    (default ``OUT/state`` with ``out``): per-sample results saved as they come, so the same command run again
+    after a crash continues where it stopped and prints the same table. """
     require_positive(n=options.n, batch_size=options.batch_size, restarts=restarts)
     job, device = distributed.setup(options.device)  # under torchrun, each rank attacks every world-th batch
     try:

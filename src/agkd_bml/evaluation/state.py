@@ -1,14 +1,13 @@
 """Resumable evaluation: per-sample results of each (model, attack, images) point, saved as they come.
 
-AutoAttack on a thousand images takes minutes to hours; a crash, a pre-emption or the end of a session
-must not throw that away. An :class:`EvalState` folder holds one file per point, keyed by everything the
-result depends on (the weights' checksum, the attack's settings, the images, the seed, the batch size),
-written atomically as batches finish, and within a batch as a staged attack (AutoAttack, part by part)
-reports its progress (:class:`~agkd_bml.attacks.base.Progress`). Each batch is seeded by its own index, so a
-rerun that skips finished points and continues an unfinished one at its next batch gets exactly an
-uninterrupted run's result. A file whose key differs from the point asked for is never used: asking for a
-point under other settings makes a new file, and a file that does not
-match its own name is refused. """
+AutoAttack on a thousand images takes minutes to hours; a crash, a pre-emption or the end of a session must
+not throw that away. An :class:`EvalState` folder holds one file per point, keyed by everything the result
+depends on (the weights' checksum, the attack's settings, the images, the seed, the batch size), written
+atomically as batches finish, and within a batch as a staged attack (AutoAttack, part by part) reports its
+progress (:class:`~agkd_bml.attacks.base.Progress`). Each batch is seeded by its own index, so a rerun that
+skips finished points and continues an unfinished one at its next batch gets exactly an uninterrupted run's
+result. A file whose key differs from the point asked for is never used: asking for a point under other
+settings makes a new file, and a file that does not match its own name is refused. """
 
 from __future__ import annotations
 
@@ -58,11 +57,10 @@ class EvalState:
     """A folder of :class:`Point` files (one per point, named by the hash of its key).
 
     ``settings`` (the command's eps, images, seed, batch size...) are written to ``settings.json`` on first
-    use; a later evaluation with other settings is refused with a one-line error rather than left to fill
-    the folder with points no table of the first one would read. Other attacks or models with the same
-    settings share the folder (finished points are reused). With ``saved_only``, it hands out finished
-    points only and raises :class:`NotSaved` for any other, so a table can show what another process has
-    already computed
+    use; a later evaluation with other settings is refused with a one-line error rather than left to fill the
+    folder with points no table of the first one would read. Other attacks or models with the same settings
+    share the folder (finished points are reused). With ``saved_only``, it hands out finished points only and
+    raises :class:`NotSaved` for any other, so a table can show what another process has already computed
     without computing anything itself. """
 
     def __init__(self, folder: str | Path, settings: dict[str, Any] | None = None, *,

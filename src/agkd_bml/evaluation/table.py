@@ -43,8 +43,7 @@ def format_table(rows: dict[str, list[AttackResult]], weights: str | None = None
     """A Markdown table of accuracies (%), with a footnote line per attack giving its settings.
 
     ``weights`` (last, best, ema) adds a line saying which weights of the runs were evaluated; ``foreign``
-    (row label -> description) says the same of models from elsewhere:
-    their source, weights and inputs. """
+    (row label -> description) says the same of models from elsewhere: their source, weights and inputs. """
     first = next(iter(rows.values()))
     header = [r.attack.name for r in first] + (["worst-case"] if len(first) > 1 else [])
     lines = ["| model | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
@@ -130,10 +129,9 @@ def write_tables(
 ) -> list[Path]:
     """Write the table as Markdown, CSV and JSON (atomically) into ``out_dir``.
 
-    The JSON holds every (model, attack) record under ``results``, per model a RobustBench-style summary
-    and the warnings of :mod:`agkd_bml.evaluation.checks` under ``models``, and what produced it (versions,
-    device, commit, the images' fingerprint:
-    :func:`agkd_bml.provenance.provenance`) under ``provenance``. """
+    The JSON holds every (model, attack) record under ``results``, per model a RobustBench-style summary and
+    the warnings of :mod:`agkd_bml.evaluation.checks` under ``models``, and what produced it (versions,
+    device, commit, the images' fingerprint: :func:`agkd_bml.provenance.provenance`) under ``provenance``. """
     out = Path(out_dir)
     recs = records(rows, weights, foreign)
     models = {name: {"robustbench": robustbench_record(name, results, (datasets or {}).get(name, "")),

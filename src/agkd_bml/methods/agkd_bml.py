@@ -13,8 +13,7 @@ One training step, as in the paper and the authors' released code:
    + BML = lambda_1 * (angular triplet(anchor=forward AE, positive=x^s, negative=backward AE)
    + lambda_2 * L_norm) [+ MART on (x^s, forward AE) in the released 10-step variant].
 
-The ``agkd`` ablation has no backward sample (the backward pair exists for metric learning), so it
-attacks and
+The ``agkd`` ablation has no backward sample (the backward pair exists for metric learning), so it attacks and
 distils the forward pair only. """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The one interface every training objective implements.
 
-A method turns a clean batch into named loss terms; the trainer sums them, back-propagates and logs each
-term. Everything a method may need beyond the batch (the frozen teacher, the sampler of backward images,
-the resolved attack budget) is handed over
-once in :class:`MethodContext`. """
+A method turns a clean batch into named loss terms; the trainer sums them, back-propagates and logs each term.
+Everything a method may need beyond the batch (the frozen teacher, the sampler of backward images, the
+resolved attack budget) is handed over once in :class:`MethodContext`. """
 
 from __future__ import annotations
 
@@ -29,8 +28,7 @@ def default_step_size(steps: int, eps: float) -> float:
     eps/4 is the paper's 2/255 for 7 and 10 steps. With it, two steps move at most eps/2 past the random
     start, so a 2-step method would train against about half the budget of the 7-step ones; at the small
     scale, AGKD-BML-2 with step eps kept 17.3% under PGD-20 and 8.6% under AA against 10.9% and 5.8% with
-    eps/4 (docs/reproduction.md). One rule for
-    ``train``, ``reproduce`` and the API. """
+    eps/4 (docs/reproduction.md). One rule for ``train``, ``reproduce`` and the API. """
     if steps <= 0 or steps >= 4:
         return eps / 4
     return min(eps, 2.5 * eps / steps)
@@ -40,9 +38,8 @@ def default_step_size(steps: int, eps: float) -> float:
 class TrainingAttack:
     """A run's training attack, resolved once from its config, its method and its dataset.
 
-    The trainer, the held-out validation and ``reproduce`` all read this record, and a run's
-    ``config.yaml`` stores its values, so a default changed later can never change what ``--resume``
-    continues.
+    The trainer, the held-out validation and ``reproduce`` all read this record, and a run's ``config.yaml``
+    stores its values, so a default changed later can never change what ``--resume`` continues.
     """
 
     eps: float  #: L-inf budget (the dataset's default unless set)

@@ -3,8 +3,7 @@
 PGD-AT's objective with its own attack: one signed-gradient step of 1.25 eps (10/255 at eps 8/255) from a
 uniform start in the eps-ball, with the model left in train mode during the attack as their code does
 (BatchNorm on batch statistics). Trained with ``--lr-schedule cyclic`` (up to 0.2, 15 epochs) on a PreAct
-ResNet-18 it is RobustBench's ``Wong2020Fast`` recipe: the
-project's known answer at scale. """
+ResNet-18 it is RobustBench's ``Wong2020Fast`` recipe: the project's known answer at scale. """
 
 from __future__ import annotations
 

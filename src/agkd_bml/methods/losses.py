@@ -17,9 +17,8 @@ from agkd_bml.models.base import is_channels_last
 def smooth_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
     """Feature-Scattering label smoothing: ``1 - s`` on the true class, ``s / (K - 1)`` on each other.
 
-    (PyTorch's built-in ``label_smoothing`` instead spreads ``s / K`` over *all* classes; the paper's
-    0.5 follows Feature Scattering, so
-    the true class gets exactly 0.5.) """
+    (PyTorch's built-in ``label_smoothing`` instead spreads ``s / K`` over *all* classes; the paper's 0.5
+    follows Feature Scattering, so the true class gets exactly 0.5.) """
     one_hot = F.one_hot(labels, num_classes).float()
     return one_hot * (1.0 - smoothing) + (1.0 - one_hot) * (smoothing / (num_classes - 1))
 
@@ -43,10 +42,9 @@ def _minmax(a: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 class _GradInOwnLayout(torch.autograd.Function):
     """Identity whose backward hands the gradient back in the layout of its input.
 
-    The channel sum's gradient is an expand over channels, which reaches the model's channels-last
-    feature map as an NCHW tensor; the last ReLU's backward then takes PyTorch's strided path (about 7%
-    of the student's backward in an AGKD-BML step here). Matching
-    the layout keeps the fast path. """
+    The channel sum's gradient is an expand over channels, which reaches the model's channels-last feature map
+    as an NCHW tensor; the last ReLU's backward then takes PyTorch's strided path (about 7% of the student's
+    backward in an AGKD-BML step here). Matching the layout keeps the fast path. """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # ctx: FunctionCtx, which takes any attribute
@@ -73,9 +71,8 @@ def grad_cam(features: torch.Tensor, fc_weight: torch.Tensor, classes: torch.Ten
     """Grad-CAM of class ``classes[i]`` for each sample, (N, H*W) in [0, 1].
 
     With a global-average-pool + linear head, d logit_c / d A_k(i, j) = w[c, k] / (H W) everywhere, so
-    Grad-CAM's channel weights are exactly the head's weights: ReLU(sum_k w[c, k] A_k) up to scale. The
-    closed form is exact, differentiable, and needs no second
-    backward pass during training. """
+    Grad-CAM's channel weights are exactly the head's weights: ReLU(sum_k w[c, k] A_k) up to scale. The closed
+    form is exact, differentiable, and needs no second backward pass during training. """
     cam = torch.einsum("nchw,nc->nhw", upcast(features), upcast(fc_weight)[classes])
     return _minmax(cam.relu())
 
@@ -142,9 +139,8 @@ def mart_loss(
 ) -> torch.Tensor:
     """MART's extra terms (Wang et al. 2020): boosted BCE on the AE's best wrong class + beta * weighted KL.
 
-    ``-log(1 - p_adv[best wrong class])`` + beta * mean_i KL(p_clean_i || p_adv_i) * (1 - p_clean_i[y_i]).
-    The CE on the AE itself is left to the caller (MART uses plain
-    CE, AGKD-BML its smoothed CE). """
+    ``-log(1 - p_adv[best wrong class])`` + beta * mean_i KL(p_clean_i || p_adv_i) * (1 - p_clean_i[y_i]). The
+    CE on the AE itself is left to the caller (MART uses plain CE, AGKD-BML its smoothed CE). """
     adv_probs = F.softmax(upcast(adv_logits), dim=1)
     top2 = adv_probs.topk(2, dim=1).indices
     wrong = torch.where(top2[:, 0] == labels, top2[:, 1], top2[:, 0])

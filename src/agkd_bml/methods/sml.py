@@ -14,9 +14,8 @@ simplified against Mao et al.'s released code in four documented ways:
 3. the positive is the clean image itself; Mao et al. add a small random noise to it;
 4. training starts from scratch; Mao et al. fine-tune a PGD-AT model.
 
-The paper's SML row (Table 1) comes from Mao et al.'s numbers, so a gap between our SML and that row
-may come from these
-differences as well as from scale. """
+The paper's SML row (Table 1) comes from Mao et al.'s numbers, so a gap between our SML and that row may come
+from these differences as well as from scale. """
 
 from __future__ import annotations
 

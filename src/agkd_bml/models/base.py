@@ -1,9 +1,8 @@
 """The model contract shared by every architecture.
 
-Every model takes images in [0, 1] (normalisation is a buffer inside it, so attacks work in pixel space)
-and one forward returns all that any method needs: logits, the last conv feature map after the final
-BN-ReLU (for attention maps) and the penultimate embedding, its global
-average pool (for metric learning). """
+Every model takes images in [0, 1] (normalisation is a buffer inside it, so attacks work in pixel space) and
+one forward returns all that any method needs: logits, the last conv feature map after the final BN-ReLU (for
+attention maps) and the penultimate embedding, its global average pool (for metric learning). """
 
 from __future__ import annotations
 
@@ -30,11 +29,10 @@ def is_channels_last(x: torch.Tensor) -> bool:
 def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """``(x - mean) / std`` for per-channel ``mean``/``std`` of shape (1, C, 1, 1), in ``x``'s own layout.
 
-    Against a channels-last batch (the layout attacks and training use), broadcasting the (1, C, 1, 1)
-    buffers makes every element-wise loop run over the C = 3 innermost values, forward and backward:
-    about 15x slower than matched layouts here, a few percent of each AutoAttack pass. Expanding the
-    buffers to one channels-last image first keeps the loops
-    flat; the values are bit-identical. """
+    Against a channels-last batch (the layout attacks and training use), broadcasting the (1, C, 1, 1) buffers
+    makes every element-wise loop run over the C = 3 innermost values, forward and backward: about 15x slower
+    than matched layouts here, a few percent of each AutoAttack pass. Expanding the buffers to one
+    channels-last image first keeps the loops flat; the values are bit-identical. """
     if is_channels_last(x):
         shape = (1, *x.shape[1:])
         mean = mean.expand(shape).contiguous(memory_format=torch.channels_last)
@@ -45,9 +43,8 @@ def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 class Classifier(nn.Module):
     """Normalisation, a convolutional backbone, global average pooling and a linear head.
 
-    ``backbone`` maps normalised images to the last feature map (already through its final BN-ReLU) and
-    has ``out_channels``; the head is shared so every architecture
-    honours :class:`ModelOutput` alike. """
+    ``backbone`` maps normalised images to the last feature map (already through its final BN-ReLU) and has
+    ``out_channels``; the head is shared so every architecture honours :class:`ModelOutput` alike. """
 
     def __init__(
         self,
@@ -77,9 +74,8 @@ class Classifier(nn.Module):
 def unwrap(model: nn.Module) -> nn.Module:
     """The network inside a DistributedDataParallel wrapper (the model itself otherwise).
 
-    Attacks run on the bare network: DDP would otherwise expect every forward with grad enabled to be
-    followed by a backward that reaches all parameters, which an
-    input-gradient attack never is. """
+    Attacks run on the bare network: DDP would otherwise expect every forward with grad enabled to be followed
+    by a backward that reaches all parameters, which an input-gradient attack never is. """
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 

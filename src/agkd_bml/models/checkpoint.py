@@ -1,12 +1,11 @@
 """Checkpoints: written atomically, read with ``weights_only=True`` so that no pickled code ever runs.
 
-On disk a checkpoint is a plain dict of tensors, numbers, strings, lists and dicts: the model, optimizer
-and scheduler states, the epoch, the run's config, the dataset spec (enough to rebuild the model) and a
-SHA-256 of the model weights, checked on every load. In code it is a :class:`Checkpoint` record, so a
-misspelt key is an attribute error where it is written, not a ``KeyError`` in another command. A run
-directory keeps the last two (``last.pt``, ``prev.pt``), so a damaged newest checkpoint still leaves one
-to resume from. Loading a model for evaluation needs
-only this module, not the trainer. """
+On disk a checkpoint is a plain dict of tensors, numbers, strings, lists and dicts: the model, optimizer and
+scheduler states, the epoch, the run's config, the dataset spec (enough to rebuild the model) and a SHA-256 of
+the model weights, checked on every load. In code it is a :class:`Checkpoint` record, so a misspelt key is an
+attribute error where it is written, not a ``KeyError`` in another command. A run directory keeps the last two
+(``last.pt``, ``prev.pt``), so a damaged newest checkpoint still leaves one to resume from. Loading a model
+for evaluation needs only this module, not the trainer. """
 
 from __future__ import annotations
 
@@ -176,9 +175,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 def newest_valid(run_dir: Path, log: Any = print) -> Checkpoint | None:
     """The newest checkpoint of ``run_dir`` that loads and passes its checksum.
 
-    Returns None when the directory has no checkpoint; raises :class:`UserError` when it has some but
-    none is valid (a run is never silently restarted over
-    checkpoints that could not be read). """
+    Returns None when the directory has no checkpoint; raises :class:`UserError` when it has some but none is
+    valid (a run is never silently restarted over checkpoints that could not be read). """
     problems = []
     for name in (LAST, PREV):
         if not (run_dir / name).is_file():

@@ -10,8 +10,7 @@ maps or embeddings refuse it). Three sources are read:
 - a TorchScript archive (``torch.jit.save``; deprecated in PyTorch 2.14, still common). Its TorchScript
   code runs when called, like any model's forward.
 
-``normalize`` wraps a model that expects normalised
-inputs, so users need not edit it. """
+``normalize`` wraps a model that expects normalised inputs, so users need not edit it. """
 
 from __future__ import annotations
 
@@ -38,8 +37,7 @@ PY_PREFIX = "py:"
 class External(nn.Module):
     """A foreign model with an optional normalisation in front; its forward returns :class:`ModelOutput`.
 
-    ``features`` and ``embedding`` are empty (0 channels): only the
-    logits of a foreign model are known. """
+    ``features`` and ``embedding`` are empty (0 channels): only the logits of a foreign model are known. """
 
     def __init__(self, net: nn.Module, *, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:
@@ -75,8 +73,7 @@ def as_model(model: nn.Module, *,
     Our own models (and ones already adapted) pass through unchanged; anything else (a module returning a
     tensor, a tuple or list led by the logits, a dict or an object with ``logits``) is wrapped in
     :class:`External`, so attacks read ``model(x).logits`` whatever the user's model returns.
-    ``normalize=(mean, std)`` puts a normalisation in front of a model
-    that expects normalised inputs. """
+    ``normalize=(mean, std)`` puts a normalisation in front of a model that expects normalised inputs. """
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     if normalize is None and (isinstance(inner, (Classifier,
                                                  External)) or getattr(inner, "returns_model_output", False)):
@@ -151,9 +148,8 @@ class FixedBatch(nn.Module):
 
     ``torch.export`` fixes every dimension it is not told is dynamic, the batch included, so a program
     exported with one example image accepts one image per call. Attacks call the model on batches of every
-    size; the last chunk is padded with copies of its last image and the padding's logits are dropped, so
-    each image's logits and input gradient are the
-    ones the program gives it alone. """
+    size; the last chunk is padded with copies of its last image and the padding's logits are dropped, so each
+    image's logits and input gradient are the ones the program gives it alone. """
 
     def __init__(self, net: nn.Module, batch: int) -> None:
         super().__init__()

@@ -16,9 +16,8 @@ copy is traced with ``torch.fx`` (:func:`trace`) and a pair is fused where the c
 that one layer only; the copy is then the traced ``GraphModule``. A model ``torch.fx`` cannot trace (control
 flow on values) keeps its own code and only the ``nn.Sequential`` pairs.
 
-The copy has frozen parameters (attacks ask autograd for input gradients only) and is in eval mode, so
-the caller's model, its ``.grad`` and its
-train/eval mode stay untouched. """
+The copy has frozen parameters (attacks ask autograd for input gradients only) and is in eval mode, so the
+caller's model, its ``.grad`` and its train/eval mode stay untouched. """
 
 from __future__ import annotations
 
@@ -54,10 +53,9 @@ class ConvReLU(nn.Module):
     """``relu(conv(x))``, as one oneDNN call on CPU for passes that need no input gradient
     (:mod:`agkd_bml.models.onednn`: where its probe passed and it is not switched off).
 
-    Such passes (forward-only attacks like Square, success checks) are most of AutoAttack's network
-    work; fusing drops the ReLU's own read-write of the activation, and the weights are cast to the
-    autocast dtype once instead of on every pass. Passes that need
-    gradients keep the autograd path. """
+    Such passes (forward-only attacks like Square, success checks) are most of AutoAttack's network work;
+    fusing drops the ReLU's own read-write of the activation, and the weights are cast to the autocast dtype
+    once instead of on every pass. Passes that need gradients keep the autograd path. """
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
@@ -100,9 +98,8 @@ def _fuse_conv_relu(module: nn.Module) -> None:
     """Replace each ``Conv2d`` followed (past folded-BatchNorm ``Identity``s) by a ``ReLU`` with
     :class:`ConvReLU`.
 
-    Exact types only, here and in :func:`_fold_batchnorm`: a subclass (a weight-standardised convolution,
-    a container with its own ``forward``) may compute something else,
-    which a fused call would skip. """
+    Exact types only, here and in :func:`_fold_batchnorm`: a subclass (a weight-standardised convolution, a
+    container with its own ``forward``) may compute something else, which a fused call would skip. """
     for child in list(module.modules()):
         if type(child) is not nn.Sequential:
             continue

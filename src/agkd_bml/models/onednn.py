@@ -7,9 +7,8 @@ used only where a probe, run once on first use, found it present and equal to ``
 input; anything else (no oneDNN, a missing op, another signature, another result) leaves it off, and every
 pass takes the public ``F.conv2d`` path, which computes the same function.
 
-The switch: ``AGKD_BML_FUSED_CONV=0`` in the environment, or :func:`set_enabled` from Python (the test of
-both paths uses
-it), turns the fused call off. """
+The switch: ``AGKD_BML_FUSED_CONV=0`` in the environment, or :func:`set_enabled` from Python (the test of both
+paths uses it), turns the fused call off. """
 
 from __future__ import annotations
 
@@ -49,9 +48,8 @@ def _probe() -> FusedConvReLU | None:
 
 
 def fused_conv_relu() -> FusedConvReLU | None:
-    """The fused op, called as ``op(x, w, b, padding, stride, dilation,
-    groups, "relu", [], "")``, or None where
-    it is switched off or the probe failed (then use ``relu(conv2d(...))``)."""
+    """The fused op, called as ``op(x, w, b, padding, stride, dilation, groups, "relu", [], "")``, or None
+    where it is switched off or the probe failed (then use ``relu(conv2d(...))``)."""
     if not _state["enabled"] or os.environ.get(ENV_SWITCH, "1") == "0":
         return None
     if not _state["probed"]:

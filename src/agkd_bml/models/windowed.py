@@ -96,9 +96,8 @@ class WindowedForward:
     """Logits of a batch whose images differ from the cached best points in one window only.
 
     ``start(best)`` runs a full pass and caches each node's value; ``logits(candidate, window)`` gives the
-    logits of ``candidate`` (equal to the best points outside ``window``); ``accept(better)`` makes the
-    last candidate the best point of the rows in ``better``;
-    ``keep(rows)`` drops the other rows. """
+    logits of ``candidate`` (equal to the best points outside ``window``); ``accept(better)`` makes the last
+    candidate the best point of the rows in ``better``; ``keep(rows)`` drops the other rows. """
 
     def __init__(self, graph: fx.GraphModule) -> None:
         self.graph = graph
@@ -235,11 +234,10 @@ class WindowedForward:
         windows of each of ``sides`` at the four corners, the middle of each edge, the centre, and next to two
         corners: a crop at one border and not at the other may take another kernel than a crop at both.
 
-        Call it in the precision the queries will run in. A convolution on a crop may be computed by
-        another kernel than on the whole image (oneDNN chooses by shape) and round differently: a
-        1-channel float32 first layer does here, by one unit in the last place. A search that then
-        drifts from the full passes' one would no longer be the reference algorithm's, so such a
-        model gets full passes.
+        Call it in the precision the queries will run in. A convolution on a crop may be computed by another
+        kernel than on the whole image (oneDNN chooses by shape) and round differently: a 1-channel float32
+        first layer does here, by one unit in the last place. A search that then drifts from the full passes'
+        one would no longer be the reference algorithm's, so such a model gets full passes.
         """
         height, width = x.shape[-2:]
         full = self._logits(self.graph(x))

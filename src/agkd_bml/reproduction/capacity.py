@@ -1,12 +1,11 @@
 """``agkd-bml reproduce capacity``: does AGKD-BML's loss to PGD-AT under AutoAttack survive more capacity?
 
-The medium scale answers the paper's AutoAttack claim with a 0.24 M-parameter CNN, 150 times smaller than
-the paper's WRN-28-10. This target trains the deciding pair, AT-7 and AGKD-BML-7 (with its label-smoothed
-teacher ``T``), on the same recipe at four widths of the small CNN (base width 16, 32, 64, 128: 0.06 M to
-3.8 M parameters, 63 times), scores each on the same test images with the same attacks and AutoAttack,
-and compares the pair image by image per width. Each width is its own reproduction folder
-(``OUT/<size>/runs``, ``OUT/<size>/state``), so a stopped study resumes, and ``--only`` lets parallel
-processes (one GPU, several
+The medium scale answers the paper's AutoAttack claim with a 0.24 M-parameter CNN, 150 times smaller than the
+paper's WRN-28-10. This target trains the deciding pair, AT-7 and AGKD-BML-7 (with its label-smoothed teacher
+``T``), on the same recipe at four widths of the small CNN (base width 16, 32, 64, 128: 0.06 M to 3.8 M
+parameters, 63 times), scores each on the same test images with the same attacks and AutoAttack, and compares
+the pair image by image per width. Each width is its own reproduction folder (``OUT/<size>/runs``,
+``OUT/<size>/state``), so a stopped study resumes, and ``--only`` lets parallel processes (one GPU, several
 runs) train and score one row each. """
 
 from __future__ import annotations
@@ -72,9 +71,8 @@ def score_sizes(out: Path, scale: str, progress: bool, only: set[tuple[str, str]
     """Train (or reuse) and score the chosen rows of every width.
 
     The rows ``--only`` leaves out are shown too where another call has already finished and scored them
-    (nothing of theirs is trained or attacked here), so the table a call writes never drops a row that
-    was done; widths with no
-    row chosen or done are left out. """
+    (nothing of theirs is trained or attacked here), so the table a call writes never drops a row that was
+    done; widths with no row chosen or done are left out. """
     done = []
     for size, arch in SIZES:
         ctx = Context(scale_name=scale, out=out / size, progress=progress, data_choice=data, arch=arch)
@@ -159,9 +157,8 @@ def _points(gap: Gap) -> str:
 def trend_text(done: list[SizeScores]) -> str:
     """The AA gap per width with its paired interval, the line through log-parameters and where it leads.
 
-    Says in words whether the gap shrinks, stays or grows (the slope's interval below, across or above 0),
-    and carries the line to the paper's
-    WRN-28-10 as a labelled extrapolation. """
+    Says in words whether the gap shrinks, stays or grows (the slope's interval below, across or above 0), and
+    carries the line to the paper's WRN-28-10 as a labelled extrapolation. """
     gaps = aa_gaps(done)
     if not gaps:
         return ""
@@ -222,9 +219,8 @@ def note(done: list[SizeScores]) -> str:
 
 def write_figure(done: list[SizeScores], out: Path) -> list[Path]:
     """``capacity.png`` / ``.pdf`` (left: clean and AA accuracy against parameters, both models, Wilson
-    intervals; right: the AA gap with its paired interval and the line of
-    :func:`trend_text` over the widths measured) and
-    ``capacity.csv`` (the accuracy points)."""
+    intervals; right: the AA gap with its paired interval and the line of :func:`trend_text` over the widths
+    measured) and ``capacity.csv`` (the accuracy points)."""
     plt = pyplot()
     fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(11, 4))
     rows = io.StringIO()

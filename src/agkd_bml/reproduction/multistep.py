@@ -1,11 +1,10 @@
 """The multi-step comparison the paper's AutoAttack claim rests on (Table 1's multi-step group, Table 5).
 
-Runs are named by method and training attack steps (AT-7, AGKD-BML-7, ...). At a ``multi_step`` scale the
-AGKD teacher is its own clean run with the released code's label smoothing (``T``), UM stays the
-undefended row, every run holds out ``val_split`` training images, and the tables evaluate the scale's
-weights (``best``: the best held-out PGD accuracy; the test set never selects). The pair that decides the
-question, AT-7 against AGKD-BML-7, is also compared image by image under
-AutoAttack (exact McNemar test). """
+Runs are named by method and training attack steps (AT-7, AGKD-BML-7, ...). At a ``multi_step`` scale the AGKD
+teacher is its own clean run with the released code's label smoothing (``T``), UM stays the undefended row,
+every run holds out ``val_split`` training images, and the tables evaluate the scale's weights (``best``: the
+best held-out PGD accuracy; the test set never selects). The pair that decides the question, AT-7 against
+AGKD-BML-7, is also compared image by image under AutoAttack (exact McNemar test). """
 
 from __future__ import annotations
 
@@ -91,11 +90,10 @@ def train_rows(ctx: Context, rows: tuple[RunSpec, ...]) -> dict[tuple[str, int],
 def score_rows(ctx: Context, rows: tuple[RunSpec, ...], specs: str) -> Scores:
     """Every row's accuracy under ``specs`` and AutoAttack, with the per-sample worst case over all of them.
 
-    The deciding pair is trained and scored before the other rows are trained, and handed to
-    ``ctx.partial`` (a partial table), so a medium reproduction stopped hours in already answers the
-    question. PGD-20 is also scored at its last iterate (``pgd-20-last``), the paper's and the released
-    code's protocol, so a table shows how much of a PGD gap comes from the
-    protocol rather than the model. """
+    The deciding pair is trained and scored before the other rows are trained, and handed to ``ctx.partial``
+    (a partial table), so a medium reproduction stopped hours in already answers the question. PGD-20 is also
+    scored at its last iterate (``pgd-20-last``), the paper's and the released code's protocol, so a table
+    shows how much of a PGD gap comes from the protocol rather than the model. """
     scores: Scores = {}
     deciding = tuple(row for row in rows if row.label in DECIDING)
     rest = tuple(row for row in rows if row.label not in DECIDING)

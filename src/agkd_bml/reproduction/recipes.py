@@ -3,8 +3,7 @@
 A scale fixes everything that differs between ``small`` (2 CPU cores on the shared CIFAR-10 file), ``paper``
 (WRN-28-10, 200 epochs; a GPU job) and ``tiny`` (a smoke test). Runs are trained into
 ``OUT/runs/<label>-s<seed>``, reused when finished and resumed when not. A scorer turns runs into
-:data:`Scores` (model label -> column key -> one value per seed),
-which :mod:`.targets` renders. """
+:data:`Scores` (model label -> column key -> one value per seed), which :mod:`.targets` renders. """
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """The reproduction targets: each paper table a record of data, each figure a function, one renderer.
 
 A table is its scorer (which trains or reuses its runs and measures them), its columns, the paper's numbers
-and its footnote; :func:`build` writes it as ``OUT/TARGET.md``. The command line (``agkd-bml reproduce``)
-only parses arguments and hands in the figures that draw
-through the analysis commands. """
+and its footnote; :func:`build` writes it as ``OUT/TARGET.md``. The command line (``agkd-bml reproduce``) only
+parses arguments and hands in the figures that draw through the analysis commands. """
 
 from __future__ import annotations
 
@@ -271,8 +270,7 @@ def build(target: str, *, scale: str = "small", out: str | Path = "reproduce", y
           figures: dict[str, Callable[[Context], str]] | None = None) -> str:
     """Build one target, write ``OUT/TARGET.md`` and return its text (``figures``: more figure functions).
 
-    The data are checked (loaded) before anything is
-    trained or any folder is made. """
+    The data are checked (loaded) before anything is trained or any folder is made. """
     figures = {**FIGURES, **(figures or {})}
     if target not in TARGETS:
         raise unknown_choice("reproduction target", target, TARGETS)

@@ -17,8 +17,7 @@ def lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
 
     ``cyclic`` is the triangle of fast adversarial training: linear from 0 to ``--lr`` at epoch
     ``epochs * 2 // 5``, back to 0 at the end, evaluated after each batch (the lr of step k is that of
-    ``(k + 1) /
-    steps_per_epoch`` epochs, as in their code). """
+    ``(k + 1) / steps_per_epoch`` epochs, as in their code). """
     if cfg.optim.lr_schedule == "cyclic":
         total = cfg.optim.epochs * steps_per_epoch
         peak = int(cfg.optim.epochs * CYCLIC_PEAK) * steps_per_epoch

@@ -1,9 +1,8 @@
 """Building a :class:`~agkd_bml.config.TrainConfig`: defaults < preset < YAML file < command-line flags.
 
 This sits above the registries (methods, models, datasets, AMP modes), so it is where names are checked:
-:func:`check` runs before anything is built, and :func:`complete` fills in every declared
-hyper-parameter, so a run's ``config.yaml`` records
-each value that the training used. """
+:func:`check` runs before anything is built, and :func:`complete` fills in every declared hyper-parameter, so
+a run's ``config.yaml`` records each value that the training used. """
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
 """The one training loop shared by every method.
 
-Per epoch: batches in a seeded order, ``method.loss`` -> sum of named terms -> SGD step, a progress bar
-with the terms and throughput, the lr schedule, clean and PGD accuracy on a held-out slice of the test
-set, one JSON line of metrics and an atomic checkpoint. Randomness is derived from ``seed + epoch``, so
-a run resumed from the checkpoint of epoch ``e`` replays epoch ``e + 1``
-exactly as an uninterrupted run. """
+Per epoch: batches in a seeded order, ``method.loss`` -> sum of named terms -> SGD step, a progress bar with
+the terms and throughput, the lr schedule, clean and PGD accuracy on a held-out slice of the test set, one
+JSON line of metrics and an atomic checkpoint. Randomness is derived from ``seed + epoch``, so a run resumed
+from the checkpoint of epoch ``e`` replays epoch ``e + 1`` exactly as an uninterrupted run. """
 
 from __future__ import annotations
 
@@ -352,8 +351,7 @@ def finished_without_checkpoint(cfg: TrainConfig) -> bool:
     ``config.yaml`` and ``metrics.jsonl``, not the training checkpoints), so
     there is nothing to train or resume.
 
-    Raises :class:`UserError` when the folder
-    holds a run of another config. """
+    Raises :class:`UserError` when the folder holds a run of another config. """
     run = cfg.run_dir()
     if any((run / f).exists() for f in (LAST, PREV)) or not (run / "config.yaml").is_file():
         return False
@@ -371,8 +369,7 @@ def _restore(s: Setup, log: Callable[[str], None], *, start_if_none: bool) -> in
     """Load the newest valid checkpoint of the run directory into ``s``; return its finished epochs.
 
     With no checkpoint to resume, ``start_if_none`` starts the run; otherwise that is an error: a ``--resume``
-    that silently trained from scratch (a mistyped folder, a config
-    read from elsewhere) costs hours. """
+    that silently trained from scratch (a mistyped folder, a config read from elsewhere) costs hours. """
     ckpt = newest_valid(s.run_dir, log)
     if ckpt is None:
         if not start_if_none:
@@ -404,9 +401,8 @@ def _restore(s: Setup, log: Callable[[str], None], *, start_if_none: bool) -> in
 def _validate(s: Setup, epoch: int) -> dict[str, Any]:
     """Clean and PGD accuracy (same images and starts every epoch), of the weights and of their EMA.
 
-    The images are the ``--val-split`` held-out training images, else the first ``val_n`` test images
-    (a trace of the run only: no
-    weights are selected on them). """
+    The images are the ``--val-split`` held-out training images, else the first ``val_n`` test images (a trace
+    of the run only: no weights are selected on them). """
     if s.val is not None:
         x, y, source = *s.val, "held-out training images"
     else:
@@ -534,8 +530,7 @@ def train(
     ``resume`` continues the run's newest checkpoint and is an error where there is none, unless
     ``start_if_none`` (what scripts that rerun the same command want).
 
-    ``dry_run`` checks everything (config, data, teacher, run
-    directory) and stops before training. """
+    ``dry_run`` checks everything (config, data, teacher, run directory) and stops before training. """
     if dry_run and not (resume or overwrite):
         _prepare_run_dir(cfg.run_dir(), resume=False, overwrite=False, create=False)
     s = build(cfg, resume=resume or dry_run, overwrite=overwrite and not dry_run, create=not dry_run)
@@ -559,10 +554,9 @@ def improves(metrics: dict[str, Any], best: dict[str, Any], key: str) -> bool:
     """Whether an epoch's held-out accuracies beat ``best.pt``'s: higher
     ``key``, or the same and higher clean.
 
-    With 1,000 held-out images a robust curve that has flattened ties at one image's resolution; on a
-    tie the earlier epoch is not the better model, the one that also classifies more clean images is
-    (AGKD-BML-7 seed 0 of the medium scale tied at epochs 7
-    and 15, 59.5% and 65.6% clean). """
+    With 1,000 held-out images a robust curve that has flattened ties at one image's resolution; on a tie the
+    earlier epoch is not the better model, the one that also classifies more clean images is (AGKD-BML-7 seed
+    0 of the medium scale tied at epochs 7 and 15, 59.5% and 65.6% clean). """
     return (metrics[key], metrics["val_clean"]) > (best.get(key, -1.0), best.get("val_clean", -1.0))
 
 
@@ -574,8 +568,7 @@ def _end_epoch(s: Setup, epoch: int, stats: dict[str, Any], lr: float, log: Call
     clean accuracy: their PGD accuracy is noise near zero.
 
     ``best.pt`` goes first: a crash between the two writes leaves ``last.pt`` of the epoch before, and the
-    resumed run replays this epoch and
-    writes the same ``best.pt`` again. """
+    resumed run replays this epoch and writes the same ``best.pt`` again. """
     cfg = s.cfg
     metrics = {"epoch": epoch + 1, "lr": lr, **stats, **_validate(s, epoch), "method": cfg.method,
                "device": device_name(s.device), **s.method.settings(), "provenance": s.provenance}
