@@ -144,3 +144,22 @@ def test_help_shows_defaults_and_no_doubled_percent(capsys):
         main(["eval", "--help"])
     text = capsys.readouterr().out
     assert "95%%" not in text and "(default: 256)" in text  # --batch-size
+
+
+def test_an_interrupted_command_says_how_to_go_on_with_what_it_kept(teacher_run, tmp_path, monkeypatch,
+                                                                    capsys):
+    """Ctrl-C told every command to "continue with --resume", an option only `train` has: an interrupted
+    evaluation names the folder its finished batches are in, and that the same command continues."""
+    import agkd_bml.evaluation.runs as runs
+
+    def interrupted(*_args, **_kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "checked_evaluation", interrupted)
+    out = tmp_path / "eval"
+    assert main(["eval", teacher_run, "--attacks", "clean", "--n", "8", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"finished batches are saved in {out}/state (the same command continues)" in err
+    assert "--resume" not in err
+    assert main(["eval", teacher_run, "--attacks", "clean", "--n", "8"]) == 130
+    assert "nothing was saved (with --out or --state" in capsys.readouterr().err

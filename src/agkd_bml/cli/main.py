@@ -62,9 +62,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except KeyboardInterrupt:
-        print("agkd-bml: interrupted; the last checkpoint is intact (continue with --resume)",
-              file=sys.stderr)
+        print(f"agkd-bml: interrupted; {_kept(args)}", file=sys.stderr)
         return 130
+
+
+def _kept(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves to go on from, and how: each command keeps its work its own way
+    (``--resume`` is ``train``'s option alone; an evaluation continues when the same command runs again)."""
+    if args.command == "train":
+        return "the last checkpoint is intact (the same command with --resume continues)"
+    if args.command in ("reproduce", "quickstart"):
+        return "finished epochs and evaluations are kept (the same command continues)"
+    state = getattr(args, "state", None)
+    if state is None and args.command == "eval" and args.out:
+        state = f"{args.out}/state"
+    if state:
+        return f"finished batches are saved in {state} (the same command continues)"
+    if args.command == "eval":
+        return "nothing was saved (with --out or --state an evaluation keeps its finished batches)"
+    return "nothing was saved"
 
 
 if __name__ == "__main__":
