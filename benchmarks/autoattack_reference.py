@@ -172,9 +172,8 @@ def per_image_flops(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, flo
 def run_ours(spec: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, classes: int,
              device: torch.device, batch: int,
              norm: str) -> tuple[float, float, dict[str, float], dict[str, tuple[int, int]]]:
-    """(seconds, robust accuracy, per-part seconds, per-part (forward
-    images, gradient images, windowed FLOPs))
-    of one spec."""
+    """(seconds, robust accuracy, per-part seconds, per-part (forward images, gradient images, windowed
+    FLOPs)) of one spec."""
     (attack,) = parse_attacks(spec, eps=eps, num_classes=classes, norm=norm)
     assert isinstance(attack, AutoAttack)
     counter = PassCounter(model)

@@ -4,12 +4,11 @@
     benchmarks/gpu_check --smoke --out /tmp/gpu-check                     # the same code on the CPU, < 1 min
     benchmarks/gpu_check --list                                           # the parts and their time bounds
 
-GPU time comes in short loans, so every part has a time bound and the parts run in the order of what they
-tell (throughput first); a part whose bound no longer fits the budget is skipped with a line saying so.
-Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out`` after every part, so a run cut short still
-leaves what it measured. ``--smoke`` runs every part with tiny shapes on the CPU (the test suite runs it, so
-the script cannot rot between loans). See benchmarks/README.md
-for what to carry to the machine. """
+GPU time comes in short loans, so every part has a time bound and the parts run in the order of what they tell
+(throughput first); a part whose bound no longer fits the budget is skipped with a line saying so. Writes
+``gpu_check.json`` and ``gpu_check.md`` into ``--out`` after every part, so a run cut short still leaves what
+it measured. ``--smoke`` runs every part with tiny shapes on the CPU (the test suite runs it, so the script
+cannot rot between loans). See benchmarks/README.md for what to carry to the machine. """
 
 from __future__ import annotations
 

@@ -3,15 +3,14 @@
     python -m benchmarks.train_step [--arch small-cnn] [--batch 128] [--repeats 5] [--device auto]
 
 For every method: images/s of one real training step (``Method.loss`` + backward + SGD step), and its
-*overhead*: the step time over the time of the bare network passes the method must make (the same number
-of forward / forward+backward passes of the same model on the same batch sizes, timed in turns with the
-step in one round-robin over all methods, so that load on a shared machine slows all alike). Also the
-achieved FLOP/s of each step (FLOPs counted by torch's flop counter over the whole step) over the rate of
-the model's fastest convolution run alone, measured in the same run, AGKD-BML-2 over PGD-AT-7, our
-PGD-20 evaluation against torchattacks' PGD on a trained checkpoint (``--eval-checkpoint``), our AutoAttack
-against the same cascade composed from torchattacks (``--aa-n``), and peak memory. Writes
-``benchmarks/results.json`` and prints a Markdown
-table; nothing here is a unit test. """
+*overhead*: the step time over the time of the bare network passes the method must make (the same number of
+forward / forward+backward passes of the same model on the same batch sizes, timed in turns with the step in
+one round-robin over all methods, so that load on a shared machine slows all alike). Also the achieved FLOP/s
+of each step (FLOPs counted by torch's flop counter over the whole step) over the rate of the model's fastest
+convolution run alone, measured in the same run, AGKD-BML-2 over PGD-AT-7, our PGD-20 evaluation against
+torchattacks' PGD on a trained checkpoint (``--eval-checkpoint``), our AutoAttack against the same cascade
+composed from torchattacks (``--aa-n``), and peak memory. Writes ``benchmarks/results.json`` and prints a
+Markdown table; nothing here is a unit test. """
 
 from __future__ import annotations
 
@@ -77,9 +76,8 @@ def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float
 def timed_in_turns(fns: list[Callable[[], object]], repeats: int, device: torch.device) -> list[float]:
     """Median seconds of each of ``fns``, run in turns (a, b, a, b, ...) after one warm-up each.
 
-    A ratio of two of them is then measured side by side: a burst of load on a shared machine slows
-    both alike instead of
-    whichever happened to run at the time. """
+    A ratio of two of them is then measured side by side: a burst of load on a shared machine slows both alike
+    instead of whichever happened to run at the time. """
     for fn in fns:
         fn()
     times: list[list[float]] = [[] for _ in fns]
@@ -98,10 +96,9 @@ def conv_peak(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *,
     attack's gradient step); ``bf16``: under bf16 autocast, the yardstick of bf16 passes.
 
     The same kind of work as a training step (these convolutions, this dtype and memory layout), with its
-    FLOPs counted by the same counter, so a step's share of it is a fraction of what this machine does
-    with that work. A large matmul is a poor yardstick here: on the 2-core test machine oneDNN's
-    channels-last convolutions run about 1.5-2x
-    faster than a 4096x4096 fp32 matmul. """
+    FLOPs counted by the same counter, so a step's share of it is a fraction of what this machine does with
+    that work. A large matmul is a poor yardstick here: on the 2-core test machine oneDNN's channels-last
+    convolutions run about 1.5-2x faster than a 4096x4096 fp32 matmul. """
     shapes: dict[str, tuple[torch.nn.Conv2d, torch.Size]] = {}
     def record(name: str) -> Callable[..., None]:
         def hook(mod: torch.nn.Module, inp: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:

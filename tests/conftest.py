@@ -91,9 +91,8 @@ def quickstart_runs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def reference_autoattack() -> Path:
-    """The reference AutoAttack's source folder
-    (``AGKD_REFERENCE_AUTOATTACK``, else the shared copy beside the
-    project); tests that compare with it skip where it is absent."""
+    """The reference AutoAttack's source folder (``AGKD_REFERENCE_AUTOATTACK``, else the shared copy beside
+    the project); tests that compare with it skip where it is absent."""
     path = Path(os.environ.get("AGKD_REFERENCE_AUTOATTACK", BESIDE / "reference" / "auto-attack"))
     if not (path / "autoattack" / "__init__.py").is_file():
         pytest.skip(f"reference AutoAttack not found at {path} (set AGKD_REFERENCE_AUTOATTACK)")

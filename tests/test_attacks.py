@@ -122,9 +122,8 @@ def test_attacks_break_a_standard_digits_model(digits, teacher_run):
 def test_attacks_break_a_standard_cifar_model(tmp_path, cifar_path):
     """Acceptance on CIFAR-10 (about 4 min): a standard small CNN trained 6 epochs on all 50,000 images.
 
-    (Briefly trained CIFAR models are smooth enough to keep 5-7% under PGD-20 at 8/255, so the short
-    fixtures of the default suite cannot stand
-    in for "a standard model" here.) """
+    (Briefly trained CIFAR models are smooth enough to keep 5-7% under PGD-20 at 8/255, so the short fixtures
+    of the default suite cannot stand in for "a standard model" here.) """
     from agkd_bml.config import TrainConfig
     from agkd_bml.data import load_dataset
     from agkd_bml.train import load_model, train

@@ -318,9 +318,8 @@ def test_eot_on_a_deterministic_model_finds_what_one_pass_finds(model, digits):
 
 def test_the_inference_copy_folds_and_fuses_through_a_models_own_forward(cifar_path):
     """A PreAct ResNet-18 from outside (its own forward: functional ReLUs, a ``+=`` shortcut) is traced: each
-    BatchNorm that only a convolution feeds is folded into it and each such
-    ReLU fused, with the same logits and
-    input gradients; the BatchNorms after a residual sum stay."""
+    BatchNorm that only a convolution feeds is folded into it and each such ReLU fused, with the same logits
+    and input gradients; the BatchNorms after a residual sum stay."""
     from agkd_bml.models.external import load_external
 
     torch.manual_seed(0)

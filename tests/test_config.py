@@ -110,9 +110,8 @@ COMMITTED_RUNS = sorted((ROOT / "reproduce").glob("**/runs/*/config.yaml"))
 
 @pytest.mark.parametrize("path", COMMITTED_RUNS, ids=lambda p: str(p.parent.relative_to(ROOT / "reproduce")))
 def test_every_committed_run_reads_back_through_the_migration_with_every_saved_value(path):
-    """Old ``config.yaml`` files and checkpoints load as typed records: each
-    saved value where it was, each key
-    they lack explained by the migration (:data:`ADDED`), and the checkpoint's record the file's."""
+    """Old ``config.yaml`` files and checkpoints load as typed records: each saved value where it was, each
+    key they lack explained by the migration (:data:`ADDED`), and the checkpoint's record the file's."""
     raw = yaml.safe_load(path.read_text())
     cfg = read_config_yaml(path)
     flat = cfg.to_dict()

@@ -295,9 +295,8 @@ def test_bad_foreign_input_is_one_line_and_exit_code_2(foreign, tmp_path, capsys
 
 
 def test_sigkill_during_autoattack_then_the_same_command_resumes_to_the_same_table(tmp_path, quickstart_runs):
-    """Kill ``eval --attacks aa`` after its first saved AA progress (one
-    batch of 16 images: a part, or a target
-    or a Square report inside one); the rerun continues and equals a clean run."""
+    """Kill ``eval --attacks aa`` after its first saved AA progress (one batch of 16 images: a part, or a
+    target or a Square report inside one); the rerun continues and equals a clean run."""
     run = quickstart_runs[0] / "pgd-at-7"  # a digits PGD-AT model: AA has robust points to work on
     args = [sys.executable, "-m", "agkd_bml", "eval", str(run), "--attacks", "aa", "--n", "16",
             "--batch-size", "16",

@@ -1,7 +1,6 @@
 """The L2 threat model: its pieces, and our L2 attacks against torchattacks' L2 classes on a trained model.
 
-(FAB's L2 projection is checked against the reference routine with the
-L-inf one, in test_autoattack.py.) """
+(FAB's L2 projection is checked against the reference routine with the L-inf one, in test_autoattack.py.) """
 
 from __future__ import annotations
 

@@ -53,9 +53,8 @@ def test_help_says_what_each_command_does(capsys):
 
 @pytest.mark.slow
 def test_wheel_and_sdist_install_into_a_fresh_venv_and_run(tmp_path):
-    """`python -m build` gives a wheel and an sdist; each installs into a
-    fresh venv (resolving torch as a user's
-    pip would) and runs `agkd-bml quickstart --help`; a venv with a current `requests` keeps it."""
+    """`python -m build` gives a wheel and an sdist; each installs into a fresh venv (resolving torch as a
+    user's pip would) and runs `agkd-bml quickstart --help`; a venv with a current `requests` keeps it."""
     subprocess.run([sys.executable, "-m", "build", "--outdir", str(tmp_path / "dist"), str(ROOT)], check=True,
                    capture_output=True)
     wheel, sdist = next((tmp_path / "dist").glob("*.whl")), next((tmp_path / "dist").glob("*.tar.gz"))

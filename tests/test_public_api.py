@@ -42,9 +42,8 @@ class Returns(nn.Module):
 
 @pytest.mark.parametrize("kind", ["tensor", "tuple", "dict", "object"])
 def test_attacks_take_any_model_and_return_images(teacher_run, digits, kind):
-    """Every attack of the registry is called directly on a plain module (it
-    failed with "'Tensor' object has no
-    attribute 'logits'"), and returns images inside the ball that the model gets wrong where it says so."""
+    """Every attack of the registry is called directly on a plain module (it failed with "'Tensor' object has
+    no attribute 'logits'"), and returns images inside the ball that the model gets wrong where it says so."""
     ours = load_model(teacher_run)[0].eval()
     model = Returns(ours, kind)
     x, y = digits.x_test[:16].float() / 255, digits.y_test[:16]

@@ -50,9 +50,8 @@ def test_windowed_logits_are_the_full_passes_through_accepts_and_dropped_rows(
         data, arch, precision, cifar_path):
     """Random windows (borders, 1 pixel to the whole image), random acceptances and rows leaving, as in
     Square: in float32 bit for bit where the probe says so, else to float rounding (then Square would not use
-    them); in bf16 to its rounding: oneDNN's AMX kernels may round a crop of a
-    batch of 24 one bf16 unit away from
-    the whole image on a row or two, which a probe on 8 images does not see."""
+    them); in bf16 to its rounding: oneDNN's AMX kernels may round a crop of a batch of 24 one bf16 unit away
+    from the whole image on a row or two, which a probe on 8 images does not see."""
     torch.manual_seed(0)
     spec, images = _images(data, cifar_path)
     if arch == "outside-resnet" and spec.channels != 3:
@@ -245,9 +244,8 @@ def test_residual_networks_are_windowed_exactly(arch, cifar_path):
 
 
 def test_layers_it_cannot_follow_are_computed_whole(digits):
-    """Past a layer it does not know (or a dilated or reflect-padded
-    convolution) the rest runs on whole values:
-    the logits stay the full pass's."""
+    """Past a layer it does not know (or a dilated or reflect-padded convolution) the rest runs on whole
+    values: the logits stay the full pass's."""
     torch.manual_seed(0)
     x = channels_last(to_float(digits.x_test[:8]))
     for layer in (nn.MaxPool2d(2), nn.Conv2d(128, 128, 3, padding=2, dilation=2),
