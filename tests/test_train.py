@@ -309,3 +309,18 @@ def test_a_run_config_means_the_same_from_any_folder(tmp_path, monkeypatch):
     assert main(["train", "--config", str(start / "runA" / "config.yaml"), "--epochs", "2", "--resume",
                  "--no-progress"]) == 0
     assert load_checkpoint(start / "runA").epoch == 2 and not (elsewhere / "runA").exists()
+
+
+def test_cyclic_peak_moves_the_top_of_the_triangle_to_any_step(tmp_path):
+    """``--cyclic-peak 2.5`` of 5 epochs is train_fgsm.py's schedule (the peak at half the steps, here
+    step 10 of 20); without it the peak stays at epochs * 2 // 5, as every earlier run trained."""
+    cfg = small_config(tmp_path, method="standard", epochs=5, lr=0.2, lr_schedule="cyclic", cyclic_peak=2.5,
+                       val_n=0)
+    train(cfg, **QUIET)
+    lines = (tmp_path / "standard" / "metrics.jsonl").read_text().splitlines()
+    lrs = [json.loads(line)["lr"] for line in lines]
+    assert lrs == pytest.approx([0.08, 0.16, 0.16, 0.08, 0.0])
+    bad_ones = (dict(cyclic_peak=5.0), dict(cyclic_peak=0.0), dict(cyclic_peak=2.0, lr_schedule="multistep"))
+    for bad in bad_ones:
+        with pytest.raises(UserError, match="--cyclic-peak"):
+            train(small_config(tmp_path, **{"lr_schedule": "cyclic", **bad}), **QUIET)

@@ -30,12 +30,13 @@ def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - "help" read
 #: ``--lr-schedule`` values (see :func:`agkd_bml.train.schedule.lr_scheduler`)
 LR_SCHEDULES = ("multistep", "cyclic")
 
-#: The order of the flat names in ``--help`` and ``config.yaml`` (that of the flat record of release 0.2).
+#: The order of the flat names in ``--help`` and ``config.yaml`` (that of the flat record of release 0.2,
+#: plus the keys added since).
 FLAT_ORDER = (
     "method", "dataset", "data_dir", "download", "train_limit", "arch", "teacher", "init_from_teacher",
-    "epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "lr_schedule", "eps",
-    "step_size", "steps", "label_smoothing", "val_n", "val_split", "ema", "val_steps", "seed",
-    "deterministic", "skip_nonfinite", "device", "amp", "compile", "sync_bn", "check_sync", "threads",
+    "epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "lr_schedule",
+    "cyclic_peak", "eps", "step_size", "steps", "label_smoothing", "val_n", "val_split", "ema", "val_steps",
+    "seed", "deterministic", "skip_nonfinite", "device", "amp", "compile", "sync_bn", "check_sync", "threads",
     "tensorboard", "out",
 )
 
@@ -86,6 +87,10 @@ class OptimConfig:
                             "linear from 0 up to --lr at 2/5 of the epochs and back to 0: Wong et al. 2020's "
                             "fast AT)",
                             choices=("multistep", "cyclic"))
+    cyclic_peak: float | None = _opt(None,
+                                     "the epoch (fractions allowed) at which the cyclic lr peaks; default: "
+                                     "epochs * 2 // 5 (Wong et al.'s train_cifar.py); half the epochs is "
+                                     "their train_fgsm.py's")
     label_smoothing: float | None = _opt(None, "Feature-Scattering label smoothing",
                                          per_method="default_smoothing")
     ema: float = _opt(0.0,
@@ -196,6 +201,9 @@ class TrainConfig:
                             f"{', '.join(LR_SCHEDULES)}")
         if o.lr_schedule == "cyclic" and o.milestones:
             raise UserError("--milestones apply to --lr-schedule multistep; the cyclic schedule has none")
+        if o.cyclic_peak is not None and (o.lr_schedule != "cyclic" or not 0 < o.cyclic_peak < o.epochs):
+            raise UserError(f"--cyclic-peak is an epoch strictly between 0 and --epochs ({o.epochs}) of "
+                            f"--lr-schedule cyclic; got {o.cyclic_peak} with {o.lr_schedule}")
         for name, budget in (("eps", a.eps), ("step_size", a.step_size)):
             if budget is not None and budget < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0; got {budget}")

@@ -25,6 +25,7 @@ RENAMED: dict[str, str] = {}
 ADDED: dict[str, tuple[str, Any]] = {
     "lr_schedule": ("0.2.0", "multistep"),  # the cyclic schedule of fast AT came with 0.2.0
     "tensorboard": ("0.2.0", False),
+    "cyclic_peak": ("0.3.0", None),  # None: the peak at epochs * 2 // 5, the only one before
 }
 
 #: flat name -> what a run saved with it ``null`` resolved it to, from the run's eps: the training attack's
