@@ -52,8 +52,8 @@ def main(folder: Path) -> None:
         attacked = correct.nonzero().squeeze(1)  # the test indices each attack runs on, in order
         print(_row("clean", int(correct.sum()), correct.numel(), "done"))
         for key, raw in points:
-            if key["model"] != clean_key["model"] or key["attack"] == {"attack": "none"}:
-                continue
+            if key["model"] != clean_key["model"] or key["attack"]["attack"] == "none":
+                continue  # the clean filter itself, and the clean row of the table (printed above)
             kept = torch.cat(raw["batches"]) if raw["batches"] else torch.zeros(0, dtype=torch.bool)
             if kept.numel() == 0:
                 print(f"| {key['attack']['name']} | 0 | - | - | under way |")
