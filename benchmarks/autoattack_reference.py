@@ -272,8 +272,8 @@ def main() -> None:
     print("|---|---|---|---|" + "---|" * len(PARTS))
     for name, s in summary.items():
         parts = " | ".join(f"{s['parts_s'][k]:.1f}" for k in PARTS)
-        print(f"| {name} | {100 * s['accuracy']:.2f}% | {s['seconds']:.1f} | {ref / s['seconds']:.2f}x | "
-              f"{parts} |")
+        print(f"| {name} | {100 * s['accuracy']:.2f}% | "
+              f"{s['seconds']:.1f} | {ref / s['seconds']:.2f}x | {parts} |")
     # the reference's speed drifts between rounds: each round's ratio, measured back to back
     if args.repeats > 1:
         print("speed-up per round (reference / ours, each round run back to back): " + "; ".join(

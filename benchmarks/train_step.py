@@ -230,8 +230,8 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(label for label, _, _ in METHODS_UNDER_TEST),
                    help="comma-separated rows of the step table (default: all)")
     p.add_argument("--eval-checkpoint", default=None,
-                   help="a trained checkpoint: time our PGD-20 evaluation against torchattacks' PGD on its "
-                        "test set")
+                   help="a trained checkpoint: time our PGD-20 evaluation "
+                        "against torchattacks' PGD on its test set")
     p.add_argument("--eval-n", type=int, default=1000, help="test images for that comparison")
     p.add_argument("--aa-n", type=int, default=0,
                    help="also time our AutoAttack against the torchattacks cascade on this many test images "

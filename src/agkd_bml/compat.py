@@ -82,8 +82,8 @@ class AutoAttack:
         """The adversarial images of ``x_orig`` (the clean image where no part broke it, or where the model is
         wrong clean), and with ``return_labels`` also the model's labels on them, as the reference returns."""
         if state_path is not None:
-            raise UserError("state_path: resume an interrupted evaluation with agkd_bml.evaluate(..., "
-                            "state=DIR)")
+            raise UserError("state_path: resume an interrupted evaluation "
+                            "with agkd_bml.evaluate(..., state=DIR)")
         spec = "aa" if self.version == "standard" else "aa-rand"
         started = time.perf_counter()
         self._log(f"using {self.version} version including {', '.join(self.parts)}.")

@@ -46,8 +46,8 @@ class DataConfig:
     """What the run trains on."""
 
     dataset: str = _opt("digits",
-                        "digits (embedded), npz:PATH, cifar10, cifar100, svhn, mnist, fashion-mnist, "
-                        "tiny-imagenet")
+                        "digits (embedded), npz:PATH, cifar10, cifar100, "
+                        "svhn, mnist, fashion-mnist, tiny-imagenet")
     data_dir: str | None = _opt(None,
                                 "where datasets by name live (default: $AGKD_BML_DATA, else "
                                 "~/.cache/agkd-bml/data)")
@@ -61,9 +61,9 @@ class ModelConfig:
     """The network, and the teacher it may learn from."""
 
     arch: str = _opt("small-cnn",
-                     "small-cnn (small-cnn-wN: base width N, 32 by default), wrn-D-K (wrn-16-4, wrn-28-10, "
-                     "wrn-34-10), preact-resnet18 (preact-resnet18-wN: first-stage width N, 64 by default), "
-                     "resnet50")
+                     "small-cnn (small-cnn-wN: base width N, 32 by default), wrn-D-K "
+                     "(wrn-16-4, wrn-28-10, wrn-34-10), preact-resnet18 "
+                     "(preact-resnet18-wN: first-stage width N, 64 by default), resnet50")
     teacher: str | None = _opt(None,
                                "checkpoint (or run directory) of a `standard` model: the frozen teacher of "
                                "AGKD (required by the methods that distil)")
@@ -83,9 +83,9 @@ class OptimConfig:
     milestones: list[int] = _opt([], "epochs at which the learning rate is multiplied by --gamma", nargs="*")
     gamma: float = _opt(0.1, "learning-rate decay factor at each milestone")
     lr_schedule: str = _opt("multistep",
-                            "multistep (--lr, times --gamma at each of --milestones) or cyclic (per step, "
-                            "linear from 0 up to --lr at 2/5 of the epochs and back to 0: Wong et al. 2020's "
-                            "fast AT)",
+                            "multistep (--lr, times --gamma at each of --milestones) "
+                            "or cyclic (per step, linear from 0 up to --lr at 2/5 of "
+                            "the epochs and back to 0: Wong et al. 2020's fast AT)",
                             choices=("multistep", "cyclic"))
     cyclic_peak: float | None = _opt(None,
                                      "the epoch (fractions allowed) at which the cyclic lr peaks; default: "
@@ -105,8 +105,8 @@ class AttackConfig:
     and written into the run's ``config.yaml``)."""
 
     eps: float | None = _opt(None,
-                             "L-inf budget of training attacks in [0,1] units (default: the dataset's, 8/255 "
-                             "for CIFAR)")
+                             "L-inf budget of training attacks in [0,1] "
+                             "units (default: the dataset's, 8/255 for CIFAR)")
     step_size: float | None = _opt(None,
                                    "attack step size (default eps/4, i.e. 2/255 at eps 8/255; with fewer "
                                    "than 4 steps 2.5*eps/steps, at most eps, so the steps can cross the "
@@ -122,9 +122,9 @@ class ValidationConfig:
                       "without --val-split: the first N test images give the per-epoch clean / PGD accuracy "
                       "(a trace only: the test set never selects weights)")
     val_split: int = _opt(0,
-                          "hold out N training images (a fixed, class-balanced draw) for the per-epoch clean "
-                          "/ PGD accuracy, and keep the weights best on them as best.pt; 0: no hold-out, no "
-                          "best.pt")
+                          "hold out N training images (a fixed, class-balanced draw) "
+                          "for the per-epoch clean / PGD accuracy, and keep the "
+                          "weights best on them as best.pt; 0: no hold-out, no best.pt")
     val_steps: int = _opt(10, "PGD steps of the per-epoch robust accuracy")
 
 
@@ -134,13 +134,13 @@ class RuntimeConfig:
 
     seed: int = _opt(0, "random seed (data order, augmentation, attack starts, backward samples)")
     deterministic: bool = _opt(False,
-                               "deterministic kernels: a resumed run ends bit-identical to an uninterrupted "
-                               "one")
+                               "deterministic kernels: a resumed run ends "
+                               "bit-identical to an uninterrupted one")
     skip_nonfinite: int = _opt(0, "skip up to N steps whose loss or gradient is NaN/inf instead of stopping")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
-    amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA if supported, else fp16; off on CPU), bf16, "
-                    "native-bf16 (bf16 where the hardware has it: CUDA, CPUs with AVX512-BF16 or AMX; else "
-                    "off), fp16, off")
+    amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA if supported, else "
+                    "fp16; off on CPU), bf16, native-bf16 (bf16 where the hardware "
+                    "has it: CUDA, CPUs with AVX512-BF16 or AMX; else off), fp16, off")
     compile: bool = _opt(False, "torch.compile the student (CUDA; the first epoch pays the compile time)")
     sync_bn: bool = _opt(False, "under torchrun on CUDA: SyncBatchNorm, so BatchNorm sees the global batch")
     check_sync: bool = _opt(False,

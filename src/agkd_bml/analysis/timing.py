@@ -52,7 +52,7 @@ def timing_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| run | method | attack steps | arch | epochs | s/epoch | total h | images/s | device |",
              "|---" * 9 + "|"]
     for r in rows:
-        lines.append(f"| {r['run']} | {r['method']} | {r['steps']} | {r['arch']} | {r['epochs']} | "
-                     f"{r['seconds_per_epoch']:.1f} | {r['hours']:.3f} | {r['images_per_s']:.0f} | "
-                     f"{r['device']} |")
+        lines.append(f"| {r['run']} | {r['method']} | {r['steps']} | {r['arch']} | "
+                     f"{r['epochs']} | {r['seconds_per_epoch']:.1f} | "
+                     f"{r['hours']:.3f} | {r['images_per_s']:.0f} | {r['device']} |")
     return "\n".join(lines)

@@ -102,8 +102,8 @@ ATTACKS: dict[str, Family] = {
     "aa-torchattacks": Family(build=lambda k,
                               c: TorchattacksAutoAttack(eps=c.eps, num_classes=c.num_classes, norm=c.norm),
                               steps="none",
-                              help="the same AutoAttack cascade composed from torchattacks (reference, "
-                                   "slower)"),
+                              help="the same AutoAttack cascade composed "
+                                   "from torchattacks (reference, slower)"),
     "apgd-ce": Family(build=lambda k,
                       c: ApgdAttack(name="apgd-ce", eps=c.eps, num_classes=c.num_classes, norm=c.norm),
                       steps="none",

@@ -265,8 +265,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser("report",
                        help="one Markdown + HTML page: table, curves, k-NN, t-SNE, attention, timing",
-                       description="Evaluate the given runs and write report.md / report.html with every "
-                                   "figure.")
+                       description="Evaluate the given runs and write "
+                                   "report.md / report.html with every figure.")
     r.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or checkpoints)")
     r.add_argument("--out", default="report", help="folder of the report (default: ./report)")
     r.add_argument("--attacks", default="clean,fgsm,pgd-20,cw-20",

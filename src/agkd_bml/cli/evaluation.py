@@ -25,8 +25,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--step-size", type=number, default=None, help="override the gradient attacks' step size")
     e.add_argument("--restarts", type=int, default=1, help="random restarts of PGD / CW")
     e.add_argument("--targeted", action="store_true",
-                   help="gradient attacks target each image's most confusing class instead of being "
-                        "untargeted")
+                   help="gradient attacks target each image's most "
+                        "confusing class instead of being untargeted")
     e.add_argument("--last-iterate", action="store_true",
                    help="score each image at the last PGD iterate, as the paper's code does (default: at the "
                         "first iterate that fools the model, which is never weaker)")
@@ -38,8 +38,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "the same command run again skips finished work; a folder written with other "
                         "settings is refused")
     e.add_argument("--name", dest="names", metavar="NAME", action="append", default=None,
-                   help="the row's name, once per CHECKPOINT in order (default: the run folder's or "
-                        "factory's name)")
+                   help="the row's name, once per CHECKPOINT in order "
+                        "(default: the run folder's or factory's name)")
     e.add_argument("--norm", choices=("linf", "l2"), default="linf",
                    help="threat model of every attack: linf (default; eps default the dataset's, 8/255 on "
                         "CIFAR-10) or l2 (eps default 0.5 on 3x32x32 images, scaled by sqrt(pixels) on "

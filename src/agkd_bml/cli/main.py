@@ -23,8 +23,8 @@ COMMAND_MODULES = (training, evaluation, analysis, reproduce, quickstart)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="agkd-bml",
-                    description="AGKD-BML adversarial training, the methods it is compared with, and their "
-                                "evaluation.")
+                    description="AGKD-BML adversarial training, the methods "
+                                "it is compared with, and their evaluation.")
     parser.add_argument("--version", action="version", version=f"agkd-bml {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)

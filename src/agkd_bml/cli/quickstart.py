@@ -70,8 +70,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "PGD-AT students (7 and 2 steps) on scikit-learn's digits (no download), "
                                    "then evaluates clean, PGD-20 and AutoAttack accuracy.")
     q.add_argument("--out", default="runs/quickstart",
-                   help="folder for the four runs: teacher, agkd-bml-2, pgd-at-7, pgd-at-2 (reused when "
-                        "finished)")
+                   help="folder for the four runs: teacher, agkd-bml-2, "
+                        "pgd-at-7, pgd-at-2 (reused when finished)")
     q.add_argument("--device", default="auto")
     q.add_argument("--aa-n", type=int, default=AA_N,
                    help=f"test images for AutoAttack (default: {AA_N}, to stay "

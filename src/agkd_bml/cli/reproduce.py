@@ -45,23 +45,23 @@ def reproduce(target: str, *, scale: str = "small", out: str = "reproduce", yes:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     rp = sub.add_parser("reproduce", help="train, evaluate and compare with the paper, one table per command",
                         description="Train what a paper table needs (reusing finished runs in OUT/runs, "
-                                    "resuming unfinished ones), evaluate, and write OUT/TARGET.md with the "
-                                    "paper's numbers beside ours. Targets: table1 (white-box attacks), "
-                                    "table2 (ablation with AutoAttack), table3 (black-box), table6 "
-                                    "(attention variants; trains 3 more AGKD runs per seed), table7 "
-                                    "(training time), table9 (k-NN), figure3 (t-SNE), figure4 (attention "
-                                    "maps, Grad-CAM), figure5 (accuracy curves); all share table2's runs. "
-                                    "At --scale medium, table1 is the multi-step comparison (UM, AT-7, "
-                                    "SML-7, TRADES-10, MART-10, AGKD-BML-2, AGKD-BML-7 with AutoAttack on "
-                                    "held-out-selected weights) and table5 the released code's "
-                                    "AGKD-BML-10+MART against AT-7; capacity trains AT-7 and AGKD-BML-7 at "
-                                    "four widths of the small CNN (0.06 M to 3.8 M parameters) and asks "
-                                    "whether the gap under AutoAttack shrinks with capacity (a GPU job at "
-                                    "--scale medium). Scales: small (2 CPU cores, about an hour of training "
-                                    "for table2, on CIFAR-10 from --dataset), medium (all 50,000 training "
-                                    "images; hours, resumable: run it in the background), paper (WRN-28-10, "
-                                    "200 epochs; GPUs), tiny and tiny-medium (smoke tests of the recipes on "
-                                    "digits).")
+                                    "resuming unfinished ones), evaluate, and write OUT/TARGET.md with "
+                                    "the paper's numbers beside ours. Targets: table1 (white-box "
+                                    "attacks), table2 (ablation with AutoAttack), table3 (black-box), "
+                                    "table6 (attention variants; trains 3 more AGKD runs per seed), "
+                                    "table7 (training time), table9 (k-NN), figure3 (t-SNE), figure4 "
+                                    "(attention maps, Grad-CAM), figure5 (accuracy curves); all share "
+                                    "table2's runs. At --scale medium, table1 is the multi-step "
+                                    "comparison (UM, AT-7, SML-7, TRADES-10, MART-10, AGKD-BML-2, "
+                                    "AGKD-BML-7 with AutoAttack on held-out-selected weights) and table5 "
+                                    "the released code's AGKD-BML-10+MART against AT-7; capacity trains "
+                                    "AT-7 and AGKD-BML-7 at four widths of the small CNN (0.06 M to 3.8 "
+                                    "M parameters) and asks whether the gap under AutoAttack shrinks "
+                                    "with capacity (a GPU job at --scale medium). Scales: small (2 CPU "
+                                    "cores, about an hour of training for table2, on CIFAR-10 from "
+                                    "--dataset), medium (all 50,000 training images; hours, resumable: "
+                                    "run it in the background), paper (WRN-28-10, 200 epochs; GPUs), "
+                                    "tiny and tiny-medium (smoke tests of the recipes on digits).")
     rp.add_argument("target", help=", ".join(TARGETS))
     rp.add_argument("--scale", default="small", help=f"{', '.join(SCALES)} (default: small)")
     rp.add_argument("--out", default="reproduce",

@@ -102,18 +102,18 @@ def list_methods() -> None:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
         "train", help="train a model with one method",
-        description="Train a model. Values come from the defaults, then --preset, then --config FILE.yaml, "
-        "then the options given here. The run directory gets config.yaml, metrics.jsonl (one JSON line "
-        "per epoch) and atomic checkpoints last.pt / prev.pt. Options marked [methods] apply to those "
-        "methods only.",
+        description="Train a model. Values come from the defaults, then --preset, "
+        "then --config FILE.yaml, then the options given here. The run directory gets "
+        "config.yaml, metrics.jsonl (one JSON line per epoch) and atomic checkpoints "
+        "last.pt / prev.pt. Options marked [methods] apply to those methods only.",
     )
     t.add_argument("--preset", help="a shipped preset (see `agkd-bml presets`)")
     t.add_argument("--config", metavar="FILE", help="a YAML file of options (keys as below, with _ or -)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest checkpoint (an error where it has none)")
     t.add_argument("--start-if-none", action="store_true",
-                   help="with or without --resume: resume the run in --out, or start it where it has no "
-                        "checkpoint")
+                   help="with or without --resume: resume the run in "
+                        "--out, or start it where it has no checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
     add_progress(t, "no progress bar (log lines only)")
     t.add_argument("--dry-run", action="store_true",

@@ -120,8 +120,8 @@ def _to_nchw(x: np.ndarray, what: str) -> np.ndarray:
         return x[:, None]
     if x.ndim == 4 and x.shape[-1] in (1, 3):
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    raise UserError(f"{what} must be uint8 images of shape (N, H, W) or (N, H, W, C) with C in 1 or 3; got "
-                    f"{x.shape}")
+    raise UserError(f"{what} must be uint8 images of shape (N, H, W) "
+                    f"or (N, H, W, C) with C in 1 or 3; got {x.shape}")
 
 
 def from_arrays(

@@ -143,8 +143,8 @@ def audit(
                             f"{a.name} {_pct(r[a.name])} vs PGD-20 {_pct(pgd20)} ({tol})"))
     if source is None:
         checks.append(Check("transfer is no stronger than white-box", None,
-                            "give --source CHECKPOINT (e.g. the clean teacher) to craft PGD-20 AEs on "
-                            "another model"))
+                            "give --source CHECKPOINT (e.g. the clean "
+                            "teacher) to craft PGD-20 AEs on another model"))
     else:
         t = r[f"transfer:{source_name}"]
         checks.append(Check("transfer is no stronger than white-box",

@@ -11,8 +11,8 @@ from agkd_bml.methods.pgd_at import PgdAt
 
 
 class FastAt(PgdAt):
-    summary = ("Fast AT (Wong et al. 2020): one FGSM step of 1.25 eps from a random start, BatchNorm in "
-               "train mode.")
+    summary = ("Fast AT (Wong et al. 2020): one FGSM step of 1.25 "
+               "eps from a random start, BatchNorm in train mode.")
     name = "fast-at"
     default_steps = 1
     default_step = 1.25

@@ -38,8 +38,8 @@ def hardest_negative(anchor: torch.Tensor, pool: torch.Tensor, pool_labels: torc
 
 
 class Sml(Method):
-    summary = ("Single-directional metric learning (Mao et al.): untargeted anchor, hardest negative in the "
-               "batch.")
+    summary = ("Single-directional metric learning (Mao et al.): "
+               "untargeted anchor, hardest negative in the batch.")
     name = "sml"
     default_steps = 7
     Params = MetricParams

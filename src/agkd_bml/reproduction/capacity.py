@@ -175,8 +175,8 @@ def _trend_sentences(trend: Trend, gaps: list[tuple[SizeScores, Gap]]) -> str:
     lo, hi = trend.slope_ci95
     verdict = ("the gap shrinks as the models grow" if hi < 0 else "the gap grows as the models grow" if lo
                > 0
-               else "no change of the gap with size can be told apart from the images' sampling at this "
-                    "precision")
+               else "no change of the gap with size can be told apart "
+                    "from the images' sampling at this precision")
     params = [s.params for s, _ in gaps]
     span = max(params) / min(params)
     text = (f"A straight line in log-parameters through the {trend.sizes} widths (each gap weighted by its "

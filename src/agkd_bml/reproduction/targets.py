@@ -277,8 +277,8 @@ def build(target: str, *, scale: str = "small", out: str | Path = "reproduce", y
     if scale not in SCALES:
         raise unknown_choice("scale", scale, SCALES)
     if scale == "paper" and not yes:
-        raise UserError("--scale paper trains WRN-28-10 for 200 epochs per run (days on one GPU); add --yes "
-                        "to start")
+        raise UserError("--scale paper trains WRN-28-10 for 200 epochs "
+                        "per run (days on one GPU); add --yes to start")
     if only and target != "capacity":
         raise UserError("--only chooses rows of the capacity study; other targets train all their rows")
     ctx = Context(scale_name=scale, out=Path(out), progress=progress, data_choice=data)

@@ -605,8 +605,8 @@ def _end_epoch(s: Setup, epoch: int, stats: dict[str, Any], lr: float, log: Call
     if "ema_val_clean" in metrics:
         val += f", EMA {100 * metrics['ema_val_clean']:.1f}% / {100 * metrics['ema_val_pgd']:.1f}%"
     loss = " ".join(f"{k} {v:.3f}" for k, v in stats["loss"].items())
-    log(f"epoch {epoch + 1}/{cfg.optim.epochs}: {loss}, {stats['seconds']:.1f}s ({stats['images_per_s']:.0f} "
-        f"img/s){val}")
+    log(f"epoch {epoch + 1}/{cfg.optim.epochs}: {loss}, "
+        f"{stats['seconds']:.1f}s ({stats['images_per_s']:.0f} img/s){val}")
 
 
 def _run(s: Setup, *, resume: bool, start_if_none: bool, log: Callable[[str], None], progress: bool) -> Path:
