@@ -40,6 +40,10 @@ def _row(name: str, correct: int, m: int, status: str) -> str:
     return f"| {name} | {m} | {100 * acc:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] | {reference} | {status} |"
 
 
+def raw_batch_size(points: list[tuple[dict[str, Any], dict[str, Any]]]) -> int:
+    """The batch size the evaluation ran with (every point of one evaluation has the same)."""
+    return int(points[0][0]["batch_size"])
+
 def main(folder: Path) -> None:
     points = _points(folder)
     clean = [(k, raw) for k, raw in points if k["attack"] == {"attack": "none"} and raw["done"]]
@@ -51,19 +55,29 @@ def main(folder: Path) -> None:
         correct = torch.cat(clean_raw["batches"])
         attacked = correct.nonzero().squeeze(1)  # the test indices each attack runs on, in order
         print(_row("clean", int(correct.sum()), correct.numel(), "done"))
+        finished: dict[str, torch.Tensor] = {}  # attack name -> robust flags over the clean-correct images
+        prefixes: list[tuple[str, int, int]] = []  # (attack, m, k) of each attack still running
+        batches = -(-attacked.numel() // raw_batch_size(points))
         for key, raw in points:
             if key["model"] != clean_key["model"] or key["attack"]["attack"] == "none":
                 continue  # the clean filter itself, and the clean row of the table (printed above)
+            name = key["attack"]["name"]
             kept = torch.cat(raw["batches"]) if raw["batches"] else torch.zeros(0, dtype=torch.bool)
-            if kept.numel() == 0:
-                print(f"| {key['attack']['name']} | 0 | - | - | under way |")
+            if raw["done"]:
+                finished[name] = kept
+                print(_row(name, int(kept.sum()), correct.numel(), "done"))
                 continue
-            # the first m test images: all of them when done, else up to the next image still to attack
-            m = correct.numel() if raw["done"] else int(attacked[kept.numel()])
-            partial = raw.get("partial")
-            status = "done" if raw["done"] else (f"batch {partial['batch']} under way" if partial
-                                                 else "under way")
-            print(_row(key["attack"]["name"], int(kept.sum()), m, status))
+            if kept.numel() == 0:
+                print(f"| {name} | 0 | - | - | batch 1 of {batches} under way |")
+                continue
+            # the first m test images: up to the next image still to attack
+            m = int(attacked[kept.numel()])
+            print(_row(name, int(kept.sum()), m, f"batch {len(raw['batches']) + 1} of {batches} under way"))
+            prefixes.append((name, m, kept.numel()))
+        for name, m, k in prefixes:  # the finished rows on the same images, for a paired reading
+            same = ", ".join(f"{other} {100 * int(f[:k].sum()) / m:.1f}%" for other, f in finished.items())
+            print(f"\nOn the first {m} test images, the ones {name} has finished: clean {100 * k / m:.1f}%, "
+                  f"{same}.")
 
 
 if __name__ == "__main__":
