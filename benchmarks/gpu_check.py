@@ -307,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print each part with its time bound and exit")
     args = p.parse_args(argv)
     if args.list:
-        for name, bound, fn in PARTS:
-            print(f"{name}: at most {bound} s - {' '.join(str(fn.__doc__).split(chr(10) * 2)[0].split())}")
+        for name, bound, fn in PARTS:  # each docstring's first paragraph, its ``literals`` as `literals`
+            summary = " ".join(str(fn.__doc__).split("\n\n")[0].split()).replace("``", "`")
+            print(f"{name}: at most {bound} s - {summary}")
         return 0
     sc = SMOKE if args.smoke else real_scale(args.dataset)
     device = torch.device("cpu") if args.smoke else resolve_device(args.device)

@@ -15,6 +15,7 @@ def test_gpu_check_lists_its_parts_with_their_time_bounds():
         assert f"{part}: at most " in out
     # each part's whole first paragraph (a docstring wrapped over lines once cut it mid-sentence)
     assert all(line.endswith(".") for line in out.splitlines()), out
+    assert "``" not in out  # reST literals read as plain `code` on a terminal
 
 
 def test_gpu_check_smoke_runs_every_part_and_writes_its_report(tmp_path, reference_autoattack):
